@@ -1,0 +1,280 @@
+"""The `cinegen` command: serve, generate, pipelines, models, demo, bench.
+
+`generate` options are built from the same parameter descriptions the server publishes, so the
+CLI, the proto and the panel always agree on names. Without `--server`, `generate` starts an
+in-process server on a free local port and talks to it like any client.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from cinegen.common.client import GeneratorClient, JobResult, RequestRejected, ServerUnavailable, build_request, new_job_id
+from cinegen.common.params import PIPELINE_PARAMS, CommonParams, ParamDescription, describe
+
+PIPELINES = tuple(PIPELINE_PARAMS)
+
+
+# ---- argument parsing ------------------------------------------------------------------------
+def _add_param_options(parser: argparse.ArgumentParser, descs: list[ParamDescription]) -> None:
+    for d in descs:
+        if not d.cli:
+            continue
+        kwargs: dict[str, Any] = dict(dest=d.name, help=d.help, default=None)
+        if d.type == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif d.type == "int":
+            kwargs["type"] = int
+        elif d.type == "float":
+            kwargs["type"] = float
+        elif d.type == "enum":
+            kwargs["choices"] = list(d.choices)
+        elif d.type == "list":
+            kwargs["type"] = lambda s: [p.strip() for p in s.split(",") if p.strip()]
+        parser.add_argument(d.option, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cinegen", description="Generative image and video for compositing.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log more.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="Run the generation server.")
+    _add_server_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for the network).")
+    serve.add_argument("--port", type=int, default=50051)
+
+    gen = sub.add_parser("generate", help="Generate frames with a pipeline.")
+    gsub = gen.add_subparsers(dest="pipeline", required=True)
+    for name, cls in PIPELINE_PARAMS.items():
+        p = gsub.add_parser(name, help=(cls.__doc__ or name).strip().splitlines()[0])
+        if name == "story":
+            p.add_argument("story_file", nargs="?", help="Story YAML file.")
+        p.add_argument("--server", help="HOST:PORT of a running `cinegen serve`; default: run one in-process.")
+        p.add_argument("--job-id", default="", help="Client-chosen job id (resubmitting it is idempotent).")
+        _add_param_options(p, describe(CommonParams, "common") + describe(cls, name))
+        _add_server_options(p)
+
+    for name, text in (("pipelines", "List pipelines and their options."), ("models", "List models.")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--server")
+        _add_server_options(p)
+
+    demo = sub.add_parser("demo", help="Generate sample sequences on the built-in tiny models.")
+    demo.add_argument("--out", default="cinegen-demo", help="Folder for the demo outputs.")
+    _add_server_options(demo)
+
+    bench = sub.add_parser("bench", help="Benchmarks (time and memory), not tests.")
+    bench.add_argument("what", nargs="?", default="image", help="Which benchmark.")
+    bench.add_argument("--out", default="cinegen-bench", help="Folder for benchmark outputs and reports.")
+    bench.add_argument("--real-size", action="store_true",
+                       help="Real-size architectures with random weights (needs a GPU).")
+    _add_server_options(bench)
+    return parser
+
+
+def _add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", action="append", default=[], metavar="DIR",
+                   help="Folder of diffusers models (repeatable; also $CINEGEN_MODELS).")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--max-size", type=int, default=8192, help="Largest width/height the server accepts.")
+    p.add_argument("--memory-budget", type=float, default=None, help="GB the model cache may use.")
+    p.add_argument("--no-hf-cache", action="store_true", help="Ignore the local Hugging Face cache.")
+
+
+def server_config(args: argparse.Namespace, host: str = "127.0.0.1", port: int = 0):
+    from .service import ServerConfig
+
+    return ServerConfig(host=host, port=port, models_dirs=[Path(p) for p in args.models], device=args.device,
+                        max_width=args.max_size, max_height=args.max_size,
+                        memory_budget=int(args.memory_budget * (1 << 30)) if args.memory_budget else None,
+                        use_hf_cache=not args.no_hf_cache)
+
+
+@contextlib.contextmanager
+def connect(args: argparse.Namespace) -> Iterator[GeneratorClient]:
+    """A client of `--server`, or of an in-process server started for this command."""
+    address = getattr(args, "server", None)
+    running = None
+    if not address:
+        from .server import start_server
+
+        running = start_server(server_config(args))
+        address = running.address
+    client = GeneratorClient(address, timeout=60.0)
+    try:
+        client.wait_ready(timeout=30.0)
+        yield client
+    finally:
+        client.close()
+        if running:
+            running.stop()
+
+
+# ---- progress ---------------------------------------------------------------------------------
+class ProgressBar:
+    """stage, step/total, overall percentage, ETA, on one terminal line."""
+
+    def __init__(self, label: str, stream=sys.stderr):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1000, desc=label, unit="‰", file=stream, dynamic_ncols=True,
+                        bar_format="{desc} {bar} {percentage:3.0f}% {postfix}")
+
+    def __call__(self, event) -> None:
+        kind = event.WhichOneof("kind")
+        if kind == "progress":
+            p = event.progress
+            self.bar.n = int(p.fraction * 1000)
+            eta = f"ETA {p.eta_seconds:4.0f}s" if p.eta_seconds >= 0 else "ETA  --"
+            self.bar.set_postfix_str(f"{p.stage} {p.step}/{p.total} {eta}", refresh=False)
+            self.bar.refresh()
+        elif kind == "frame_written":
+            self.bar.write(f"  wrote {event.frame_written.path}")
+        elif kind == "queued" and event.queued.position > 1:
+            self.bar.set_postfix_str(f"queued #{event.queued.position}")
+        elif kind == "log":
+            self.bar.write(f"  {event.log.message}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_job(client: GeneratorClient, request, label: str) -> JobResult:
+    bar = ProgressBar(label)
+    try:
+        return client.run(request, on_event=bar)
+    finally:
+        bar.close()
+
+
+# ---- commands ---------------------------------------------------------------------------------
+def cmd_generate(args: argparse.Namespace) -> int:
+    name = args.pipeline
+    values = vars(args)
+    common = CommonParams(**{f.name: values[f.name] for f in dataclasses.fields(CommonParams)
+                             if values.get(f.name) is not None})
+    cls = PIPELINE_PARAMS[name]
+    params = cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)
+                    if f.name in values and values[f.name] is not None})
+    if name == "story" and args.story_file:
+        params.story = str(Path(args.story_file).resolve())
+    if common.out and name != "story":
+        common.out = str(Path(common.out).expanduser().absolute())
+    request = build_request(name, common, params, job_id=args.job_id or new_job_id(name), client="cinegen cli")
+    with connect(args) as client:
+        result = run_job(client, request, name)
+    return _report(result)
+
+
+def _report(result: JobResult) -> int:
+    if result.state == "completed":
+        print(f"done: {len(result.outputs)} file(s)")
+        for path in _summarise_paths(result.outputs):
+            print(f"  {path}")
+        return 0
+    print(f"{result.state}: {result.message}", file=sys.stderr)
+    return 1 if result.state == "failed" else 130
+
+
+def _summarise_paths(paths: list[str]) -> list[str]:
+    """Show sequences as NAME.####.exr (first-last) rather than one line per frame."""
+    import re
+
+    groups: dict[str, list[int]] = {}
+    others = []
+    for p in paths:
+        m = re.match(r"^(.*\.)(\d{4,})(\.exr)$", p)
+        if m:
+            groups.setdefault(m.group(1) + "#" * len(m.group(2)) + m.group(3), []).append(int(m.group(2)))
+        else:
+            others.append(p)
+    return [f"{k} ({min(v)}-{max(v)}, {len(v)} frames)" for k, v in groups.items()] + others
+
+
+def cmd_pipelines(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        caps = client.capabilities()
+    for p in caps.pipelines:
+        print(f"{p.name:11s} {p.description}")
+        for spec in p.params:
+            if spec.group == p.name:
+                print(f"    --{spec.name.replace('_', '-'):22s} {spec.type:7s} default {spec.default_json:8s} {spec.help}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        caps = client.capabilities()
+    print(f"device: {caps.device.name} ({caps.device.kind})")
+    for m in caps.models:
+        print(f"{m.id:28s} {m.family:12s} {m.source:12s} {'loaded' if m.loaded else '':7s} {m.path or m.description}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import start_server
+
+    running = start_server(server_config(args, host=args.host, port=args.port))
+    print(f"cinegen server on {args.host}:{running.port} — device {running.service.device}. Ctrl-C stops it.",
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping")
+    finally:
+        running.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _quiet_libraries()
+    commands = {"generate": cmd_generate, "pipelines": cmd_pipelines, "models": cmd_models,
+                "serve": cmd_serve, "demo": cmd_demo, "bench": cmd_bench}
+    try:
+        return commands[args.command](args)
+    except ServerUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RequestRejected as exc:
+        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return 2
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    try:
+        import diffusers
+
+        diffusers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

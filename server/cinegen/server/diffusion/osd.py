@@ -1,0 +1,259 @@
+"""Offset Shifting Denoiser step (DynamicScaler, seed 003; ALGORITHMS.md §2), model-agnostic.
+
+One denoising step ``t → t_prev`` over a latent larger than the model's native size: the windows
+of ``windows.plan_windows`` (shifted every step) are read, denoised one scheduler step by the
+caller's callable and written back *sequentially*, so every latent is advanced once per step
+(MultiDiffusion instead denoises every overlapping view and averages them).
+
+A mask marks latents already advanced this step. Before a window is denoised, its
+already-advanced part (at ``t_prev``, less noisy) is pushed back to ``t``:
+
+    x ← √(ᾱ_t / ᾱ_{t_prev}) · x + √(1 − ᾱ_t / ᾱ_{t_prev}) · ε          (forward q(x_t | x_{t_prev}))
+
+and after denoising that part is blended with the value it had before the push-back:
+
+    x_new ← (1 − r_i) · x_new + r_i · x_prev,    r_i = r_max · (1 − i/K) for i < K, else 0
+
+(``r_max = 0.5``, ``K = 20`` as in the reference defaults; the handbook gives K = 15–20).
+
+Which parts of a window are "already advanced" depends only on the plan's geometry, so the
+re-noising noise is drawn up front, one tensor per window that needs it, in plan order. That makes
+``denoise_windows_batched`` (disjoint windows denoised in one call, in dependency "waves") give
+the same result as the sequential step for any denoiser that treats batch items independently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cinegen.server.diffusion.windows import Window, read_window, window_mask, windows_overlap, write_window
+
+__all__ = [
+    "BlendSchedule",
+    "DenoiseCounts",
+    "alpha_bar_at",
+    "denoise_windows_batched",
+    "offset_shift_denoise_step",
+    "plan_waves",
+    "renoise_to",
+]
+
+DenoiseWindow = Callable[[Tensor, int], Tensor]
+DenoiseBatch = Callable[[Tensor, Sequence[int]], Tensor]
+Renoise = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class BlendSchedule:
+    """Blend of a re-denoised latent with its earlier value: ``r_i = r_max·(1 − i/K)`` for ``i < K``."""
+
+    r_max: float = 0.5
+    steps: int = 20  # K
+
+    def ratio(self, step_index: int) -> float:
+        if step_index < 0:
+            raise ValueError(f"step index must be >= 0, got {step_index}")
+        if step_index >= self.steps:
+            return 0.0
+        return self.r_max * (1.0 - step_index / self.steps)
+
+
+@dataclass
+class DenoiseCounts:
+    """Per-position tallies over one step: how often denoised, how often pushed back to ``t``."""
+
+    denoised: Tensor
+    renoised: Tensor
+
+    @classmethod
+    def zeros(cls, latent_size: tuple[int, int, int], device: torch.device | str | None = None) -> DenoiseCounts:
+        return cls(
+            torch.zeros(latent_size, dtype=torch.int32, device=device),
+            torch.zeros(latent_size, dtype=torch.int32, device=device),
+        )
+
+    @property
+    def net_advances(self) -> Tensor:
+        """Times each position went ``t → t_prev`` net of push-backs; 1 everywhere after a step."""
+        return self.denoised - self.renoised
+
+
+def alpha_bar_at(alphas_cumprod: Tensor, timestep: int | Tensor, final_alpha_cumprod: float = 1.0) -> float:
+    """``ᾱ`` at a timestep; a negative timestep (past the last step) is the clean level."""
+    index = int(timestep)
+    return final_alpha_cumprod if index < 0 else float(alphas_cumprod[index])
+
+
+def renoise_to(x: Tensor, alpha_bar_from: float, alpha_bar_to: float, noise: Tensor) -> Tensor:
+    """Move ``x`` from noise level ``ᾱ_from`` to the noisier ``ᾱ_to <= ᾱ_from`` (forward process)."""
+    if alpha_bar_to > alpha_bar_from:
+        raise ValueError(f"re-noising must add noise: ᾱ_to={alpha_bar_to} > ᾱ_from={alpha_bar_from}")
+    keep = alpha_bar_to / alpha_bar_from
+    return keep**0.5 * x + (1.0 - keep) ** 0.5 * noise.to(dtype=x.dtype)
+
+
+def plan_waves(windows: Sequence[Window]) -> list[list[int]]:
+    """Group window indices into waves of pairwise disjoint windows, keeping overlap order.
+
+    A window goes one wave after the latest earlier window it overlaps, so every position sees
+    its windows in plan order — the sequential result is unchanged.
+    """
+    level: list[int] = []
+    for k, window in enumerate(windows):
+        level.append(1 + max((level[j] for j in range(k) if windows_overlap(windows[j], window)), default=-1))
+    waves: list[list[int]] = [[] for _ in range(max(level, default=-1) + 1)]
+    for k, wave in enumerate(level):
+        waves[wave].append(k)
+    return waves
+
+
+def _advanced_before(windows: Sequence[Window], latent_size: tuple[int, int, int], device: torch.device) -> list[Tensor | None]:
+    """For each window, the ``(f, h, w)`` mask of its positions advanced by earlier windows."""
+    advanced = torch.zeros(latent_size, dtype=torch.bool, device=device)
+    masks: list[Tensor | None] = []
+    for window in windows:
+        part = read_window(advanced, window)
+        masks.append(part if bool(part.any()) else None)
+        write_window(advanced, window, torch.ones(window.shape, dtype=torch.bool, device=device))
+    if not bool(advanced.all()):
+        raise ValueError(f"the windows leave {int((~advanced).sum())} latent positions uncovered")
+    return masks
+
+
+def _draw_noise(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    device = generator.device if generator is not None else like.device
+    # Drawn on the generator's device so a CPU generator gives the same noise for a CUDA latent.
+    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def _osd_step(
+    latent: Tensor,
+    t: int | Tensor,
+    t_prev: int | Tensor,
+    windows: Sequence[Window],
+    waves: Sequence[Sequence[int]],
+    denoise_wave: Callable[[list[Tensor], Sequence[int]], list[Tensor]],
+    alphas_cumprod: Tensor,
+    step_index: int,
+    blend: BlendSchedule,
+    generator: torch.Generator | None,
+    counts: DenoiseCounts | None,
+    renoise: Renoise | None,
+) -> Tensor:
+    latent_size = tuple(latent.shape[-3:])
+    advanced_before = _advanced_before(windows, latent_size, latent.device)  # type: ignore[arg-type]
+    if renoise is None:
+        alpha_t, alpha_prev = alpha_bar_at(alphas_cumprod, t), alpha_bar_at(alphas_cumprod, t_prev)
+        renoise = lambda x, noise: renoise_to(x, alpha_prev, alpha_t, noise)  # noqa: E731
+    leading = tuple(latent.shape[:-3])
+    noises = [
+        None if mask is None else _draw_noise(leading + window.shape, latent, generator)
+        for window, mask in zip(windows, advanced_before)
+    ]
+    ratio = blend.ratio(step_index)
+    out = latent.clone()
+    for wave in waves:
+        inputs: list[Tensor] = []
+        earlier: list[Tensor | None] = []
+        for k in wave:
+            x = read_window(out, windows[k])
+            mask = advanced_before[k]
+            earlier.append(x if mask is not None else None)
+            if mask is not None:
+                x = torch.where(mask, renoise(x, noises[k]), x)
+            inputs.append(x)
+        outputs = denoise_wave(inputs, wave)
+        for k, x_in, x_new, x_prev in zip(wave, inputs, outputs, earlier):
+            if tuple(x_new.shape) != tuple(x_in.shape):
+                raise ValueError(f"denoiser returned shape {tuple(x_new.shape)} for window {k} of shape {windows[k].shape}")
+            mask = advanced_before[k]
+            if mask is not None and ratio > 0.0:
+                x_new = torch.where(mask, (1.0 - ratio) * x_new + ratio * x_prev, x_new)
+            write_window(out, windows[k], x_new)
+            if counts is not None:
+                counts.denoised += window_mask(latent_size, windows[k], counts.denoised.device)  # type: ignore[arg-type]
+                if mask is not None:
+                    counts.renoised += write_window(
+                        torch.zeros(latent_size, dtype=torch.bool, device=counts.renoised.device), windows[k], mask
+                    )
+    return out
+
+
+def offset_shift_denoise_step(
+    latent: Tensor,
+    t: int | Tensor,
+    t_prev: int | Tensor,
+    windows: Sequence[Window],
+    denoise_window: DenoiseWindow,
+    alphas_cumprod: Tensor,
+    step_index: int,
+    blend: BlendSchedule = BlendSchedule(),
+    generator: torch.Generator | None = None,
+    *,
+    counts: DenoiseCounts | None = None,
+    renoise: Renoise | None = None,
+) -> Tensor:
+    """One OSD step ``t → t_prev``; returns the new latent (the input is left untouched).
+
+    ``denoise_window(x_window_at_t, window_index)`` advances one window by one scheduler step (the
+    caller owns scheduler state, e.g. one scheduler copy per window index). ``t`` / ``t_prev``
+    index ``alphas_cumprod`` (``t_prev < 0`` means the clean level). ``counts`` (optional) is
+    incremented with per-position denoise/push-back tallies. ``renoise(x, noise)`` replaces the
+    DDPM push-back for other parametrisations (e.g. flow matching).
+    """
+    return _osd_step(
+        latent, t, t_prev, windows, [[k] for k in range(len(windows))],
+        lambda inputs, wave: [denoise_window(inputs[0], wave[0])],
+        alphas_cumprod, step_index, blend, generator, counts, renoise,
+    )  # fmt: skip
+
+
+def denoise_windows_batched(
+    latent: Tensor,
+    t: int | Tensor,
+    t_prev: int | Tensor,
+    windows: Sequence[Window],
+    denoise_batch: DenoiseBatch,
+    alphas_cumprod: Tensor,
+    step_index: int,
+    blend: BlendSchedule = BlendSchedule(),
+    generator: torch.Generator | None = None,
+    *,
+    max_batch: int | None = None,
+    counts: DenoiseCounts | None = None,
+    renoise: Renoise | None = None,
+) -> Tensor:
+    """``offset_shift_denoise_step`` with disjoint windows of equal shape denoised in one call.
+
+    ``denoise_batch(x, window_indices)`` gets the windows concatenated along dim 0 (each window
+    contributes ``latent.shape[0]`` items) and returns the same shape. At most ``max_batch``
+    windows go into one call. Same result as the sequential step when batch items are independent.
+    """
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+
+    def denoise_wave(inputs: list[Tensor], wave: Sequence[int]) -> list[Tensor]:
+        outputs: list[Tensor | None] = [None] * len(wave)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for slot, x in enumerate(inputs):
+            by_shape.setdefault(tuple(x.shape), []).append(slot)
+        for slots in by_shape.values():
+            chunk = max_batch or len(slots)
+            for begin in range(0, len(slots), chunk):
+                group = slots[begin : begin + chunk]
+                batch = torch.cat([inputs[s] for s in group], dim=0)
+                result = denoise_batch(batch, [wave[s] for s in group])
+                if tuple(result.shape) != tuple(batch.shape):
+                    raise ValueError(f"batched denoiser returned {tuple(result.shape)} for {tuple(batch.shape)}")
+                for s, piece in zip(group, result.chunk(len(group), dim=0)):
+                    outputs[s] = piece
+        return outputs  # type: ignore[return-value]
+
+    return _osd_step(
+        latent, t, t_prev, windows, plan_waves(windows), denoise_wave,
+        alphas_cumprod, step_index, blend, generator, counts, renoise,
+    )  # fmt: skip

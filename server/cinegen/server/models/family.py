@@ -1,0 +1,121 @@
+"""The family adapter: the same verbs for every model family, so pipelines are written once.
+
+A pipeline never touches a diffusers pipeline directly; it asks the adapter to encode a prompt,
+predict noise (or velocity) with classifier-free guidance, encode/decode pixels, and where the
+modules that methods patch live (self-attention, cross-attention, temporal attention, 3x3 convs).
+"""
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Conditioning:
+    """An encoded prompt. `embeds` holds [negative, positive] stacked when guidance is on."""
+    embeds: torch.Tensor
+    guidance: float
+    do_cfg: bool
+    extra: dict[str, Any] = field(default_factory=dict)  # family-specific (SDXL pooled embeds, time ids)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """Where a model comes from; loading is lazy."""
+    id: str
+    family: str
+    source: str  # builtin | folder | hf-cache | single-file
+    path: str
+    description: str = ""
+
+
+class FamilyAdapter(ABC):
+    family: ClassVar[str]
+    kind: ClassVar[str]  # "image" or "video"
+    default_steps: ClassVar[int] = 30
+    default_guidance: ClassVar[float] = 7.5
+
+    def __init__(self, pipe: Any, entry: ModelEntry, device: torch.device, dtype: torch.dtype):
+        self.pipe = pipe
+        self.entry = entry
+        self.device = device
+        self.dtype = dtype
+        self.scheduler = pipe.scheduler
+
+    # ---- geometry ---------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def native_size(self) -> tuple[int, int]:
+        """(width, height) in pixels the model was trained at."""
+
+    @property
+    def native_frames(self) -> int:
+        return 1
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(getattr(self.pipe, "vae_scale_factor", 8))
+
+    @property
+    @abstractmethod
+    def latent_channels(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def denoiser(self) -> nn.Module:
+        """The UNet or transformer."""
+
+    # ---- the verbs --------------------------------------------------------------------------
+    @abstractmethod
+    def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float, batch: int = 1) -> Conditioning: ...
+
+    @abstractmethod
+    def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Model output (noise or velocity) for `x` at `t`, guidance applied."""
+
+    @abstractmethod
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [0, 1] (display-referred) -> scaled latents."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [0, 1] (display-referred)."""
+
+    def latent_shape(self, batch: int, width: int, height: int, frames: int = 1) -> tuple[int, ...]:
+        s = self.vae_scale_factor
+        return (batch, self.latent_channels, height // s, width // s)
+
+    def new_scheduler(self, **overrides: Any):
+        """A fresh scheduler with its own state (one per window for OSD)."""
+        config = dict(self.scheduler.config)
+        config.update(overrides)
+        return type(self.scheduler).from_config(config)
+
+    def clone_scheduler(self):
+        return copy.deepcopy(self.scheduler)
+
+    # ---- where methods patch ----------------------------------------------------------------
+    def self_attention_names(self) -> list[str]:
+        return [k for k in self.denoiser.attn_processors if k.endswith("attn1.processor") and "motion_modules" not in k]
+
+    def cross_attention_names(self) -> list[str]:
+        return [k for k in self.denoiser.attn_processors if k.endswith("attn2.processor") and "motion_modules" not in k]
+
+    def temporal_attention_names(self) -> list[str]:
+        return [k for k in self.denoiser.attn_processors if "motion_modules" in k]
+
+    def parameter_bytes(self) -> int:
+        total = 0
+        for comp in self.pipe.components.values():
+            if isinstance(comp, nn.Module):
+                total += sum(p.numel() * p.element_size() for p in comp.parameters())
+        return total
+
+    def to(self, device: torch.device) -> None:
+        self.pipe.to(device)
+        self.device = device

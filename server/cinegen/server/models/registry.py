@@ -1,0 +1,210 @@
+"""The model registry: discovery (offline), lazy loading, and a memory budget with LRU unloading.
+
+Sources, in order: built-in tiny models (built in code on first use and cached as ordinary
+diffusers folders), diffusers folders and single-file checkpoints under `--models DIR` /
+`$CINEGEN_MODELS`, and the local Hugging Face cache. Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from ..errors import FailedPrecondition, NotFound, ResourceExhausted
+from .families import Family, TinyModel, all_families
+from .family import FamilyAdapter, ModelEntry
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("CINEGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cinegen")
+    return Path(root)
+
+
+def ensure_tiny_model(tiny: TinyModel, cache_dir: Path) -> Path:
+    """Build a tiny model into the cache once; later calls reuse the folder."""
+    folder = cache_dir / "tiny" / f"{tiny.id}-v{tiny.version}"
+    if (folder / "model_index.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{tiny.id}-", dir=folder.parent))
+    try:
+        tiny.build(tmp)
+        try:
+            os.replace(tmp, folder)  # atomic: a half-built model is never visible
+        except OSError:
+            if not (folder / "model_index.json").exists():  # lost a race to another process: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _model_index_class(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return None
+
+
+class ModelRegistry:
+    def __init__(self, models_dirs: list[Path] | None = None, *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype | None = None, memory_budget: int | None = None,
+                 cache_dir: Path | None = None, use_hf_cache: bool = True):
+        self.device = torch.device(device)
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.models_dirs = [Path(p) for p in (models_dirs or [])]
+        env = os.environ.get("CINEGEN_MODELS")
+        if env:
+            self.models_dirs += [Path(p) for p in env.split(os.pathsep) if p]
+        self.use_hf_cache = use_hf_cache
+        self.memory_budget = memory_budget if memory_budget is not None else _default_budget(self.device)
+        self.families: dict[str, Family] = all_families()
+        self._loaded: OrderedDict[str, FamilyAdapter] = OrderedDict()
+        self._lock = threading.RLock()
+        self._entries: dict[str, ModelEntry] | None = None
+
+    # ---- discovery ------------------------------------------------------------------------
+    def entries(self) -> list[ModelEntry]:
+        with self._lock:
+            if self._entries is None:
+                self._entries = {e.id: e for e in self._discover()}
+            return list(self._entries.values())
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._entries = None
+
+    def _discover(self) -> list[ModelEntry]:
+        found: list[ModelEntry] = []
+        for fam in self.families.values():
+            for tiny in fam.tiny:
+                found.append(ModelEntry(tiny.id, fam.name, "builtin", "", tiny.description))
+        for root in self.models_dirs:
+            found += self._discover_folder(root)
+        if self.use_hf_cache:
+            found += self._discover_hf_cache()
+        return found
+
+    def family_of_class(self, class_name: str | None) -> str | None:
+        for fam in self.families.values():
+            if class_name in fam.pipeline_classes:
+                return fam.name
+        return None
+
+    def _discover_folder(self, root: Path) -> list[ModelEntry]:
+        out: list[ModelEntry] = []
+        if not root.is_dir():
+            log.warning("models folder %s does not exist", root)
+            return out
+        candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir())
+        for folder in candidates:
+            family = self.family_of_class(_model_index_class(folder))
+            if family:
+                out.append(ModelEntry(folder.name, family, "folder", str(folder)))
+        single = [f for f in self.families.values() if f.single_file]
+        for ckpt in sorted(root.glob("*.safetensors")):
+            if single:
+                out.append(ModelEntry(ckpt.stem, single[0].name, "single-file", str(ckpt)))
+        return out
+
+    def _discover_hf_cache(self) -> list[ModelEntry]:
+        try:
+            from huggingface_hub import scan_cache_dir
+            info = scan_cache_dir()
+        except Exception:  # no cache folder yet, or an unreadable one: nothing to offer
+            return []
+        out = []
+        for repo in info.repos:
+            if repo.repo_type != "model":
+                continue
+            for rev in sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True):
+                family = self.family_of_class(_model_index_class(Path(rev.snapshot_path)))
+                if family:
+                    out.append(ModelEntry(repo.repo_id, family, "hf-cache", str(rev.snapshot_path)))
+                    break
+        return out
+
+    def entry(self, model_id: str) -> ModelEntry:
+        for e in self.entries():
+            if e.id == model_id:
+                return e
+        known = ", ".join(e.id for e in self.entries())
+        raise NotFound(f"There is no model '{model_id}'. Known models: {known}. "
+                       "Put diffusers folders under --models DIR (or $CINEGEN_MODELS) and restart the server.")
+
+    def default_model(self, families: tuple[str, ...] | list[str]) -> str:
+        """The first real model of the wanted families, else the first tiny one."""
+        entries = [e for e in self.entries() if e.family in families]
+        real = [e for e in entries if e.source != "builtin"]
+        pick = (real or entries)
+        if not pick:
+            raise FailedPrecondition(f"No model of family {' or '.join(families)} is available on this server.")
+        return pick[0].id
+
+    # ---- loading --------------------------------------------------------------------------
+    def is_loaded(self, model_id: str) -> bool:
+        return model_id in self._loaded
+
+    def get(self, model_id: str) -> FamilyAdapter:
+        with self._lock:
+            if model_id in self._loaded:
+                self._loaded.move_to_end(model_id)
+                return self._loaded[model_id]
+            entry = self.entry(model_id)
+            adapter = self._load(entry)
+            self._loaded[model_id] = adapter
+            self._enforce_budget(keep=model_id)
+            return adapter
+
+    def _load(self, entry: ModelEntry) -> FamilyAdapter:
+        fam = self.families[entry.family]
+        if entry.source == "builtin":
+            tiny = next(t for t in fam.tiny if t.id == entry.id)
+            entry = ModelEntry(entry.id, entry.family, "builtin", str(ensure_tiny_model(tiny, self.cache_dir)),
+                               entry.description)
+        log.info("loading %s (%s) from %s", entry.id, entry.family, entry.path)
+        try:
+            return fam.load(entry, self.device, self.dtype)
+        except torch.cuda.OutOfMemoryError as exc:  # type: ignore[attr-defined]
+            raise ResourceExhausted(f"Model '{entry.id}' does not fit in GPU memory. Close other GPU programs, "
+                                    "or lower --memory-budget so other models are unloaded first.") from exc
+        except (OSError, ValueError, KeyError) as exc:
+            raise FailedPrecondition(f"Model '{entry.id}' at {entry.path} could not be loaded ({exc}). "
+                                     "Check that the folder is a complete diffusers model.") from exc
+
+    def loaded_bytes(self) -> int:
+        return sum(a.parameter_bytes() for a in self._loaded.values())
+
+    def _enforce_budget(self, keep: str) -> None:
+        while self.loaded_bytes() > self.memory_budget and len(self._loaded) > 1:
+            victim = next(k for k in self._loaded if k != keep)
+            self.unload(victim)
+
+    def unload(self, model_id: str) -> None:
+        with self._lock:
+            adapter = self._loaded.pop(model_id, None)
+            if adapter is None:
+                return
+            log.info("unloading %s to stay within the memory budget", model_id)
+            del adapter
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def _default_budget(device: torch.device) -> int:
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.8)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
+    except (ValueError, OSError):
+        return 8 << 30

@@ -1,0 +1,160 @@
+"""What every user-facing pipeline is: typed parameters, validation, and `run(ctx, job)`.
+
+A pipeline module reads like the method's description: plan stages, run the shared denoising loop
+with the method's hooks, hand frames to the sink. It knows nothing about gRPC.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+
+from cinegen.common.params import CommonParams, params_json
+from cinegen.common.sequence import SequencePattern
+
+from ..errors import InvalidArgument, JobCancelled
+from ..models.family import FamilyAdapter
+from ..models.registry import ModelRegistry
+from ..output import FrameSink, base_metadata
+
+
+@dataclass
+class Resolved:
+    """Common parameters with every 'model decides' value filled in."""
+    prompt: str
+    negative_prompt: str
+    model: str
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    frames: int
+    fps: float
+    first_frame: int
+
+
+@dataclass
+class JobSpec:
+    job_id: str
+    pipeline: str
+    common: CommonParams
+    params: Any
+
+
+class RunContext:
+    """What a running pipeline may use: models, progress, cancel checks, previews, frame sinks."""
+
+    def __init__(self, *, job: JobSpec, registry: ModelRegistry,
+                 report_progress: Callable[[str, int, int, float], None],
+                 report_preview: Callable[[int, np.ndarray], None],
+                 report_frame: Callable[[int, str, str], None],
+                 report_log: Callable[[str], None],
+                 is_cancelled: Callable[[], bool]):
+        self.job = job
+        self.registry = registry
+        self._report_progress = report_progress
+        self._report_preview = report_preview
+        self._report_frame = report_frame
+        self.log = report_log
+        self._is_cancelled = is_cancelled
+        self.outputs: list[str] = []
+
+    def check_cancel(self) -> None:
+        if self._is_cancelled():
+            raise JobCancelled()
+
+    def progress(self, stage: str, step: int, total: int, fraction: float) -> None:
+        self._report_progress(stage, step, total, max(0.0, min(1.0, fraction)))
+
+    def preview(self, frame: int, display_rgb: np.ndarray) -> None:
+        self._report_preview(frame, display_rgb)
+
+    def frame_sink(self, pattern: SequencePattern, resolved: Resolved, *, sequence: str = "",
+                   prompt: str | None = None, seed: int | None = None, envmap_latlong: bool = False) -> FrameSink:
+        common = self.job.common
+        meta = base_metadata(pipeline=self.job.pipeline, model=resolved.model,
+                             seed=resolved.seed if seed is None else seed,
+                             prompt=resolved.prompt if prompt is None else prompt, job=self.job.job_id,
+                             params_json=params_json(common, self.job.params), fps=resolved.fps,
+                             envmap_latlong=envmap_latlong)
+
+        def on_written(frame: int, path: str, seq: str) -> None:
+            self.outputs.append(path)
+            self._report_frame(frame, path, seq)
+
+        return FrameSink(pattern, resolved.first_frame, meta, compression=common.compression or "zip",
+                         sequence=sequence, on_written=on_written)
+
+
+class StepProgress:
+    """Turns (stage k of n, step i of m) into events with an overall fraction."""
+
+    def __init__(self, ctx: RunContext, stage_weights: list[float]):
+        total = sum(stage_weights) or 1.0
+        self.ctx = ctx
+        self.starts = [sum(stage_weights[:i]) / total for i in range(len(stage_weights))]
+        self.sizes = [w / total for w in stage_weights]
+
+    def callback(self, stage_index: int, label: str) -> Callable[[int, int], None]:
+        def on_step(done: int, todo: int) -> None:
+            frac = self.starts[stage_index] + self.sizes[stage_index] * done / max(todo, 1)
+            self.ctx.progress(label, done, todo, frac)
+        return on_step
+
+
+class Pipeline(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    params_type: ClassVar[type]
+    families: ClassVar[tuple[str, ...]]
+    output_is_folder: ClassVar[bool] = False  # story writes DIR, the others DIR/NAME.####.exr
+
+    def validate(self, job: JobSpec, registry: ModelRegistry) -> None:
+        """Raise a UserError for anything wrong with the request that can be seen before running."""
+
+    @abstractmethod
+    def run(self, ctx: RunContext) -> list[str]:
+        """Generate; return the output paths (frames, timelines)."""
+
+    # ---- helpers most pipelines share -------------------------------------------------------
+    def model_id(self, job: JobSpec, registry: ModelRegistry) -> str:
+        return job.common.model or registry.default_model(self.families)
+
+    def check_family(self, job: JobSpec, registry: ModelRegistry) -> None:
+        entry = registry.entry(self.model_id(job, registry))
+        if entry.family not in self.families:
+            raise InvalidArgument(f"The {self.name} pipeline runs on {', '.join(self.families)} models; "
+                                  f"'{entry.id}' is a {entry.family} model. Pick another with --model.")
+
+    def resolve(self, job: JobSpec, adapter: FamilyAdapter) -> Resolved:
+        c = job.common
+        w, h = adapter.native_size
+        recommended = getattr(adapter, "recommended_steps", adapter.default_steps)
+        return Resolved(
+            prompt=c.prompt, negative_prompt=c.negative_prompt, model=adapter.entry.id,
+            seed=c.seed if c.seed is not None else random.randrange(2**31),
+            steps=c.steps if c.steps is not None else recommended,
+            guidance=c.guidance if c.guidance is not None else adapter.default_guidance,
+            width=c.width or w, height=c.height or h,
+            frames=c.frames or adapter.native_frames, fps=c.fps or 24.0,
+            first_frame=c.first_frame if c.first_frame is not None else 1001)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator: noise is the same on every device, as in diffusers' `randn_tensor`."""
+    return torch.Generator("cpu").manual_seed(int(seed))
+
+
+def log_duration(ctx: RunContext, label: str, started: float) -> None:
+    ctx.log(f"{label} took {time.perf_counter() - started:.1f} s")
+
+
+def fields_of(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)

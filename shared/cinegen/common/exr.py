@@ -1,0 +1,364 @@
+"""Scene-linear OpenEXR frames and plates, through OpenImageIO.
+
+Frames out (DESIGN.md, "Frames on disk"): half float RGBA, ZIP by default (PIZ, DWAA, none), the
+standard ``chromaticities`` of the working space, ``framesPerSecond`` (rational), ``software``,
+``capDate``, ``envmap`` = latitude-longitude for panoramas, and the ``cinegen:*`` string attributes
+that say how the frame was made. A frame is written under a hidden temporary name in its own
+folder, synced to disk and renamed onto its final name (``os.replace`` is atomic on POSIX and
+Windows), so a reader sees either no file or a complete one.
+
+Plates in: any format OpenImageIO reads. Float files (EXR, HDR, float TIFF) are taken as scene
+linear already; integer files (PNG, JPEG, 8/16-bit TIFF) as sRGB-encoded, converted with color.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from fractions import Fraction
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+import OpenImageIO as oiio
+
+from cinegen.common import color
+from cinegen.common.sequence import (FrameRange, SequencePattern, SequencePatternError,
+                                     check_output_writable, compact_frame_list)
+
+COMPRESSIONS = ("zip", "piz", "dwaa", "none")
+CINEGEN_PREFIX = "cinegen:"
+_FIELDS = ("pipeline", "model", "seed", "prompt", "job", "params", "colorspace", "frame")
+# OpenImageIO's names for standard EXR attributes it renames on reading.
+_OIIO_TO_EXR_NAMES = {"DateTime": "capDate", "FramesPerSecond": "framesPerSecond", "Software": "software"}
+_FLOAT_FORMATS = {"half", "float", "double"}
+
+
+class ExrWriteError(OSError):
+    """A frame could not be written; nothing was left under its final name."""
+
+
+class ImageReadError(OSError):
+    """An image file could not be read; the message names the file."""
+
+
+class PlateError(ValueError):
+    """A plate sequence cannot be used as asked; the message is meant for the artist."""
+
+
+def software_name() -> str:
+    """``"cinegen <version>"`` for the ``software`` attribute."""
+    try:
+        return f"cinegen {version('cinegen')}"
+    except PackageNotFoundError:
+        return "cinegen 0.0.0"
+
+
+@dataclass
+class ExrMetadata:
+    """What a frame's header says about how it was made."""
+
+    pipeline: str = ""
+    model: str = ""
+    seed: int | None = None
+    prompt: str = ""
+    job: str = ""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    colorspace: str | None = None  # None: the working space of the active OCIO config
+    frame: int | None = None
+    fps: float | Fraction | None = None  # sequences only; written as a rational
+    latlong: bool = False  # an equirectangular panorama: standard envmap = ENVMAP_LATLONG
+    extra: dict[str, str] = field(default_factory=dict)  # written as cinegen:<key>
+
+    def cinegen_attributes(self) -> dict[str, str]:
+        """The ``cinegen:*`` string attributes (empty fields left out)."""
+        values = {
+            "pipeline": self.pipeline, "model": self.model, "prompt": self.prompt, "job": self.job,
+            "seed": "" if self.seed is None else str(self.seed),
+            "params": json.dumps(dict(self.params), sort_keys=True, default=str) if self.params else "",
+            "colorspace": self.colorspace or color.working_space_name(),
+            "frame": "" if self.frame is None else str(self.frame),
+            **self.extra,
+        }
+        return {CINEGEN_PREFIX + key: value for key, value in values.items() if value != ""}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> ExrMetadata:
+        """Rebuild from a header as :func:`read_exr_frame` returns it."""
+        ours = {key[len(CINEGEN_PREFIX):]: str(value) for key, value in header.items()
+                if key.startswith(CINEGEN_PREFIX)}
+        fps = header.get("framesPerSecond")
+        return cls(
+            pipeline=ours.pop("pipeline", ""), model=ours.pop("model", ""),
+            seed=int(ours.pop("seed")) if "seed" in ours else None,
+            prompt=ours.pop("prompt", ""), job=ours.pop("job", ""),
+            params=json.loads(ours.pop("params")) if "params" in ours else {},
+            colorspace=ours.pop("colorspace", None),
+            frame=int(ours.pop("frame")) if "frame" in ours else None,
+            fps=Fraction(*fps) if fps is not None else None,
+            latlong=header.get("envmap") == "latlong",
+            extra=ours,
+        )
+
+
+def fps_as_rational(fps: float | Fraction) -> tuple[int, int]:
+    """24 -> (24, 1); 23.976 -> (24000, 1001): NTSC rates are exact ratios, not decimals."""
+    if fps <= 0:
+        raise ValueError(f"Frames per second must be positive, not {fps}.")
+    if isinstance(fps, Fraction):
+        return fps.numerator, fps.denominator
+    ntsc_base = round(fps * 1.001)
+    # 5e-3 also takes the editorial shorthand 23.98 / 29.97 / 59.94 as the NTSC ratio it stands for.
+    if abs(fps - round(fps)) > 1e-6 and abs(fps - ntsc_base * 1000 / 1001) < 5e-3:
+        return ntsc_base * 1000, 1001
+    exact = Fraction(fps).limit_denominator(1001)
+    return exact.numerator, exact.denominator
+
+
+def write_exr_frame(path: str | os.PathLike[str], rgba: np.ndarray, *, metadata: ExrMetadata,
+                    compression: str = "zip", capture_time: datetime | None = None) -> None:
+    """Write one scene-linear frame atomically: half float RGBA (alpha 1 added to RGB)."""
+    path = os.fspath(path)
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"Unknown EXR compression '{compression}': use one of {', '.join(COMPRESSIONS)}.")
+    pixels = _as_rgba(rgba)
+    spec = _frame_spec(pixels.shape[1], pixels.shape[0], metadata, compression, capture_time)
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    # Hidden, and not ending in .exr: no sequence listing (ours, Nuke's, Blender's) picks it up.
+    temporary = os.path.join(folder, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        _write_with_oiio(temporary, spec, pixels)
+        _check_readable_exr(temporary)
+        _fsync(temporary)
+        os.replace(temporary, path)
+        _fsync_folder(folder)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def write_exr_sequence(pattern: str | SequencePattern, frames: Iterable[tuple[int, np.ndarray]],
+                       metadata: ExrMetadata, *, compression: str = "zip",
+                       on_frame_written: Callable[[int, str], None] | None = None) -> list[str]:
+    """Write ``(frame, pixels)`` pairs under ``pattern``; returns the paths, in order written."""
+    if isinstance(pattern, str):
+        pattern = SequencePattern.parse(pattern)
+    check_output_writable(pattern)
+    written: list[str] = []
+    capture_time = datetime.now()  # one capDate for the whole sequence
+    for frame, pixels in frames:
+        path = pattern.path_for(frame)
+        write_exr_frame(path, pixels, metadata=replace(metadata, frame=frame),
+                        compression=compression, capture_time=capture_time)
+        written.append(path)
+        if on_frame_written is not None:
+            on_frame_written(frame, path)
+    return written
+
+
+def _as_rgba(rgba: np.ndarray) -> np.ndarray:
+    pixels = np.asarray(rgba, dtype=np.float32)
+    if pixels.ndim != 3 or pixels.shape[2] not in (3, 4) or pixels.shape[0] < 1 or pixels.shape[1] < 1:
+        raise ValueError(f"A frame is an (H, W, 3) or (H, W, 4) array, not shape {pixels.shape}.")
+    if pixels.shape[2] == 3:
+        alpha = np.ones(pixels.shape[:2] + (1,), dtype=np.float32)
+        pixels = np.concatenate([pixels, alpha], axis=2)
+    return np.ascontiguousarray(pixels)
+
+
+def _frame_spec(width: int, height: int, metadata: ExrMetadata, compression: str,
+                capture_time: datetime | None) -> oiio.ImageSpec:
+    spec = oiio.ImageSpec(width, height, 4, "half")
+    spec.channelnames = ("R", "G", "B", "A")
+    spec.attribute("compression", compression)
+    chromaticities = color.chromaticities_of(metadata.colorspace or color.working_space_name())
+    if chromaticities is not None:
+        spec.attribute("chromaticities", oiio.TypeDesc("float[8]"), chromaticities.as_floats())
+    if metadata.fps is not None:
+        spec.attribute("framesPerSecond", oiio.TypeRational, fps_as_rational(metadata.fps))
+    spec.attribute("software", software_name())
+    # OpenImageIO writes its DateTime as the standard capDate.
+    spec.attribute("DateTime", (capture_time or datetime.now()).strftime("%Y:%m:%d %H:%M:%S"))
+    if metadata.latlong:
+        # OpenImageIO writes envmap=ENVMAP_LATLONG for this; one level keeps it a plain image.
+        spec.attribute("textureformat", "LatLong Environment")
+        spec.attribute("openexr:levelmode", 0)
+    for name, value in metadata.cinegen_attributes().items():
+        spec.attribute(name, value)
+    return spec
+
+
+def _write_with_oiio(path: str, spec: oiio.ImageSpec, pixels: np.ndarray) -> None:
+    output = oiio.ImageOutput.create("openexr")  # by format name: the temporary name has no .exr
+    if output is None:
+        raise ExrWriteError(f"OpenImageIO has no OpenEXR writer ({oiio.geterror()}).")
+    ok = output.open(path, spec) and output.write_image(pixels)
+    ok = output.close() and ok
+    if not ok:
+        raise ExrWriteError(f"Could not write the EXR frame '{path}': {output.geterror()}")
+
+
+def _check_readable_exr(path: str) -> None:
+    # OpenImageIO can report success for a file it left empty; never publish one.
+    image = oiio.ImageInput.open(path)
+    if image is None:
+        raise ExrWriteError(f"The EXR frame just written to '{path}' cannot be read back: "
+                            f"{oiio.geterror()}")
+    image.close()
+
+
+def _fsync(path: str) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _fsync_folder(folder: str) -> None:
+    if os.name != "posix":  # folders cannot be opened for fsync on Windows
+        return
+    _fsync(folder)
+
+
+def read_exr_frame(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Pixels (float32, H x W x C, channels as stored: R, G, B, A first) and the header."""
+    path = os.fspath(path)
+    image = _open_image(path)
+    try:
+        spec = image.spec()
+        pixels = image.read_image(0, 0, 0, spec.nchannels, "float")
+        if pixels is None:
+            raise ImageReadError(f"Could not read the pixels of '{path}': {image.geterror()}")
+        header = {_OIIO_TO_EXR_NAMES.get(a.name, a.name): a.value for a in spec.extra_attribs}
+    finally:
+        image.close()
+    header["channels"] = tuple(spec.channelnames)
+    header["pixel_type"] = str(spec.format)
+    if header.pop("textureformat", None) == "LatLong Environment":
+        header["envmap"] = "latlong"
+    return _as_hwc(pixels, spec), header
+
+
+def read_image(path: str | os.PathLike[str], *, keep_alpha: bool = False) -> np.ndarray:
+    """A plate image as scene-linear float32, H x W x 3 (x 4 with ``keep_alpha``; alpha 1 if none)."""
+    path = os.fspath(path)
+    image = _open_image(path)
+    try:
+        spec = image.spec()
+        pixels = image.read_image(0, 0, 0, spec.nchannels, "float")
+        if pixels is None:
+            raise ImageReadError(f"Could not read the pixels of '{path}': {image.geterror()}")
+    finally:
+        image.close()
+    pixels = _as_hwc(pixels, spec)
+    rgb, alpha = _rgb_and_alpha(pixels, spec)
+    if str(spec.format) not in _FLOAT_FORMATS:
+        rgb = color.srgb_display_to_scene_linear(rgb)
+    return np.concatenate([rgb, alpha], axis=2) if keep_alpha else rgb
+
+
+def _open_image(path: str) -> oiio.ImageInput:
+    if not os.path.isfile(path):
+        raise ImageReadError(f"There is no file '{path}'.")
+    image = oiio.ImageInput.open(path)
+    if image is None:
+        raise ImageReadError(f"Could not read '{path}': {oiio.geterror() or 'unknown format'}.")
+    return image
+
+
+def _as_hwc(pixels: np.ndarray, spec: oiio.ImageSpec) -> np.ndarray:
+    return np.ascontiguousarray(pixels, dtype=np.float32).reshape(spec.height, spec.width, spec.nchannels)
+
+
+def _rgb_and_alpha(pixels: np.ndarray, spec: oiio.ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+    names = [name.split(".")[-1].upper() for name in spec.channelnames]
+    channels = pixels.shape[2]
+    alpha_index = spec.alpha_channel if spec.alpha_channel >= 0 else (names.index("A") if "A" in names else -1)
+    colour = [index for index in range(channels) if index != alpha_index]
+    if all(name in names for name in "RGB"):
+        rgb = pixels[..., [names.index(name) for name in "RGB"]]
+    elif colour:  # greyscale (Y, or Y + A): the one value in all three channels
+        rgb = np.repeat(pixels[..., colour[:1]], 3, axis=2)
+    else:
+        raise ImageReadError(f"The image has no colour channels (channels: {', '.join(spec.channelnames)}).")
+    alpha = pixels[..., alpha_index:alpha_index + 1] if alpha_index >= 0 else np.ones_like(rgb[..., :1])
+    return np.ascontiguousarray(rgb), np.ascontiguousarray(alpha)
+
+
+def read_plate_sequence(pattern: str | SequencePattern, frames: FrameRange | None = None, *,
+                        keep_alpha: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """``(frame, scene-linear pixels)`` for every frame of a plate, checked before the first is read.
+
+    Raises :class:`PlateError` at once when the pattern has no frame token, no frame is on disk, or
+    frames of ``frames`` are missing; while iterating, when a file is unreadable or changes size.
+    """
+    if isinstance(pattern, str):
+        try:
+            pattern = SequencePattern.parse(pattern, any_extension=True, what="plate")
+        except SequencePatternError as error:
+            raise PlateError(str(error)) from error
+    on_disk = pattern.glob_existing()
+    shown = pattern.hash_form()
+    if not on_disk:
+        raise PlateError(f"No frames of the plate '{shown}' were found: check the folder, the name "
+                         "and the frame padding.")
+    frames = frames or FrameRange(min(on_disk), max(on_disk))
+    missing = [frame for frame in frames if frame not in on_disk]
+    if missing:
+        raise PlateError(f"The plate '{shown}' is missing {len(missing)} of its {frames.count} frames "
+                         f"({frames}): {compact_frame_list(missing)}. Render or copy them, or choose "
+                         "a frame range that exists.")
+    return _plate_frames(on_disk, frames, shown, keep_alpha)
+
+
+def _plate_frames(on_disk: dict[int, str], frames: FrameRange, shown: str,
+                  keep_alpha: bool) -> Iterator[tuple[int, np.ndarray]]:
+    first_shape: tuple[int, ...] | None = None
+    for frame in frames:
+        try:
+            pixels = read_image(on_disk[frame], keep_alpha=keep_alpha)
+        except OSError as error:  # ImageReadError included
+            raise PlateError(f"Frame {frame} of the plate '{shown}' could not be read: {error}") from error
+        first_shape = first_shape or pixels.shape
+        if pixels.shape != first_shape:
+            raise PlateError(
+                f"Frame {frame} of the plate '{shown}' is {pixels.shape[1]}x{pixels.shape[0]} but frame "
+                f"{frames.first} is {first_shape[1]}x{first_shape[0]}: every frame of a plate must "
+                "have the same size.")
+        yield frame, pixels
+
+
+def srgb_preview_png(image: np.ndarray, max_side: int = 256, *, scene_linear: bool = True) -> bytes:
+    """A small sRGB PNG of a frame (its longer side at most ``max_side``) for previews."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    pixels = np.asarray(image, dtype=np.float32)
+    if pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        raise ValueError(f"A preview needs an (H, W, 3) or (H, W, 4) image, not shape {pixels.shape}.")
+    rgb = _box_shrink(pixels[..., :3], max_side)  # average before the curve: light adds linearly
+    if scene_linear:
+        rgb = color.scene_linear_to_srgb_display(rgb)
+    rgb8 = np.clip(np.nan_to_num(rgb) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    picture = Image.fromarray(rgb8, "RGB")
+    picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _box_shrink(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    factor = max(rgb.shape[0], rgb.shape[1]) // max(max_side, 1)
+    if factor < 2:
+        return rgb
+    height, width = (rgb.shape[0] // factor) * factor, (rgb.shape[1] // factor) * factor
+    blocks = rgb[:height, :width].reshape(height // factor, factor, width // factor, factor, 3)
+    return blocks.mean(axis=(1, 3))

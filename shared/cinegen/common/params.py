@@ -1,0 +1,198 @@
+"""Pipeline parameters as typed dataclasses, shared by the server, the CLI and the panel.
+
+Each field carries its form description (type, default, range, help) in `dataclasses.field`
+metadata; the server publishes them as `ParamSpec`s in `GetCapabilities`, the CLI turns them into
+options (`negative_prompt` -> `--negative-prompt`) and the panel into widgets. Field names equal the
+proto field names of `CommonParams` and of each pipeline's message, so conversion is generic.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+
+def param(default: Any, *, help: str, kind: str | None = None, minimum: float | None = None,
+          maximum: float | None = None, choices: tuple[str, ...] = (), label: str = "",
+          step: float = 0.0, cli: bool = True) -> Any:
+    """A dataclass field with its form description."""
+    meta = dict(help=help, kind=kind, minimum=minimum, maximum=maximum, choices=choices,
+                label=label, step=step, cli=cli)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ParamDescription:
+    """What a client needs to build one widget or CLI option."""
+    name: str
+    type: str  # int | float | bool | string | text | enum | path | list
+    default: Any
+    help: str
+    group: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    label: str = ""
+    step: float = 0.0
+    cli: bool = True
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+_PY_TO_KIND = {int: "int", float: "float", bool: "bool", str: "string"}
+
+
+def _base_type(hint: Any) -> type:
+    args = getattr(hint, "__args__", None)
+    if args:  # Optional[X] / X | None / list[X]
+        non_none = [a for a in args if a is not type(None)]
+        origin = getattr(hint, "__origin__", None)
+        if origin is list:
+            return list
+        return non_none[0]
+    return hint
+
+
+def describe(cls: type, group: str) -> list[ParamDescription]:
+    hints = get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        base = _base_type(hints[f.name])
+        kind = meta.get("kind") or ("list" if base is list else _PY_TO_KIND.get(base, "string"))
+        if meta.get("choices") and not meta.get("kind"):
+            kind = "enum"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append(ParamDescription(
+            name=f.name, type=kind, default=default, help=meta.get("help", ""), group=group,
+            minimum=meta.get("minimum"), maximum=meta.get("maximum"),
+            choices=tuple(meta.get("choices", ())), label=meta.get("label") or f.name.replace("_", " ").capitalize(),
+            step=meta.get("step", 0.0), cli=meta.get("cli", True)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CommonParams:
+    """Options every pipeline takes (same names in the CLI, the proto and the panel)."""
+    prompt: str = param("", help="What to generate.", kind="text")
+    negative_prompt: str = param("", help="What to keep out of the picture.", kind="text")
+    model: str = param("", help="Model id from `cinegen models`; empty = the pipeline's default.")
+    seed: int | None = param(None, help="Random seed; empty = a new random seed (recorded in the EXR header).",
+                             minimum=0, maximum=2**63 - 1)
+    steps: int | None = param(None, help="Denoising steps; empty = the model's recommended number.",
+                              minimum=1, maximum=1000)
+    guidance: float | None = param(None, help="Classifier-free guidance scale; empty = the model's default.",
+                                   minimum=0.0, maximum=50.0, step=0.5)
+    width: int | None = param(None, help="Output width in pixels (multiple of 8); empty = native.",
+                              minimum=8, maximum=16384, step=8)
+    height: int | None = param(None, help="Output height in pixels (multiple of 8); empty = native.",
+                               minimum=8, maximum=16384, step=8)
+    frames: int | None = param(None, help="Number of frames; empty = 1 for images, the model's clip length for video.",
+                               minimum=1, maximum=10000)
+    fps: float | None = param(None, help="Frames per second recorded in the output; empty = 24.",
+                              minimum=1.0, maximum=240.0)
+    out: str = param("", help="Output frames, DIR/NAME.####.exr (DIR for story).", kind="path")
+    first_frame: int | None = param(None, help="Number of the first frame written; empty = 1001.",
+                                    minimum=0, maximum=10_000_000)
+    compression: str = param("zip", help="EXR compression.", choices=("zip", "piz", "dwaa", "none"))
+
+
+@dataclass
+class ImageParams:
+    """Text to image (SD family)."""
+
+
+@dataclass
+class UpscaleParams:
+    mode: str = param("generate", help="generate: text -> native -> cascade; plate: refine an EXR sequence at a "
+                      "higher resolution; refine: re-noise an upsampled clip and denoise it (I2VGen-XL style).",
+                      choices=("generate", "plate", "refine"))
+    input: str = param("", help="Plate to upscale, PATH.####.exr (plate and refine modes).", kind="path")
+    scale: float | None = param(None, help="Upscale factor over native/plate size; empty = use width/height.",
+                                minimum=1.0, maximum=16.0, step=0.5)
+    stages: int | None = param(None, help="Cascade stages; empty = one stage per x2.", minimum=1, maximum=8)
+    strength: float | None = param(None, help="How much of a plate may change (0 = none, 1 = all).",
+                                   minimum=0.0, maximum=1.0, step=0.05)
+    cosine_scale: float | None = param(None, help="Cosine mixing exponent (1-2 usual, <= 1 for 8K).",
+                                       minimum=0.0, maximum=10.0, step=0.1)
+    dilate_tau: int | None = param(None, help="Use restrained dilation for the first N steps of upscaled stages.",
+                                   minimum=0, maximum=1000)
+    fast: bool = param(False, help="Dilated-sampling global attention (faster, slightly less coherent).")
+    vae_tile: int | None = param(None, help="VAE tile size in pixels for large frames; empty = automatic.",
+                                 minimum=64, maximum=8192, step=64)
+    lora: str = param("", help="Optional LoRA weights (path) applied to the model for this job.", kind="path")
+
+
+@dataclass
+class PanoramaParams:
+    projection: str = param("plane", help="plane: wide picture; ring: seamless 360° cylinder; "
+                            "sphere: full 360°×180° equirectangular (2:1).", choices=("plane", "ring", "sphere"))
+    loop: bool = param(False, help="Make the video loop seamlessly (video models).")
+    input: str = param("", help="Optional image that fills its place in the panorama and is kept.", kind="path")
+    guidance_scale_down: float | None = param(None, help="Global motion guidance: generate at 1/N size first, "
+                                              "then refine at full size; empty = off.", minimum=1.0, maximum=8.0)
+
+
+@dataclass
+class TrajectoryParams:
+    trajectory: str = param("", help="Trajectory JSON file (tracks of points over frames).", kind="path")
+    trajectory_json: str = param("", help="The trajectory JSON itself (instead of a file).", kind="text", cli=False)
+
+
+@dataclass
+class StoryParams:
+    story: str = param("", help="Story YAML file (title, fps, style, characters, shots).", kind="path")
+    story_yaml: str = param("", help="The story YAML itself (instead of a file).", kind="text", cli=False)
+    shots: list[str] = param([], help="Only these shot ids (re-run), comma separated; empty = all.")
+
+
+PIPELINE_PARAMS: dict[str, type] = {
+    "image": ImageParams,
+    "upscale": UpscaleParams,
+    "panorama": PanoramaParams,
+    "trajectory": TrajectoryParams,
+    "story": StoryParams,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# proto <-> dataclass, by field name
+
+def from_proto(msg: Any, cls: type) -> Any:
+    values = {}
+    for f in dataclasses.fields(cls):
+        if not hasattr(msg, f.name):
+            continue
+        fd = msg.DESCRIPTOR.fields_by_name[f.name]
+        if fd.has_presence and not msg.HasField(f.name):
+            continue  # keep the dataclass default (None = model decides)
+        value = getattr(msg, f.name)
+        values[f.name] = list(value) if fd.is_repeated else value
+    return cls(**values)
+
+
+def to_proto(obj: Any, msg: Any) -> Any:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None or not hasattr(msg, f.name):
+            continue
+        if isinstance(value, list):
+            del getattr(msg, f.name)[:]
+            getattr(msg, f.name).extend(value)
+        else:
+            setattr(msg, f.name, value)
+    return msg
+
+
+def params_json(*objs: Any) -> str:
+    """All parameters of a job as one JSON object (for the EXR header and the history)."""
+    merged: dict[str, Any] = {}
+    for obj in objs:
+        merged.update(dataclasses.asdict(obj))
+    return json.dumps(merged, sort_keys=True, default=str)
