@@ -26,8 +26,9 @@ def builtin_config(monkeypatch) -> None:
 
 
 def _metadata(**changes) -> ExrMetadata:
-    fields = dict(pipeline="upscale", model="tiny-sd", seed=1234, prompt="café at dusk ✨", job="job-7",
-                  params={"steps": 4, "guidance": 7.5, "scale": [2, 2]}, frame=1001, fps=Fraction(24000, 1001))
+    fields = dict(pipeline="upscale", model="tiny-sd", seed=1234, prompt="café at dusk ✨",
+                  job="job-7", params={"steps": 4, "guidance": 7.5, "scale": [2, 2]}, frame=1001,
+                  fps=Fraction(24000, 1001))
     fields.update(changes)
     return ExrMetadata(**fields)
 

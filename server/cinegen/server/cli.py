@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for the network).")
     serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--token", default=os.environ.get("CINEGEN_TOKEN"),
+                       help="Require this access token from clients (also $CINEGEN_TOKEN).")
 
     gen = sub.add_parser("generate", help="Generate frames with a pipeline.")
     gsub = gen.add_subparsers(dest="pipeline", required=True)
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("story_file", nargs="?", help="Story YAML file.")
         p.add_argument("--server", help="HOST:PORT of a running `cinegen serve`; default: run one in-process.")
         p.add_argument("--job-id", default="", help="Client-chosen job id (resubmitting it is idempotent).")
+        p.add_argument("--token", default=os.environ.get("CINEGEN_TOKEN"), help="Access token of --server.")
         _add_param_options(p, describe(CommonParams, "common") + describe(cls, name))
         _add_server_options(p)
 
@@ -95,7 +98,7 @@ def server_config(args: argparse.Namespace, host: str = "127.0.0.1", port: int =
     return ServerConfig(host=host, port=port, models_dirs=[Path(p) for p in args.models], device=args.device,
                         max_width=args.max_size, max_height=args.max_size,
                         memory_budget=int(args.memory_budget * (1 << 30)) if args.memory_budget else None,
-                        use_hf_cache=not args.no_hf_cache)
+                        use_hf_cache=not args.no_hf_cache, token=getattr(args, "token", None))
 
 
 @contextlib.contextmanager
@@ -108,7 +111,7 @@ def connect(args: argparse.Namespace) -> Iterator[GeneratorClient]:
 
         running = start_server(server_config(args))
         address = running.address
-    client = GeneratorClient(address, timeout=60.0)
+    client = GeneratorClient(address, timeout=60.0, token=getattr(args, "token", None) if running is None else None)
     try:
         client.wait_ready(timeout=30.0)
         yield client
@@ -122,10 +125,11 @@ def connect(args: argparse.Namespace) -> Iterator[GeneratorClient]:
 class ProgressBar:
     """stage, step/total, overall percentage, ETA, on one terminal line."""
 
-    def __init__(self, label: str, stream=sys.stderr):
+    def __init__(self, label: str, stream=None):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=1000, desc=label, unit="‰", file=stream, dynamic_ncols=True,
+        self.stream = stream or sys.stderr
+        self.bar = tqdm(total=1000, desc=label, unit="‰", file=self.stream, dynamic_ncols=True,
                         bar_format="{desc} {bar} {percentage:3.0f}% {postfix}")
 
     def __call__(self, event) -> None:
@@ -137,11 +141,11 @@ class ProgressBar:
             self.bar.set_postfix_str(f"{p.stage} {p.step}/{p.total} {eta}", refresh=False)
             self.bar.refresh()
         elif kind == "frame_written":
-            self.bar.write(f"  wrote {event.frame_written.path}")
+            self.bar.write(f"  wrote {event.frame_written.path}", file=self.stream)
         elif kind == "queued" and event.queued.position > 1:
             self.bar.set_postfix_str(f"queued #{event.queued.position}")
         elif kind == "log":
-            self.bar.write(f"  {event.log.message}")
+            self.bar.write(f"  {event.log.message}", file=self.stream)
 
     def close(self) -> None:
         self.bar.close()
@@ -266,14 +270,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    try:
-        import diffusers
+    from .models.registry import quiet_library_progress
 
-        diffusers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
+    quiet_library_progress()
 
 
 if __name__ == "__main__":

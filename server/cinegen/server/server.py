@@ -1,6 +1,7 @@
 """Start a gRPC server: the Generator service, the standard health service, server reflection."""
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 from concurrent import futures
@@ -18,6 +19,34 @@ from .service import GeneratorService, ServerConfig
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generator"].full_name
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    """Refuses calls without the server's token; the health service stays open for probes."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}"
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "This cinegen server needs an access token. Enter the token the server was started "
+                          "with (cinegen serve --token ...) in the connection settings.")
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
+        self._deny_client_stream = grpc.stream_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method or ""
+        if method.startswith("/grpc.health.") or method.startswith("/grpc.reflection."):
+            return continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if hmac.compare_digest(metadata.get("authorization", ""), self._expected):
+            return continuation(handler_call_details)
+        if method.endswith("/Watch") or method.endswith("/Download"):
+            return self._deny_stream
+        if method.endswith("/Upload"):
+            return self._deny_client_stream
+        return self._deny
 
 
 @dataclass
@@ -42,7 +71,9 @@ def start_server(config: ServerConfig, service: GeneratorService | None = None) 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network at run time
     service = service or GeneratorService(config)
     # watchers hold a thread each while streaming; leave room for many panels at once
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="cinegen-rpc"))
+    interceptors = [TokenAuth(config.token)] if config.token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="cinegen-rpc"),
+                         interceptors=interceptors)
     pb_grpc.add_GeneratorServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

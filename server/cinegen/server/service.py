@@ -31,6 +31,7 @@ from .pipelines.base import JobSpec, Pipeline, RunContext
 
 log = logging.getLogger(__name__)
 
+PROTOCOL_VERSION = 1
 CHUNK = 1 << 20  # 1 MiB: far below gRPC's 4 MB default message limit
 PREVIEW_INTERVAL = 0.5  # seconds between previews of one job
 _STATUS = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT, "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
@@ -50,6 +51,7 @@ class ServerConfig:
     memory_budget: int | None = None
     state_dir: Path | None = None  # uploads live here
     use_hf_cache: bool = True
+    token: str | None = None  # when set, every call must carry `authorization: Bearer <token>`
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,7 +88,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     # ---- capabilities -----------------------------------------------------------------------
     def GetCapabilities(self, request, context):
         caps = pb.Capabilities(server_version=__version__, device=self._device_info(),
-                               max_width=self.config.max_width, max_height=self.config.max_height)
+                               max_width=self.config.max_width, max_height=self.config.max_height,
+                               protocol_version=PROTOCOL_VERSION)
         for name, pipe in self.pipelines.items():
             info = caps.pipelines.add(name=name, description=pipe.description, families=list(pipe.families))
             for desc in describe(CommonParams, "common") + describe(pipe.params_type, name):

@@ -1,8 +1,10 @@
 """A small, torch-free client of the cinegen server, used by the CLI and the panel.
 
 `watch` reconnects on its own after a dropped connection, resuming with the last sequence number
-seen, so no event is lost or repeated. Connection problems become `ServerUnavailable` with a
-sentence that says what to do.
+seen, so no event is lost or repeated (waiting per the client's `BackoffPolicy` between attempts when
+it has one). Connection problems become `ServerUnavailable` with a sentence that says what to do.
+TLS (`tls=True`, optional root certificates) and the access token come from `ConnectionSettings`
+through `GeneratorClient.from_settings`.
 """
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import grpc
 
+from .connection import BackoffPolicy, ConnectionSettings
 from .params import PIPELINE_PARAMS, CommonParams, to_proto
 from .proto import generator_pb2 as pb
 from .proto import generator_pb2_grpc as pb_grpc
@@ -25,7 +28,11 @@ TERMINAL_EVENTS = ("completed", "failed", "cancelled")
 
 
 class ServerUnavailable(ConnectionError):
-    pass
+    """The server can't be reached; the message says what to do, `details` is gRPC's own text."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
 
 
 class RequestRejected(ValueError):
@@ -63,13 +70,28 @@ def new_job_id(prefix: str = "job") -> str:
 
 
 class GeneratorClient:
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = 10.0, token: str | None = None):
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = 10.0, token: str | None = None,
+                 tls: bool = False, root_certificates: bytes | None = None, backoff: BackoffPolicy | None = None):
         self.address = address
         self.timeout = timeout
-        options = [("grpc.max_receive_message_length", 16 << 20)]
-        self.channel = grpc.insecure_channel(address, options=options)
+        self.tls = tls or root_certificates is not None
+        self.backoff = backoff
+        # a dropped connection is retried by the channel within a second or two, not gRPC's default 20 s cap
+        options = [("grpc.max_receive_message_length", 16 << 20),
+                   ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+        if self.tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self.channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.GeneratorStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    @classmethod
+    def from_settings(cls, settings: ConnectionSettings) -> "GeneratorClient":
+        """A client for saved connection settings (address, token, TLS, back-off, time-outs)."""
+        return cls(settings.address, timeout=settings.call_timeout, token=settings.token or None,
+                   tls=settings.tls, root_certificates=settings.read_root_cert(), backoff=settings.backoff)
 
     def close(self) -> None:
         self.channel.close()
@@ -82,9 +104,11 @@ class GeneratorClient:
 
     # ---- calls --------------------------------------------------------------------------------
     def wait_ready(self, timeout: float = 30.0) -> None:
+        future = grpc.channel_ready_future(self.channel)
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+            future.result(timeout=timeout)
         except grpc.FutureTimeoutError as exc:
+            future.cancel()  # stop watching the channel's state once we have given up
             raise ServerUnavailable(self._unreachable()) from exc
 
     def capabilities(self) -> pb.Capabilities:
@@ -99,14 +123,26 @@ class GeneratorClient:
     def list_jobs(self) -> pb.JobList:
         return self._call(self.stub.ListJobs, pb.ListJobsRequest())
 
-    def watch(self, job_id: str, after_seq: int = 0, *, reconnect_for: float = 60.0) -> Iterator[pb.JobEvent]:
-        """Every event after `after_seq` until the job ends; survives dropped connections."""
+    def watch(self, job_id: str, after_seq: int = 0, *, reconnect_for: float | None = None,
+              on_reconnect: Callable[[int, float], None] | None = None) -> Iterator[pb.JobEvent]:
+        """Every event after `after_seq` until the job ends; survives dropped connections.
+
+        After a drop it waits (0.5 s, or per the client's back-off policy), calls
+        `on_reconnect(after_seq, delay)` and asks again from the last sequence number seen; it gives up
+        with `ServerUnavailable` after `reconnect_for` seconds without an event (default: the policy's
+        `give_up_after`, else 60 s).
+        """
+        if reconnect_for is None:
+            reconnect_for = self.backoff.give_up_after if self.backoff else 60.0
         last = after_seq
         deadline = None
+        attempt = 0
         while True:
             try:
                 for event in self.stub.Watch(pb.WatchRequest(job_id=job_id, after_seq=last), metadata=self.metadata):
-                    deadline = None
+                    deadline, attempt = None, 0
+                    if event.seq <= last:
+                        continue  # already delivered before the drop
                     last = event.seq
                     yield event
                     if event.WhichOneof("kind") in TERMINAL_EVENTS:
@@ -117,8 +153,12 @@ class GeneratorClient:
                     raise _rejected(exc) from None
                 deadline = deadline or time.monotonic() + reconnect_for
                 if time.monotonic() > deadline:
-                    raise ServerUnavailable(self._unreachable()) from None
-                time.sleep(0.5)
+                    raise ServerUnavailable(self._unreachable(exc.details() or ""), exc.details() or "") from None
+                delay = self.backoff.delay(attempt) if self.backoff else 0.5
+                attempt += 1
+                if on_reconnect:
+                    on_reconnect(last, delay)
+                time.sleep(delay)
 
     def run(self, request: pb.JobRequest, on_event=None) -> JobResult:
         """Submit and watch to the end."""
@@ -175,10 +215,14 @@ class GeneratorClient:
             return method(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise ServerUnavailable(self._unreachable()) from None
+                raise ServerUnavailable(self._unreachable(exc.details() or ""), exc.details() or "") from None
             raise _rejected(exc) from None
 
-    def _unreachable(self) -> str:
+    def _unreachable(self, details: str = "") -> str:
+        if self.tls and any(word in details.lower() for word in ("ssl", "handshake", "certificate", "tls")):
+            return (f"The secure (TLS) connection to the cinegen server at {self.address} failed ({details}). "
+                    "Check the root certificate in the connection settings, or turn TLS off if the server "
+                    "runs without it.")
         return (f"Can't reach the cinegen server at {self.address}. Start it with `cinegen serve` "
                 "(or check the address and port in the settings), then try again.")
 

@@ -32,7 +32,6 @@ from cinegen.common.sequence import (FrameRange, SequencePattern, SequencePatter
 
 COMPRESSIONS = ("zip", "piz", "dwaa", "none")
 CINEGEN_PREFIX = "cinegen:"
-_FIELDS = ("pipeline", "model", "seed", "prompt", "job", "params", "colorspace", "frame")
 # OpenImageIO's names for standard EXR attributes it renames on reading.
 _OIIO_TO_EXR_NAMES = {"DateTime": "capDate", "FramesPerSecond": "framesPerSecond", "Software": "software"}
 _FLOAT_FORMATS = {"half", "float", "double"}
@@ -77,12 +76,12 @@ class ExrMetadata:
     def cinegen_attributes(self) -> dict[str, str]:
         """The ``cinegen:*`` string attributes (empty fields left out)."""
         values = {
+            **self.extra,  # first, so an extra key cannot hide a field of its own name
             "pipeline": self.pipeline, "model": self.model, "prompt": self.prompt, "job": self.job,
             "seed": "" if self.seed is None else str(self.seed),
             "params": json.dumps(dict(self.params), sort_keys=True, default=str) if self.params else "",
             "colorspace": self.colorspace or color.working_space_name(),
             "frame": "" if self.frame is None else str(self.frame),
-            **self.extra,
         }
         return {CINEGEN_PREFIX + key: value for key, value in values.items() if value != ""}
 
@@ -99,7 +98,7 @@ class ExrMetadata:
             params=json.loads(ours.pop("params")) if "params" in ours else {},
             colorspace=ours.pop("colorspace", None),
             frame=int(ours.pop("frame")) if "frame" in ours else None,
-            fps=Fraction(*fps) if fps is not None else None,
+            fps=None if fps is None else Fraction(*fps) if isinstance(fps, tuple) else Fraction(fps),
             latlong=header.get("envmap") == "latlong",
             extra=ours,
         )
@@ -279,9 +278,10 @@ def _as_hwc(pixels: np.ndarray, spec: oiio.ImageSpec) -> np.ndarray:
 
 def _rgb_and_alpha(pixels: np.ndarray, spec: oiio.ImageSpec) -> tuple[np.ndarray, np.ndarray]:
     names = [name.split(".")[-1].upper() for name in spec.channelnames]
-    channels = pixels.shape[2]
-    alpha_index = spec.alpha_channel if spec.alpha_channel >= 0 else (names.index("A") if "A" in names else -1)
-    colour = [index for index in range(channels) if index != alpha_index]
+    alpha_index = spec.alpha_channel
+    if alpha_index < 0 and "A" in names:
+        alpha_index = names.index("A")
+    colour = [index for index in range(pixels.shape[2]) if index != alpha_index]
     if all(name in names for name in "RGB"):
         rgb = pixels[..., [names.index(name) for name in "RGB"]]
     elif colour:  # greyscale (Y, or Y + A): the one value in all three channels

@@ -117,7 +117,10 @@ def parse_story_text(text: str, source: str = "story", default_title: str = "sto
 def _yaml_error(error: yaml.YAMLError, source: str) -> StoryError:
     if isinstance(error, yaml.MarkedYAMLError):
         mark = error.problem_mark or error.context_mark
-        return StoryError(f"not valid YAML: {error.problem or error.context}",
+        detail = error.problem or error.context
+        if error.problem and error.context:
+            detail = f"{error.problem} ({error.context})"
+        return StoryError(f"not valid YAML: {detail}",
                           line=None if mark is None else mark.line + 1, source=source)
     return StoryError(f"not valid YAML: {error}", source=source)
 
@@ -164,8 +167,10 @@ class _StoryReader:
 
     def string(self, node: yaml.Node, what: str, allow_empty: bool = False) -> str:
         value = self.value(node)
-        if value is None and allow_empty:
-            return ""
+        if value is None:
+            if allow_empty:
+                return ""
+            raise self.fail(f"{what} is empty: write it out", node)
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise self.fail(f"{what} must be text, not {type(value).__name__}", node)
         text = self.text(node).strip()
@@ -257,9 +262,9 @@ class _StoryReader:
                     continuity=continuity, line=_line(node))
 
     def shot_characters(self, node: yaml.Node, what: str, characters: dict[str, str]) -> tuple[str, ...]:
-        items = [node] if isinstance(node, yaml.ScalarNode) else node.value
         if isinstance(node, yaml.MappingNode):
             raise self.fail(f"{what} characters must be a list of names, e.g. [Mira, Tom]", node)
+        items = [node] if isinstance(node, yaml.ScalarNode) else node.value
         names: list[str] = []
         for item in items:
             if isinstance(item, yaml.ScalarNode) and self.value(item) is None:

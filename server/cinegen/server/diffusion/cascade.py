@@ -52,18 +52,15 @@ def plan_stages(
     stage grows the side length by at most ``factor`` (stages spaced geometrically, so an exact
     power of ``factor`` gives exactly ×factor per stage); the last stage is ``target``.
     ``stages`` (total count, first stage included) overrides the count. ``multiple`` is the *pixel*
-    multiple every size is rounded to: 8 × the latent multiple the UNet needs (SD1.5: 8·8 = 64,
-    SDXL: 8·4 = 32). A target no larger than the first stage gives the single stage ``[target]``.
+    multiple every stage but the last is rounded to: 8 × the latent multiple the UNet needs
+    (SD1.5: 8·8 = 64, SDXL: 8·4 = 32). The target is kept as given (4K UHD's 2160 is no multiple
+    of 32; diffusers UNets pad odd sizes), so the caller keeps it a multiple of the VAE factor.
+    A target no larger than the first stage gives the single stage ``[target]``.
     """
     native_w, native_h = native
     target_w, target_h = target
     if min(native_w, native_h, target_w, target_h) <= 0:
         raise ValueError(f"sizes must be positive, got native={native} target={target}")
-    if target_w % multiple or target_h % multiple:
-        raise ValueError(
-            f"target {target_w}x{target_h} is not a multiple of {multiple} px; "
-            f"round it (or generate larger and crop) before planning stages"
-        )
     if factor <= 1.0:
         raise ValueError(f"factor must be > 1, got {factor}")
     if stages is not None and stages < 1:

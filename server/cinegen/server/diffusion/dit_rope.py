@@ -107,7 +107,8 @@ def install_ntk_rope(
     original = transformer.rope
     if not isinstance(original, WanRotaryPosEmbed):
         raise TypeError(
-            f"install_ntk_rope needs a Wan transformer whose .rope is a WanRotaryPosEmbed, got {type(original).__name__}."
+            "install_ntk_rope needs a Wan transformer whose .rope is a WanRotaryPosEmbed, "
+            f"got {type(original).__name__}."
         )
     replacement = NTKWanRotaryPosEmbed.like(original, alphas, base)
     transformer.rope = replacement

@@ -48,6 +48,23 @@ def ensure_tiny_model(tiny: TinyModel, cache_dir: Path) -> Path:
     return folder
 
 
+def quiet_library_progress() -> None:
+    """Loading bars of diffusers/transformers/hub would garble our own progress output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import diffusers
+        import huggingface_hub
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
+    except (ImportError, AttributeError):
+        pass
+
+
 def _model_index_class(folder: Path) -> str | None:
     try:
         return json.loads((folder / "model_index.json").read_text()).get("_class_name")
@@ -69,6 +86,7 @@ class ModelRegistry:
         self.use_hf_cache = use_hf_cache
         self.memory_budget = memory_budget if memory_budget is not None else _default_budget(self.device)
         self.families: dict[str, Family] = all_families()
+        quiet_library_progress()
         self._loaded: OrderedDict[str, FamilyAdapter] = OrderedDict()
         self._lock = threading.RLock()
         self._entries: dict[str, ModelEntry] | None = None

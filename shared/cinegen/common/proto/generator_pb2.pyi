@@ -201,20 +201,22 @@ class GetCapabilitiesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("server_version", "device", "pipelines", "models", "max_width", "max_height")
+    __slots__ = ("server_version", "device", "pipelines", "models", "max_width", "max_height", "protocol_version")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     PIPELINES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     MAX_WIDTH_FIELD_NUMBER: _ClassVar[int]
     MAX_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     device: DeviceInfo
     pipelines: _containers.RepeatedCompositeFieldContainer[PipelineInfo]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     max_width: int
     max_height: int
-    def __init__(self, server_version: _Optional[str] = ..., device: _Optional[_Union[DeviceInfo, _Mapping]] = ..., pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ...) -> None: ...
+    protocol_version: int
+    def __init__(self, server_version: _Optional[str] = ..., device: _Optional[_Union[DeviceInfo, _Mapping]] = ..., pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("job_id", "after_seq")
