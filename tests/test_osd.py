@@ -16,7 +16,7 @@ from cinegen.server.diffusion.osd import (
     plan_waves,
     renoise_to,
 )
-from cinegen.server.diffusion.windows import Boundary, plan_windows, step_offset, windows_overlap
+from cinegen.server.diffusion.windows import Boundary, order_for_batching, plan_windows, step_offset, windows_overlap
 
 FAST = settings(max_examples=40, deadline=None)
 MAX_WINDOWS = 150
@@ -202,7 +202,15 @@ def test_waves_hold_disjoint_windows_and_keep_the_order_of_overlapping_ones():
         for b in range(a + 1, len(windows)):
             if windows_overlap(windows[a], windows[b]):
                 assert wave_of[a] < wave_of[b]
-    assert len(waves) < len(windows)
+
+
+def test_order_for_batching_lets_overlapping_plans_batch_in_few_waves():
+    windows = plan_windows((1, 32, 64), (1, 8, 16), (0, 0, 0), "dock", "ring", "dock", overlap=0.5)
+    assert len(plan_waves(windows)) == len(windows) == 56  # raster order chains every window to the previous
+    reordered = order_for_batching(windows)
+    assert sorted(reordered, key=repr) == sorted(windows, key=repr)
+    # Half-overlapping windows in 2-D fall into 2 x 2 parity classes of disjoint windows.
+    assert [len(wave) for wave in plan_waves(reordered)] == [16, 16, 12, 12]
 
 
 def test_osd_rejects_windows_that_leave_positions_uncovered():

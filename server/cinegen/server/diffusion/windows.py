@@ -33,6 +33,7 @@ __all__ = [
     "AxisSpan",
     "Boundary",
     "Window",
+    "order_for_batching",
     "overlap_for_step",
     "plan_axis",
     "plan_windows",
@@ -191,6 +192,24 @@ def plan_windows(
     rows = plan_axis(latent_size[1], window[1], offset[1], boundary_h, overlap)
     cols = plan_axis(latent_size[2], window[2], offset[2], boundary_w, overlap)
     return [Window(f, h, w) for f in frames for h in rows for w in cols]
+
+
+def order_for_batching(windows: list[Window]) -> list[Window]:
+    """The same windows, pairwise-disjoint groups first (greedy colouring, plan order kept inside).
+
+    Any order denoises each latent once per step; this one lets ``denoise_windows_batched`` put
+    many windows in one call even when neighbours overlap (raster order chains every neighbour).
+    """
+    remaining = list(windows)
+    ordered: list[Window] = []
+    while remaining:
+        group: list[Window] = []
+        for window in remaining:
+            if not any(windows_overlap(window, other) for other in group):
+                group.append(window)
+        ordered.extend(group)
+        remaining = [w for w in remaining if w not in group]
+    return ordered
 
 
 def _check_latent(latent: Tensor, window: Window) -> None:
