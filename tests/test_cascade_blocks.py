@@ -81,9 +81,17 @@ def test_stage_plan_properties_for_any_aspect(native_side, target_w, target_h, m
 
 
 def test_power_of_factor_gives_exact_doubling_chain():
-    plan = plan_stages((512, 512), (4096, 2048), multiple=64)
-    for (w0, h0), (w1, h1) in zip(plan[1:], plan[2:]):
-        assert (w1, h1) == (2 * w0, 2 * h0) or (w1, h1) == (4096, 2048)
+    plan = plan_stages((1024, 1024), (8192, 8192), multiple=32)
+    assert plan == [(1024, 1024), (2048, 2048), (4096, 4096), (8192, 8192)]
+    assert plan_stages((512, 512), (1536, 1536), factor=3.0) == [(512, 512), (1536, 1536)]
+
+
+def test_uneven_growth_is_spread_evenly_over_stages():
+    # 768 → 2160 lines is ×2.81: two stages of ×1.68 rather than ×2 then ×1.41
+    plan = plan_stages((1024, 1024), (3840, 2160), multiple=32)
+    assert len(plan) == 3
+    ratios = [h1 / h0 for (_, h0), (_, h1) in zip(plan, plan[1:])]
+    assert max(ratios) <= 2.0 and max(ratios) / min(ratios) < 1.1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -156,10 +156,13 @@ def window_model(x: torch.Tensor, k: int) -> torch.Tensor:
 @given(
     latent=sizes, window=window_sizes, step=st.integers(0, 40),
     bh=boundaries, bw=boundaries, bt=boundaries, overlap=overlaps, max_batch=st.sampled_from([None, 1, 3]),
+    reorder=st.booleans(),
 )  # fmt: skip
-def test_batched_osd_equals_sequential_osd(latent, window, step, bh, bw, bt, overlap, max_batch):
+def test_batched_osd_equals_sequential_osd(latent, window, step, bh, bw, bt, overlap, max_batch, reorder):
     windows = plan_windows(latent, window, step_offset(step, (1, 2, 3)), bh, bw, bt, overlap)
     assume(len(windows) <= MAX_WINDOWS)
+    if reorder:
+        windows = order_for_batching(windows)
     x = torch.randn(2, 3, *latent, generator=torch.Generator().manual_seed(step))
     calls = []
 

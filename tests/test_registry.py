@@ -91,3 +91,24 @@ def test_loading_is_lazy(registry, tmp_path):
     reg = ModelRegistry([tmp_path], use_hf_cache=False, cache_dir=registry.cache_dir)
     reg.entries()
     assert not reg.is_loaded("lazy")
+
+
+def test_tiny_animatediff_denoises_like_the_stock_pipeline(registry):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    adapter = registry.get("tiny-animatediff")
+    assert adapter.family == "animatediff" and type(adapter.pipe.unet).__name__ == "UNetMotionModel"
+    stock = adapter.pipe("a red disc", negative_prompt="blue", num_frames=6, num_inference_steps=2,
+                         guidance_scale=7.5, generator=torch.Generator().manual_seed(3), output_type="latent",
+                         height=64, width=64).frames
+    generator = torch.Generator().manual_seed(3)
+    cond = adapter.encode_prompt("a red disc", "blue", 7.5)
+    scheduler = adapter.new_scheduler()
+    scheduler.set_timesteps(2)
+    x = randn_tensor(adapter.latent_shape(1, 64, 64, 6), generator=generator) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        x = scheduler.step(adapter.predict(scheduler.scale_model_input(x, t), t, cond), t, x, eta=0.0,
+                           generator=generator, return_dict=False)[0]
+    assert torch.equal(x, stock)
+    video = adapter.decode(x)
+    assert video.shape == (1, 3, 6, 64, 64) and 0 <= video.min() and video.max() <= 1

@@ -39,8 +39,16 @@ def _sd() -> Family:
                   single_file=True)
 
 
+def _animatediff() -> Family:
+    from .animatediff import ANIMATEDIFF_PIPELINE_CLASSES, build_tiny_animatediff, load_animatediff
+
+    return Family("animatediff", ANIMATEDIFF_PIPELINE_CLASSES, load_animatediff,
+                  tiny=(TinyModel("tiny-animatediff", "Tiny AnimateDiff video model (random weights, 64 px, "
+                                  "16 frames)", build_tiny_animatediff, version=1),))
+
+
 # Each entry is a factory so a family's heavy imports happen only when the registry starts.
-FAMILY_FACTORIES: list[Callable[[], Family]] = [_sd]
+FAMILY_FACTORIES: list[Callable[[], Family]] = [_sd, _animatediff]
 
 
 def all_families() -> dict[str, Family]:

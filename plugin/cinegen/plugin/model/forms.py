@@ -1,0 +1,148 @@
+"""Forms from the server's capabilities: each `ParamSpec` becomes a `FieldSpec`, form values become a
+`JobRequest` by field name. Nothing here knows a particular pipeline: a new pipeline or option on
+the server shows up in the panel without a plugin change (the nuke-ML-server pattern).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from cinegen.common.proto import generator_pb2 as pb
+
+COMMON_GROUP = "common"
+# Fields the panel fills or lays out itself (by their contract names in CommonParams).
+PROMPT_FIELDS = ("prompt", "negative_prompt")
+SEED_FIELD = "seed"
+MODEL_FIELD = "model"
+OUTPUT_FIELD = "out"
+# Fields a host adapter can fill from its selection, when the pipeline has them.
+PLATE_FIELD = "input"
+TRAJECTORY_FIELD = "trajectory_json"
+
+
+class UnknownPipeline(ValueError):
+    """The server offers a pipeline this plugin's protocol stubs don't know."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One form field: what widget to build and how to fill the request."""
+    name: str
+    type: str  # int | float | bool | string | text | enum | path | list
+    default: Any
+    help: str = ""
+    group: str = COMMON_GROUP
+    label: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    step: float = 0.0
+
+    @classmethod
+    def from_proto(cls, spec: pb.ParamSpec) -> FieldSpec:
+        try:
+            default = json.loads(spec.default_json) if spec.default_json else None
+        except ValueError:
+            default = None
+        return cls(name=spec.name, type=spec.type or "string", default=default, help=spec.help,
+                   group=spec.group or COMMON_GROUP, label=spec.label or spec.name.replace("_", " ").capitalize(),
+                   minimum=spec.minimum if spec.HasField("minimum") else None,
+                   maximum=spec.maximum if spec.HasField("maximum") else None,
+                   choices=tuple(spec.choices), step=spec.step)
+
+    @property
+    def optional(self) -> bool:
+        """A `null` default means "the model decides": the widget offers an 'auto' value."""
+        return self.default is None
+
+    @property
+    def is_common(self) -> bool:
+        return self.group == COMMON_GROUP
+
+    @property
+    def tooltip(self) -> str:
+        parts = [self.help] if self.help else []
+        if self.minimum is not None or self.maximum is not None:
+            low = "" if self.minimum is None else _number(self.minimum)
+            high = "" if self.maximum is None else _number(self.maximum)
+            parts.append(f"Range: {low} to {high}." if low and high else f"Range: {low or '…'} to {high or '…'}.")
+        if self.choices:
+            parts.append("Choices: " + ", ".join(self.choices) + ".")
+        parts.append("Default: " + ("auto (the model decides)" if self.optional else json.dumps(self.default)) + ".")
+        return "\n".join(parts)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def pipeline_fields(info: pb.PipelineInfo) -> list[FieldSpec]:
+    return [FieldSpec.from_proto(spec) for spec in info.params]
+
+
+def default_values(fields: Iterable[FieldSpec]) -> dict[str, Any]:
+    return {f.name: f.default for f in fields}
+
+
+def request_from_values(pipeline: str, fields: Iterable[FieldSpec], values: Mapping[str, Any], *,
+                        job_id: str = "", client: str = "") -> pb.JobRequest:
+    """A JobRequest with every field set from `values` (None = leave unset, the server decides)."""
+    request = pb.JobRequest(job_id=job_id, pipeline=pipeline, client=client)
+    if pipeline not in {f.name for f in pb.JobRequest.DESCRIPTOR.oneofs_by_name["params"].fields}:
+        raise UnknownPipeline(f"This server offers the '{pipeline}' pipeline, which this version of the cinegen "
+                              "plugin does not know: update the plugin to the server's release.")
+    params_msg = getattr(request, pipeline)
+    params_msg.SetInParent()  # selects the oneof even when every field is at its default
+    for spec in fields:
+        value = values.get(spec.name, spec.default)
+        if value is None or (isinstance(value, str) and spec.optional and not value.strip()):
+            continue
+        target = request.common if spec.is_common else params_msg
+        descriptor = target.DESCRIPTOR.fields_by_name.get(spec.name)
+        if descriptor is None:
+            continue  # a field newer than our stubs: the server's default applies
+        set_field(target, descriptor, value)
+    return request
+
+
+def set_field(message: Any, descriptor: Any, value: Any) -> None:
+    """Set one proto field from a form value, converted to the field's wire type."""
+    convert = _converter(descriptor)
+    if descriptor.is_repeated:
+        items = value if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",")]
+        del getattr(message, descriptor.name)[:]
+        getattr(message, descriptor.name).extend(convert(v) for v in items if v != "")
+    else:
+        setattr(message, descriptor.name, convert(value))
+
+
+def _converter(descriptor: Any):
+    cpp = descriptor.cpp_type
+    if cpp in (descriptor.CPPTYPE_INT32, descriptor.CPPTYPE_INT64, descriptor.CPPTYPE_UINT32,
+               descriptor.CPPTYPE_UINT64):
+        return lambda v: int(float(v)) if isinstance(v, str) else int(v)
+    if cpp in (descriptor.CPPTYPE_FLOAT, descriptor.CPPTYPE_DOUBLE):
+        return float
+    if cpp == descriptor.CPPTYPE_BOOL:
+        return lambda v: v.strip().lower() in ("1", "true", "yes", "on") if isinstance(v, str) else bool(v)
+    return str
+
+
+def values_from_request(request: pb.JobRequest, fields: Iterable[FieldSpec]) -> dict[str, Any]:
+    """The form values a request was made from (unset optional fields come back as None)."""
+    which = request.WhichOneof("params")
+    params_msg = getattr(request, which) if which else None
+    out: dict[str, Any] = {}
+    for spec in fields:
+        source = request.common if spec.is_common else params_msg
+        if source is None or spec.name not in source.DESCRIPTOR.fields_by_name:
+            continue
+        descriptor = source.DESCRIPTOR.fields_by_name[spec.name]
+        if descriptor.has_presence and not source.HasField(spec.name):
+            out[spec.name] = None
+        elif descriptor.is_repeated:
+            out[spec.name] = list(getattr(source, spec.name))
+        else:
+            out[spec.name] = getattr(source, spec.name)
+    return out

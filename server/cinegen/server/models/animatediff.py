@@ -1,0 +1,108 @@
+"""The `animatediff` family: SD image UNets with a motion module (`UNetMotionModel`).
+
+Latents are (B, C, F, H, W). The adapter mirrors `AnimateDiffPipeline.__call__` (prompt encoding,
+`randn_tensor` latents, guidance, frame-wise VAE decode) so the stock pipeline is the reference.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from .family import ModelEntry
+from .sd import SDAdapter, _repeat_halves
+
+ANIMATEDIFF_PIPELINE_CLASSES = ("AnimateDiffPipeline",)
+
+
+class AnimateDiffAdapter(SDAdapter):
+    family: ClassVar[str] = "animatediff"
+    kind: ClassVar[str] = "video"
+    default_steps: ClassVar[int] = 25
+    default_guidance: ClassVar[float] = 7.5
+
+    @property
+    def is_xl(self) -> bool:
+        return False
+
+    @property
+    def native_frames(self) -> int:
+        # the motion module's training length; its position table allows at most motion_max_seq_length
+        return int(getattr(self.pipe, "_cinegen_native_frames", 16))
+
+    @property
+    def max_frames(self) -> int:
+        for name, module in self.pipe.unet.named_modules():
+            pe = getattr(module, "pos_embed", None)
+            if pe is not None and hasattr(pe, "pe"):
+                return int(pe.pe.shape[1])
+        return 32
+
+    def latent_shape(self, batch: int, width: int, height: int, frames: int = 1) -> tuple[int, ...]:
+        s = self.vae_scale_factor
+        return (batch, self.latent_channels, frames, height // s, width // s)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """x: (B, C, F, h, w). The motion UNet wants one prompt row per frame, as the stock pipeline builds."""
+        latent_in = torch.cat([x] * 2) if cond.do_cfg else x
+        rows = latent_in.shape[0]
+        embeds = cond.embeds
+        if embeds.shape[0] != rows:  # several clips (windows) over one encoded prompt
+            embeds = _repeat_halves(embeds, rows, cond.do_cfg)
+        embeds = embeds.repeat_interleave(repeats=x.shape[2], dim=0)
+        with torch.no_grad():
+            out = self.pipe.unet(latent_in, t, encoder_hidden_states=embeds, cross_attention_kwargs=None,
+                                 added_cond_kwargs=None, return_dict=False)[0]
+        if cond.do_cfg:
+            uncond, text = out.chunk(2)
+            out = uncond + cond.guidance * (text - uncond)
+        return out
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, F, H, W) or (F, 3, H, W) in [0, 1] -> (B, C, F, h, w) scaled latents."""
+        if images.dim() == 4:
+            images = images.permute(1, 0, 2, 3).unsqueeze(0)
+        b, c, f, h, w = images.shape
+        flat = images.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        latents = super().encode(flat, generator)
+        return latents.reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
+
+    def decode(self, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """(B, C, F, h, w) -> (B, 3, F, H, W) in [0, 1]."""
+        b, c, f, h, w = latents.shape
+        flat = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        frames = torch.cat([super(AnimateDiffAdapter, self).decode(flat[i:i + chunk])
+                            for i in range(0, flat.shape[0], chunk)])
+        return frames.reshape(b, f, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+def load_animatediff(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> AnimateDiffAdapter:
+    from diffusers import AnimateDiffPipeline
+
+    pipe = AnimateDiffPipeline.from_pretrained(str(Path(entry.path)), dtype=dtype, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    return AnimateDiffAdapter(pipe, entry, device, dtype)
+
+
+def build_tiny_animatediff(folder: Path, seed: int = 0) -> None:
+    """A tiny AnimateDiff model: the tiny SD parts plus a small MotionAdapter, saved like a real one."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter, StableDiffusionPipeline
+
+    from .sd import build_tiny_sd
+
+    sd_folder = folder / "_sd"
+    build_tiny_sd(sd_folder, seed=seed)
+    sd = StableDiffusionPipeline.from_pretrained(str(sd_folder), safety_checker=None, feature_extractor=None,
+                                                 requires_safety_checker=False, local_files_only=True)
+    torch.manual_seed(seed + 3)
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1,
+                            motion_num_attention_heads=2, motion_norm_num_groups=8, motion_max_seq_length=32,
+                            use_motion_mid_block=False)
+    pipe = AnimateDiffPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
+                               motion_adapter=adapter, scheduler=sd.scheduler)
+    import shutil
+
+    shutil.rmtree(sd_folder)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
