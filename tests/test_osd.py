@@ -96,7 +96,8 @@ def test_renoise_moves_a_less_noisy_latent_to_the_noisier_level():
     assert alpha_t < alpha_prev
     generator = torch.Generator().manual_seed(1)
     x0 = torch.full((200_000,), 0.7, dtype=torch.float64)
-    x_prev = alpha_prev**0.5 * x0 + (1 - alpha_prev) ** 0.5 * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+    x_prev = alpha_prev**0.5 * x0 + (1 - alpha_prev) ** 0.5 * noise
     x_t = renoise_to(x_prev, alpha_prev, alpha_t, torch.randn(x0.shape, generator=generator, dtype=torch.float64))
     # q(x_t | x0) = N(√ᾱ_t · x0, 1 − ᾱ_t): the push-back lands exactly on the level t marginal.
     assert x_t.mean().item() == pytest.approx(alpha_t**0.5 * 0.7, abs=0.01)
@@ -173,7 +174,9 @@ def test_batched_osd_equals_sequential_osd(latent, window, step, bh, bw, bt, ove
         return torch.cat([window_model(piece, k) for piece, k in zip(batch.chunk(len(indices)), indices)])
 
     kwargs = dict(alphas_cumprod=ALPHAS, step_index=step)
-    sequential = offset_shift_denoise_step(x, 500, 480, windows, window_model, generator=torch.Generator().manual_seed(9), **kwargs)
+    sequential = offset_shift_denoise_step(
+        x, 500, 480, windows, window_model, generator=torch.Generator().manual_seed(9), **kwargs
+    )
     counts = DenoiseCounts.zeros(latent)
     batched = denoise_windows_batched(
         x, 500, 480, windows, batch_model, generator=torch.Generator().manual_seed(9),

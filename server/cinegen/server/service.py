@@ -1,7 +1,6 @@
 """The gRPC `Generator` service: requests in, validated jobs to the queue, events out."""
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -17,7 +16,8 @@ import grpc
 import numpy as np
 import torch
 
-from cinegen.common.params import PIPELINE_PARAMS, CommonParams, ParamDescription, describe, from_proto
+from cinegen.common.exr import srgb_preview_png
+from cinegen.common.params import CommonParams, ParamDescription, describe, from_proto
 from cinegen.common.proto import generator_pb2 as pb
 from cinegen.common.proto import generator_pb2_grpc as pb_grpc
 from cinegen.common.sequence import SequencePattern, SequencePatternError, check_output_writable
@@ -63,14 +63,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def preview_png(display_rgb: np.ndarray, max_side: int = 256) -> tuple[bytes, int, int]:
-    from PIL import Image
-
-    arr = (np.clip(display_rgb[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8)
-    img = Image.fromarray(arr)
-    img.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue(), img.width, img.height
+    """A small PNG of a display-referred frame, with its size (previews are for the eye only)."""
+    h, w = display_rgb.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    return srgb_preview_png(display_rgb, max_side, scene_linear=False), max(1, round(w * scale)), max(1, round(h * scale))
 
 
 class GeneratorService(pb_grpc.GeneratorServicer):

@@ -175,7 +175,9 @@ def equirect_to_perspective(
 ) -> Tensor:
     """The perspective view ``(..., C, out_h, out_w)`` of an equirect image ``(..., C, H, W)``."""
     eq_h, eq_w = equirect.shape[-2:]
-    grid = perspective_grid(fov, yaw, pitch, out_hw[0], out_hw[1], eq_h, eq_w, dtype=torch.float64, device=equirect.device)
+    grid = perspective_grid(
+        fov, yaw, pitch, out_hw[0], out_hw[1], eq_h, eq_w, dtype=torch.float64, device=equirect.device
+    )
     return sample_equirect(equirect, grid, mode)
 
 
@@ -203,7 +205,9 @@ def perspective_to_equirect(
     x = focal * cam[..., 0] / safe_depth + out_w / 2.0 - 0.5
     y = focal * cam[..., 1] / safe_depth + out_h / 2.0 - 0.5
     tolerance = 1e-6  # pixel centres on the image border count as inside
-    mask = in_front & (x >= -tolerance) & (x <= out_w - 1 + tolerance) & (y >= -tolerance) & (y <= out_h - 1 + tolerance)
+    inside_x = (x >= -tolerance) & (x <= out_w - 1 + tolerance)
+    inside_y = (y >= -tolerance) & (y <= out_h - 1 + tolerance)
+    mask = in_front & inside_x & inside_y
     x = torch.where(mask, x, torch.zeros_like(x))
     y = torch.where(mask, y, torch.zeros_like(y))
     values = _sample(perspective, x, y, mode, wrap_x=False)

@@ -111,7 +111,9 @@ def plan_waves(windows: Sequence[Window]) -> list[list[int]]:
     return waves
 
 
-def _advanced_before(windows: Sequence[Window], latent_size: tuple[int, int, int], device: torch.device) -> list[Tensor | None]:
+def _advanced_before(
+    windows: Sequence[Window], latent_size: tuple[int, int, int], device: torch.device
+) -> list[Tensor | None]:
     """For each window, the ``(f, h, w)`` mask of its positions advanced by earlier windows."""
     advanced = torch.zeros(latent_size, dtype=torch.bool, device=device)
     masks: list[Tensor | None] = []
@@ -169,13 +171,15 @@ def _osd_step(
         outputs = denoise_wave(inputs, wave)
         for k, x_in, x_new, x_prev in zip(wave, inputs, outputs, earlier):
             if tuple(x_new.shape) != tuple(x_in.shape):
-                raise ValueError(f"denoiser returned shape {tuple(x_new.shape)} for window {k} of shape {windows[k].shape}")
+                raise ValueError(
+                    f"denoiser returned shape {tuple(x_new.shape)} for window {k} of shape {tuple(x_in.shape)}"
+                )
             mask = advanced_before[k]
             if mask is not None and ratio > 0.0:
                 x_new = torch.where(mask, (1.0 - ratio) * x_new + ratio * x_prev, x_new)
             write_window(out, windows[k], x_new)
             if counts is not None:
-                counts.denoised += window_mask(latent_size, windows[k], counts.denoised.device)  # type: ignore[arg-type]
+                counts.denoised += window_mask(latent_size, windows[k], counts.denoised.device)  # type: ignore
                 if mask is not None:
                     counts.renoised += write_window(
                         torch.zeros(latent_size, dtype=torch.bool, device=counts.renoised.device), windows[k], mask

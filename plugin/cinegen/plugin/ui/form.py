@@ -1,0 +1,148 @@
+"""A pipeline's form, built only from its `PipelineInfo` (the server's parameter descriptions).
+
+Layout rules are by type and group, never by pipeline: multi-line text fields of the common group
+(the prompts) first, then the seed and model, then the pipeline's own options, then the remaining
+common settings in a collapsible section; numbers and switches sit two to a row.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+from cinegen.common.proto import generator_pb2 as pb
+
+from ..model.forms import MODEL_FIELD, SEED_FIELD, FieldSpec, pipeline_fields
+from ..qt import QtCore, QtWidgets, Signal
+from .fields import FieldEditor, SeedEditor, make_editor
+
+_COMPACT_TYPES = ("int", "float", "bool", "enum")
+
+
+class Section(QtWidgets.QWidget):
+    """A titled block that folds away."""
+
+    def __init__(self, title: str, expanded: bool = True, parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self.toggle = QtWidgets.QToolButton()
+        self.toggle.setObjectName("sectionHeader")
+        self.toggle.setText(title)
+        self.toggle.setCheckable(True)
+        self.toggle.setChecked(expanded)
+        self.toggle.setToolButtonStyle(QtCore.Qt.ToolButtonTextBesideIcon)
+        self.toggle.setSizePolicy(QtWidgets.QSizePolicy.Expanding, QtWidgets.QSizePolicy.Fixed)
+        self.body = QtWidgets.QWidget()
+        self.grid = QtWidgets.QGridLayout(self.body)
+        self.grid.setContentsMargins(2, 2, 2, 4)
+        self.grid.setHorizontalSpacing(6)
+        self.grid.setVerticalSpacing(3)
+        self.grid.setColumnStretch(1, 1)
+        self.grid.setColumnStretch(3, 1)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.toggle)
+        layout.addWidget(self.body)
+        self.toggle.toggled.connect(self._show)
+        self._show(expanded)
+        self._row, self._column = 0, 0
+
+    def _show(self, expanded: bool) -> None:
+        self.toggle.setArrowType(QtCore.Qt.DownArrow if expanded else QtCore.Qt.RightArrow)
+        self.body.setVisible(expanded)
+
+    def add(self, label: QtWidgets.QLabel, editor: QtWidgets.QWidget, compact: bool) -> None:
+        if not compact or self._column == 2:
+            if self._column:
+                self._row += 1
+            self._column = 0
+        if compact:
+            self.grid.addWidget(label, self._row, self._column)
+            self.grid.addWidget(editor, self._row, self._column + 1)
+            self._column += 2
+        else:
+            self.grid.addWidget(label, self._row, 0)
+            self.grid.addWidget(editor, self._row, 1, 1, 3)
+            self._row += 1
+
+
+class ParamForm(QtWidgets.QWidget):
+    changed = Signal()
+
+    def __init__(self, pipeline: pb.PipelineInfo, models: Sequence[tuple[str, str]] = (),
+                 parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self.pipeline = pipeline.name
+        self.fields: list[FieldSpec] = pipeline_fields(pipeline)
+        self.editors: dict[str, FieldEditor] = {}
+        self.labels: dict[str, QtWidgets.QLabel] = {}
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(4)
+
+        prompts = [f for f in self.fields if f.is_common and f.type == "text"]
+        key = [f for f in self.fields if f.is_common and f.name in (SEED_FIELD, MODEL_FIELD)]
+        own = [f for f in self.fields if not f.is_common]
+        rest = [f for f in self.fields if f.is_common and f not in prompts and f not in key]
+
+        top = Section("Prompt")
+        top.toggle.hide()  # the prompt is always open
+        self._fill(top, prompts + key, models, compact_types=())
+        layout.addWidget(top)
+        if own:
+            section = Section(f"{pipeline.name.capitalize()} options")
+            self._fill(section, own, models)
+            layout.addWidget(section)
+        settings = Section("Settings", expanded=True)
+        self._fill(settings, rest, models)
+        layout.addWidget(settings)
+        layout.addStretch(1)
+
+    def _fill(self, section: Section, specs: Iterable[FieldSpec], models: Sequence[tuple[str, str]],
+              compact_types: tuple[str, ...] = _COMPACT_TYPES) -> None:
+        for spec in specs:
+            editor = make_editor(spec, models=models)
+            label = QtWidgets.QLabel(spec.label)
+            label.setToolTip(spec.tooltip)
+            label.setBuddy(editor)
+            editor.changed.connect(self.changed.emit)
+            self.editors[spec.name], self.labels[spec.name] = editor, label
+            section.add(label, editor, compact=spec.type in compact_types)
+
+    # ---- values ---------------------------------------------------------------------------
+    def has_field(self, name: str) -> bool:
+        return name in self.editors
+
+    @property
+    def seed_editor(self) -> SeedEditor | None:
+        editor = self.editors.get(SEED_FIELD)
+        return editor if isinstance(editor, SeedEditor) else None
+
+    def values(self) -> dict[str, Any]:
+        return {name: editor.value() for name, editor in self.editors.items()}
+
+    def set_values(self, values: dict[str, Any]) -> None:
+        """Fill the fields this form has; others (from another pipeline or version) are ignored."""
+        for name, value in values.items():
+            if name in self.editors:
+                self.editors[name].set_value(value)
+
+    # ---- errors ---------------------------------------------------------------------------
+    def highlight_fields_named_in(self, sentence: str) -> list[str]:
+        """Mark the fields a server message starts by naming ("Width 100 is not…"); returns their names."""
+        lowered = sentence.lower()
+        named = [spec.name for spec in self.fields
+                 if lowered.startswith(spec.label.lower() + " ") or lowered.startswith(spec.name + " ")]
+        self.clear_highlights()
+        for name in named:
+            for widget in (self.labels[name], self.editors[name]):
+                widget.setProperty("invalid", True)
+                widget.style().unpolish(widget)
+                widget.style().polish(widget)
+        return named
+
+    def clear_highlights(self) -> None:
+        for name in self.editors:
+            for widget in (self.labels[name], self.editors[name]):
+                if widget.property("invalid"):
+                    widget.setProperty("invalid", False)
+                    widget.style().unpolish(widget)
+                    widget.style().polish(widget)

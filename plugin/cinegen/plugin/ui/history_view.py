@@ -1,0 +1,84 @@
+"""History: what was made with which seed, model and prompt; re-run with changes, or load it again."""
+from __future__ import annotations
+
+from ..model.history import History, HistoryEntry
+from ..qt import QtCore, QtWidgets, Signal
+
+COLUMNS = ("When", "Pipeline", "Seed", "Model", "Prompt", "State")
+
+
+class HistoryView(QtWidgets.QWidget):
+    rerun_requested = Signal(object)  # HistoryEntry
+    load_requested = Signal(object)  # HistoryEntry
+
+    def __init__(self, history: History, parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self.history = history
+        self.tree = QtWidgets.QTreeWidget()
+        self.tree.setHeaderLabels(list(COLUMNS))
+        self.tree.setRootIsDecorated(False)
+        self.tree.setAlternatingRowColors(True)
+        self.tree.setUniformRowHeights(True)
+        self.tree.setSelectionMode(QtWidgets.QAbstractItemView.SingleSelection)
+        self.tree.itemDoubleClicked.connect(lambda *_: self._rerun())
+        self.tree.itemSelectionChanged.connect(self._update_buttons)
+        header = self.tree.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(COLUMNS.index("Prompt"), QtWidgets.QHeaderView.Stretch)
+        self.rerun = QtWidgets.QPushButton("Re-run with changes")
+        self.rerun.setToolTip("Put this job's settings (and its seed, locked) back in the form: change one thing, "
+                              "then press Generate.")
+        self.rerun.clicked.connect(self._rerun)
+        self.load = QtWidgets.QPushButton("Load result")
+        self.load.setToolTip("Bring this job's frames into the host again.")
+        self.load.clicked.connect(self._load)
+        buttons = QtWidgets.QHBoxLayout()
+        buttons.addWidget(self.rerun)
+        buttons.addWidget(self.load)
+        buttons.addStretch(1)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.tree, 1)
+        layout.addLayout(buttons)
+        self.refresh()
+
+    def refresh(self) -> None:
+        selected = self.selected_entry()
+        self.tree.clear()
+        for entry in self.history.entries:
+            prompt = entry.prompt.replace("\n", " ")
+            item = QtWidgets.QTreeWidgetItem([entry.when, entry.pipeline, "" if entry.seed is None else str(entry.seed),
+                                              entry.model, prompt, entry.state])
+            item.setData(0, QtCore.Qt.UserRole, entry.job_id)
+            item.setToolTip(COLUMNS.index("Prompt"), entry.prompt)
+            item.setToolTip(COLUMNS.index("State"), entry.message or entry.state)
+            self.tree.addTopLevelItem(item)
+            if selected is not None and entry.job_id == selected.job_id:
+                item.setSelected(True)
+        self._update_buttons()
+
+    def selected_entry(self) -> HistoryEntry | None:
+        items = self.tree.selectedItems() if hasattr(self, "tree") else []
+        return self.history.get(items[0].data(0, QtCore.Qt.UserRole)) if items else None
+
+    def select(self, job_id: str) -> None:
+        for index in range(self.tree.topLevelItemCount()):
+            item = self.tree.topLevelItem(index)
+            item.setSelected(item.data(0, QtCore.Qt.UserRole) == job_id)
+
+    def _update_buttons(self) -> None:
+        entry = self.selected_entry()
+        self.rerun.setEnabled(entry is not None)
+        self.load.setEnabled(entry is not None and bool(entry.outputs))
+
+    def _rerun(self) -> None:
+        entry = self.selected_entry()
+        if entry is not None:
+            self.rerun_requested.emit(entry)
+
+    def _load(self) -> None:
+        entry = self.selected_entry()
+        if entry is not None:
+            self.load_requested.emit(entry)
