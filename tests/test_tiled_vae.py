@@ -9,7 +9,13 @@ from diffusers import AutoencoderKL
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cinegen.server.diffusion.tiled_vae import blend_tiles, tile_starts, tiled_decode, tiled_encode, vae_spatial_factor
+from cinegen.server.diffusion.tiled_vae import (
+    blend_tiles,
+    tile_starts,
+    tiled_decode,
+    tiled_encode,
+    vae_spatial_factor,
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +92,8 @@ def test_one_tile_is_plain_decode_and_encode(vae):
         assert torch.equal(tiled_decode(vae, latents, tile_latent=8), vae.decode(latents).sample)
         posterior = vae.encode(images).latent_dist
         assert torch.equal(tiled_encode(vae, images, tile_px=64), posterior.mean)
-        sampled = tiled_encode(vae, images, tile_px=64, mode="sample", generator=torch.Generator().manual_seed(5))
+        seeded = torch.Generator().manual_seed(5)
+        sampled = tiled_encode(vae, images, tile_px=64, mode="sample", generator=seeded)
         assert torch.equal(sampled, posterior.sample(torch.Generator().manual_seed(5)))
 
 
@@ -99,7 +106,7 @@ def test_several_tiles_stay_close_to_plain_decode_and_overlap_reduces_the_error(
     assert feathered.shape == plain.shape
     error = (feathered - plain).abs()
     value_range = float(plain.max() - plain.min())
-    print(f"tiled decode 3x3 tiles: max abs error {error.max():.3f}, mean {error.mean():.4f}, range {value_range:.2f}")
+    print(f"tiled decode 3x3 tiles: max abs error {error.max():.3f}, mean {error.mean():.4f}")
     # random-weight GroupNorms see per-tile statistics, so tiles differ from a whole-frame pass
     # everywhere, not only at seams (measured: max 0.31·range, mean 0.031·range; placement itself
     # is proven exact above); feathering must still beat hard cuts (mean 0.046·range)

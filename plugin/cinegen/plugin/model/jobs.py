@@ -26,7 +26,7 @@ class JobRecord:
     stage: str = ""
     queue_position: int = 0
     eta_seconds: float = -1.0
-    preview_png: bytes = b""
+    preview_png: bytes = field(default=b"", repr=False)
     preview_frame: int = -1
     frames_written: dict[int, str] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)

@@ -47,7 +47,7 @@ class JobRow(QtWidgets.QFrame):
         layout.setSpacing(6)
         layout.addWidget(self.thumbnail)
         layout.addLayout(text, 1)
-        self._preview_seq = b""
+        self._shown_preview = b""
         self.update_from(record)
 
     def update_from(self, record: JobRecord) -> None:
@@ -65,8 +65,8 @@ class JobRow(QtWidgets.QFrame):
         self.stage.setToolTip(record.message or record.stage)
         self.cancel.setVisible(not record.done)
         self.cancel.setEnabled(not record.cancel_requested)
-        if record.preview_png and record.preview_png is not self._preview_seq:
-            self._preview_seq = record.preview_png
+        if record.preview_png and record.preview_png is not self._shown_preview:
+            self._shown_preview = record.preview_png
             pixmap = QtGui.QPixmap()
             if pixmap.loadFromData(record.preview_png, "PNG"):
                 self.thumbnail.setPixmap(pixmap.scaled(THUMBNAIL, THUMBNAIL, QtCore.Qt.KeepAspectRatio,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -258,7 +258,9 @@ def cascade_hooks(
 def _resize_frames(frames: torch.Tensor, size: Size, antialias: bool) -> torch.Tensor:
     width, height = size
     if frames.ndim == 4:
-        return F.interpolate(frames, size=(height, width), mode="bicubic", align_corners=False, antialias=antialias)
+        return F.interpolate(
+            frames, size=(height, width), mode="bicubic", align_corners=False, antialias=antialias
+        )
     if frames.ndim == 5:
         # video (B, C, F, H, W): resize every frame alone
         batch, channels, count = frames.shape[:3]

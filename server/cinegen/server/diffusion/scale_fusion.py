@@ -157,11 +157,14 @@ def gaussian_blur_grid(grid: torch.Tensor, kernel_size: int, sigma: float = 1.0)
     return planes.reshape(batch, heads, dim, height, width).permute(0, 1, 3, 4, 2)
 
 
-def fuse_scales(local: torch.Tensor, global_: torch.Tensor, kernel_size: int, sigma: float = 1.0) -> torch.Tensor:
+def fuse_scales(
+    local: torch.Tensor, global_: torch.Tensor, kernel_size: int, sigma: float = 1.0
+) -> torch.Tensor:
     """``G(local) + (global − G(global))``: local low frequencies, global high frequencies."""
     if kernel_size <= 1:
         return local + (global_ - global_)
-    return gaussian_blur_grid(local, kernel_size, sigma) + (global_ - gaussian_blur_grid(global_, kernel_size, sigma))
+    blur_local = gaussian_blur_grid(local, kernel_size, sigma)
+    return blur_local + (global_ - gaussian_blur_grid(global_, kernel_size, sigma))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,7 +175,9 @@ def fuse_scales(local: torch.Tensor, global_: torch.Tensor, kernel_size: int, si
 class ScaleFusionAttnProcessor:
     """Scale-fusion self-attention for one ``attn1`` (diffusers attention processor).
 
-    ``scale``: ``(s_h, s_w)`` = stage size / native size. ``grid_hw``: the token grid of the
+    ``scale``: ``(s_h, s_w)`` = stage size / first-stage size (the native pixel count at the
+    target's aspect, ``plan_stages(...)[0]``), so windows keep the token grid the model was trained
+    on at every block. ``grid_hw``: the token grid of the
     current call, set by ``install_scale_fusion``'s hook (or read from a 4-D input).
     ``fast``: dilated-subset global branch instead of full attention. ``jitter``: random window
     offsets (± window/8) drawn from ``generator``.
@@ -200,6 +205,7 @@ class ScaleFusionAttnProcessor:
         self._plain = AttnProcessor2_0()
 
     def native_window(self, grid_hw: GridSize) -> GridSize:
+        """The local window: this block's token grid at the first-stage size."""
         height, width = grid_hw
         return (
             min(height, max(1, round(height / self.scale[0]))),
@@ -207,7 +213,12 @@ class ScaleFusionAttnProcessor:
         )
 
     def fused_attention(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, grid_hw: GridSize, attend: AttentionFn
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        grid_hw: GridSize,
+        attend: AttentionFn,
     ) -> torch.Tensor:
         """Both branches and their fusion on ``(B, heads, N, d)`` projections; returns that shape."""
         batch, heads, tokens, dim = query.shape
@@ -220,7 +231,9 @@ class ScaleFusionAttnProcessor:
         jitter_h, jitter_w = (window_h // 8, window_w // 8) if self.jitter else (0, 0)
         starts_h = window_starts(height, window_h, jitter_h, self.generator)
         starts_w = window_starts(width, window_w, jitter_w, self.generator)
-        local = local_window_attention(q, k, v, (window_h, window_w), starts_h, starts_w, attend, self.windows_per_batch)
+        local = local_window_attention(
+            q, k, v, (window_h, window_w), starts_h, starts_w, attend, self.windows_per_batch
+        )
 
         if self.fast:
             stride = (max(1, round(self.scale[0])), max(1, round(self.scale[1])))
@@ -243,7 +256,9 @@ class ScaleFusionAttnProcessor:
     ) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
             # not plain self-attention: windows would be meaningless or break the mask
-            return self._plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+            return self._plain(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+            )
 
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -268,7 +283,9 @@ class ScaleFusionAttnProcessor:
         value = attn.to_v(hidden_states)
         inner_dim = key.shape[-1]
         head_dim = inner_dim // attn.heads
-        query, key, value = (x.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
+        query, key, value = (
+            x.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value)
+        )
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
@@ -334,7 +351,9 @@ def install_scale_fusion(
     hooks = []
     try:
         for name, transformer, attn in targets:
-            processor = ScaleFusionAttnProcessor(scale, fast=fast, jitter=jitter, generator=generator, sigma=sigma)
+            processor = ScaleFusionAttnProcessor(
+                scale, fast=fast, jitter=jitter, generator=generator, sigma=sigma
+            )
             attn.set_processor(processor)
             installed[name] = processor
             per_transformer.setdefault(id(transformer), (transformer, []))[1].append(processor)

@@ -104,7 +104,9 @@ def _as_image_batch(tensor: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch
     return folded, unfold
 
 
-def tiled_decode(vae: nn.Module, latents: torch.Tensor, tile_latent: int = 64, overlap_latent: int = 16) -> torch.Tensor:
+def tiled_decode(
+    vae: nn.Module, latents: torch.Tensor, tile_latent: int = 64, overlap_latent: int = 16
+) -> torch.Tensor:
     """Raw latents → images in ``[-1, 1]`` (unclamped), decoded in ``tile_latent``² tiles.
 
     ``tile_latent`` 64 = 512 px tiles for SD/SDXL; ``overlap_latent`` cells are feather-blended.

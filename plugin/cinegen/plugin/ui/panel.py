@@ -1,0 +1,427 @@
+"""The cinegen panel: connection, pipeline forms from the server's capabilities, Generate, queue, history.
+
+It renders the model (`JobQueue`, `History`) and forwards intents to the `ServerSession` (network,
+on worker threads) and the `HostAdapter` (selection in, results out on the host's main thread). It
+never imports a host module, and it never clears the artist's form: on any error the values stay.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import posixpath
+from typing import Any
+
+from cinegen.common.client import new_job_id
+from cinegen.common.connection import ConnectionSettings
+from cinegen.common.proto import generator_pb2 as pb
+from cinegen.common.sequence import FrameRange
+from cinegen.common.trajectory_io import to_json
+
+from ..backend.errors import describe_error
+from ..backend.exr_header import exr_colorspace
+from ..backend.job_runner import JobDraft, JobOutcome
+from ..backend.session import CONNECTED, ServerSession
+from ..hosts import HostAdapter, HostSelectionError, detect_host
+from ..model.forms import OUTPUT_FIELD, PLATE_FIELD, TRAJECTORY_FIELD, request_from_values
+from ..model.history import History, HistoryEntry
+from ..model.jobs import JobQueue, JobRecord
+from ..model.outputs import ResultSequence, group_sequences, safe_name, versioned_output
+from ..qt import QtCore, QtGui, QtWidgets
+from .connection import Banner, ConnectionBar, SettingsDialog
+from .form import ParamForm
+from .history_view import HistoryView
+from .queue_view import QueueView
+from .style import apply_style
+
+
+class Panel(QtWidgets.QWidget):
+    def __init__(self, parent: QtWidgets.QWidget | None = None, *, host: HostAdapter | None = None,
+                 settings: ConnectionSettings | None = None, history: History | None = None,
+                 autoconnect: bool = True):
+        super().__init__(parent)
+        self.host = host or detect_host()
+        self.settings = settings or ConnectionSettings.load()
+        self.history = history if history is not None else History()
+        self.jobs = JobQueue()
+        self.session = ServerSession(self.settings, self)
+        self.forms: dict[str, ParamForm] = {}
+        self.drafts: dict[str, JobDraft] = {}
+        self.delivered: list[ResultSequence] = []
+        self._claimed: dict[str, str] = {}  # job id -> version folder this panel made for it
+        self._plate_source = ""
+        self._connection_error_shown = False
+        self._build()
+        self._wire()
+        apply_style(self)
+        self.setWindowTitle("cinegen")
+        if autoconnect:
+            self.session.connect_to_server()
+
+    # ---- layout -------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.connection = ConnectionBar()
+        self.banner = Banner()
+        self.pipeline_combo = QtWidgets.QComboBox()
+        self.pipeline_combo.setToolTip("What to make; the form below shows this pipeline's options.")
+        self.description = QtWidgets.QLabel()
+        self.description.setObjectName("muted")
+        self.description.setWordWrap(True)
+        self.stack = QtWidgets.QStackedWidget()
+        self.placeholder = QtWidgets.QLabel("Connect to a cinegen server to see its pipelines.")
+        self.placeholder.setObjectName("muted")
+        self.placeholder.setAlignment(QtCore.Qt.AlignCenter)
+        self.stack.addWidget(self.placeholder)
+        self.plate_button = QtWidgets.QPushButton("Plate from selection")
+        self.plate_button.setToolTip("Use the selected Read node / strip as the input plate.")
+        self.trajectory_button = QtWidgets.QPushButton("Trajectory from selection")
+        self.trajectory_button.setToolTip("Use the selected tracker / the active object's screen path.")
+        self.generate_button = QtWidgets.QPushButton("Generate")
+        self.generate_button.setObjectName("generateButton")
+        self.generate_button.setToolTip("Queue a job with these settings (Ctrl+Return).")
+        self.generate_button.setShortcut(QtGui.QKeySequence("Ctrl+Return"))
+
+        pipeline_row = QtWidgets.QHBoxLayout()
+        pipeline_row.addWidget(QtWidgets.QLabel("Pipeline"))
+        pipeline_row.addWidget(self.pipeline_combo, 1)
+        host_row = QtWidgets.QHBoxLayout()
+        host_row.addWidget(self.plate_button)
+        host_row.addWidget(self.trajectory_button)
+        form_page = QtWidgets.QWidget()
+        form_layout = QtWidgets.QVBoxLayout(form_page)
+        form_layout.setContentsMargins(0, 0, 4, 0)
+        form_layout.setSpacing(4)
+        form_layout.addLayout(pipeline_row)
+        form_layout.addWidget(self.description)
+        form_layout.addWidget(self.stack)
+        form_layout.addLayout(host_row)
+        form_layout.addStretch(1)
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarAlwaysOff)
+        scroll.setWidget(form_page)
+        top = QtWidgets.QWidget()
+        top_layout = QtWidgets.QVBoxLayout(top)
+        top_layout.setContentsMargins(0, 0, 0, 0)
+        top_layout.addWidget(scroll, 1)
+        top_layout.addWidget(self.generate_button)
+
+        self.queue_view = QueueView()
+        self.history_view = HistoryView(self.history)
+        self.tabs = QtWidgets.QTabWidget()
+        self.tabs.addTab(self.queue_view, "Queue")
+        self.tabs.addTab(self.history_view, "History")
+        splitter = QtWidgets.QSplitter(QtCore.Qt.Vertical)
+        splitter.addWidget(top)
+        splitter.addWidget(self.tabs)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+        splitter.setChildrenCollapsible(False)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.setSpacing(5)
+        layout.addWidget(self.connection)
+        layout.addWidget(self.banner)
+        layout.addWidget(splitter, 1)
+        self.setMinimumWidth(320)
+        self._update_actions()
+
+    def _wire(self) -> None:
+        s = self.session
+        s.status_changed.connect(self._on_status)
+        s.capabilities_changed.connect(self._on_capabilities)
+        s.job_event.connect(self._on_event)
+        s.job_transfer.connect(self._on_transfer)
+        s.job_reconnecting.connect(self._on_reconnecting)
+        s.job_finished.connect(self._on_finished)
+        s.job_error.connect(self._on_job_error)
+        s.notice.connect(lambda text: self.banner.show_message(text, "error"))
+        self.connection.connect_requested.connect(lambda: self.session.connect_to_server(self.settings))
+        self.connection.settings_requested.connect(self.edit_settings)
+        self.pipeline_combo.currentIndexChanged.connect(self._on_pipeline_changed)
+        self.generate_button.clicked.connect(self.generate)
+        self.plate_button.clicked.connect(self.plate_from_selection)
+        self.trajectory_button.clicked.connect(self.trajectory_from_selection)
+        self.queue_view.cancel_requested.connect(self.cancel)
+        self.queue_view.clear_requested.connect(self.clear_finished)
+        self.history_view.rerun_requested.connect(self.rerun)
+        self.history_view.load_requested.connect(self.load_again)
+
+    # ---- connection -----------------------------------------------------------------------
+    def _on_status(self, state: str, message: str) -> None:
+        self.connection.show_status(state, message)
+        if state == CONNECTED:
+            if self._connection_error_shown:
+                self.banner.clear()
+            self._connection_error_shown = False
+        elif state in ("failed", "retrying", "disconnected") and message:
+            self.banner.show_message(message, "error")
+            self._connection_error_shown = True
+        self._update_actions()
+
+    def _on_capabilities(self, caps: pb.Capabilities) -> None:
+        """(Re)build one form per pipeline; values the artist typed survive a reconnect."""
+        current = self.current_pipeline()
+        kept = {name: form.values() for name, form in self.forms.items()}
+        for form in self.forms.values():
+            self.stack.removeWidget(form)
+            form.deleteLater()
+        self.forms.clear()
+        self.pipeline_combo.blockSignals(True)
+        self.pipeline_combo.clear()
+        for info in caps.pipelines:
+            models = [(f"{m.id} ({m.family})", m.id) for m in caps.models if not info.families or m.family in info.families]
+            form = ParamForm(info, models)
+            form.setProperty("description", info.description)
+            form.set_values(kept.get(info.name, {}))
+            form.changed.connect(self._update_actions)
+            self.forms[info.name] = form
+            self.stack.addWidget(form)
+            self.pipeline_combo.addItem(info.name, info.name)
+        self.pipeline_combo.blockSignals(False)
+        index = self.pipeline_combo.findData(current) if current else 0
+        self.pipeline_combo.setCurrentIndex(max(index, 0))
+        self._on_pipeline_changed()
+
+    def edit_settings(self) -> None:
+        from ..qt import exec_dialog
+        dialog = SettingsDialog(self.settings, self)
+        if exec_dialog(dialog):
+            self.settings = dialog.settings()
+            self.settings.save()
+            self.session.connect_to_server(self.settings)
+
+    # ---- the form ---------------------------------------------------------------------------
+    def current_pipeline(self) -> str:
+        return self.pipeline_combo.currentData() or ""
+
+    def current_form(self) -> ParamForm | None:
+        return self.forms.get(self.current_pipeline())
+
+    def select_pipeline(self, name: str) -> bool:
+        index = self.pipeline_combo.findData(name)
+        if index >= 0:
+            self.pipeline_combo.setCurrentIndex(index)
+        return index >= 0
+
+    def _on_pipeline_changed(self, *_: Any) -> None:
+        form = self.current_form()
+        self.stack.setCurrentWidget(form or self.placeholder)
+        self.description.setText(form.property("description") if form else "")
+        self._update_actions()
+
+    def _update_actions(self) -> None:
+        form = self.current_form()
+        self.generate_button.setEnabled(form is not None and self.session.state == CONNECTED)
+        self.plate_button.setVisible(bool(form and form.has_field(PLATE_FIELD)))
+        self.trajectory_button.setVisible(bool(form and form.has_field(TRAJECTORY_FIELD)))
+
+    # ---- generate ---------------------------------------------------------------------------
+    def generate(self) -> str | None:
+        """Queue a job from the form; returns its id (None when the form could not be sent)."""
+        form = self.current_form()
+        if form is None:
+            return None
+        self.banner.clear()
+        form.clear_highlights()
+        values = form.values()
+        if form.seed_editor is not None:
+            values["seed"] = form.seed_editor.seed_for_next_job()
+        job_id = new_job_id(form.pipeline)
+        try:
+            draft = self._draft(form, values, job_id)
+        except Exception as exc:  # a bad output path, a pipeline these stubs don't know
+            self._release_version(job_id)
+            self.banner.show_message(describe_error(exc, self.settings))
+            return None
+        self.drafts[job_id] = draft
+        record = self.jobs.add(JobRecord(job_id, form.pipeline, prompt=str(values.get("prompt") or ""),
+                                         seed=values.get("seed"), model=str(values.get("model") or "")))
+        self.queue_view.show_record(record)
+        self.history.add(HistoryEntry(job_id, form.pipeline, values=values, seed=values.get("seed"),
+                                      model=record.model, prompt=record.prompt, server=self.settings.address))
+        self.history_view.refresh()
+        self.tabs.setCurrentWidget(self.queue_view)
+        self.session.submit(draft)
+        return job_id
+
+    def _draft(self, form: ParamForm, values: dict[str, Any], job_id: str) -> JobDraft:
+        typed_out = str(values.get(OUTPUT_FIELD) or "").strip()
+        name = f"{safe_name(self.host.shot_name())}_{form.pipeline}"
+        if typed_out:
+            local = typed_out
+        else:
+            root = self.host.output_root() if self.settings.shared_disk else \
+                (self.settings.download_dir or self.host.output_root())
+            local = versioned_output(root, name)
+            self._claimed[job_id] = os.path.dirname(local)
+        # a remote server writes into its own folder; the frames come back to `local`
+        out = local if self.settings.shared_disk else \
+            posixpath.join(self.settings.remote_output_dir, job_id, os.path.basename(local))
+        request = request_from_values(form.pipeline, form.fields, {**values, OUTPUT_FIELD: out}, job_id=job_id,
+                                      client=self.host.client_name())
+        uploads = tuple((f.group, f.name) for f in form.fields if f.type == "path" and f.name != OUTPUT_FIELD)
+        return JobDraft(request, local_output=local, upload_fields=uploads, source=self._plate_source)
+
+    def _release_version(self, job_id: str) -> None:
+        folder = self._claimed.pop(job_id, None)
+        if folder:
+            try:
+                os.rmdir(folder)  # only when still empty: a refused job leaves no version behind
+            except OSError:
+                pass
+
+    # ---- job updates -------------------------------------------------------------------------
+    def _record(self, job_id: str) -> JobRecord | None:
+        return self.jobs.get(job_id)
+
+    def _on_event(self, job_id: str, event: pb.JobEvent) -> None:
+        record = self._record(job_id)
+        if record is None or not record.apply(event):
+            return
+        self.queue_view.show_record(record)
+        if event.WhichOneof("kind") == "started":
+            self.history.update(job_id, seed=record.seed, model=record.model, state="running")
+            self.history_view.refresh()
+
+    def _on_transfer(self, job_id: str, state: str, stage: str) -> None:
+        record = self._record(job_id)
+        if record is not None:
+            record.set_transfer(state, stage)
+            self.queue_view.show_record(record)
+
+    def _on_reconnecting(self, job_id: str, after_seq: int, delay: float) -> None:
+        record = self._record(job_id)
+        if record is not None:
+            record.reconnects += 1
+            record.stage = f"connection lost: resuming after event {after_seq} in {delay:.1f} s"
+            self.queue_view.show_record(record)
+
+    def _on_finished(self, job_id: str, outcome: JobOutcome) -> None:
+        record = self._record(job_id)
+        draft = self.drafts.pop(job_id, None)
+        if record is not None:
+            record.state, record.message = outcome.state, outcome.message or record.message
+            if outcome.state == "completed":
+                record.outputs, record.fraction, record.stage = outcome.outputs, 1.0, "done"
+            self.queue_view.show_record(record)
+        if outcome.state == "completed":
+            results = self._results(record, outcome, draft.source if draft else "")
+            for result in results:
+                self.host.run_on_main_thread(functools.partial(self._deliver, result))
+            self.history.update(job_id, state="completed", outputs=[r.pattern for r in results],
+                                frames=", ".join(str(r.frames) for r in results))
+        else:
+            if outcome.state == "failed":
+                self.banner.show_message(f"Job {job_id} failed: {outcome.message}")
+            self._release_version(job_id)
+            self.history.update(job_id, state=outcome.state, message=outcome.message)
+        self.history_view.refresh()
+
+    def _results(self, record: JobRecord | None, outcome: JobOutcome, source: str) -> list[ResultSequence]:
+        made = dict(pipeline=record.pipeline, seed=record.seed, model=record.model, prompt=record.prompt) if record else {}
+        return [_with_file_colorspace(ResultSequence(pattern=pattern, frames=frames, job_id=outcome.job_id,
+                                                     source=source, **made))
+                for pattern, frames in group_sequences(outcome.outputs)]
+
+    def _deliver(self, result: ResultSequence) -> None:
+        try:
+            self.host.load_result(result)
+        except Exception as exc:  # the frames are safe on disk; say so and how to get them in
+            self.banner.show_message(f"The frames are on disk at {result.pattern} ({result.frames}) but could not "
+                                     f"be loaded into {self.host.name} ({exc}): load them by hand, or use "
+                                     "History → Load result.")
+            return
+        self.delivered.append(result)
+
+    def _on_job_error(self, job_id: str, sentence: str) -> None:
+        record = self._record(job_id)
+        self.drafts.pop(job_id, None)
+        if record is not None:
+            record.state, record.message, record.stage = "failed", sentence, "not run"
+            self.queue_view.show_record(record)
+        self._release_version(job_id)
+        self.history.update(job_id, state="refused", message=sentence)
+        self.history_view.refresh()
+        self.banner.show_message(sentence)
+        form = self.forms.get(record.pipeline) if record else None
+        if form is not None:
+            form.highlight_fields_named_in(sentence)
+
+    def cancel(self, job_id: str) -> None:
+        record = self._record(job_id)
+        if record is not None and not record.done:
+            record.cancel_requested = True
+            self.queue_view.show_record(record)
+            self.session.cancel(job_id)
+
+    def clear_finished(self) -> None:
+        for job_id in self.jobs.clear_finished():
+            self.queue_view.remove(job_id)
+
+    # ---- history ------------------------------------------------------------------------------
+    def rerun(self, entry: HistoryEntry) -> None:
+        """Put a past job's settings back in the form with its seed locked; the artist edits and generates."""
+        if not self.select_pipeline(entry.pipeline):
+            self.banner.show_message(f"This server has no '{entry.pipeline}' pipeline: connect to the server that "
+                                     "made this job to re-run it.")
+            return
+        form = self.forms[entry.pipeline]
+        form.set_values(entry.rerun_values())
+        if form.seed_editor is not None:
+            form.seed_editor.set_locked(True)
+        self.banner.show_message(f"Settings of job {entry.job_id} are back in the form, seed locked: change what "
+                                 "you like and press Generate.", "info")
+
+    def load_again(self, entry: HistoryEntry) -> None:
+        for pattern, text in zip(entry.outputs, entry.frames.split(", ")):
+            try:
+                frames = FrameRange.parse(text)
+            except ValueError as exc:
+                self.banner.show_message(f"History entry {entry.job_id} has no usable frame range ({exc}).")
+                continue
+            result = _with_file_colorspace(ResultSequence(pattern, frames, entry.pipeline, entry.job_id, entry.seed,
+                                                          entry.model, entry.prompt))
+            self.host.run_on_main_thread(functools.partial(self._deliver, result))
+
+    # ---- host selection -----------------------------------------------------------------------
+    def plate_from_selection(self) -> None:
+        form = self.current_form()
+        if form is None or not form.has_field(PLATE_FIELD):
+            return
+        try:
+            plate = self.host.selected_plate()
+        except HostSelectionError as exc:
+            self.banner.show_message(str(exc))
+            return
+        form.set_values({PLATE_FIELD: plate.pattern, "frames": plate.frames.count, "first_frame": plate.frames.first})
+        self._plate_source = plate.source
+        self.banner.show_message(f"Plate {plate.pattern} ({plate.frames}, {plate.width}×{plate.height}) set as the "
+                                 "input.", "info")
+
+    def trajectory_from_selection(self) -> None:
+        form = self.current_form()
+        if form is None or not form.has_field(TRAJECTORY_FIELD):
+            return
+        values = form.values()
+        try:
+            trajectory = self.host.selected_trajectory(values.get("width"), values.get("height"))
+        except (HostSelectionError, ValueError) as exc:
+            self.banner.show_message(str(exc))
+            return
+        form.set_values({TRAJECTORY_FIELD: to_json(trajectory)})
+        tracks = ", ".join(t.name for t in trajectory.tracks)
+        self.banner.show_message(f"Trajectory with {len(trajectory.tracks)} track(s) ({tracks}) set.", "info")
+
+    # ---- lifetime -----------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        self.session.close()
+
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt's name)
+        self.shutdown()
+        super().closeEvent(event)
+
+
+def _with_file_colorspace(result: ResultSequence) -> ResultSequence:
+    """The colour space the frames say they are in (their EXR header), for the host's Read node / image."""
+    return dataclasses.replace(result, colorspace=exr_colorspace(result.first_file))
