@@ -10,6 +10,8 @@ from pathlib import Path
 # name -> module with `run(args) -> dict` ; each pipeline adds its own entry
 BENCHMARKS: dict[str, str] = {
     "image": "cinegen.server.benchmarks.image",
+    "trajectory": "cinegen.server.benchmarks.trajectory",
+    "upscale": "cinegen.server.benchmarks.upscale",
 }
 
 

@@ -26,6 +26,8 @@ def demo_jobs(out: Path) -> list[DemoJob]:
     return [
         DemoJob("image", dict(prompt="a red disc on a blue sky", seed=1, steps=8, width=64, height=64, frames=4,
                               out=str(out / "image" / "demo.####.exr"))),
+        DemoJob("trajectory", dict(prompt="a red disc", model="tiny-animatediff", seed=3, steps=4, width=64, height=64, frames=8, out=str(out / "trajectory" / "demo.####.exr")), dict(trajectory_json='{"width": 64, "height": 64, "tracks": [{"name": "disc", "size": 20, "points": [{"frame": 1001, "x": 12, "y": 12}, {"frame": 1008, "x": 52, "y": 52}]}]}')),
+        DemoJob("upscale", dict(prompt="a lighthouse", seed=2, steps=4, out=str(out / "upscale" / "demo.####.exr")), dict(scale=2.0)),
     ]
 
 

@@ -76,7 +76,7 @@ class ConnectionSettings:
     shared_disk: bool = True  # the server writes where this machine can read; off = upload plates, download results
     download_dir: str = ""  # where results of a remote server land; empty = the host's output folder
     remote_output_dir: str = "cinegen-renders"  # folder on the server's disk for jobs of a remote server
-    connect_timeout: float = 5.0
+    connect_timeout: float = 5.0  # seconds the first call of a connection may take
     call_timeout: float = 30.0
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
 

@@ -117,16 +117,20 @@ class UpscaleParams:
     scale: float | None = param(None, help="Upscale factor over native/plate size; empty = use width/height.",
                                 minimum=1.0, maximum=16.0, step=0.5)
     stages: int | None = param(None, help="Cascade stages; empty = one stage per x2.", minimum=1, maximum=8)
-    strength: float | None = param(None, help="How much of a plate may change (0 = none, 1 = all).",
+    strength: float | None = param(None, help="How much may change (0 = none, 1 = all); empty = the mode's default "
+                                   "(generate 0.7, plate 0.5, refine 0.6 on UNet models).",
                                    minimum=0.0, maximum=1.0, step=0.05)
     cosine_scale: float | None = param(None, help="Cosine mixing exponent (1-2 usual, <= 1 for 8K).",
                                        minimum=0.0, maximum=10.0, step=0.1)
-    dilate_tau: int | None = param(None, help="Use restrained dilation for the first N steps of upscaled stages.",
+    dilate_tau: int | None = param(None, help="Restrained dilation for step indices below N in upscaled stages "
+                                   "(FreeScale: 35 of 50); empty = 0.7 x steps.",
                                    minimum=0, maximum=1000)
     fast: bool = param(False, help="Dilated-sampling global attention (faster, slightly less coherent).")
     vae_tile: int | None = param(None, help="VAE tile size in pixels for large frames; empty = automatic.",
                                  minimum=64, maximum=8192, step=64)
     lora: str = param("", help="Optional LoRA weights (path) applied to the model for this job.", kind="path")
+    latent_resize: bool = param(False, help="Resize between cascade stages in latent space (cheaper, softer) "
+                                "instead of decode -> bicubic -> encode.")
 
 
 @dataclass
@@ -150,6 +154,8 @@ class StoryParams:
     story: str = param("", help="Story YAML file (title, fps, style, characters, shots).", kind="path")
     story_yaml: str = param("", help="The story YAML itself (instead of a file).", kind="text", cli=False)
     shots: list[str] = param([], help="Only these shot ids (re-run), comma separated; empty = all.")
+    video_model: str = param("", help="Video model id for the motion between keyframes (--model picks the "
+                             "keyframe image model); empty = the first animatediff model.")
 
 
 PIPELINE_PARAMS: dict[str, type] = {

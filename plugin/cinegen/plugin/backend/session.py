@@ -34,6 +34,7 @@ class ServerSession(QtCore.QObject):
 
     _connected = Signal(int, object, object)  # generation, client, capabilities
     _connect_failed = Signal(int, object)  # generation, exception
+    _connection_lost = Signal()  # a job's stream gave up: the server went away
 
     def __init__(self, settings: ConnectionSettings | None = None, parent: QtCore.QObject | None = None):
         super().__init__(parent)
@@ -52,6 +53,7 @@ class ServerSession(QtCore.QObject):
         self._retry.timeout.connect(self._reconnect)
         self._connected.connect(self._on_connected)
         self._connect_failed.connect(self._on_connect_failed)
+        self._connection_lost.connect(self._on_connection_lost)
 
     # ---- connection -------------------------------------------------------------------------
     def connect_to_server(self, settings: ConnectionSettings | None = None) -> None:
@@ -72,8 +74,10 @@ class ServerSession(QtCore.QObject):
         client = None
         try:
             client = GeneratorClient.from_settings(settings)
-            client.wait_ready(timeout=settings.connect_timeout)
+            # a first call rather than waiting for the channel: its failure says why (refused, TLS, ...)
+            client.timeout = settings.connect_timeout
             capabilities = client.capabilities()
+            client.timeout = settings.call_timeout
             check_protocol(capabilities.protocol_version, capabilities.server_version, settings.address)
         except Exception as exc:  # every failure becomes a sentence on the UI thread
             if client is not None:
@@ -98,7 +102,7 @@ class ServerSession(QtCore.QObject):
         if generation != self._generation or self._closing:
             return
         sentence = describe_error(exc, self.settings)
-        if not isinstance(exc, ServerUnavailable):
+        if not isinstance(exc, ServerUnavailable) or _is_tls_failure(exc):
             self._set_status(FAILED, sentence)  # retrying can't fix a token, certificate or version
             return
         delay = self.settings.backoff.delay(self._attempt)
@@ -109,6 +113,10 @@ class ServerSession(QtCore.QObject):
         self._waited += delay
         self._set_status(RETRYING, f"{sentence} Retrying in {delay:.0f} s.")
         self._retry.start(int(delay * 1000))
+
+    def _on_connection_lost(self) -> None:
+        if self.state == CONNECTED and not self._closing:
+            self.connect_to_server()  # reconnects with back-off; the status says what is happening
 
     def _set_status(self, state: str, message: str) -> None:
         self.state, self.message = state, message
@@ -135,6 +143,8 @@ class ServerSession(QtCore.QObject):
             outcome: JobOutcome = run_job(client, draft, shared_disk=settings.shared_disk, callbacks=callbacks)
         except Exception as exc:  # refused, unreachable, a file that can't be read
             self._emit(self.job_error, job_id, describe_error(exc, settings))
+            if isinstance(exc, ServerUnavailable):
+                self._emit(self._connection_lost)
             return
         self._emit(self.job_finished, job_id, outcome)
 
@@ -174,3 +184,8 @@ class ServerSession(QtCore.QObject):
         thread = threading.Thread(target=target, args=args, name="cinegen-panel-net", daemon=True)
         thread.start()
         return thread
+
+
+def _is_tls_failure(exc: ServerUnavailable) -> bool:
+    details = exc.details.lower()
+    return any(word in details for word in ("handshake", "ssl", "certificate"))

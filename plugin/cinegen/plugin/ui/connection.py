@@ -41,10 +41,17 @@ class ConnectionBar(QtWidgets.QWidget):
     def show_status(self, state: str, message: str) -> None:
         self.state = state
         self.dot.setStyleSheet(f"color: {STATE_COLOURS.get(state, '#8c8c8c')};")
-        first_line = message.split(". ")[0] if state != "connected" else message
-        self.text.setText(first_line)
+        self.text.setText(_short_status(state, message))
         self.text.setToolTip(message)
         self.connect_button.setText("Reconnect" if state == "connected" else "Connect")
+
+
+def _short_status(state: str, message: str) -> str:
+    """One short line for the bar (the whole message is its tooltip and, on errors, the banner)."""
+    if state == "connected":
+        return message.replace("Connected to ", "")
+    return {"connecting": "Connecting…", "retrying": "Can't reach the server — retrying",
+            "failed": "Not connected — see the message below", "disconnected": "Not connected"}.get(state, message)
 
 
 class Banner(QtWidgets.QFrame):

@@ -224,7 +224,7 @@ class SeedEditor(FieldEditor):
         self.lock.setChecked(locked)
 
     def _show_lock(self, locked: bool) -> None:
-        self.lock.setText("Locked" if locked else "Random")
+        self.lock.setText("Locked" if locked else "Lock")
 
     def randomise(self) -> int:
         seed = self.rng.randrange(SEED_MAX)

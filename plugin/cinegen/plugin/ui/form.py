@@ -50,7 +50,7 @@ class Section(QtWidgets.QWidget):
         self.body.setVisible(expanded)
 
     def add(self, label: QtWidgets.QLabel, editor: QtWidgets.QWidget, compact: bool) -> None:
-        if not compact or self._column == 2:
+        if not compact or self._column >= 4:  # two compact fields per row
             if self._column:
                 self._row += 1
             self._column = 0
@@ -59,6 +59,9 @@ class Section(QtWidgets.QWidget):
             self.grid.addWidget(editor, self._row, self._column + 1)
             self._column += 2
         else:
+            if editor.sizeHint().height() > 2 * label.sizeHint().height():  # a text box: label at its top
+                label.setAlignment(QtCore.Qt.AlignLeft | QtCore.Qt.AlignTop)
+                label.setContentsMargins(0, 4, 0, 0)
             self.grid.addWidget(label, self._row, 0)
             self.grid.addWidget(editor, self._row, 1, 1, 3)
             self._row += 1
@@ -133,16 +136,22 @@ class ParamForm(QtWidgets.QWidget):
                  if lowered.startswith(spec.label.lower() + " ") or lowered.startswith(spec.name + " ")]
         self.clear_highlights()
         for name in named:
-            for widget in (self.labels[name], self.editors[name]):
-                widget.setProperty("invalid", True)
-                widget.style().unpolish(widget)
-                widget.style().polish(widget)
+            for widget in self._marked_widgets(name):
+                _set_invalid(widget, True)
         return named
 
     def clear_highlights(self) -> None:
         for name in self.editors:
-            for widget in (self.labels[name], self.editors[name]):
+            for widget in self._marked_widgets(name):
                 if widget.property("invalid"):
-                    widget.setProperty("invalid", False)
-                    widget.style().unpolish(widget)
-                    widget.style().polish(widget)
+                    _set_invalid(widget, False)
+
+    def _marked_widgets(self, name: str) -> list[QtWidgets.QWidget]:
+        editor = self.editors[name]
+        return [self.labels[name], editor, *editor.findChildren(QtWidgets.QWidget)]
+
+
+def _set_invalid(widget: QtWidgets.QWidget, invalid: bool) -> None:
+    widget.setProperty("invalid", invalid)
+    widget.style().unpolish(widget)  # re-read the style sheet's [invalid="true"] rules
+    widget.style().polish(widget)

@@ -6,10 +6,7 @@ never imports a host module, and it never clears the artist's form: on any error
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import os
-import posixpath
 from typing import Any
 
 from cinegen.common.client import new_job_id
@@ -18,15 +15,16 @@ from cinegen.common.proto import generator_pb2 as pb
 from cinegen.common.sequence import FrameRange
 from cinegen.common.trajectory_io import to_json
 
+from ..backend.drafting import make_draft, plan_output, release_folder
 from ..backend.errors import describe_error
-from ..backend.exr_header import exr_colorspace
 from ..backend.job_runner import JobDraft, JobOutcome
+from ..backend.results import results_from_outputs, with_file_colorspace
 from ..backend.session import CONNECTED, ServerSession
 from ..hosts import HostAdapter, HostSelectionError, detect_host
-from ..model.forms import OUTPUT_FIELD, PLATE_FIELD, TRAJECTORY_FIELD, request_from_values
+from ..model.forms import PLATE_FIELD, TRAJECTORY_FIELD
 from ..model.history import History, HistoryEntry
 from ..model.jobs import JobQueue, JobRecord
-from ..model.outputs import ResultSequence, group_sequences, safe_name, versioned_output
+from ..model.outputs import ResultSequence, safe_name
 from ..qt import QtCore, QtGui, QtWidgets
 from .connection import Banner, ConnectionBar, SettingsDialog
 from .form import ParamForm
@@ -93,8 +91,8 @@ class Panel(QtWidgets.QWidget):
         form_layout.setSpacing(4)
         form_layout.addLayout(pipeline_row)
         form_layout.addWidget(self.description)
-        form_layout.addWidget(self.stack)
         form_layout.addLayout(host_row)
+        form_layout.addWidget(self.stack)
         form_layout.addStretch(1)
         scroll = QtWidgets.QScrollArea()
         scroll.setWidgetResizable(True)
@@ -111,11 +109,13 @@ class Panel(QtWidgets.QWidget):
         self.tabs = QtWidgets.QTabWidget()
         self.tabs.addTab(self.queue_view, "Queue")
         self.tabs.addTab(self.history_view, "History")
-        splitter = QtWidgets.QSplitter(QtCore.Qt.Vertical)
+        self.form_page = form_page
+        self.splitter = splitter = QtWidgets.QSplitter(QtCore.Qt.Vertical)
         splitter.addWidget(top)
         splitter.addWidget(self.tabs)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
+        splitter.setSizes([560, 300])
         splitter.setChildrenCollapsible(False)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
@@ -183,6 +183,13 @@ class Panel(QtWidgets.QWidget):
         self.pipeline_combo.setCurrentIndex(max(index, 0))
         self._on_pipeline_changed()
 
+    def _fit_form(self) -> None:
+        """Give the form the height it needs (up to two thirds), the queue the rest."""
+        total = sum(self.splitter.sizes())
+        wanted = self.form_page.sizeHint().height() + self.generate_button.sizeHint().height() + 12
+        top = min(wanted, total * 2 // 3)
+        self.splitter.setSizes([top, max(total - top, 1)])
+
     def edit_settings(self) -> None:
         from ..qt import exec_dialog
         dialog = SettingsDialog(self.settings, self)
@@ -206,9 +213,14 @@ class Panel(QtWidgets.QWidget):
 
     def _on_pipeline_changed(self, *_: Any) -> None:
         form = self.current_form()
+        for page in self.forms.values():  # the stack takes the size of the shown form only
+            policy = QtWidgets.QSizePolicy.Preferred if page is form else QtWidgets.QSizePolicy.Ignored
+            page.setSizePolicy(policy, policy)
         self.stack.setCurrentWidget(form or self.placeholder)
+        self.stack.adjustSize()
         self.description.setText(form.property("description") if form else "")
         self._update_actions()
+        self._fit_form()
 
     def _update_actions(self) -> None:
         form = self.current_form()
@@ -246,30 +258,15 @@ class Panel(QtWidgets.QWidget):
         return job_id
 
     def _draft(self, form: ParamForm, values: dict[str, Any], job_id: str) -> JobDraft:
-        typed_out = str(values.get(OUTPUT_FIELD) or "").strip()
-        name = f"{safe_name(self.host.shot_name())}_{form.pipeline}"
-        if typed_out:
-            local = typed_out
-        else:
-            root = self.host.output_root() if self.settings.shared_disk else \
-                (self.settings.download_dir or self.host.output_root())
-            local = versioned_output(root, name)
-            self._claimed[job_id] = os.path.dirname(local)
-        # a remote server writes into its own folder; the frames come back to `local`
-        out = local if self.settings.shared_disk else \
-            posixpath.join(self.settings.remote_output_dir, job_id, os.path.basename(local))
-        request = request_from_values(form.pipeline, form.fields, {**values, OUTPUT_FIELD: out}, job_id=job_id,
-                                      client=self.host.client_name())
-        uploads = tuple((f.group, f.name) for f in form.fields if f.type == "path" and f.name != OUTPUT_FIELD)
-        return JobDraft(request, local_output=local, upload_fields=uploads, source=self._plate_source)
+        place = plan_output(values, settings=self.settings, output_root=self.host.output_root(),
+                            name=f"{safe_name(self.host.shot_name())}_{form.pipeline}")
+        if place.claimed_folder:
+            self._claimed[job_id] = place.claimed_folder
+        return make_draft(form.pipeline, form.fields, values, job_id=job_id, settings=self.settings, place=place,
+                          client=self.host.client_name(), source=self._plate_source)
 
     def _release_version(self, job_id: str) -> None:
-        folder = self._claimed.pop(job_id, None)
-        if folder:
-            try:
-                os.rmdir(folder)  # only when still empty: a refused job leaves no version behind
-            except OSError:
-                pass
+        release_folder(self._claimed.pop(job_id, ""))  # a refused job leaves no empty version behind
 
     # ---- job updates -------------------------------------------------------------------------
     def _record(self, job_id: str) -> JobRecord | None:
@@ -320,9 +317,7 @@ class Panel(QtWidgets.QWidget):
 
     def _results(self, record: JobRecord | None, outcome: JobOutcome, source: str) -> list[ResultSequence]:
         made = dict(pipeline=record.pipeline, seed=record.seed, model=record.model, prompt=record.prompt) if record else {}
-        return [_with_file_colorspace(ResultSequence(pattern=pattern, frames=frames, job_id=outcome.job_id,
-                                                     source=source, **made))
-                for pattern, frames in group_sequences(outcome.outputs)]
+        return results_from_outputs(outcome.outputs, job_id=outcome.job_id, source=source, **made)
 
     def _deliver(self, result: ResultSequence) -> None:
         try:
@@ -380,8 +375,8 @@ class Panel(QtWidgets.QWidget):
             except ValueError as exc:
                 self.banner.show_message(f"History entry {entry.job_id} has no usable frame range ({exc}).")
                 continue
-            result = _with_file_colorspace(ResultSequence(pattern, frames, entry.pipeline, entry.job_id, entry.seed,
-                                                          entry.model, entry.prompt))
+            result = with_file_colorspace(ResultSequence(pattern, frames, entry.pipeline, entry.job_id, entry.seed,
+                                                         entry.model, entry.prompt))
             self.host.run_on_main_thread(functools.partial(self._deliver, result))
 
     # ---- host selection -----------------------------------------------------------------------
@@ -421,7 +416,3 @@ class Panel(QtWidgets.QWidget):
         self.shutdown()
         super().closeEvent(event)
 
-
-def _with_file_colorspace(result: ResultSequence) -> ResultSequence:
-    """The colour space the frames say they are in (their EXR header), for the host's Read node / image."""
-    return dataclasses.replace(result, colorspace=exr_colorspace(result.first_file))

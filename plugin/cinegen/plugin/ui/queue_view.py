@@ -18,6 +18,7 @@ class JobRow(QtWidgets.QFrame):
         self.thumbnail.setObjectName("thumbnail")
         self.thumbnail.setFixedSize(THUMBNAIL, THUMBNAIL)
         self.thumbnail.setAlignment(QtCore.Qt.AlignCenter)
+        self.thumbnail.setText(record.pipeline)  # until the first preview arrives
         self.title = QtWidgets.QLabel()
         self.title.setObjectName("jobTitle")
         self.prompt = QtWidgets.QLabel()

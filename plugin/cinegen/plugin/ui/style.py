@@ -1,6 +1,9 @@
 """The panel's look: compact, dark, one accent colour; scoped to the panel so the host keeps its own."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 from ..qt import QtCore, QtGui, QtWidgets
 
 ACCENT = "#e39b2f"
@@ -22,8 +25,8 @@ STYLESHEET = f"""
 }}
 #cinegenPanel QLineEdit:focus, #cinegenPanel QPlainTextEdit:focus, #cinegenPanel QSpinBox:focus,
 #cinegenPanel QDoubleSpinBox:focus, #cinegenPanel QComboBox:focus {{ border-color: {ACCENT}; }}
-#cinegenPanel FieldEditor[invalid="true"] QLineEdit, #cinegenPanel FieldEditor[invalid="true"] QSpinBox,
-#cinegenPanel FieldEditor[invalid="true"] QDoubleSpinBox {{ border-color: {ERROR}; }}
+#cinegenPanel QLineEdit[invalid="true"], #cinegenPanel QAbstractSpinBox[invalid="true"],
+#cinegenPanel QComboBox[invalid="true"], #cinegenPanel QPlainTextEdit[invalid="true"] {{ border-color: {ERROR}; }}
 #cinegenPanel QToolButton {{
     background: #353535; color: #d8d8d8; border: 1px solid #444; border-radius: 3px; padding: 2px 6px;
 }}
@@ -55,7 +58,7 @@ STYLESHEET = f"""
 #cinegenPanel #jobRow {{ background: #323232; border: 1px solid #3c3c3c; border-radius: 4px; }}
 #cinegenPanel #jobTitle {{ color: #f0f0f0; font-weight: bold; }}
 #cinegenPanel #jobPrompt, #cinegenPanel #jobStage, #cinegenPanel #muted {{ color: {MUTED}; font-size: 11px; }}
-#cinegenPanel #thumbnail {{ background: #1a1a1a; border: 1px solid #3a3a3a; }}
+#cinegenPanel #thumbnail {{ background: #1a1a1a; border: 1px solid #3a3a3a; color: #5a5a5a; font-size: 10px; }}
 #cinegenPanel #banner {{ border-radius: 4px; padding: 4px; }}
 #cinegenPanel #banner[kind="error"] {{ background: #4a2522; border: 1px solid {ERROR}; }}
 #cinegenPanel #banner[kind="info"] {{ background: #243444; border: 1px solid #3f6f99; }}
@@ -69,14 +72,61 @@ STYLESHEET = f"""
 #cinegenPanel QHeaderView::section {{ background: #333; color: #b0b0b0; border: none; padding: 2px 4px; }}
 #cinegenPanel QScrollArea {{ border: none; background: transparent; }}
 #cinegenPanel QScrollArea > QWidget > QWidget {{ background: transparent; }}
-#cinegenPanel QSplitter::handle {{ background: #3a3a3a; }}
+#cinegenPanel QSplitter::handle {{ background: #2b2b2b; height: 5px; }}
+#cinegenPanel QAbstractSpinBox::up-button, #cinegenPanel QAbstractSpinBox::down-button {{
+    subcontrol-origin: border; width: 14px; background: #2a2a2a; border-left: 1px solid #3d3d3d;
+}}
+#cinegenPanel QAbstractSpinBox::up-button {{ subcontrol-position: top right; border-top-right-radius: 3px; }}
+#cinegenPanel QAbstractSpinBox::down-button {{ subcontrol-position: bottom right; border-bottom-right-radius: 3px; }}
+#cinegenPanel QAbstractSpinBox::up-button:hover, #cinegenPanel QAbstractSpinBox::down-button:hover {{
+    background: #3a3a3a;
+}}
+#cinegenPanel QAbstractSpinBox::up-arrow {{ image: url({{up}}); width: 7px; height: 4px; }}
+#cinegenPanel QAbstractSpinBox::down-arrow {{ image: url({{down}}); width: 7px; height: 4px; }}
+#cinegenPanel QComboBox::drop-down {{ border: none; width: 16px; }}
+#cinegenPanel QComboBox::down-arrow {{ image: url({{down}}); width: 7px; height: 4px; }}
+#cinegenPanel QComboBox QAbstractItemView {{
+    background: #1f1f1f; color: #e6e6e6; selection-background-color: {ACCENT}; selection-color: #111;
+}}
+#cinegenPanel QScrollBar:vertical {{ background: transparent; width: 8px; margin: 0; }}
+#cinegenPanel QScrollBar::handle:vertical {{ background: #4a4a4a; border-radius: 4px; min-height: 24px; }}
+#cinegenPanel QScrollBar::handle:vertical:hover {{ background: #5a5a5a; }}
+#cinegenPanel QScrollBar::add-line, #cinegenPanel QScrollBar::sub-line {{ height: 0; width: 0; }}
+#cinegenPanel QScrollBar::add-page, #cinegenPanel QScrollBar::sub-page {{ background: transparent; }}
+#cinegenPanel QCheckBox {{ color: #d0d0d0; }}
+#cinegenPanel #statusDot {{ font-size: 14px; }}
 """
 
 
 def apply_style(widget: QtWidgets.QWidget) -> None:
     widget.setObjectName("cinegenPanel")
     widget.setAttribute(QtCore.Qt.WA_StyledBackground, True)  # paint the background the sheet gives
-    widget.setStyleSheet(STYLESHEET)
+    arrows = arrow_images()
+    widget.setStyleSheet(STYLESHEET.replace("{up}", arrows["up"]).replace("{down}", arrows["down"]))
+
+
+_ARROWS: dict[str, str] = {}
+
+
+def arrow_images() -> dict[str, str]:
+    """Small arrow PNGs for spin boxes and combo boxes (a style sheet that restyles their frame must
+    also supply their arrows); drawn once per process, so the package ships no image files."""
+    if _ARROWS:
+        return _ARROWS
+    folder = tempfile.mkdtemp(prefix="cinegen-qss-")
+    for name, points in (("up", [(0, 4), (3.5, 0), (7, 4)]), ("down", [(0, 0), (7, 0), (3.5, 4)])):
+        image = QtGui.QImage(14, 8, QtGui.QImage.Format_ARGB32)  # drawn at 2x for high-DPI screens
+        image.fill(QtCore.Qt.transparent)
+        painter = QtGui.QPainter(image)
+        painter.setRenderHint(QtGui.QPainter.Antialiasing)
+        painter.setPen(QtCore.Qt.NoPen)
+        painter.setBrush(QtGui.QColor("#a0a0a0"))
+        painter.drawPolygon(QtGui.QPolygonF([QtCore.QPointF(2 * x, 2 * y) for x, y in points]))
+        painter.end()
+        path = os.path.join(folder, f"{name}.png")
+        image.save(path)
+        _ARROWS[name] = path.replace(os.sep, "/")
+    return _ARROWS
 
 
 def dark_palette() -> QtGui.QPalette:

@@ -17,6 +17,7 @@ def run(args: argparse.Namespace) -> dict:
     registry = ModelRegistry(device=device, use_hf_cache=False)
     adapter = registry.get("tiny-sd")
     rows = []
+    generate_images(adapter, Resolved("warm-up", "", "tiny-sd", 0, 1, 7.5, 64, 64, 1, 24.0, 1001))
     for size in (64, 128):
         r = Resolved("a red disc", "", "tiny-sd", 0, 8, 7.5, size, size, 4, 24.0, 1001)
         with measure(device) as m:

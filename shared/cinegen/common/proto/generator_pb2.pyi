@@ -41,7 +41,7 @@ class ImageParams(_message.Message):
     def __init__(self) -> None: ...
 
 class UpscaleParams(_message.Message):
-    __slots__ = ("input", "scale", "strength", "cosine_scale", "dilate_tau", "fast", "stages", "mode", "vae_tile", "lora")
+    __slots__ = ("input", "scale", "strength", "cosine_scale", "dilate_tau", "fast", "stages", "mode", "vae_tile", "lora", "latent_resize")
     INPUT_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class UpscaleParams(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     VAE_TILE_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
+    LATENT_RESIZE_FIELD_NUMBER: _ClassVar[int]
     input: str
     scale: float
     strength: float
@@ -62,7 +63,8 @@ class UpscaleParams(_message.Message):
     mode: str
     vae_tile: int
     lora: str
-    def __init__(self, input: _Optional[str] = ..., scale: _Optional[float] = ..., strength: _Optional[float] = ..., cosine_scale: _Optional[float] = ..., dilate_tau: _Optional[int] = ..., fast: _Optional[bool] = ..., stages: _Optional[int] = ..., mode: _Optional[str] = ..., vae_tile: _Optional[int] = ..., lora: _Optional[str] = ...) -> None: ...
+    latent_resize: bool
+    def __init__(self, input: _Optional[str] = ..., scale: _Optional[float] = ..., strength: _Optional[float] = ..., cosine_scale: _Optional[float] = ..., dilate_tau: _Optional[int] = ..., fast: _Optional[bool] = ..., stages: _Optional[int] = ..., mode: _Optional[str] = ..., vae_tile: _Optional[int] = ..., lora: _Optional[str] = ..., latent_resize: _Optional[bool] = ...) -> None: ...
 
 class PanoramaParams(_message.Message):
     __slots__ = ("projection", "loop", "input", "guidance_scale_down")
@@ -85,14 +87,16 @@ class TrajectoryParams(_message.Message):
     def __init__(self, trajectory: _Optional[str] = ..., trajectory_json: _Optional[str] = ...) -> None: ...
 
 class StoryParams(_message.Message):
-    __slots__ = ("story", "story_yaml", "shots")
+    __slots__ = ("story", "story_yaml", "shots", "video_model")
     STORY_FIELD_NUMBER: _ClassVar[int]
     STORY_YAML_FIELD_NUMBER: _ClassVar[int]
     SHOTS_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_MODEL_FIELD_NUMBER: _ClassVar[int]
     story: str
     story_yaml: str
     shots: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, story: _Optional[str] = ..., story_yaml: _Optional[str] = ..., shots: _Optional[_Iterable[str]] = ...) -> None: ...
+    video_model: str
+    def __init__(self, story: _Optional[str] = ..., story_yaml: _Optional[str] = ..., shots: _Optional[_Iterable[str]] = ..., video_model: _Optional[str] = ...) -> None: ...
 
 class JobRequest(_message.Message):
     __slots__ = ("job_id", "pipeline", "common", "image", "upscale", "panorama", "trajectory", "story", "client")

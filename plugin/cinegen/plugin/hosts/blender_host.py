@@ -1,0 +1,188 @@
+"""Blender: results as image sequences in the compositor and the sequencer; an object's screen path as
+a trajectory; plates from the active image strip.
+
+Image sequences follow Blender's image-user rule (``BKE_image_user_frame_calc``): at scene frame F
+an Image node shows file frame ``F - frame_start + 1 + frame_offset``, so a sequence numbered from
+1001 placed at scene frame S needs ``frame_start = S`` and ``frame_offset = 1000``. A result lands at
+its own frame numbers when the scene's range holds them, else at the scene's first frame.
+
+The trajectory is the active object's world position per frame through
+`bpy_extras.object_utils.world_to_camera_view` (normalised, bottom-left origin) in pixels of the
+render size. API differences handled here: the compositor tree is ``scene.compositing_node_group``
+in Blender 5 and ``scene.node_tree`` before; sequencer strips are ``strips`` from 4.4, ``sequences``
+before.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import bpy  # only host adapters import their host
+from bpy_extras.object_utils import world_to_camera_view
+
+from cinegen.common.sequence import FrameRange
+from cinegen.common.trajectory_io import Track, Trajectory, from_normalised
+
+from ..model.outputs import ResultSequence, group_sequences
+from .base import HostAdapter, HostSelectionError, PlateSelection
+
+TARGETS = ("compositor", "sequencer", "both")
+# Blender's own name for its scene-linear space, newest first (4.x/5.x, 3.x), then the OCIO role
+SCENE_LINEAR_NAMES = ("Linear Rec.709", "Linear", "scene_linear")
+NAME_LIMIT = 63  # Blender ID and strip names are at most 63 bytes
+
+
+class BlenderHost(HostAdapter):
+    name = "blender"
+
+    def __init__(self, target: str = "both"):
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+        self.target = target
+
+    def selected_plate(self) -> PlateSelection:
+        scene = bpy.context.scene
+        editor = scene.sequence_editor
+        strip = editor.active_strip if editor else None
+        if strip is None or strip.type != "IMAGE":
+            raise HostSelectionError("Make an image-sequence strip active in the Sequencer to use it as the plate.")
+        folder = bpy.path.abspath(strip.directory)
+        groups = group_sequences(os.path.join(folder, element.filename) for element in strip.elements)
+        if not groups:
+            raise HostSelectionError(f"The strip '{strip.name}' has no numbered frames: use an image sequence.")
+        pattern, frames = groups[0]
+        render = scene.render
+        return PlateSelection(pattern=pattern, frames=frames, width=render.resolution_x,
+                              height=render.resolution_y, source=strip.name,
+                              colorspace=strip.colorspace_settings.name)
+
+    def selected_trajectory(self, width: int | None = None, height: int | None = None) -> Trajectory:
+        scene = bpy.context.scene
+        return object_trajectory(scene, bpy.context.view_layer.objects.active, scene.camera, width, height)
+
+    def load_result(self, result: ResultSequence) -> dict[str, Any]:
+        scene = bpy.context.scene
+        loaded: dict[str, Any] = {}
+        if self.target in ("compositor", "both"):
+            loaded["node"] = load_into_compositor(scene, result)
+        if self.target in ("sequencer", "both"):
+            loaded["strip"] = load_into_sequencer(scene, result)
+        return loaded
+
+    def run_on_main_thread(self, fn: Callable[[], None]) -> None:
+        def once() -> None:
+            fn()
+            return None  # a timer that returns None is not called again
+        bpy.app.timers.register(once, first_interval=0.0)
+
+    def output_root(self) -> Path:
+        if bpy.data.filepath:
+            return Path(bpy.data.filepath).parent / "cinegen"
+        return super().output_root()
+
+    def shot_name(self) -> str:
+        return Path(bpy.data.filepath).stem if bpy.data.filepath else bpy.context.scene.name
+
+    def client_name(self) -> str:
+        return f"blender {bpy.app.version_string} / cinegen"
+
+
+# ---- results ------------------------------------------------------------------------------------
+def blender_colorspace(name: str) -> str:
+    """`name` when Blender's config has it (e.g. ACEScg), else Blender's scene-linear space."""
+    available = {item.identifier for item in
+                 bpy.types.ColorManagedInputColorspaceSettings.bl_rna.properties["name"].enum_items}
+    if name and name in available:
+        return name
+    return next((candidate for candidate in SCENE_LINEAR_NAMES if candidate in available), "")
+
+
+def placement_frame(scene: Any, frames: FrameRange) -> int:
+    """Scene frame where a sequence starts: its own first frame if the scene's range holds it."""
+    return frames.first if scene.frame_start <= frames.first <= scene.frame_end else scene.frame_start
+
+
+def load_image_sequence(result: ResultSequence) -> Any:
+    image = bpy.data.images.load(result.first_file, check_existing=False)
+    image.source = "SEQUENCE"
+    colorspace = blender_colorspace(result.colorspace)
+    if colorspace:
+        image.colorspace_settings.name = colorspace
+    image.name = result.label[:NAME_LIMIT]
+    return image
+
+
+def compositor_tree(scene: Any) -> Any:
+    if hasattr(scene, "compositing_node_group"):  # Blender 5
+        if scene.compositing_node_group is None:
+            scene.compositing_node_group = bpy.data.node_groups.new(f"{scene.name} compositor", "CompositorNodeTree")
+        return scene.compositing_node_group
+    scene.use_nodes = True  # Blender 4 and before
+    return scene.node_tree
+
+
+def load_into_compositor(scene: Any, result: ResultSequence) -> Any:
+    tree = compositor_tree(scene)
+    ours = [n for n in tree.nodes if n.bl_idname == "CompositorNodeImage" and n.get("cinegen_job")]
+    node = tree.nodes.new("CompositorNodeImage")
+    node.image = load_image_sequence(result)
+    node.frame_duration = result.frames.count
+    node.frame_start = placement_frame(scene, result.frames)
+    node.frame_offset = result.frames.first - 1  # file frame = F - frame_start + 1 + offset
+    node.label = result.label[:NAME_LIMIT]
+    node["cinegen_job"] = result.job_id or "cinegen"
+    node.location = (-600.0, -320.0 * len(ours))  # one below the other: earlier results stay
+    return node
+
+
+def load_into_sequencer(scene: Any, result: ResultSequence) -> Any:
+    editor = scene.sequence_editor or scene.sequence_editor_create()
+    strips = editor.strips if hasattr(editor, "strips") else editor.sequences  # 4.4+ / before
+    start = placement_frame(scene, result.frames)
+    names = result.file_names()
+    strip = strips.new_image(name=result.label[:NAME_LIMIT], filepath=result.first_file,
+                             channel=free_channel(strips, start, start + len(names)), frame_start=start)
+    for name in names[1:]:
+        strip.elements.append(name)
+    colorspace = blender_colorspace(result.colorspace)
+    if colorspace:
+        strip.colorspace_settings.name = colorspace
+    strip["cinegen_job"] = result.job_id or "cinegen"
+    return strip
+
+
+def free_channel(strips: Any, start: int, end: int) -> int:
+    """The lowest channel with no strip overlapping [start, end): earlier results are kept, not covered."""
+    busy = {s.channel for s in strips if s.frame_final_start < end and s.frame_final_end > start}
+    channel = 1
+    while channel in busy:
+        channel += 1
+    return channel
+
+
+# ---- trajectory ---------------------------------------------------------------------------------
+def object_trajectory(scene: Any, obj: Any, camera: Any, width: int | None = None,
+                      height: int | None = None) -> Trajectory:
+    """The object's origin through the camera on every frame of the scene, in top-left pixels."""
+    if obj is None:
+        raise HostSelectionError("Make the object to follow the active object (click it in the viewport).")
+    if camera is None:
+        raise HostSelectionError("The scene has no camera: add one and make it the scene camera.")
+    render = scene.render
+    width = width or round(render.resolution_x * render.resolution_percentage / 100)
+    height = height or round(render.resolution_y * render.resolution_percentage / 100)
+    current = scene.frame_current
+    normalised = []
+    try:
+        for frame in range(scene.frame_start, scene.frame_end + 1):
+            scene.frame_set(frame)
+            view = world_to_camera_view(scene, camera, obj.matrix_world.translation)
+            if view.z > 0:  # behind the camera there is no screen position
+                normalised.append((frame, view.x, view.y))
+    finally:
+        scene.frame_set(current)
+    if not normalised:
+        raise HostSelectionError(f"'{obj.name}' is never in front of the camera '{camera.name}' in this frame range.")
+    points = tuple(from_normalised(normalised, width, height, origin="bottom-left"))
+    return Trajectory(width=width, height=height, tracks=(Track(name=obj.name, points=points),), origin="top-left")

@@ -1,0 +1,413 @@
+"""Panorama denoising loop: OSD and PPD steps over a family adapter's scheduler (ALGORITHMS.md §2).
+
+Glue between the pure building blocks (``windows``, ``osd``, ``equirect``) and a real scheduler:
+
+* **Per-region scheduler state.** Every window (or sphere view) steps with its own scheduler
+  copy. Stateless schedulers (DDIM) need nothing more; multistep ones (DPM-Solver, UniPC, PNDM)
+  keep sample-shaped history (``model_outputs``, ``last_sample``, …). That history lives on the
+  *latent grid* (``GridSchedulerState``): a region's copy reads its part of the history from the
+  start-of-step grid and writes its new history back, so a latent keeps its own history however
+  the windows shift from step to step.
+* **Noise levels** (``NoiseLevels``) for the three parametrisations: variance preserving
+  (``x = √ᾱ·x0 + √(1−ᾱ)·ε``), variance exploding (``x = x0 + σ·ε``) and flow matching
+  (``x = (1−σ)·x0 + σ·ε``). They give the OSD push-back ``level(i+1) → level(i)`` and the
+  re-noising of a clean latent to the level before step ``i`` (image conditioning, GMG).
+* **Panoramic Projecting Denoise** (``projecting_denoise_step``): like an OSD step, but the
+  regions are perspective views of the equirectangular latent (nearest sampling keeps the noise
+  Gaussian): view read → push back the already-advanced part → one scheduler step → written back
+  onto the sphere pixels it covers.
+* ``denoise_panorama``: the step loop — PPD for the first ``projecting_steps`` (sphere), then OSD
+  with the grid shifted by ``(i mod 16)·Δ`` — with ``before_step``/``after_step`` hooks,
+  progress and cancel between windows.
+
+Latents are kept as ``(B, C, F, H, W)`` (``F = 1`` for one image); ``LatentLayout`` converts a
+batch of regions to the model's layout (``(B·F, C, h, w)`` for image models).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .equirect import perspective_grid, perspective_to_equirect, sample_equirect, sphere_view_plan
+from .osd import BlendSchedule, DenoiseCounts, denoise_windows_batched
+from .sampler import LoopCallbacks
+from .windows import AxisSpan, Boundary, Window, overlap_for_step, plan_axis, read_window, shift_delta_for
+from .windows import step_offset, write_window
+
+__all__ = [
+    "GridSchedulerState", "LatentLayout", "NoiseLevels", "PanoramaPlan", "ViewRegion", "WindowRegion",
+    "axis_spans", "denoise_panorama", "projecting_denoise_step", "sphere_view_regions", "step_windows", "upsample_latent",
+]
+
+
+# ---- noise levels ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NoiseLevels:
+    """Noise level before each step ``0..N-1`` and after the last (``N``) of a set scheduler."""
+
+    kind: str  # "vp" (levels are ᾱ), "ve" or "flow" (levels are σ)
+    levels: tuple[float, ...]
+
+    @classmethod
+    def for_scheduler(cls, scheduler: Any) -> NoiseLevels:
+        config = scheduler.config
+        name = type(scheduler).__name__
+        if "FlowMatch" in name or config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
+            return cls("flow", tuple(float(s) for s in scheduler.sigmas))
+        if float(getattr(scheduler, "init_noise_sigma", 1.0)) > 1.0:  # Euler-style: x = x0 + σ·ε
+            return cls("ve", tuple(float(s) for s in scheduler.sigmas))
+        alphas = scheduler.alphas_cumprod
+        timesteps = [int(t) for t in scheduler.timesteps]
+        levels = [float(alphas[t]) for t in timesteps]
+        if hasattr(scheduler, "final_alpha_cumprod"):  # DDIM/DDPM: t_prev = t − T/N, below 0 = final
+            stride = config.num_train_timesteps // scheduler.num_inference_steps
+            previous = [t - stride for t in timesteps]
+            final = float(scheduler.final_alpha_cumprod)
+            after = [float(alphas[p]) if p >= 0 else final for p in previous]
+            levels.append(after[-1])
+        else:
+            levels.append(1.0)
+        return cls("vp", tuple(levels))
+
+    @property
+    def steps(self) -> int:
+        return len(self.levels) - 1
+
+    def noised(self, x0: Tensor, noise: Tensor, index: int) -> Tensor:
+        """A clean latent brought to the level before step ``index`` (``index = N``: clean)."""
+        level = self.levels[index]
+        noise = noise.to(x0.dtype)
+        if self.kind == "vp":
+            return level**0.5 * x0 + (1.0 - level) ** 0.5 * noise
+        if self.kind == "ve":
+            return x0 + level * noise
+        return (1.0 - level) * x0 + level * noise
+
+    def push_back(self, x: Tensor, noise: Tensor, index: int) -> Tensor:
+        """A latent already advanced by step ``index`` (level ``index+1``) moved back to ``index``."""
+        high, low = self.levels[index], self.levels[index + 1]
+        noise = noise.to(x.dtype)
+        if self.kind == "vp":
+            keep = high / low
+            return keep**0.5 * x + max(0.0, 1.0 - keep) ** 0.5 * noise
+        if self.kind == "ve":
+            return x + max(0.0, high**2 - low**2) ** 0.5 * noise
+        scale = (1.0 - high) / (1.0 - low)
+        return scale * x + max(0.0, high**2 - (scale * low) ** 2) ** 0.5 * noise
+
+
+# ---- regions and layouts ----------------------------------------------------------------------
+class Region(Protocol):
+    """A part of a ``(..., F, H, W)`` latent a model step sees: gather it, scatter it back."""
+
+    def read(self, full: Tensor) -> Tensor: ...
+    def write(self, full: Tensor, part: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class WindowRegion:
+    window: Window
+
+    def read(self, full: Tensor) -> Tensor:
+        return read_window(full, self.window)
+
+    def write(self, full: Tensor, part: Tensor) -> Tensor:
+        return write_window(full, self.window, part)
+
+
+@dataclass(frozen=True)
+class ViewRegion:
+    """A perspective view of an equirect latent over a span of frames (nearest sampling)."""
+
+    frames: AxisSpan
+    rows: Tensor  # (h, w) equirect row of each view pixel
+    cols: Tensor  # (h, w) equirect column of each view pixel
+    sphere_index: Tensor  # flat equirect pixels the view covers …
+    view_index: Tensor  # … and the flat view pixel each one takes its value from
+
+    @classmethod
+    def build(cls, frames: AxisSpan, fov: float, yaw: float, pitch: float, view_hw: tuple[int, int],
+              sphere_hw: tuple[int, int], device: torch.device) -> ViewRegion:
+        grid = perspective_grid(fov, yaw, pitch, *view_hw, *sphere_hw, dtype=torch.float64)
+        rows = torch.floor(grid[..., 1] + 0.5).long().clamp(0, sphere_hw[0] - 1)
+        cols = torch.remainder(torch.floor(grid[..., 0] + 0.5).long(), sphere_hw[1])
+        # Back-projecting an image of view-pixel numbers tells each sphere pixel its nearest view pixel.
+        numbers = torch.arange(view_hw[0] * view_hw[1], dtype=torch.float64).reshape(1, *view_hw)
+        nearest, mask = perspective_to_equirect(numbers, fov, yaw, pitch, sphere_hw, mode="nearest")
+        sphere_index = mask.flatten().nonzero().squeeze(1)
+        view_index = nearest.flatten()[sphere_index].round().long()
+        return cls(frames, rows.to(device), cols.to(device), sphere_index.to(device), view_index.to(device))
+
+    def read(self, full: Tensor) -> Tensor:
+        return full.index_select(-3, self.frames.indices(full.device))[..., self.rows, self.cols]
+
+    def write(self, full: Tensor, part: Tensor) -> Tensor:
+        frames = self.frames.indices(full.device)
+        chunk = full.index_select(-3, frames)
+        flat = chunk.flatten(-2)
+        flat[..., self.sphere_index] = part.flatten(-2)[..., self.view_index].to(full.dtype)
+        full.index_copy_(full.dim() - 3, frames, flat.reshape(chunk.shape))
+        return full
+
+
+@dataclass(frozen=True)
+class LatentLayout:
+    """Regions ``(B, C, f, h, w)`` ⇄ one model batch: video models take them as they are, image
+    models as ``(B·f, C, h, w)``."""
+
+    video: bool
+
+    def to_model(self, parts: Sequence[Tensor]) -> Tensor:
+        if not self.video:
+            parts = [p.permute(0, 2, 1, 3, 4).reshape(-1, p.shape[1], *p.shape[-2:]) for p in parts]
+        # contiguous: the model must see the same memory layout as a plain call (bit-equal results)
+        return torch.cat(list(parts), dim=0).contiguous()
+
+    def from_model(self, x: Tensor, count: int, frames: int) -> list[Tensor]:
+        pieces = list(x.chunk(count, dim=0))
+        if self.video:
+            return pieces
+        return [p.reshape(-1, frames, *p.shape[1:]).permute(0, 2, 1, 3, 4) for p in pieces]
+
+
+# ---- scheduler state on the latent grid ------------------------------------------------------
+def _is_sample_shaped(value: Any, shape: tuple[int, ...]) -> bool:
+    if isinstance(value, Tensor):
+        return tuple(value.shape) == shape
+    return isinstance(value, list) and any(isinstance(v, Tensor) and tuple(v.shape) == shape for v in value)
+
+
+class GridSchedulerState:
+    """One scheduler copy per region, with sample-shaped history kept on the latent grid."""
+
+    def __init__(self, scheduler: Any, layout: LatentLayout, latent_shape: tuple[int, ...]):
+        self.template = scheduler
+        self.layout = layout
+        self.latent_shape = latent_shape  # (B, C, F, H, W)
+        self.grid: dict[str, Any] = {}  # attribute -> full latent tensor, or list of them (None kept)
+        self._next: dict[str, Any] = {}
+        self._last: Any = None
+
+    def begin_step(self) -> None:
+        self._next, self._last = {}, None
+
+    def end_step(self) -> None:
+        if self._last is None:
+            return
+        self.template = self._last  # counters (step index, solver order) advanced the same in every copy
+        # History no longer sample-shaped (e.g. PNDM resets a sum to 0) goes back to the template.
+        self.grid = self._next
+
+    def copy_for(self, regions: Sequence[Region]) -> Any:
+        scheduler = copy.copy(self.template)
+        for name, value in vars(self.template).items():
+            if isinstance(value, list):  # multistep schedulers shift their history lists in place
+                setattr(scheduler, name, list(value))
+        for name, full in self.grid.items():
+            setattr(scheduler, name, self._gather(full, regions))
+        return scheduler
+
+    def store(self, scheduler: Any, regions: Sequence[Region], sample_shape: tuple[int, ...], frames: int) -> None:
+        for name, value in vars(scheduler).items():
+            if not _is_sample_shaped(value, sample_shape):
+                continue
+            if isinstance(value, Tensor):
+                target = self._target(name, None, value, self._next.get(name))
+                self._next[name] = self._scatter(target, value, regions, frames)
+                continue
+            targets = self._next.setdefault(name, [None] * len(value))
+            targets.extend([None] * (len(value) - len(targets)))
+            for j, item in enumerate(value):
+                if isinstance(item, Tensor):
+                    targets[j] = self._scatter(self._target(name, j, item, targets[j]), item, regions, frames)
+        self._last = scheduler
+
+    def _gather(self, full: Any, regions: Sequence[Region]) -> Any:
+        if isinstance(full, list):
+            return [None if f is None else self._gather(f, regions) for f in full]
+        return self.layout.to_model([region.read(full) for region in regions])
+
+    def _target(self, name: str, slot: int | None, item: Tensor, current: Tensor | None = None) -> Tensor:
+        if current is not None:
+            return current
+        old = self.grid.get(name)
+        old = old[slot] if slot is not None and old is not None and slot < len(old) else old
+        if isinstance(old, Tensor):
+            return old.clone()  # positions no region writes this step keep their history
+        return torch.zeros(self.latent_shape, dtype=item.dtype, device=item.device)
+
+    def _scatter(self, target: Tensor, item: Tensor, regions: Sequence[Region], frames: int) -> Tensor:
+        for region, part in zip(regions, self.layout.from_model(item, len(regions), frames)):
+            region.write(target, part)
+        return target
+
+
+@dataclass
+class RegionStepper:
+    """Advance a batch of regions one scheduler step, each with its own scheduler state."""
+
+    state: GridSchedulerState
+    predict: Callable[[Tensor, Tensor], Tensor]  # model layout in, model output out (CFG applied)
+    step_kwargs: dict[str, Any]
+    should_stop: Callable[[], None] | None = None
+
+    def __call__(self, parts: Sequence[Tensor], regions: Sequence[Region], t: Tensor) -> list[Tensor]:
+        if self.should_stop:
+            self.should_stop()  # cancel between windows, not only between steps
+        frames = parts[0].shape[2]
+        x = self.state.layout.to_model(parts)
+        scheduler = self.state.copy_for(regions)
+        model_output = self.predict(scheduler.scale_model_input(x, t), t)
+        x_next = scheduler.step(model_output, t, x, **self.step_kwargs, return_dict=False)[0]
+        self.state.store(scheduler, regions, tuple(x.shape), frames)
+        return self.state.layout.from_model(x_next, len(parts), frames)
+
+
+# ---- the steps ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PanoramaPlan:
+    """Geometry and schedule of one panorama denoise, in latent cells ``(F, H, W)``."""
+
+    latent_size: tuple[int, int, int]
+    window: tuple[int, int, int]
+    boundary_t: Boundary = Boundary.DOCK
+    boundary_h: Boundary = Boundary.DOCK
+    boundary_w: Boundary = Boundary.RING
+    projecting_steps: int = 0  # sphere: the first steps go through perspective views (PPD)
+    explicit_overlap: bool = False  # 0.75 → 0.5 → 0.25 → 0 overlap (costs up to 16× the windows early on)
+    blend: BlendSchedule = field(default_factory=BlendSchedule)
+    max_batch: int | None = 8  # windows per model call: bounds the denoiser's memory whatever the width
+    fov: float = 120.0
+
+
+def axis_spans(extent: int, size: int, offset: int, boundary: Boundary, overlap: float = 0.0) -> list[AxisSpan]:
+    """``plan_axis``, except that a ring no longer than the window is one window *rolled* by the
+    offset (a ring of one), so the ring's two ends still meet inside the model's view."""
+    if Boundary(boundary) is Boundary.RING and 1 < extent <= size:
+        return [AxisSpan(offset % extent, extent, extent)]
+    return plan_axis(extent, size, offset, boundary, overlap)
+
+
+def step_windows(plan: PanoramaPlan, offset: tuple[int, int, int], overlap: float = 0.0) -> list[Window]:
+    """The OSD windows of one step (frames-major, then rows, then columns)."""
+    boundaries = (plan.boundary_t, plan.boundary_h, plan.boundary_w)
+    frames, rows, cols = (axis_spans(n, w, o, b, overlap)
+                          for n, w, o, b in zip(plan.latent_size, plan.window, offset, boundaries))
+    return [Window(f, h, w) for f in frames for h in rows for w in cols]
+
+
+def projecting_denoise_step(
+    latent: Tensor, regions: Sequence[Region], denoise: Callable[[Tensor, int], Tensor], levels: NoiseLevels,
+    step_index: int, blend: BlendSchedule, generator: torch.Generator | None,
+) -> Tensor:
+    """One PPD step: each view read, its already-advanced part pushed back, denoised, written back."""
+    size = tuple(latent.shape[-3:])
+    advanced = torch.zeros(size, dtype=torch.bool, device=latent.device)
+    ratio = blend.ratio(step_index)
+    out = latent.clone()
+    for k, region in enumerate(regions):
+        x = region.read(out)
+        done = region.read(advanced)
+        if bool(done.any()):
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator
+                                else x.device).to(x.device)
+            x_new = denoise(torch.where(done, levels.push_back(x, noise, step_index), x), k)
+            if ratio > 0.0:
+                x_new = torch.where(done, (1.0 - ratio) * x_new + ratio * x, x_new)
+        else:
+            x_new = denoise(x, k)
+        region.write(out, x_new)
+        region.write(advanced, torch.ones_like(done))
+    if not bool(advanced.all()):
+        raise ValueError(f"the sphere views leave {int((~advanced).sum())} latent positions undenoised")
+    return out
+
+
+def sphere_view_regions(plan: PanoramaPlan, step: int, offset_t: int, device: torch.device) -> list[ViewRegion]:
+    """The PPD regions of one step: the sphere plan's views over each temporal window."""
+    frames, height, width = plan.latent_size
+    spans = axis_spans(frames, plan.window[0], offset_t, plan.boundary_t)
+    views = sphere_view_plan(step, fov=plan.fov)
+    return [ViewRegion.build(span, v.fov, v.yaw, v.pitch, plan.window[1:], (height, width), device)
+            for span in spans for v in views]
+
+
+def denoise_panorama(
+    latent: Tensor, scheduler: Any, predict: Callable[[Tensor, Tensor], Tensor], layout: LatentLayout,
+    plan: PanoramaPlan, generator: torch.Generator | None, *, start_index: int = 0, hooks: Sequence[Any] = (),
+    callbacks: LoopCallbacks | None = None, step_kwargs: dict[str, Any] | None = None,
+    record_counts: Callable[[int, DenoiseCounts], None] | None = None,
+) -> Tensor:
+    """Denoise a ``(B, C, F, H, W)`` latent from step ``start_index`` to the end of the schedule.
+
+    ``scheduler`` has its timesteps set. ``record_counts(step, counts)`` (tests) receives the
+    OSD's per-position tallies of every OSD step.
+    """
+    callbacks = callbacks or LoopCallbacks()
+    timesteps = scheduler.timesteps
+    levels = NoiseLevels.for_scheduler(scheduler)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start_index)  # multistep schedulers index their own state
+    state = GridSchedulerState(scheduler, layout, tuple(latent.shape))
+    stepper = RegionStepper(state, predict, dict(step_kwargs or {}), callbacks.should_stop)
+    delta = shift_delta_for(plan.window)
+    alphas = getattr(scheduler, "alphas_cumprod", torch.ones(1))  # unused: the push-back is ours
+    todo = len(timesteps) - start_index
+    for done, index in enumerate(range(start_index, len(timesteps))):
+        if callbacks.should_stop:
+            callbacks.should_stop()
+        t = timesteps[index]
+        for hook in hooks:
+            if hasattr(hook, "before_step"):
+                latent = hook.before_step(index, t, latent)
+        offset = step_offset(index, delta)
+        state.begin_step()
+        if index < plan.projecting_steps:
+            views = sphere_view_regions(plan, index, offset[0], latent.device)
+            latent = projecting_denoise_step(
+                latent, views, lambda x, k: stepper([x], [views[k]], t)[0], levels, index, plan.blend, generator)
+        else:
+            overlap = overlap_for_step(index, len(timesteps)) if plan.explicit_overlap else 0.0
+            windows = step_windows(plan, offset, overlap)
+            regions = [WindowRegion(w) for w in windows]
+            counts = DenoiseCounts.zeros(plan.latent_size, latent.device) if record_counts else None
+
+            def denoise_batch(batch: Tensor, indices: Sequence[int]) -> Tensor:
+                parts = stepper(list(batch.chunk(len(indices), dim=0)), [regions[k] for k in indices], t)
+                return torch.cat(parts, dim=0)
+
+            latent = denoise_windows_batched(
+                latent, t, t, windows, denoise_batch, alphas, index, plan.blend, generator,
+                max_batch=plan.max_batch, counts=counts, renoise=lambda x, n: levels.push_back(x, n, index))
+            if record_counts and counts is not None:
+                record_counts(index, counts)
+        state.end_step()
+        for hook in hooks:
+            if hasattr(hook, "after_step"):
+                latent = hook.after_step(index, t, latent)
+        if callbacks.on_step:
+            callbacks.on_step(done + 1, todo)
+    return latent
+
+
+# ---- global motion guidance ------------------------------------------------------------------
+def upsample_latent(latent: Tensor, size_hw: tuple[int, int], wrap_width: bool) -> Tensor:
+    """Bilinear resize of ``(B, C, F, h, w)`` to ``size_hw``; ``wrap_width`` interpolates across the
+    360° seam (column ``w−1`` next to column ``0``) instead of clamping at it."""
+    b, c, f, h, w = latent.shape
+    images = latent.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+    if wrap_width:
+        rows = ((torch.arange(size_hw[0], dtype=torch.float64) + 0.5) * h / size_hw[0] - 0.5).clamp(0, h - 1)
+        cols = (torch.arange(size_hw[1], dtype=torch.float64) + 0.5) * w / size_hw[1] - 0.5
+        grid = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=-1)  # (H, W, 2) as (u, v)
+        resized = sample_equirect(images, grid.to(images.device))
+    else:
+        resized = F.interpolate(images, size=size_hw, mode="bilinear", align_corners=False)
+    return resized.reshape(b, f, c, *size_hw).permute(0, 2, 1, 3, 4)

@@ -1,0 +1,166 @@
+"""The story cut as an OpenTimelineIO timeline: `OUT/<title>.otio`, built from the shots on disk.
+
+DESIGN.md "Story files and timelines", HOSTS.md "OpenTimelineIO": one video track; one clip per shot
+whose media is an `ImageSequenceReference` over `OUT/<shot>/<shot>.####.exr`; the shot's prompt,
+seed, model and job in the clip's metadata under "cinegen"; a marker at every keyframe. A shot that
+was never written (or failed) becomes a gap of its length with a red "missing" marker, so the cut
+keeps its duration and editorial sees what is absent.
+
+Each finished shot leaves a small record, `OUT/.cinegen/shots/<shot>.json`; the timeline is always
+rebuilt from the records of *all* shots, so re-running one shot rewrites a complete cut. Files are
+written atomically (temporary name in the same folder, then rename).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import opentimelineio as otio
+
+STATE_DIR = ".cinegen"  # OUT/.cinegen/: what the story pipeline keeps between runs
+FRAME_PADDING = 4
+
+
+@dataclass
+class ShotRecord:
+    """What a finished shot's folder holds, as written when its last frame landed."""
+    shot: str
+    prompt: str
+    seed: int
+    model: str  # the video model that made the frames
+    keyframe_model: str
+    job: str
+    first_frame: int
+    frames: int
+    fps: float
+    keyframes: list[int] = field(default_factory=lambda: [0])  # offsets in the shot that are keyframes
+    next_keyframe: str = ""  # the shot whose keyframe is this shot's last frame (continuity), if any
+
+
+@dataclass
+class MissingShot:
+    """A shot of the story with no finished frames on disk."""
+    shot: str
+    prompt: str
+    frames: int
+    fps: float
+
+
+def safe_file_stem(title: str) -> str:
+    """A story title as a file name: path separators and control characters become '_'."""
+    stem = re.sub(r'[\x00-\x1f/\\:*?"<>|]', "_", title).strip().strip(".")
+    return stem or "story"
+
+
+def timeline_path(out_dir: Path, title: str) -> Path:
+    return Path(out_dir) / f"{safe_file_stem(title)}.otio"
+
+
+def shot_folder(out_dir: Path, shot_id: str) -> Path:
+    return Path(out_dir) / shot_id
+
+
+def shot_frame_path(out_dir: Path, shot_id: str, frame: int) -> Path:
+    return shot_folder(out_dir, shot_id) / f"{shot_id}.{frame:0{FRAME_PADDING}d}.exr"
+
+
+def shot_record_path(out_dir: Path, shot_id: str) -> Path:
+    return Path(out_dir) / STATE_DIR / "shots" / f"{shot_id}.json"
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_shot_record(out_dir: Path, record: ShotRecord) -> Path:
+    return write_text_atomically(shot_record_path(out_dir, record.shot),
+                                 json.dumps(dataclasses.asdict(record), indent=2, sort_keys=True))
+
+
+def forget_shot_record(out_dir: Path, shot_id: str) -> None:
+    """Called before a shot is regenerated: until it finishes again, the cut shows it as missing."""
+    shot_record_path(out_dir, shot_id).unlink(missing_ok=True)
+
+
+def load_shot_record(out_dir: Path, shot_id: str) -> ShotRecord | None:
+    """The shot's record, or None when there is none or any of its frames is not on disk."""
+    try:
+        data = json.loads(shot_record_path(out_dir, shot_id).read_text(encoding="utf-8"))
+        record = ShotRecord(**{f.name: data[f.name] for f in dataclasses.fields(ShotRecord) if f.name in data})
+    except (OSError, ValueError, TypeError):
+        return None
+    frames = range(record.first_frame, record.first_frame + record.frames)
+    if not all(shot_frame_path(out_dir, shot_id, f).is_file() for f in frames):
+        return None
+    return record
+
+
+# ------------------------------------------------------------------------------------------ timeline
+def _range(start: int, duration: int, rate: float) -> otio.opentime.TimeRange:
+    return otio.opentime.TimeRange(otio.opentime.RationalTime(start, rate),
+                                   otio.opentime.RationalTime(duration, rate))
+
+
+def shot_clip(out_dir: Path, record: ShotRecord) -> otio.schema.Clip:
+    rate = float(record.fps)
+    available = _range(record.first_frame, record.frames, rate)
+    reference = otio.schema.ImageSequenceReference(
+        target_url_base=shot_folder(out_dir, record.shot).resolve().as_uri() + "/",
+        name_prefix=f"{record.shot}.", name_suffix=".exr", start_frame=record.first_frame, frame_step=1,
+        rate=rate, frame_zero_padding=FRAME_PADDING, available_range=available)
+    clip = otio.schema.Clip(name=record.shot, media_reference=reference, source_range=available,
+                            metadata={"cinegen": {"prompt": record.prompt, "seed": record.seed, "model": record.model,
+                                                  "keyframe_model": record.keyframe_model, "job": record.job}})
+    for offset in record.keyframes:
+        own = offset == 0
+        name = f"keyframe {record.shot}" if own else f"keyframe {record.next_keyframe or 'next'} (continuity)"
+        clip.markers.append(otio.schema.Marker(
+            name=name, marked_range=_range(record.first_frame + offset, 0, rate),
+            color=otio.schema.MarkerColor.GREEN if own else otio.schema.MarkerColor.CYAN,
+            metadata={"cinegen": {"keyframe": record.shot if own else record.next_keyframe}}))
+    return clip
+
+
+def missing_gap(shot: MissingShot) -> otio.schema.Gap:
+    gap = otio.schema.Gap(name=shot.shot, source_range=_range(0, shot.frames, float(shot.fps)),
+                          metadata={"cinegen": {"missing": True, "prompt": shot.prompt}})
+    gap.markers.append(otio.schema.Marker(name=f"missing {shot.shot}", marked_range=_range(0, 0, float(shot.fps)),
+                                          color=otio.schema.MarkerColor.RED))
+    return gap
+
+
+def build_story_timeline(out_dir: Path, title: str, fps: float,
+                         shots: Sequence[ShotRecord | MissingShot]) -> otio.schema.Timeline:
+    """One video track, the shots in story order: a clip per finished shot, a gap per missing one."""
+    track = otio.schema.Track(name="cinegen", kind=otio.schema.TrackKind.Video)
+    for shot in shots:
+        track.append(shot_clip(out_dir, shot) if isinstance(shot, ShotRecord) else missing_gap(shot))
+    timeline = otio.schema.Timeline(name=title, global_start_time=otio.opentime.RationalTime(0, fps),
+                                    metadata={"cinegen": {"story": title, "fps": fps,
+                                                          "missing": [s.shot for s in shots
+                                                                      if isinstance(s, MissingShot)]}})
+    timeline.tracks.append(track)
+    return timeline
+
+
+def write_story_timeline(out_dir: Path, title: str, fps: float, shots: Sequence[ShotRecord | MissingShot]) -> Path:
+    """Write `OUT/<title>.otio` atomically; returns its path."""
+    timeline = build_story_timeline(out_dir, title, fps, shots)
+    return write_text_atomically(timeline_path(out_dir, title),
+                                 otio.adapters.write_to_string(timeline, adapter_name="otio_json"))

@@ -1,0 +1,340 @@
+"""`panorama`: wide pictures, 360° rings and spheres, long and looping video (DynamicScaler, seed 003).
+
+ALGORITHMS.md §2. The method, stage by stage:
+
+1. **Plan** (in latent cells): windows of the model's native size; the width wraps for ``ring`` and
+   ``sphere`` (360°), the frames wrap for ``--loop`` and are pinned at both ends otherwise (long
+   video); ``sphere`` is equirectangular 2:1 and its first ~15/48 steps denoise through 44
+   perspective views (Panoramic Projecting Denoise).
+2. **Global motion guidance** (``--guidance-scale-down N``): the whole panorama at 1/N size through
+   the same denoiser, its clean result upsampled (across the seam for 360°), re-noised to step
+   ``⌊0.4·steps⌋`` of the full-size schedule, where the full-size run starts *(0.4 is our choice)*.
+3. **Offset Shifting Denoiser** at full size: each latent advanced once per step
+   (``diffusion/panorama_denoise.py``). An ``--input`` image is encoded, placed at the centre
+   (shrunk to fit), and kept: before each step its latent is re-noised to the step's level and
+   pasted; after the last, the clean latent is pasted.
+4. **Decode** frame by frame; for 360° the latent is padded with the columns from across the seam
+   and the padding cropped after decoding, so the decoder sees no edge at the seam. Sphere frames
+   carry the standard ``envmap`` latlong attribute.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
+
+from cinegen.common.color import scene_linear_to_srgb_display
+from cinegen.common.exr import read_image
+from cinegen.common.params import PanoramaParams
+from cinegen.common.sequence import SequencePattern
+
+from ..diffusion.osd import BlendSchedule, DenoiseCounts
+from ..diffusion.panorama_denoise import LatentLayout, NoiseLevels, PanoramaPlan, denoise_panorama, upsample_latent
+from ..diffusion.sampler import LoopCallbacks, scheduler_step_kwargs
+from ..diffusion.windows import Boundary
+from ..errors import InvalidArgument
+from ..models.family import FamilyAdapter
+from ..models.registry import ModelRegistry
+from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, seeded_generator
+
+PROJECTIONS = ("plane", "ring", "sphere")
+PROJECTING_FRACTION = 15 / 48  # PPD steps of the sphere, as in the reference schedule
+GMG_START_FRACTION = 0.4  # where the full-size run starts after the low-resolution pass (our choice)
+BLEND_FRACTION = 0.4  # K of the OSD blend r_i = r_max(1 − i/K): 20 of 50 steps in the reference
+WRAP_PAD_CELLS = 8  # latent columns borrowed from across the seam when decoding 360° panoramas
+TILED_DECODE_CELLS = 128 * 128  # decode larger frames in tiles
+
+
+@dataclass(frozen=True)
+class PanoramaSettings:
+    """The panorama's own options, checked."""
+
+    projection: str = "plane"
+    loop: bool = False
+    scale_down: float | None = None  # GMG factor; None = off
+    input_path: str = ""
+
+    @classmethod
+    def from_params(cls, params: PanoramaParams) -> PanoramaSettings:
+        projection = (params.projection or "plane").lower()
+        if projection not in PROJECTIONS:
+            raise InvalidArgument(f"Projection '{params.projection}' is not one of {', '.join(PROJECTIONS)}.")
+        scale = params.guidance_scale_down
+        if scale is not None and not 1.0 <= scale <= 8.0:
+            raise InvalidArgument(f"--guidance-scale-down must be between 1 and 8 (got {scale:g}); "
+                                  "leave it empty to turn global motion guidance off.")
+        return cls(projection, bool(params.loop), scale if scale and scale > 1.0 else None, params.input)
+
+    @property
+    def wraps(self) -> bool:
+        return self.projection in ("ring", "sphere")
+
+
+def check_request(adapter_kind: str, native: tuple[int, int], native_frames: int, r: Resolved,
+                  s: PanoramaSettings) -> None:
+    """INVALID_ARGUMENT for what the panorama cannot do, said so that the artist can fix it."""
+    if s.projection == "sphere" and r.width != 2 * r.height:
+        raise InvalidArgument(f"A sphere panorama is equirectangular (360°×180°), so its width must be twice its "
+                              f"height; got {r.width}×{r.height}. Try --width {2 * r.height} --height {r.height}.")
+    if r.width < native[0] or r.height < native[1]:
+        raise InvalidArgument(f"{r.width}×{r.height} is smaller than one window of this model ({native[0]}×"
+                              f"{native[1]} px). Ask for at least that size, or use the image pipeline.")
+    if r.width % 8 or r.height % 8:
+        raise InvalidArgument(f"Width and height must be multiples of 8 (got {r.width}×{r.height}).")
+    if s.loop and adapter_kind != "video":
+        raise InvalidArgument("--loop makes a looping video, and this is an image model. Pick a video model "
+                              "with --model (see `cinegen models`), or drop --loop.")
+    if s.loop and r.frames < native_frames:
+        raise InvalidArgument(f"A looping video needs at least one window of {native_frames} frames (this model's "
+                              f"clip length); got {r.frames}. Ask for --frames {native_frames} or more.")
+    if s.input_path and not Path(s.input_path).is_file():
+        raise InvalidArgument(f"There is no input image '{s.input_path}'. Give the path of an image the server "
+                              "can read (upload it first when the server is remote).")
+
+
+def latent_frames(adapter: FamilyAdapter, frames: int) -> int:
+    """Latent frames of a clip (video VAEs may compress time); image models: one per frame."""
+    if adapter.kind != "video":
+        return frames
+    width, height = adapter.native_size
+    return int(adapter.latent_shape(1, width, height, frames)[2])
+
+
+def panorama_plan(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings, *, width: int | None = None,
+                  height: int | None = None) -> PanoramaPlan:
+    """Windows, boundaries and schedule for a panorama of ``width × height`` px (default: ``r``'s)."""
+    scale = adapter.vae_scale_factor
+    frames = latent_frames(adapter, r.frames)
+    window_frames = min(latent_frames(adapter, adapter.native_frames), frames) if adapter.kind == "video" else 1
+    return PanoramaPlan(
+        latent_size=(frames, (height or r.height) // scale, (width or r.width) // scale),
+        window=(window_frames, adapter.native_size[1] // scale, adapter.native_size[0] // scale),
+        boundary_t=Boundary.RING if s.loop else Boundary.DOCK, boundary_h=Boundary.DOCK,
+        boundary_w=Boundary.RING if s.wraps else Boundary.DOCK,
+        projecting_steps=round(r.steps * PROJECTING_FRACTION) if s.projection == "sphere" else 0,
+        blend=BlendSchedule(steps=max(1, round(r.steps * BLEND_FRACTION))),
+        max_batch=16 if adapter.device.type == "cuda" else 8)
+
+
+# ---- image conditioning ------------------------------------------------------------------------
+@dataclass
+class KeepInput:
+    """Keeps an encoded image in its place: re-noised to each step's level and pasted before the
+    step, the clean latent pasted after the last (the input is kept, the rest grows around it)."""
+
+    clean: torch.Tensor  # (1, C, 1, h, w)
+    noise: torch.Tensor  # (1, C, F, h, w): the panorama's own initial noise there
+    top: int
+    left: int
+    levels: NoiseLevels
+
+    def _paste(self, x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        h, w = values.shape[-2:]
+        x[..., self.top:self.top + h, self.left:self.left + w] = values.to(x.dtype)
+        return x
+
+    def before_step(self, index: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self._paste(x, self.levels.noised(self.clean, self.noise, index))
+
+    def after_step(self, index: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self._paste(x, self.clean.expand_as(self.noise)) if index == self.levels.steps - 1 else x
+
+
+def place_input(image: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, int, int]:
+    """The input (3, h, w) in [0, 1] shrunk to fit, sizes snapped to 8 px, centred: (image, top, left) px."""
+    _, h, w = image.shape
+    fit = min(1.0, width / w, height / h)
+    new_h, new_w = max(8, int(h * fit) // 8 * 8), max(8, int(w * fit) // 8 * 8)
+    if (new_h, new_w) != (h, w):
+        image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", antialias=True,
+                              align_corners=False)[0].clamp(0, 1)
+    return image, (height - new_h) // 2 // 8 * 8, (width - new_w) // 2 // 8 * 8
+
+
+def encode_input(adapter: FamilyAdapter, image: torch.Tensor) -> torch.Tensor:
+    """(3, h, w) in [0, 1] → (1, C, 1, h/8, w/8) latent."""
+    batch = image[None].to(adapter.device, adapter.dtype)
+    if adapter.kind == "video":
+        return adapter.encode(batch.unsqueeze(2))
+    return adapter.encode(batch).unsqueeze(2)
+
+
+def read_input_image(path: str) -> torch.Tensor:
+    """An image file as display-referred (3, H, W) in [0, 1]."""
+    display = scene_linear_to_srgb_display(read_image(path))
+    return torch.from_numpy(np.clip(display, 0.0, 1.0).astype(np.float32)).permute(2, 0, 1)
+
+
+# ---- generation --------------------------------------------------------------------------------
+StageStep = Callable[[str, int, int], None]  # (stage label, steps done, steps to do)
+
+
+def _initial_noise(adapter: FamilyAdapter, layout: LatentLayout, frames: int, width: int, height: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Noise drawn as the family's stock pipeline draws it, as (1, C, F, h, w)."""
+    if adapter.kind == "video":
+        shape = adapter.latent_shape(1, width, height, frames)
+    else:  # image models: one image per frame, as num_images_per_prompt
+        shape = adapter.latent_shape(frames, width, height)
+    noise = randn_tensor(shape, generator=generator, device=adapter.device, dtype=adapter.dtype)
+    return layout.from_model(noise, 1, frames)[0]
+
+
+def _keep_input(clean: torch.Tensor | None, top: int, left: int, noise: torch.Tensor, levels: NoiseLevels,
+                scale: tuple[float, float] = (1.0, 1.0)) -> list[KeepInput]:
+    if clean is None:
+        return []
+    if scale != (1.0, 1.0):  # the low-resolution pass keeps a shrunk copy at the shrunk place
+        size = (max(1, round(clean.shape[-2] * scale[0])), max(1, round(clean.shape[-1] * scale[1])))
+        clean = F.interpolate(clean[:, :, 0], size=size, mode="area").unsqueeze(2)
+        top, left = round(top * scale[0]), round(left * scale[1])
+    h, w = clean.shape[-2:]
+    top, left = min(top, noise.shape[-2] - h), min(left, noise.shape[-1] - w)
+    return [KeepInput(clean, noise[..., top:top + h, left:left + w], top, left, levels)]
+
+
+def generate_panorama(
+    adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings, *, input_image: torch.Tensor | None = None,
+    on_step: StageStep | None = None, should_stop: Callable[[], None] | None = None, hooks: tuple = (),
+    record_counts: Callable[[int, DenoiseCounts], None] | None = None,
+) -> torch.Tensor:
+    """The denoised panorama latent, (1, C, F, h, w)."""
+    generator = seeded_generator(r.seed)
+    layout = LatentLayout(video=adapter.kind == "video")
+    cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
+    plan = panorama_plan(adapter, r, s)
+    noise = _initial_noise(adapter, layout, r.frames, r.width, r.height, generator)
+    clean_input, top, left = None, 0, 0
+    if input_image is not None:
+        placed, top_px, left_px = place_input(input_image, r.width, r.height)
+        clean_input, top, left = encode_input(adapter, placed), top_px // 8, left_px // 8
+
+    def run(plan: PanoramaPlan, x: torch.Tensor, start: int, label: str, keep: Callable) -> torch.Tensor:
+        scheduler = adapter.new_scheduler()
+        scheduler.set_timesteps(r.steps, device=adapter.device)
+        levels = NoiseLevels.for_scheduler(scheduler)
+        if start == 0:
+            x = x * getattr(scheduler, "init_noise_sigma", 1.0)
+        else:
+            x = levels.noised(x, noise, start)
+        step = (lambda done, todo: on_step(label, done, todo)) if on_step else None
+        return denoise_panorama(
+            x, scheduler, lambda z, t: adapter.predict(z, t, cond), layout, plan, generator, start_index=start,
+            hooks=(*keep(levels), *hooks), callbacks=LoopCallbacks(step, should_stop),
+            step_kwargs=scheduler_step_kwargs(scheduler, generator), record_counts=record_counts)
+
+    if s.scale_down is None:
+        return run(plan, noise, 0, "denoise", lambda lv: _keep_input(clean_input, top, left, noise, lv))
+    low_plan = _low_resolution_plan(adapter, r, s, plan)
+    low_noise = _initial_noise(adapter, layout, r.frames, low_plan.latent_size[2] * adapter.vae_scale_factor,
+                               low_plan.latent_size[1] * adapter.vae_scale_factor, generator)
+    ratio = (low_plan.latent_size[1] / plan.latent_size[1], low_plan.latent_size[2] / plan.latent_size[2])
+    low = run(low_plan, low_noise, 0, "global motion (low resolution)",
+              lambda lv: _keep_input(clean_input, top, left, low_noise, lv, ratio))
+    upsampled = upsample_latent(low, plan.latent_size[1:], wrap_width=s.wraps)
+    start = min(r.steps - 1, int(r.steps * GMG_START_FRACTION))
+    return run(plan, upsampled, start, "denoise", lambda lv: _keep_input(clean_input, top, left, noise, lv))
+
+
+def _low_resolution_plan(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings,
+                         plan: PanoramaPlan) -> PanoramaPlan:
+    scale, (_, window_h, window_w), (_, full_h, full_w) = s.scale_down, plan.window, plan.latent_size
+    height = max(min(window_h, full_h), round(full_h / scale))
+    width = 2 * height if s.projection == "sphere" else max(min(window_w, full_w), round(full_w / scale))
+    px = adapter.vae_scale_factor
+    return panorama_plan(adapter, r, s, width=width * px, height=height * px)
+
+
+# ---- decoding ----------------------------------------------------------------------------------
+def decode_panorama_frames(adapter: FamilyAdapter, latent: torch.Tensor, wrap: bool) -> Iterator[torch.Tensor]:
+    """The frames of a (1, C, F, h, w) latent as (3, H, W) in [0, 1]. ``wrap`` decodes 360°
+    panoramas with columns from across the seam on both sides, then crops them."""
+    pad = min(WRAP_PAD_CELLS, latent.shape[-1]) if wrap else 0
+    if pad:
+        latent = torch.cat([latent[..., -pad:], latent, latent[..., :pad]], dim=-1)
+    crop = pad * adapter.vae_scale_factor
+    if latent_frames(adapter, 9) != 9:
+        clips = [adapter.decode(latent)[0].transpose(0, 1)]  # time-compressing VAE: the clip in one go
+    else:
+        clips = (_decode(adapter, latent[:, :, f]) for f in range(latent.shape[2]))
+    for clip in clips:
+        for image in clip:
+            yield image[..., crop:image.shape[-1] - crop] if crop else image
+
+
+def _decode(adapter: FamilyAdapter, z: torch.Tensor) -> torch.Tensor:
+    vae = getattr(adapter.pipe, "vae", None)
+    if z.shape[-1] * z.shape[-2] > TILED_DECODE_CELLS and adapter.family in ("sd", "animatediff") and vae is not None:
+        from ..diffusion.tiled_vae import tiled_decode
+
+        with torch.no_grad():
+            images = tiled_decode(vae, z.to(vae.dtype) / vae.config.scaling_factor)
+        return (images / 2 + 0.5).clamp(0, 1)
+    if adapter.kind == "video":
+        return adapter.decode(z.unsqueeze(2))[:, :, 0]
+    return adapter.decode(z)
+
+
+@dataclass
+class LatentPreview:
+    """A small decoded preview of frame 0 every few steps (decoding a strided latent is cheap)."""
+
+    ctx: RunContext
+    adapter: FamilyAdapter
+    every: int
+    max_cells: int = 48
+
+    def after_step(self, index: int, t: Any, x: torch.Tensor) -> torch.Tensor:
+        if (index + 1) % self.every == 0:
+            stride = max(1, math.ceil(max(x.shape[-2:]) / self.max_cells))
+            image = _decode(self.adapter, x[:, :, 0, ::stride, ::stride])[0]
+            self.ctx.preview(0, image.permute(1, 2, 0).float().cpu().numpy())
+        return x
+
+
+# ---- the pipeline ------------------------------------------------------------------------------
+class PanoramaPipeline(Pipeline):
+    name: ClassVar[str] = "panorama"
+    description: ClassVar[str] = ("Panoramas of any size from native-size windows (DynamicScaler): wide pictures, "
+                                  "seamless 360° rings, full spheres (equirectangular), long or looping video.")
+    params_type: ClassVar[type] = PanoramaParams
+    families: ClassVar[tuple[str, ...]] = ("sd", "animatediff", "wan")
+
+    def validate(self, job: JobSpec, registry: ModelRegistry) -> None:
+        self.check_family(job, registry)
+        settings = PanoramaSettings.from_params(job.params)
+        model_id = self.model_id(job, registry)
+        # The window size needs the model; tiny and already-loaded models are checked now, others when run.
+        if registry.is_loaded(model_id) or registry.entry(model_id).source == "builtin":
+            adapter = registry.get(model_id)
+            check_request(adapter.kind, adapter.native_size, adapter.native_frames, self.resolve(job, adapter),
+                          settings)
+
+    def run(self, ctx: RunContext) -> list[str]:
+        adapter = ctx.registry.get(self.model_id(ctx.job, ctx.registry))
+        r = self.resolve(ctx.job, adapter)
+        s = PanoramaSettings.from_params(ctx.job.params)
+        check_request(adapter.kind, adapter.native_size, adapter.native_frames, r, s)
+        image = read_input_image(s.input_path) if s.input_path else None
+        weights = [0.3, 0.6, 0.1] if s.scale_down else [0.0, 0.9, 0.1]
+        progress = StepProgress(ctx, weights)
+        stages = {"global motion (low resolution)": progress.callback(0, "global motion (low resolution)"),
+                  "denoise": progress.callback(1, "denoise")}
+        preview = LatentPreview(ctx, adapter, every=max(1, r.steps // 4))
+        latent = generate_panorama(adapter, r, s, input_image=image, should_stop=ctx.check_cancel,
+                                   on_step=lambda label, done, todo: stages[label](done, todo), hooks=(preview,))
+        sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r,
+                              envmap_latlong=s.projection == "sphere")
+        for frame, image_out in enumerate(decode_panorama_frames(adapter, latent, wrap=s.wraps)):
+            ctx.check_cancel()
+            ctx.preview(frame, image_out.permute(1, 2, 0).float().cpu().numpy())
+            sink.write(frame, image_out)
+            ctx.progress("write frames", frame + 1, r.frames, 0.9 + 0.1 * (frame + 1) / r.frames)
+        return list(sink.written)

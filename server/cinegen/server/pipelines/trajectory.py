@@ -1,0 +1,216 @@
+"""`trajectory`: video whose subject follows the tracks of a trajectory file (ALGORITHMS.md §3).
+
+Stages: read and check the tracks (file or inline JSON, sized to the output) → send a preview of
+them → generate → write frames. Generation depends on the model family:
+
+* `cogvideox` — **Tora**: tracks → flow video (flowmap.py) → VAE latents → motion features, fused
+  after every DiT block's `norm1` for the whole denoise (diffusion/tora.py).
+* `animatediff` (any UNet video model) — **training-free (FreeTraj)**: boxes from the tracks and
+  their sizes, trajectory-shaped x_T, and fg/bg attention masks for the first steps
+  (diffusion/freetraj.py). A track's name, when it is a word of the prompt, names the subject
+  whose cross-attention is pushed into the box.
+
+Track frame numbers are output frame numbers: frame `first_frame + i` is the i-th generated frame.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from cinegen.common.params import TrajectoryParams
+from cinegen.common.sequence import SequencePattern
+from cinegen.common.trajectory_io import (Trajectory, TrajectoryError, interpolate_tracks, load_trajectory,
+                                          trajectory_preview_png)
+
+from ..diffusion.flowmap import flow_video
+from ..diffusion.freetraj import (AttentionNames, FreeTrajAttention, FreeTrajConfig, FreeTrajGuide, plan_boxes,
+                                  subject_token_indices, trajectory_noise)
+from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
+from ..diffusion.tora import motion_features, tora_installed, tora_weight_files
+from ..errors import FailedPrecondition, InvalidArgument
+from ..models.family import FamilyAdapter
+from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, seeded_generator
+
+PREVIEW_SIDE = 256
+
+
+# ---- the request's tracks -----------------------------------------------------------------------
+def request_trajectory(params: TrajectoryParams) -> Trajectory:
+    """The trajectory of a request: inline JSON if given, else the file; problems are INVALID_ARGUMENT."""
+    source = params.trajectory_json.strip() or params.trajectory.strip()
+    if not source:
+        raise InvalidArgument("Give the tracks to follow: --trajectory TRACKS.json (a trajectory file from the "
+                              "panel, a Nuke Tracker or a Blender object).")
+    try:
+        return load_trajectory(source)
+    except TrajectoryError as exc:
+        raise InvalidArgument(f"Trajectory: {exc}") from exc
+
+
+def check_trajectory_fits(trajectory: Trajectory, first_frame: int, frames: int | None) -> None:
+    """Every track has a path (two points or more), is keyed inside the clip and is on screen somewhere."""
+    last = None if frames is None else first_frame + frames - 1
+    clip = f"{first_frame}–{last}" if last is not None else f"starting at {first_frame}"
+    for track in trajectory.tracks:
+        if len(track.points) < 2:
+            raise InvalidArgument(f"Track '{track.name}' has only one point (frame {track.points[0].frame}): a path "
+                                  "needs at least two points; key the track on another frame.")
+        for number, point in enumerate(track.points, start=1):
+            if point.frame < first_frame or (last is not None and point.frame > last):
+                raise InvalidArgument(
+                    f"Track '{track.name}' point {number} is on frame {point.frame}, outside the clip {clip}: set "
+                    "--first-frame and --frames to cover the track, or retime it.")
+        on_screen = [0 <= p.x < trajectory.width and 0 <= p.y < trajectory.height for p in track.points]
+        if not any(on_screen):
+            first = track.points[0]
+            raise InvalidArgument(
+                f"Track '{track.name}' lies outside the {trajectory.width}×{trajectory.height} frame at every point "
+                f"(point 1 is at x={first.x:g}, y={first.y:g}): check its width/height and origin (Nuke's Tracker "
+                "counts y from the bottom: \"origin\": \"bottom-left\").")
+
+
+def track_positions(trajectory: Trajectory, first_frame: int, frames: int) -> torch.Tensor:
+    """(K, frames, 2) top-left pixel positions on every output frame (held beyond the last key)."""
+    return torch.from_numpy(interpolate_tracks(trajectory, (first_frame, first_frame + frames - 1)))
+
+
+def preview_pixels(trajectory: Trajectory) -> np.ndarray:
+    """The tracks drawn over a dark frame, (H, W, 3) in [0, 1], for the panel's first preview."""
+    from PIL import Image
+
+    png = trajectory_preview_png(trajectory, max_side=PREVIEW_SIDE)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255.0
+
+
+def subject_tokens(adapter: FamilyAdapter, prompt: str, trajectory: Trajectory) -> list[list[int]]:
+    """Per track, the prompt-token positions of its name (empty when the name is not in the prompt)."""
+    tokenizer = adapter.pipe.tokenizer
+    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+    return [subject_token_indices(list(ids), list(tokenizer(t.name, add_special_tokens=False).input_ids))
+            for t in trajectory.tracks]
+
+
+# ---- generation ---------------------------------------------------------------------------------
+def denoise(adapter: FamilyAdapter, r: Resolved, noise: torch.Tensor, generator: torch.Generator, *,
+            hooks: tuple = (), callbacks: LoopCallbacks | None = None) -> torch.Tensor:
+    """The stock text-to-video loop from `noise` (x_T before the scheduler's init σ)."""
+    cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
+    scheduler = adapter.new_scheduler()
+    scheduler.set_timesteps(r.steps, device=adapter.device)
+    loop = DenoiseLoop(scheduler, lambda x, t: adapter.predict(x, t, cond), hooks=hooks,
+                       callbacks=callbacks or LoopCallbacks(), step_kwargs=scheduler_step_kwargs(scheduler, generator))
+    return loop.run(noise * scheduler.init_noise_sigma)
+
+
+def stock_noise(adapter: FamilyAdapter, r: Resolved, generator: torch.Generator) -> torch.Tensor:
+    return randn_tensor(adapter.latent_shape(1, r.width, r.height, r.frames), generator=generator,
+                        device=adapter.device, dtype=adapter.dtype)
+
+
+def generate_freetraj(adapter: FamilyAdapter, r: Resolved, trajectory: Trajectory, *,
+                      callbacks: LoopCallbacks | None = None, config: FreeTrajConfig = FreeTrajConfig(),
+                      control: bool = True) -> torch.Tensor:
+    """Latents (1, C, F, h, w) on a UNet video model; `control=False` is the stock AnimateDiff run."""
+    generator = seeded_generator(r.seed)
+    if not control:
+        return denoise(adapter, r, stock_noise(adapter, r, generator), generator, callbacks=callbacks)
+    plan = plan_boxes(track_positions(trajectory, r.first_frame, r.frames), r.width, r.height,
+                      [t.size for t in trajectory.tracks])
+    shape = adapter.latent_shape(1, r.width, r.height, r.frames)
+    noise = trajectory_noise(shape, plan, generator, adapter.device, adapter.dtype)
+    guide = FreeTrajGuide(plan, (shape[-2], shape[-1]), subject_tokens(adapter, r.prompt, trajectory), config)
+    names = AttentionNames(adapter.self_attention_names(), adapter.temporal_attention_names(),
+                           adapter.cross_attention_names())
+    hook = FreeTrajAttention(adapter.denoiser, guide, names)
+    return denoise(adapter, r, noise, generator, hooks=(hook,), callbacks=callbacks)
+
+
+def tora_flow_latents(adapter: Any, r: Resolved, trajectory: Trajectory) -> torch.Tensor:
+    """Tracks → flow video over the frames the VAE needs (4k + 1) → (1, F', C, h, w) latents."""
+    frames = adapter.decoded_frames(r.frames)
+    tracks = track_positions(trajectory, r.first_frame, frames).float()
+    flow = flow_video(tracks, frames, r.height, r.width)  # (F, 3, H, W) in [−1, 1]
+    return adapter.encode((flow.permute(1, 0, 2, 3)[None] + 1) / 2).to(adapter.dtype)
+
+
+def generate_tora(adapter: Any, r: Resolved, trajectory: Trajectory, *, callbacks: LoopCallbacks | None = None,
+                  control: bool = True) -> torch.Tensor:
+    """Latents (1, F', C, h, w) on a CogVideoX model with Tora's motion guidance installed."""
+    generator = seeded_generator(r.seed)
+    noise = stock_noise(adapter, r, generator)
+    if not control:
+        return denoise(adapter, r, noise, generator, callbacks=callbacks)
+    if adapter.tora is None:
+        raise FailedPrecondition(f"Model '{adapter.entry.id}' has no Tora weights: put Tora's diffusers transformer "
+                                 "(Tora_T2V_diffusers) or a tora/ folder of its weights beside the model.")
+    features = motion_features(adapter.tora, tora_flow_latents(adapter, r, trajectory))
+    with tora_installed(adapter.denoiser, adapter.tora, features):
+        return denoise(adapter, r, noise, generator, callbacks=callbacks)
+
+
+def generate_trajectory_video(adapter: FamilyAdapter, r: Resolved, trajectory: Trajectory, *,
+                              callbacks: LoopCallbacks | None = None, control: bool = True) -> torch.Tensor:
+    """(3, F, H, W) frames in [0, 1] following `trajectory` (already in output pixels)."""
+    if adapter.family == "cogvideox":
+        latents = generate_tora(adapter, r, trajectory, callbacks=callbacks, control=control)
+        return adapter.decode(latents)[0, :, :r.frames]
+    latents = generate_freetraj(adapter, r, trajectory, callbacks=callbacks, control=control)
+    return adapter.decode(latents)[0]
+
+
+def check_geometry(adapter: FamilyAdapter, r: Resolved) -> None:
+    if adapter.family == "cogvideox":
+        step = adapter.vae_scale_factor * int(adapter.denoiser.config.patch_size)
+        if r.width % step or r.height % step:
+            raise InvalidArgument(f"CogVideoX needs width and height in multiples of {step} px "
+                                  f"(got {r.width}×{r.height}); try {r.width // step * step}×{r.height // step * step}.")
+        return
+    limit = getattr(adapter, "max_frames", None)
+    if limit is not None and r.frames > limit:
+        raise InvalidArgument(f"'{adapter.entry.id}' makes at most {limit} frames in one clip (asked {r.frames}); "
+                              f"lower --frames.")
+
+
+# ---- the pipeline -------------------------------------------------------------------------------
+class TrajectoryPipeline(Pipeline):
+    name: ClassVar[str] = "trajectory"
+    description: ClassVar[str] = ("Video whose subject follows tracked paths (--trajectory TRACKS.json): Tora on "
+                                  "CogVideoX, training-free FreeTraj on AnimateDiff.")
+    params_type: ClassVar[type] = TrajectoryParams
+    families: ClassVar[tuple[str, ...]] = ("animatediff", "cogvideox")
+
+    def validate(self, job: JobSpec, registry) -> None:
+        self.check_family(job, registry)
+        trajectory = request_trajectory(job.params)
+        c = job.common
+        check_trajectory_fits(trajectory, c.first_frame if c.first_frame is not None else 1001, c.frames)
+        entry = registry.entry(self.model_id(job, registry))
+        if entry.family == "cogvideox" and entry.source != "builtin" and not tora_weight_files(entry.path):
+            raise FailedPrecondition(f"Model '{entry.id}' has no Tora weights: put Tora's diffusers transformer "
+                                     "(Tora_T2V_diffusers) or a tora/ folder of its weights beside the model.")
+
+    def run(self, ctx: RunContext) -> list[str]:
+        adapter = ctx.registry.get(self.model_id(ctx.job, ctx.registry))
+        r = self.resolve(ctx.job, adapter)
+        trajectory = request_trajectory(ctx.job.params)
+        check_trajectory_fits(trajectory, r.first_frame, r.frames)
+        check_geometry(adapter, r)
+        trajectory = trajectory.to_top_left().scaled_to(r.width, r.height)
+        ctx.preview(0, preview_pixels(trajectory))
+        method = "Tora" if adapter.family == "cogvideox" else "FreeTraj (training-free)"
+        ctx.log(f"{len(trajectory.tracks)} track(s), {method} on {adapter.entry.id}")
+        sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
+        progress = StepProgress(ctx, [0.85, 0.15])
+        callbacks = LoopCallbacks(progress.callback(0, "denoise"), ctx.check_cancel)
+        video = generate_trajectory_video(adapter, r, trajectory, callbacks=callbacks)
+        for i in range(r.frames):
+            ctx.check_cancel()
+            frame = video[:, i]
+            ctx.preview(i, frame.permute(1, 2, 0).float().cpu().numpy())
+            sink.write(i, frame)
+            ctx.progress("write frames", i + 1, r.frames, 0.85 + 0.15 * (i + 1) / r.frames)
+        return list(sink.written)

@@ -1,0 +1,390 @@
+"""`upscale`: far above a model's native size, or a plate lifted to a higher resolution (ALGORITHMS.md §1).
+
+Modes, on UNet models (`sd` images, `animatediff` clips; `wan` goes to `upscale_dit`):
+- generate: text → native size (stage 1, the stock computation) → self-cascade to the target;
+- plate: an EXR sequence → sRGB display values → cascade refinement from the plate at `strength`;
+  per frame on image models, per clip on video models; frames keep the plate's numbers;
+- refine (I2VGen-XL): a clip resized to the target, re-noised to `strength` and denoised (SDEdit,
+  no cosine mix); the clip is the model's only guide besides a short prompt.
+
+Defaults: target = 2× the base (native size, or the plate); stages ×2 each; cosine_scale 2.0;
+strength: generate K = ⌊0.3·steps⌋ (= 0.7), plate 0.5, refine 0.6 (t ≈ 600 of 1000); dilate_tau
+= round(0.7·steps) as a step index (FreeScale's 35 of 50); VAE tiles of max(512, native) px.
+An `--input` with the default mode means plate mode. Plates are scene-linear: they go through the
+VAE as display sRGB clamped to [0, 1], so highlights above display white come back at 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator, TypeVar
+
+import numpy as np
+import torch
+
+from cinegen.common.color import scene_linear_to_srgb_display
+from cinegen.common.exr import PlateError, read_plate_sequence
+from cinegen.common.params import UpscaleParams
+from cinegen.common.sequence import FrameRange, SequencePattern, SequencePatternError
+
+from ..diffusion.cascade import plan_stages
+from ..diffusion.sampler import LoopCallbacks
+from ..errors import InvalidArgument, NotFound, ResourceExhausted
+from ..models.family import FamilyAdapter
+from ..models.registry import ModelRegistry
+from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress
+from .upscale_unet import (CascadeSettings, decode_latents, default_vae_tile, generate_native, pixel_multiple,
+                           reference_size, run_cascade)
+
+Size = tuple[int, int]
+T = TypeVar("T")
+MAX_SIDE = 16384
+DEFAULT_SCALE = 2.0
+DEFAULT_STRENGTH = {"generate": None, "plate": 0.5, "refine": 0.6}
+
+
+# ---- what a job asks for ------------------------------------------------------------------------
+def effective_mode(params: UpscaleParams) -> str:
+    mode = params.mode or "generate"
+    return "plate" if mode == "generate" and params.input else mode
+
+
+def resolve_target(base: Size, scale: float | None, width: int | None, height: int | None) -> Size:
+    """The output size from --scale, or --width/--height (one alone keeps the base's aspect)."""
+    bw, bh = base
+    if scale is not None and (width or height):
+        raise InvalidArgument("Give either --scale or --width/--height as the target, not both.")
+    if width and height:
+        return width, height
+    if width or height:
+        factor = (width / bw) if width else (height / bh)
+        other = round((bh if width else bw) * factor / 8) * 8
+        return (width, max(8, other)) if width else (max(8, other), height)
+    scale = DEFAULT_SCALE if scale is None else scale
+    if scale < 1:
+        raise InvalidArgument(f"Scale {scale:g} would shrink the picture; upscale needs a scale of 1 or more.")
+    w, h = bw * scale, bh * scale
+    if abs(w - round(w)) > 1e-6 or abs(h - round(h)) > 1e-6 or round(w) % 8 or round(h) % 8:
+        near_w, near_h = max(8, round(w / 8) * 8), max(8, round(h / 8) * 8)
+        raise InvalidArgument(f"Scale {scale:g} of {bw}x{bh} gives {w:g}x{h:g} px, which is not a multiple of 8; "
+                              f"ask for --width {near_w} --height {near_h} instead, or pick another scale.")
+    return round(w), round(h)
+
+
+@dataclass(frozen=True)
+class PlateInfo:
+    pattern: SequencePattern
+    frames: FrameRange
+    size: Size
+
+
+def inspect_plate(text: str, count: int | None = None) -> PlateInfo:
+    """Pattern, frame range and size of a plate, checked without reading pixels."""
+    if not text:
+        raise InvalidArgument("Plate and refine modes need the input frames: --input PLATE.####.exr.")
+    try:
+        pattern = SequencePattern.parse(text, any_extension=True, what="plate")
+    except SequencePatternError as exc:
+        raise InvalidArgument(str(exc)) from exc
+    on_disk = pattern.glob_existing()
+    if not on_disk:
+        raise NotFound(f"No frames of the plate '{pattern.hash_form()}' were found: check the folder, the name "
+                       "and the frame padding.")
+    first = min(on_disk)
+    frames = FrameRange(first, first + count - 1 if count else max(on_disk))
+    try:
+        read_plate_sequence(pattern, frames)  # refuses missing frames before reading any pixels
+    except PlateError as exc:
+        raise InvalidArgument(str(exc)) from exc
+    sizes = {frame: _image_size(on_disk[frame]) for frame in frames}
+    size = sizes[first]
+    odd = [frame for frame, s in sizes.items() if s != size]
+    if odd:
+        w, h = sizes[odd[0]]
+        raise InvalidArgument(f"Frame {odd[0]} of the plate '{pattern.hash_form()}' is {w}x{h} but frame {first} is "
+                              f"{size[0]}x{size[1]}: every frame of a plate must have the same size.")
+    return PlateInfo(pattern, frames, size)
+
+
+def _image_size(path: str) -> Size:
+    import OpenImageIO as oiio  # headers only: sizes are checked at Submit without reading pixels
+
+    image = oiio.ImageInput.open(path)
+    if image is None:
+        raise InvalidArgument(f"Could not read '{path}': {oiio.geterror() or 'unknown format'}.")
+    try:
+        spec = image.spec()
+        return spec.width, spec.height
+    finally:
+        image.close()
+
+
+def native_size_hint(registry: ModelRegistry, model_id: str) -> Size | None:
+    """The native size without loading a real model (configs on disk); None when unknown until run."""
+    entry = registry.entry(model_id)
+    if registry.is_loaded(model_id) or entry.source == "builtin":  # tiny models load in a blink
+        return registry.get(model_id).native_size
+    try:
+        folder = Path(entry.path)
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        return side, side
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class UpscalePlan:
+    mode: str
+    target: Size
+    stages: list[Size]  # generate: stage 1 (native) first; plate/refine: only refinement stages
+    reference: Size
+    settings: CascadeSettings
+    plate: PlateInfo | None = None
+
+
+def check_params(params: UpscaleParams, mode: str) -> None:
+    if mode not in ("generate", "plate", "refine"):
+        raise InvalidArgument(f"Mode '{params.mode}' is not one of generate, plate, refine.")
+    s = params.strength
+    if s is not None and not 0.0 <= s <= 1.0:
+        raise InvalidArgument(f"Strength must be between 0 and 1 (got {s:g}).")
+    if s == 0.0 and mode != "plate":
+        raise InvalidArgument(f"Strength 0 would leave the picture as it is in {mode} mode; use a value in (0, 1].")
+    if params.cosine_scale is not None and params.cosine_scale < 0:
+        raise InvalidArgument(f"Cosine scale must be 0 or more (got {params.cosine_scale:g}).")
+    if params.dilate_tau is not None and params.dilate_tau < 0:
+        raise InvalidArgument(f"Dilate tau is a step index, 0 or more (got {params.dilate_tau}).")
+    if params.stages is not None and params.stages < 1:
+        raise InvalidArgument(f"Stages must be at least 1 (got {params.stages}).")
+    if params.vae_tile is not None and (params.vae_tile < 64 or params.vae_tile % 64):
+        raise InvalidArgument(f"VAE tile {params.vae_tile} must be a multiple of 64 px, at least 64.")
+    if params.lora:
+        raise InvalidArgument("LoRA weights are not supported by the upscale pipeline on UNet models yet; "
+                              "leave --lora empty.")
+
+
+def check_target(mode: str, base: Size, target: Size, model: str) -> None:
+    w, h = target
+    if max(w, h) > MAX_SIDE:
+        raise InvalidArgument(f"The target {w}x{h} is over the {MAX_SIDE} px this pipeline makes; lower the scale.")
+    if mode == "generate" and w * h < base[0] * base[1]:
+        raise InvalidArgument(f"The target {w}x{h} is smaller than {model}'s native {base[0]}x{base[1]}; "
+                              "upscale only goes up: use the image pipeline at that size.")
+    if mode != "generate" and (w < base[0] or h < base[1]):
+        raise InvalidArgument(f"The target {w}x{h} is smaller than the input's {base[0]}x{base[1]}; "
+                              "upscale only goes up: ask for a scale of 1 or more.")
+
+
+def plan_upscale(adapter: FamilyAdapter, job: JobSpec, steps: int) -> UpscalePlan:
+    p: UpscaleParams = job.params
+    c = job.common
+    mode = effective_mode(p)
+    check_params(p, mode)
+    plate = inspect_plate(p.input, c.frames) if mode != "generate" else None
+    base = plate.size if plate else adapter.native_size
+    target = resolve_target(base, p.scale, c.width, c.height)
+    check_target(mode, base, target, adapter.entry.id)
+    multiple = pixel_multiple(adapter)
+    strength = p.strength if p.strength is not None else DEFAULT_STRENGTH[mode]
+    if mode == "generate":
+        stages = plan_stages(base, target, stages=p.stages, multiple=multiple)
+    elif mode == "plate" and strength > 0:
+        # the plate is the first "stage": refinement stages follow it, ×2 each by default
+        stages = plan_stages(base, target, stages=None if p.stages is None else p.stages + 1, multiple=multiple)
+        stages = stages[1:] or [target]
+    else:  # refine, or a plate at strength 0 (only resized, through the VAE once)
+        stages = [target]
+    settings = CascadeSettings(
+        steps=steps, strength=strength, cosine_scale=2.0 if p.cosine_scale is None else p.cosine_scale,
+        dilate_tau=p.dilate_tau, fast=p.fast, latent_resize=p.latent_resize,
+        cosine_mix=mode != "refine", vae_tile=p.vae_tile or default_vae_tile(adapter))
+    return UpscalePlan(mode, target, stages, reference_size(adapter, target), settings, plate)
+
+
+# ---- running ------------------------------------------------------------------------------------
+def run_with_memory_retry(work: Callable[[CascadeSettings], T], settings: CascadeSettings,
+                          log: Callable[[str], None]) -> T:
+    """Run `work`; after a GPU out-of-memory, once more with smaller VAE tiles and attention chunks."""
+    try:
+        return work(settings)
+    except torch.cuda.OutOfMemoryError:
+        pass  # retried outside the handler, so the failed attempt's tensors can be freed first
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    smaller = settings.reduced()
+    log(f"GPU out of memory; retrying with VAE tiles of {smaller.vae_tile} px and smaller attention chunks")
+    try:
+        return work(smaller)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ResourceExhausted("The GPU ran out of memory even with smaller VAE tiles. Lower --scale (or "
+                                "--width/--height), the frame count, or --vae-tile, or add --fast.") from exc
+
+
+class CascadeProgress:
+    """Progress over work units (stage of a frame or clip), weighted by pixels × denoised steps."""
+
+    def __init__(self, ctx: RunContext, units: list[tuple[str, float]]):
+        self.ctx = ctx
+        self.labels = [label for label, _ in units]
+        self.steps = StepProgress(ctx, [max(weight, 1e-6) for _, weight in units])
+
+    def callbacks(self, unit: int) -> LoopCallbacks:
+        return LoopCallbacks(self.steps.callback(unit, self.labels[unit]), self.ctx.check_cancel)
+
+
+def _stage_label(k: int, count: int, size: Size, prefix: str = "") -> str:
+    return f"{prefix}stage {k}/{count}, {size[0]}×{size[1]}"
+
+
+def plate_display(linear: np.ndarray) -> tuple[torch.Tensor, bool]:
+    """Scene-linear (H, W, 3) -> display sRGB (1, 3, H, W) in [0, 1]; and whether highlights were clipped."""
+    display = np.nan_to_num(scene_linear_to_srgb_display(np.ascontiguousarray(linear[..., :3])))
+    clipped = bool((display > 1.0).any())
+    tensor = torch.from_numpy(np.clip(display, 0.0, 1.0)).permute(2, 0, 1).unsqueeze(0).float()
+    return tensor, clipped
+
+
+def plate_clips(plate: PlateInfo, clip_len: int) -> Iterator[tuple[list[int], torch.Tensor, bool]]:
+    """(frame numbers, display pixels (1, 3, F, H, W) or (1, 3, H, W) when clip_len is 1, clipped)."""
+    frames: list[int] = []
+    images: list[torch.Tensor] = []
+    clipped = False
+    for frame, linear in read_plate_sequence(plate.pattern, plate.frames):
+        image, hot = plate_display(linear)
+        frames.append(frame)
+        images.append(image)
+        clipped |= hot
+        if len(frames) == clip_len:
+            yield frames, _stack(images, clip_len), clipped
+            frames, images, clipped = [], [], False
+    if frames:
+        yield frames, _stack(images, clip_len), clipped
+
+
+def _stack(images: list[torch.Tensor], clip_len: int) -> torch.Tensor:
+    return images[0] if clip_len == 1 else torch.stack(images, dim=2)
+
+
+class UpscalePipeline(Pipeline):
+    name: ClassVar[str] = "upscale"
+    description: ClassVar[str] = ("Generate far above a model's native size, or lift a plate to a higher "
+                                  "resolution with new detail (FreeScale/CineScale self-cascade).")
+    params_type: ClassVar[type] = UpscaleParams
+    families: ClassVar[tuple[str, ...]] = ("sd", "animatediff", "wan")
+
+    def validate(self, job: JobSpec, registry: ModelRegistry) -> None:
+        self.check_family(job, registry)
+        model_id = self.model_id(job, registry)
+        if registry.entry(model_id).family == "wan":
+            from .upscale_dit import validate_dit_upscale  # the DiT path lives apart (ALGORITHMS.md §1b)
+
+            validate_dit_upscale(job, registry)
+            return
+        p: UpscaleParams = job.params
+        mode = effective_mode(p)
+        check_params(p, mode)
+        if mode != "generate":
+            plate = inspect_plate(p.input, job.common.frames)
+            check_target(mode, plate.size, resolve_target(plate.size, p.scale, job.common.width,
+                                                          job.common.height), model_id)
+            return
+        native = native_size_hint(registry, model_id)
+        if native is not None:
+            check_target(mode, native, resolve_target(native, p.scale, job.common.width, job.common.height),
+                         model_id)
+
+    def run(self, ctx: RunContext) -> list[str]:
+        adapter = ctx.registry.get(self.model_id(ctx.job, ctx.registry))
+        if adapter.family == "wan":
+            from .upscale_dit import run_dit_upscale
+
+            return run_dit_upscale(ctx, adapter, self.resolve(ctx.job, adapter), ctx.job.params)
+        r = self.resolve(ctx.job, adapter)
+        plan = plan_upscale(adapter, ctx.job, r.steps)
+        r = dataclasses.replace(r, width=plan.target[0], height=plan.target[1])
+        if plan.plate is None:
+            return self._generate(ctx, adapter, r, plan)
+        if ctx.job.common.first_frame is None:
+            r = dataclasses.replace(r, first_frame=plan.plate.frames.first)  # frames keep the plate's numbers
+        return self._from_plate(ctx, adapter, r, plan)
+
+    # ---- generate: text -> native -> cascade --------------------------------------------------
+    def _generate(self, ctx: RunContext, adapter: FamilyAdapter, r: Resolved, plan: UpscalePlan) -> list[str]:
+        video = adapter.kind == "video"
+        if video and r.frames > getattr(adapter, "max_frames", r.frames):
+            raise InvalidArgument(f"{adapter.entry.id} makes clips of at most {adapter.max_frames} frames "
+                                  f"(asked for {r.frames}); lower --frames.")
+        s, stages = plan.settings, plan.stages
+        items = 1 if video else r.frames
+        per_item = r.frames if video else 1
+        todo = s.steps - s.start_index
+        units = [(_stage_label(1, len(stages), stages[0]), r.frames * stages[0][0] * stages[0][1] * s.steps)]
+        for n in range(items):
+            prefix = f"image {n + 1}/{items} " if items > 1 else ""
+            units += [(_stage_label(k + 2, len(stages), size, prefix), per_item * size[0] * size[1] * todo)
+                      for k, size in enumerate(stages[1:])]
+        progress = CascadeProgress(ctx, units)
+        sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
+        native = dataclasses.replace(r, width=stages[0][0], height=stages[0][1])
+        latents = generate_native(adapter, native, callbacks=progress.callbacks(0))
+        cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
+        for n in range(items):
+            x0 = latents if video else latents[n:n + 1]
+            base_unit = 1 + n * (len(stages) - 1)
+
+            def work(settings: CascadeSettings, x0: torch.Tensor = x0, base_unit: int = base_unit) -> torch.Tensor:
+                out = run_cascade(adapter, cond, x0, stages[1:], plan.reference, settings, r.seed,
+                                  callbacks_for=lambda k: progress.callbacks(base_unit + k))
+                return decode_latents(adapter, out, settings)
+
+            images = run_with_memory_retry(work, s, ctx.log)
+            self._write(ctx, sink, images, list(range(n * per_item, (n + 1) * per_item)))
+        return list(sink.written)
+
+    # ---- plate / refine: frames in -> cascade refinement ------------------------------------------
+    def _from_plate(self, ctx: RunContext, adapter: FamilyAdapter, r: Resolved, plan: UpscalePlan) -> list[str]:
+        plate = plan.plate
+        assert plate is not None
+        clip_len = adapter.native_frames if adapter.kind == "video" else 1
+        count = plate.frames.count
+        clips = -(-count // clip_len)
+        todo = max(plan.settings.steps - plan.settings.start_index, 0)
+        units = []
+        for n in range(clips):
+            frames_in_clip = min(clip_len, count - n * clip_len)
+            what = "clip" if clip_len > 1 else "frame"
+            prefix = f"{plan.mode} {what} {n + 1}/{clips} "
+            units += [(_stage_label(k + 1, len(plan.stages), size, prefix), frames_in_clip * size[0] * size[1] * todo)
+                      for k, size in enumerate(plan.stages)]
+        progress = CascadeProgress(ctx, units)
+        sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
+        cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
+        warned = False
+        for n, (frames, pixels, clipped) in enumerate(plate_clips(plate, clip_len)):
+            ctx.check_cancel()
+            if clipped and not warned:
+                ctx.log("The plate has highlights above display white; the model sees them clipped to 1.")
+                warned = True
+            base_unit = n * len(plan.stages)
+
+            def work(settings: CascadeSettings, pixels: torch.Tensor = pixels, base_unit: int = base_unit):
+                out = run_cascade(adapter, cond, pixels.to(adapter.device), plan.stages, plan.reference, settings,
+                                  r.seed, callbacks_for=lambda k: progress.callbacks(base_unit + k), x0_is_pixels=True)
+                return decode_latents(adapter, out, settings)
+
+            images = run_with_memory_retry(work, plan.settings, ctx.log)
+            self._write(ctx, sink, images, [frame - plate.frames.first for frame in frames])
+        return list(sink.written)
+
+    @staticmethod
+    def _write(ctx: RunContext, sink, images: torch.Tensor, indices: list[int]) -> None:
+        """Images (N, 3, H, W) or one clip (1, 3, F, H, W) -> frames `indices` of the sequence."""
+        frames = images[0].permute(1, 0, 2, 3) if images.dim() == 5 else images
+        for index, image in zip(indices, frames):
+            ctx.check_cancel()
+            ctx.preview(index, image.permute(1, 2, 0).float().cpu().numpy())
+            sink.write(index, image)

@@ -1,0 +1,406 @@
+"""The DiT path of the `upscale` pipeline: CineScale on Wan video models (ALGORITHMS.md §1b).
+
+generate: text → base video at the training size (exactly the stock `WanPipeline` computation)
+          → each refinement stage: trilinear latent upsample → re-noise x = (1 − σ_K)·x0 + σ_K·ε at step K
+            of a fresh schedule with the refinement shift σ' = sσ/(1 + (s − 1)σ) → denoise steps K… with
+            NTK-RoPE (θ_axis = 10000·α_axis), self-attention logits scaled by λ = log_N(N·coef), and
+            block-tiled self-attention whose far keys are compressed into the training extent.
+plate:    (V2V) a clip from the comp, scene-linear → display sRGB, resized to the target and encoded
+          → refinement stage(s) as above. `refine` is the same computation (I2VGen-XL-style strength).
+          --fast / --latent-resize: encode the plate at its own size and upsample the latents instead.
+Then decode and write frames. K = steps − ⌊steps·strength⌋ (the diffusers V2V convention; strength 0.7
+gives CineScale's step 15 of 50). With α = 1, λ = 1, the stock shift, one tile and target = native,
+generate equals `WanPipeline` and plate equals `WanVideoToVideoPipeline` for the same seed (tests).
+
+Defaults chosen here where the handbook leaves room (unverified): refinement shift 9 up to 5B
+parameters, 11 above; spatial α 20 for the first refinement, 25 for later ones; coef from CineScale's
+thresholds at the 720p-equivalent token count; tile and near margin = 18×32 and 24 of 45×80, scaled
+to the model's training grid; VAE tiling (256 px) above 1280×720.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
+
+from cinegen.common.color import scene_linear_to_srgb_display
+from cinegen.common.exr import PlateError, read_plate_sequence
+from cinegen.common.params import UpscaleParams
+from cinegen.common.sequence import FrameRange, SequencePattern
+
+from ..diffusion.dit_attention import (CINESCALE_NEAR_MARGIN, CINESCALE_TILE, WAN_720P_TRAIN_GRID,
+                                       attention_scale_factor, cinescale_attention_coef,
+                                       install_cinescale_attention)
+from ..diffusion.dit_rope import install_ntk_rope
+from ..diffusion.noise_shift import latent_upsample, refinement_timesteps, renoise_flow
+from ..diffusion.sampler import DenoiseLoop, LoopCallbacks
+from ..errors import InvalidArgument, NotFound
+from ..models.family import Conditioning
+from ..models.wan import WanAdapter
+from .base import JobSpec, Resolved, RunContext, StepProgress, seeded_generator
+
+WAN_TEMPORAL_FACTOR = 4  # frames per latent frame of the causal Wan VAE (plus the first)
+DEFAULT_STRENGTH = {"generate": 0.7, "plate": 0.7, "refine": 0.6}
+LARGE_MODEL_PARAMETERS = 5e9  # above: 14B-class models, refinement shift 11
+AUTO_VAE_TILE, AUTO_VAE_TILE_ABOVE = 256, 1280 * 720
+
+
+@dataclass(frozen=True)
+class CineScaleOptions:
+    """Method knobs; None takes the default for the model and stage (module docstring)."""
+    base_shift: float | None = None  # None: the model folder's own scheduler shift
+    refine_shift: float | None = None
+    ntk_alpha: float | None = None  # spatial axes; the frame axis keeps α = 1
+    attention_coef: float | None = None
+    tile: tuple[int, int] | None = None  # query tile (rows, cols) of latent tokens
+    near_margin: int | None = None
+    compress_positions: bool = True
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    alphas: tuple[float, float, float]
+    attention_scale: float
+    shift: float
+    tile: tuple[int, int]
+    train_grid: tuple[int, int] | None  # None: nothing compressed
+    near_margin: int
+
+
+@dataclass(frozen=True)
+class DitStage:
+    label: str
+    width: int
+    height: int
+    start_index: int = 0
+    refine: RefineSettings | None = None  # None: the base stage, an ordinary generation
+
+
+def stage_sizes(start: tuple[int, int], target: tuple[int, int], count: int, multiple: int) -> list[tuple[int, int]]:
+    """`count` sizes growing geometrically from `start` to exactly `target`, each a multiple of `multiple`."""
+    sizes = []
+    for k in range(1, count + 1):
+        f = k / count
+        sizes.append(tuple(round(s ** (1 - f) * t ** f / multiple) * multiple for s, t in zip(start, target)))
+    sizes[-1] = target
+    return sizes  # type: ignore[return-value]
+
+
+def refine_settings(adapter: WanAdapter, width: int, height: int, refinement: int,
+                    options: CineScaleOptions) -> RefineSettings:
+    """CineScale's knobs for refinement stage `refinement` (1-based) at (width, height)."""
+    train_rows, train_cols = adapter.training_token_grid
+    rows, cols = adapter.token_grid(width, height)
+    default_alpha = 20.0 if refinement == 1 else 25.0
+    alpha = options.ntk_alpha if options.ntk_alpha is not None else default_alpha
+    alphas = (1.0, alpha if rows > train_rows else 1.0, alpha if cols > train_cols else 1.0)
+    if options.attention_coef is not None:
+        coef = options.attention_coef
+    else:  # CineScale's thresholds are for 720p (45×80 tokens); compare at the same ratio to the training size
+        ratio = rows * cols / (train_rows * train_cols)
+        coef = cinescale_attention_coef(round(ratio * WAN_720P_TRAIN_GRID[0] * WAN_720P_TRAIN_GRID[1]))
+    shift = options.refine_shift
+    if shift is None:
+        shift = 11.0 if adapter.transformer_parameters > LARGE_MODEL_PARAMETERS else 9.0
+    tile = options.tile or (max(1, round(train_rows * CINESCALE_TILE[0] / WAN_720P_TRAIN_GRID[0])),
+                            max(1, round(train_cols * CINESCALE_TILE[1] / WAN_720P_TRAIN_GRID[1])))
+    margin = options.near_margin
+    if margin is None:
+        margin = round(train_rows * CINESCALE_NEAR_MARGIN / WAN_720P_TRAIN_GRID[0])
+    exceeds = rows > train_rows or cols > train_cols
+    return RefineSettings(alphas=alphas, attention_scale=attention_scale_factor(train_rows * train_cols, coef),
+                          shift=float(shift), tile=tile, near_margin=margin,
+                          train_grid=(train_rows, train_cols) if options.compress_positions and exceeds else None)
+
+
+def plan_dit_stages(adapter: WanAdapter, mode: str, start: tuple[int, int], target: tuple[int, int], stages: int,
+                    start_index: int, options: CineScaleOptions) -> list[DitStage]:
+    """generate: a base stage at `start` (native), then stages − 1 refinements up to `target`.
+
+    plate: `stages` refinements from the plate size `start` up to `target`.
+    """
+    plan: list[DitStage] = []
+    refinements = stages
+    if mode == "generate":
+        if stages < 2 and target != start:
+            raise InvalidArgument("Upscaling with a Wan model takes at least 2 stages (base video, then refinement "
+                                  "at the target size): use --stages 2 or more, or leave it empty.")
+        plan.append(DitStage(f"base {start[0]}x{start[1]}", *start))
+        refinements = stages - 1 if target != start else 0  # nothing to refine at the same size
+    sizes = stage_sizes(start, target, refinements, adapter.size_multiple) if refinements else []
+    for k, (w, h) in enumerate(sizes, start=1):
+        plan.append(DitStage(f"refine {w}x{h}", w, h, start_index, refine_settings(adapter, w, h, k, options)))
+    return plan
+
+
+# ---- stages ---------------------------------------------------------------------------------------
+def _with_shift(adapter: WanAdapter, shift: float | None):
+    if shift is None:
+        return adapter.new_scheduler()
+    key = "flow_shift" if "flow_shift" in adapter.scheduler.config else "shift"
+    return adapter.new_scheduler(**{key: float(shift), "use_dynamic_shifting": False})
+
+
+class _ModelInputAsIs:
+    """Flow-matching Euler has no `scale_model_input`; the shared loop calls it, Wan uses the latents unchanged."""
+
+    def __init__(self, scheduler) -> None:
+        self._scheduler = scheduler
+
+    def __getattr__(self, name: str):
+        return getattr(self._scheduler, name)
+
+    def scale_model_input(self, sample: torch.Tensor, *args) -> torch.Tensor:
+        return sample
+
+
+def _loop_scheduler(scheduler):
+    return scheduler if hasattr(scheduler, "scale_model_input") else _ModelInputAsIs(scheduler)
+
+
+def generate_base_latents(adapter: WanAdapter, cond: Conditioning, width: int, height: int, frames: int, steps: int,
+                          generator: torch.Generator, callbacks: LoopCallbacks | None = None,
+                          shift: float | None = None, image=None) -> torch.Tensor:
+    """Stage 1: a video at (width, height), computed as `WanPipeline` (or, with `image`, `WanImageToVideoPipeline`)."""
+    scheduler = _with_shift(adapter, shift)
+    scheduler.set_timesteps(steps, device=adapter.device)
+    shape = adapter.latent_shape(1, width, height, frames)
+    latents = randn_tensor(shape, generator=generator, device=adapter.device, dtype=torch.float32)
+    if image is not None:
+        cond = adapter.with_image_condition(cond, image, latents, frames, width, height)
+    loop = DenoiseLoop(_loop_scheduler(scheduler), lambda x, t: adapter.predict(x, t, cond),
+                       callbacks=callbacks or LoopCallbacks())
+    return loop.run(latents)
+
+
+@contextlib.contextmanager
+def cinescale_installed(adapter: WanAdapter, settings: RefineSettings) -> Iterator[None]:
+    """NTK-RoPE and the CineScale self-attention on every transformer; the originals return on exit."""
+    with contextlib.ExitStack() as stack:
+        for transformer in adapter.denoisers:
+            stack.enter_context(install_ntk_rope(transformer, settings.alphas))
+            stack.enter_context(install_cinescale_attention(transformer, settings.attention_scale, settings.tile,
+                                                            settings.train_grid, settings.near_margin))
+        yield
+
+
+def refine_latents(adapter: WanAdapter, cond: Conditioning, latents: torch.Tensor, stage: DitStage, steps: int,
+                   generator: torch.Generator, callbacks: LoopCallbacks | None = None) -> torch.Tensor:
+    """One refinement stage: upsample to the stage size, re-noise to σ_K of a fresh shifted schedule, denoise K…"""
+    settings = stage.refine
+    assert settings is not None, "the base stage is not a refinement"
+    size = (stage.height // adapter.vae_scale_factor, stage.width // adapter.vae_scale_factor)
+    x0 = latents if tuple(latents.shape[-2:]) == size else latent_upsample(latents, size)
+    schedule = refinement_timesteps(adapter.scheduler, steps, stage.start_index, settings.shift, device=adapter.device)
+    noise = randn_tensor(tuple(x0.shape), generator=generator, device=adapter.device, dtype=torch.float32)
+    x = renoise_flow(x0.float(), noise, schedule.sigmas[0])  # the tensor σ: the stock add_noise arithmetic
+    loop = DenoiseLoop(_loop_scheduler(schedule.scheduler), lambda v, t: adapter.predict(v, t, cond),
+                       callbacks=callbacks or LoopCallbacks())
+    with cinescale_installed(adapter, settings):
+        return loop.run(x, start_index=stage.start_index)
+
+
+# ---- plates ---------------------------------------------------------------------------------------
+def read_plate_clip(pattern: str, frames: int | None = None) -> torch.Tensor:
+    """A plate as display-referred sRGB in [0, 1], (1, 3, F, H, W); the first `frames` frames when given."""
+    try:
+        range_on_disk = SequencePattern.parse(pattern, any_extension=True, what="plate").frame_range_on_disk()
+        wanted = FrameRange.from_count(range_on_disk.first, frames) if (frames and range_on_disk) else None
+        pixels = [scene_linear_to_srgb_display(rgb) for _, rgb in read_plate_sequence(pattern, wanted)]
+    except (PlateError, ValueError) as exc:
+        raise InvalidArgument(str(exc)) from exc
+    # Display values above 1 (highlights) cannot be represented by the VAE's [0, 1] range.
+    clip = torch.from_numpy(np.clip(np.stack(pixels), 0.0, 1.0)).float()  # F, H, W, 3
+    return clip.permute(3, 0, 1, 2).unsqueeze(0).contiguous()
+
+
+def resize_clip(clip: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Bicubic resize of every frame of (1, 3, F, H, W) pixels, kept in [0, 1]."""
+    if clip.shape[-2:] == (height, width):
+        return clip
+    frames = clip[0].permute(1, 0, 2, 3)
+    resized = F.interpolate(frames, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+    return resized.clamp(0, 1).permute(1, 0, 2, 3).unsqueeze(0)
+
+
+def encode_plate(adapter: WanAdapter, clip: torch.Tensor, width: int, height: int, fast: bool,
+                 vae_tile: int | None) -> torch.Tensor:
+    """Latents of the plate at the first stage size: pixels resized then encoded, or (fast) encoded then resized."""
+    if fast:  # encode at the plate's own size (VAE needs multiples of its factor), upsample in latent space
+        s = adapter.vae_scale_factor
+        small = resize_clip(clip, clip.shape[-1] // s * s, clip.shape[-2] // s * s)
+        with adapter.vae_tiling(vae_tile):
+            latents = adapter.encode(small)
+        return latent_upsample(latents, (height // s, width // s))
+    with adapter.vae_tiling(vae_tile):
+        return adapter.encode(resize_clip(clip, width, height))
+
+
+# ---- the pipeline path ----------------------------------------------------------------------------
+def dit_target_size(adapter: WanAdapter, common, params: UpscaleParams, base: tuple[int, int]) -> tuple[int, int]:
+    """--width/--height when given (checked), else base × scale (default 2) rounded to the size multiple."""
+    m = adapter.size_multiple
+    if common.width or common.height:
+        width = common.width or round(base[0] * common.height / base[1] / m) * m
+        height = common.height or round(base[1] * common.width / base[0] / m) * m
+        check_wan_size(width, height, m)
+        return width, height
+    scale = params.scale or 2.0
+    return max(m, round(base[0] * scale / m) * m), max(m, round(base[1] * scale / m) * m)
+
+
+def dit_mode(params: UpscaleParams) -> str:
+    """The mode asked for; a plate given with the default mode means plate mode (as on UNet models)."""
+    mode = params.mode or "generate"
+    return "plate" if mode == "generate" and params.input else mode
+
+
+def start_index_for(steps: int, strength: float) -> int:
+    denoised = min(int(steps * strength), steps)
+    if denoised < 1:
+        raise InvalidArgument(f"A strength of {strength} leaves no step of {steps} to denoise: "
+                              f"raise --strength to at least {1 / steps:.2f} or use more --steps.")
+    return steps - denoised
+
+
+def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, params: UpscaleParams,
+                    options: CineScaleOptions | None = None) -> list[str]:
+    """Generate or refine a Wan video at the target size and write its frames; returns the written paths."""
+    options = options or CineScaleOptions()
+    if adapter.is_image_to_video:
+        raise InvalidArgument(f"'{adapter.entry.id}' is an image-to-video model; "
+                              "upscale runs on text-to-video Wan models.")
+    mode = dit_mode(params)
+    strength = params.strength if params.strength is not None else DEFAULT_STRENGTH.get(mode, 0.7)
+    start_index = start_index_for(resolved.steps, strength)
+    generator = seeded_generator(resolved.seed)
+    if mode == "generate":
+        frames, clip = resolved.frames, None
+        start = adapter.native_size
+    else:
+        clip = read_plate_clip(params.input, ctx.job.common.frames)
+        frames, start = clip.shape[2], (clip.shape[-1], clip.shape[-2])
+    check_wan_frames(frames, "video" if clip is None else "plate")
+    target = dit_target_size(adapter, ctx.job.common, params, start)
+    stages = params.stages or (2 if mode == "generate" else 1)
+    plan = plan_dit_stages(adapter, "generate" if clip is None else "plate", start, target, stages, start_index,
+                           options)
+    vae_tile = params.vae_tile or (AUTO_VAE_TILE if target[0] * target[1] > AUTO_VAE_TILE_ABOVE else None)
+
+    weights = [(resolved.steps - s.start_index) * s.width * s.height for s in plan]
+    progress = StepProgress(ctx, [0.05 * sum(weights), *weights, 0.15 * sum(weights)])
+    ctx.log(f"DiT upscale ({mode}): {' -> '.join(s.label for s in plan)}, {frames} frames, {resolved.steps} steps")
+    cond = adapter.encode_prompt(resolved.prompt, resolved.negative_prompt, resolved.guidance)
+    latents = None
+    if clip is not None:
+        ctx.progress("encode plate", 0, 1, 0.0)
+        latent_first = params.fast or getattr(params, "latent_resize", False)
+        latents = encode_plate(adapter, clip, plan[0].width, plan[0].height, latent_first, vae_tile)
+    with adapter.lora_applied(params.lora):
+        for index, stage in enumerate(plan, start=1):
+            callbacks = LoopCallbacks(progress.callback(index, stage.label), ctx.check_cancel)
+            if stage.refine is None:
+                latents = generate_base_latents(adapter, cond, stage.width, stage.height, frames, resolved.steps,
+                                                generator, callbacks, options.base_shift)
+            else:
+                latents = refine_latents(adapter, cond, latents, stage, resolved.steps, generator, callbacks)
+    return write_video(ctx, adapter, latents, resolved, vae_tile, progress, len(plan) + 1)
+
+
+def write_video(ctx: RunContext, adapter: WanAdapter, latents: torch.Tensor, resolved: Resolved,
+                vae_tile: int | None, progress: StepProgress, stage_index: int) -> list[str]:
+    ctx.check_cancel()
+    ctx.progress("decode", 0, 1, progress.starts[stage_index])
+    with adapter.vae_tiling(vae_tile):
+        video = adapter.decode(latents)[0]  # 3, F, H, W
+    sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), resolved)
+    frames = video.shape[1]
+    ctx.preview(0, video[:, 0].permute(1, 2, 0).float().cpu().numpy())
+    for i in range(frames):
+        ctx.check_cancel()
+        sink.write(i, video[:, i])
+        progress.callback(stage_index, "write frames")(i + 1, frames)
+    return list(sink.written)
+
+
+# ---- request checks -------------------------------------------------------------------------------
+def check_wan_frames(frames: int, what: str = "video") -> None:
+    """Wan's causal VAE takes 4k + 1 frames; otherwise say which counts are nearest."""
+    if frames >= 1 and (frames - 1) % WAN_TEMPORAL_FACTOR == 0:
+        return
+    lower = max(1, (frames - 1) // WAN_TEMPORAL_FACTOR * WAN_TEMPORAL_FACTOR + 1)
+    upper = lower + WAN_TEMPORAL_FACTOR
+    nearest = "1" if frames < 1 else (f"{lower} or {upper}" if lower < frames else str(upper))
+    raise InvalidArgument(f"Wan models take 4k+1 frames (1, 5, 9, ..., 81); the {what} has {frames}. "
+                          f"Use {nearest} frames (--frames).")
+
+
+def check_wan_size(width: int | None, height: int | None, multiple: int) -> None:
+    """Pixel sizes must be multiples of VAE factor × patch; otherwise name the nearest valid sizes."""
+    wrong = [(name, value) for name, value in (("width", width), ("height", height)) if value and value % multiple]
+    if not wrong:
+        return
+    hints = ", ".join(f"--{name} {max(multiple, value // multiple * multiple)} or "
+                      f"{(value // multiple + 1) * multiple}" for name, value in wrong)
+    raise InvalidArgument(f"Wan models need sizes that are multiples of {multiple} pixels (VAE factor x patch "
+                          f"size); {', '.join(f'{n} {v}' for n, v in wrong)} is not. Use {hints}.")
+
+
+def plate_frame_count(pattern: str) -> int:
+    """Frames of the plate from its first to its last frame on disk (nothing is read)."""
+    try:
+        frames = SequencePattern.parse(pattern, any_extension=True, what="plate").frame_range_on_disk()
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from exc
+    if frames is None:
+        raise NotFound(f"No frames of the plate '{pattern}' were found: check the folder, the name and the padding.")
+    return frames.count
+
+
+def _size_multiple_of(folder: str) -> int:
+    """VAE factor × patch from a model folder's configs without loading it (16 for Wan 2.1, 32 for Wan 2.2 5B)."""
+    factor, patch = 8, 2
+    with contextlib.suppress(OSError, ValueError, TypeError, IndexError, KeyError):
+        factor = int(json.loads((Path(folder) / "vae" / "config.json").read_text()).get("scale_factor_spatial") or 8)
+    with contextlib.suppress(OSError, ValueError, TypeError, IndexError, KeyError):
+        patch = int(json.loads((Path(folder) / "transformer" / "config.json").read_text())["patch_size"][1])
+    return factor * patch
+
+
+def validate_dit_upscale(job: JobSpec, registry) -> None:
+    """Request checks for a Wan model, before anything runs (INVALID_ARGUMENT / NOT_FOUND with the fix)."""
+    common, params = job.common, job.params
+    entry = registry.entry(common.model or registry.default_model(("wan",)))
+    if entry.family != "wan":
+        raise InvalidArgument(f"The DiT upscale path runs on Wan models; '{entry.id}' is a {entry.family} model.")
+    mode = dit_mode(params)
+    if mode not in DEFAULT_STRENGTH:
+        raise InvalidArgument(f"Unknown upscale mode '{mode}': use generate, plate or refine.")
+    if params.scale is not None and (common.width or common.height):
+        raise InvalidArgument("Give either --scale or --width/--height as the target, not both.")
+    check_wan_size(common.width, common.height, _size_multiple_of(entry.path) if entry.path else 16)
+    if mode == "generate":
+        if common.frames is not None:
+            check_wan_frames(common.frames)
+        if params.stages == 1 and not (common.width or common.height) and (params.scale or 2.0) > 1.0:
+            raise InvalidArgument("Upscaling with a Wan model takes at least 2 stages (base video, then refinement "
+                                  "at the target size): use --stages 2 or more, or leave it empty.")
+    else:
+        if not params.input:
+            raise InvalidArgument(f"The {mode} mode needs a plate: --input PLATE.####.exr.")
+        count = plate_frame_count(params.input)
+        if common.frames and common.frames > count:
+            raise InvalidArgument(f"The plate has {count} frames; --frames {common.frames} asks for more.")
+        check_wan_frames(common.frames or count, "plate")
+    if params.lora:
+        if not Path(params.lora).expanduser().is_file() or not params.lora.lower().endswith(".safetensors"):
+            raise InvalidArgument(f"The LoRA '{params.lora}' is not a .safetensors file on the server.")
+    if params.strength is not None and common.steps:
+        start_index_for(common.steps, params.strength)

@@ -1,0 +1,230 @@
+"""The Blender extension in real headless Blender (the `bpy` module), run in a child process.
+
+bpy is a heavy singleton: one child process per test module imports it, runs every scenario and
+prints what it found as JSON; the tests below check those facts. The child is this same file run as
+a script. Skipped when `bpy` is not installed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ADDON = ROOT / "plugin" / "blender"
+MARKER = "CINEGEN-FACTS "
+
+pytestmark = [pytest.mark.bpy,
+              pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy module")]
+
+
+# ---- the child process ----------------------------------------------------------------------------
+def child(workdir: Path, server: str) -> dict:
+    import bpy
+    import numpy as np
+
+    from cinegen.common.exr import ExrMetadata, write_exr_frame
+    from cinegen.common.sequence import FrameRange
+    from cinegen.plugin.hosts import blender_host
+    from cinegen.plugin.model.outputs import ResultSequence
+
+    facts: dict = {}
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.wm.save_as_mainfile(filepath=str(workdir / "shot010.blend"))  # outputs go next to it
+
+    spec = importlib.util.spec_from_file_location("cinegen_blender", ADDON / "__init__.py",
+                                                  submodule_search_locations=[str(ADDON)])
+    addon = importlib.util.module_from_spec(spec)
+    sys.modules["cinegen_blender"] = addon
+    spec.loader.exec_module(addon)
+    addon.register()
+    scene = bpy.context.scene
+    facts["registered"] = {
+        "settings": hasattr(scene, "cinegen"),
+        "panels": [name for name in ("CINEGEN_PT_view3d", "CINEGEN_PT_compositor", "CINEGEN_PT_sequencer")
+                   if hasattr(bpy.types, name)],
+        "operators": [op for op in ("connect", "generate", "cancel", "new_seed") if hasattr(bpy.ops.cinegen, op)]}
+
+    # a generated sequence, 1001-1003, written like the server writes it
+    frames = workdir / "gen"
+    frames.mkdir()
+    for frame in (1001, 1002, 1003):
+        write_exr_frame(frames / f"gen_v001.{frame}.exr", np.full((8, 16, 4), 0.25, np.float32),
+                        metadata=ExrMetadata(pipeline="image", colorspace="ACEScg"))
+    result = ResultSequence(pattern=str(frames / "gen_v001.####.exr"), frames=FrameRange(1001, 1003),
+                            pipeline="image", job_id="job-1", seed=42, model="tiny-sd", prompt="p",
+                            colorspace="ACEScg")
+    facts["loads"] = {}
+    for label, scene_range in (("default_range", (1, 250)), ("shot_range", (1001, 1100))):
+        scene.frame_start, scene.frame_end = scene_range
+        loaded = blender_host.BlenderHost("both").load_result(result)
+        facts["loads"][label] = {"node": describe_node(loaded["node"]), "strip": describe_strip(loaded["strip"])}
+    unknown = blender_host.load_into_sequencer(scene, ResultSequence(**{**result.__dict__, "colorspace": "Made Up"}))
+    facts["unknown_colorspace"] = unknown.colorspace_settings.name
+    tree = blender_host.compositor_tree(scene)
+    facts["compositor_images"] = sum(n.bl_idname == "CompositorNodeImage" for n in tree.nodes)
+    strips = scene.sequence_editor.strips
+    facts["strip_channels"] = sorted(s.channel for s in strips)
+
+    facts["trajectory"] = trajectory_scenario(bpy, blender_host)
+    if server:
+        facts["generate"] = generate_scenario(bpy, scene, server)
+    return facts
+
+
+def describe_node(node) -> dict:
+    return {"frame_duration": node.frame_duration, "frame_start": node.frame_start, "frame_offset": node.frame_offset,
+            "source": node.image.source, "colorspace": node.image.colorspace_settings.name,
+            "filepath": node.image.filepath, "label": node.label}
+
+
+def describe_strip(strip) -> dict:
+    return {"frame_start": strip.frame_start, "duration": strip.frame_final_duration, "channel": strip.channel,
+            "files": [e.filename for e in strip.elements], "directory": strip.directory,
+            "colorspace": strip.colorspace_settings.name, "name": strip.name}
+
+
+def trajectory_scenario(bpy, blender_host) -> dict:
+    """A camera at (0, 0, 10) looking down -Z (50 mm lens, 36 mm sensor) and an object keyed linearly
+    from (-2, 1, 0) on frame 1 to (2, -1, 0) on frame 5."""
+    scene = bpy.data.scenes.new("trajectory")
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 1920, 1080, 100
+    scene.frame_start, scene.frame_end = 1, 5
+    camera_data = bpy.data.cameras.new("cam")
+    camera_data.lens, camera_data.sensor_width, camera_data.sensor_fit = 50.0, 36.0, "AUTO"
+    camera = bpy.data.objects.new("cam", camera_data)
+    camera.location = (0.0, 0.0, 10.0)
+    scene.collection.objects.link(camera)
+    scene.camera = camera
+    ball = bpy.data.objects.new("ball", None)
+    scene.collection.objects.link(ball)
+    for frame, location in ((1, (-2.0, 1.0, 0.0)), (5, (2.0, -1.0, 0.0))):
+        ball.location = location
+        ball.keyframe_insert("location", frame=frame)
+    for curve in _fcurves(ball):
+        for key in curve.keyframe_points:
+            key.interpolation = "LINEAR"
+    scene.frame_set(3)
+    trajectory = blender_host.object_trajectory(scene, ball, camera)
+    return {"width": trajectory.width, "height": trajectory.height, "origin": trajectory.origin,
+            "name": trajectory.tracks[0].name, "frame_after": scene.frame_current,
+            "points": [[p.frame, p.x, p.y] for p in trajectory.tracks[0].points]}
+
+
+def _fcurves(obj):
+    action = obj.animation_data.action
+    if hasattr(action, "fcurves"):
+        return action.fcurves
+    from bpy_extras import anim_utils  # Blender 5: layered actions keep curves in channelbags
+    return anim_utils.action_get_channelbag_for_slot(action, obj.animation_data.action_slot).fcurves
+
+
+def generate_scenario(bpy, scene, server: str) -> dict:
+    """The sidebar panel's own operators, headless, against a real server."""
+    host, port = server.rsplit(":", 1)
+    props = scene.cinegen
+    props.host, props.port = host, int(port)
+    props.prompt, props.model, props.steps, props.width, props.height, props.frames = "a fox", "tiny-sd", 2, 64, 64, 2
+    props.seed, props.seed_locked, props.target = 77, True, "both"
+    scene.frame_start, scene.frame_end = 1, 48
+    with bpy.context.temp_override(scene=scene):
+        connected = bpy.ops.cinegen.connect()
+        nodes_before = len(bpy.context.scene.compositing_node_group.nodes)
+        generated = bpy.ops.cinegen.generate(wait=True)
+    tree = scene.compositing_node_group
+    newest = [n for n in tree.nodes if n.bl_idname == "CompositorNodeImage"][-1]
+    (strip,) = [s for s in scene.sequence_editor.strips if s.get("cinegen_job", "").startswith("image-")]
+    return {"connect": sorted(connected), "generate": sorted(generated), "status": props.status,
+            "error": props.last_error, "progress": props.progress, "stage": props.stage,
+            "new_nodes": len(tree.nodes) - nodes_before, "node": describe_node(newest),
+            "strip_job": strip["cinegen_job"], "strip": describe_strip(strip)}
+
+
+# ---- the tests ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def facts(tmp_path_factory, running_server):
+    workdir = tmp_path_factory.mktemp("blender")
+    env = {**os.environ, "CINEGEN_CONFIG_DIR": str(workdir / "config"), "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, __file__, str(workdir), running_server.address], env=env,
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
+    assert done.returncode == 0 and lines, f"Blender child failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    return {**json.loads(lines[-1][len(MARKER):]), "workdir": str(workdir)}
+
+
+def test_the_extension_registers_its_settings_panels_and_operators(facts):
+    assert facts["registered"] == {"settings": True,
+                                   "panels": ["CINEGEN_PT_view3d", "CINEGEN_PT_compositor", "CINEGEN_PT_sequencer"],
+                                   "operators": ["connect", "generate", "cancel", "new_seed"]}
+
+
+def test_the_manifest_declares_an_addon_for_blender_4_2_and_later():
+    import tomllib
+
+    manifest = tomllib.loads((ADDON / "blender_manifest.toml").read_text())
+    assert (manifest["type"], manifest["id"], manifest["blender_version_min"]) == ("add-on", "cinegen", "4.2.0")
+    assert "network" in manifest["permissions"] and "files" in manifest["permissions"]
+
+
+@pytest.mark.parametrize("scene_range, start", [("default_range", 1), ("shot_range", 1001)])
+def test_a_sequence_from_1001_becomes_a_compositor_image_node_with_offset_1000(facts, scene_range, start):
+    node = facts["loads"][scene_range]["node"]
+    # Blender shows file frame F - frame_start + 1 + frame_offset: scene frame `start` shows file 1001
+    assert (node["frame_duration"], node["frame_start"], node["frame_offset"]) == (3, start, 1000)
+    assert start - node["frame_start"] + 1 + node["frame_offset"] == 1001
+    assert node["source"] == "SEQUENCE" and node["filepath"].endswith("gen_v001.1001.exr")
+    assert node["colorspace"] == "ACEScg"  # the EXR header's space, which Blender's config knows
+    assert "seed 42" in node["label"]
+
+
+@pytest.mark.parametrize("scene_range, start", [("default_range", 1), ("shot_range", 1001)])
+def test_a_sequence_becomes_a_sequencer_strip_with_every_frame_at_the_right_place(facts, scene_range, start):
+    strip = facts["loads"][scene_range]["strip"]
+    assert (strip["frame_start"], strip["duration"]) == (start, 3)
+    assert strip["files"] == ["gen_v001.1001.exr", "gen_v001.1002.exr", "gen_v001.1003.exr"]
+    assert strip["directory"].rstrip("/").endswith("gen") and strip["colorspace"] == "ACEScg"
+    assert "seed 42" in strip["name"]
+
+
+def test_earlier_results_are_kept_and_an_unknown_colorspace_falls_back_to_scene_linear(facts):
+    assert facts["compositor_images"] == 2
+    assert len(facts["strip_channels"]) == 3 and facts["strip_channels"][-1] >= 2  # stacked, not replaced
+    assert facts["unknown_colorspace"] == "Linear Rec.709"
+
+
+def test_an_animated_object_yields_its_hand_projected_screen_path(facts):
+    t = facts["trajectory"]
+    assert (t["width"], t["height"], t["origin"], t["name"]) == (1920, 1080, "top-left", "ball")
+    assert t["frame_after"] == 3  # the artist's current frame is given back
+    focal = 50.0 / 36.0  # lens / sensor width; the sensor fits the wider (horizontal) side
+    for frame, x, y in t["points"]:
+        s = (frame - 1) / 4  # linear keys from frame 1 to 5
+        wx, wy, depth = -2 + 4 * s, 1 - 2 * s, 10.0
+        nx = 0.5 + focal * wx / depth
+        ny = 0.5 + focal * (1920 / 1080) * wy / depth
+        assert x == pytest.approx(nx * 1920, abs=1e-3) and y == pytest.approx((1 - ny) * 1080, abs=1e-3)
+    assert [p[0] for p in t["points"]] == [1, 2, 3, 4, 5]
+
+
+def test_the_sidebar_generate_operator_runs_a_job_headless_and_loads_it(facts):
+    g = facts["generate"]
+    assert g["connect"] == ["FINISHED"] and g["generate"] == ["FINISHED"], g["error"]
+    assert g["status"].startswith("Connected") and g["progress"] == 1.0 and not g["error"]
+    assert g["new_nodes"] == 1
+    node, strip = g["node"], g["strip"]
+    # numbered like the scene (from frame 1), so no offset is needed and frame 1 shows file 1
+    assert (node["frame_duration"], node["frame_start"], node["frame_offset"]) == (2, 1, 0)
+    assert strip["files"] == ["shot010_image_v001.0001.exr", "shot010_image_v001.0002.exr"]
+    assert strip["frame_start"] == 1 and node["colorspace"] == strip["colorspace"] == "ACEScg"
+    assert "seed 77" in node["label"] and g["strip_job"].startswith("image-")
+    outputs = {Path(p).name for p in Path(facts["workdir"]).joinpath("cinegen").rglob("*.exr")}
+    assert outputs == {"shot010_image_v001.0001.exr", "shot010_image_v001.0002.exr"}
+
+
+if __name__ == "__main__":
+    sys.stdout.write(MARKER + json.dumps(child(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "")) + "\n")
