@@ -93,6 +93,7 @@ def trajectory_scenario(bpy, blender_host) -> dict:
     """A camera at (0, 0, 10) looking down -Z (50 mm lens, 36 mm sensor) and an object keyed linearly
     from (-2, 1, 0) on frame 1 to (2, -1, 0) on frame 5."""
     scene = bpy.data.scenes.new("trajectory")
+    bpy.context.window.scene = scene  # the object's animation is evaluated for the active scene
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 1920, 1080, 100
     scene.frame_start, scene.frame_end = 1, 5
     camera_data = bpy.data.cameras.new("cam")
@@ -127,6 +128,7 @@ def _fcurves(obj):
 def generate_scenario(bpy, scene, server: str) -> dict:
     """The sidebar panel's own operators, headless, against a real server."""
     host, port = server.rsplit(":", 1)
+    bpy.context.window.scene = scene
     props = scene.cinegen
     props.host, props.port = host, int(port)
     props.prompt, props.model, props.steps, props.width, props.height, props.frames = "a fox", "tiny-sd", 2, 64, 64, 2

@@ -87,7 +87,8 @@ def test_one_shared_patch_is_pasted_at_every_box_position_and_clipped_at_the_edg
         expected = patch[:, :, max(-r0, 0):, max(-c0, 0):][:, :, :visible.shape[2], :visible.shape[3]]
         assert torch.equal(visible, expected)
     assert boxes[0][1] < 0 and boxes[-1][1] + boxes[-1][3] > 8, "the first and last boxes run off the edges"
-    visible_cells = sum((min(r0 + rows, 8) - max(r0, 0)) * (min(c0 + cols, 8) - max(c0, 0)) for r0, c0, rows, cols in boxes)
+    visible_cells = sum((min(r0 + rows, 8) - max(r0, 0)) * (min(c0 + cols, 8) - max(c0, 0))
+                        for r0, c0, rows, cols in boxes)
     assert int((out != 0).sum()) == 2 * visible_cells, "nothing is written outside the boxes"
 
 
@@ -229,7 +230,8 @@ def test_masks_apply_in_the_first_steps_only_and_the_original_processors_come_ba
     adapter, cond, x, _, _ = animatediff
     original = dict(adapter.denoiser.attn_processors)
     seen: list[bool] = []
-    DenoiseLoop(_Scheduler(), _recording_predict(adapter, cond, seen), hooks=(_hook(adapter, _plan(), [[5]], 2),)).run(x)
+    loop = DenoiseLoop(_Scheduler(), _recording_predict(adapter, cond, seen), hooks=(_hook(adapter, _plan(), [[5]], 2),))
+    loop.run(x)
     assert seen == [True, True, False, False, False]
     after = adapter.denoiser.attn_processors
     assert all(after[k] is original[k] for k in original)
@@ -258,7 +260,8 @@ def test_original_processors_come_back_when_the_job_is_cancelled(animatediff):
             raise JobCancelled()
 
     loop = DenoiseLoop(_Scheduler(), _recording_predict(adapter, cond, seen),
-                       hooks=(_hook(adapter, _plan(), [[5]], 6),), callbacks=LoopCallbacks(should_stop=cancel_after_two_steps))
+                       hooks=(_hook(adapter, _plan(), [[5]], 6),),
+                       callbacks=LoopCallbacks(should_stop=cancel_after_two_steps))
     with pytest.raises(JobCancelled):
         loop.run(x)
     assert seen == [True, True]

@@ -67,6 +67,26 @@ class ShortClip(AnimateDiffAdapter):
         return 4
 
 
+class PixelWorld:
+    """tiny-sd with a local stand-in VAE (a latent cell is the mean colour of its 8×8 pixels): the
+    tiny random VAE neither reconstructs (round trip error ~0.26) nor decodes locally (GroupNorm and
+    attention span the frame), so "the input is back after decoding" needs a VAE that can say so."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self.kind = adapter.kind
+
+    def __getattr__(self, name):
+        return getattr(self.adapter, name)
+
+    def encode(self, images, generator=None):
+        pooled = torch.nn.functional.avg_pool2d(images * 2 - 1, 8)
+        return torch.cat([pooled, torch.zeros_like(pooled[:, :1])], dim=1)
+
+    def decode(self, latents):
+        return (torch.nn.functional.interpolate(latents[:, :3], scale_factor=8, mode="nearest") / 2 + 0.5).clamp(0, 1)
+
+
 def seam_ratio(values: torch.Tensor) -> tuple[float, float]:
     """(|last − first| / mean |adjacent|, share of adjacent pairs less different than the seam), the
     pairs taken along dim 0 (columns or frames) and averaged over everything else."""
@@ -184,23 +204,20 @@ def test_loop_joins_the_last_frame_to_the_first(registry):
 
 # ---- conditioning and guidance ------------------------------------------------------------------------
 def test_input_image_is_kept_in_its_place(registry):
-    adapter = registry.get("tiny-sd")
-    y, x = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 48), indexing="ij")
-    image = torch.stack([x, y, 0.5 * (x + y)])  # a smooth 48×32 picture
+    adapter = PixelWorld(registry.get("tiny-sd"))
+    image = torch.rand(3, 4, 6, generator=torch.Generator().manual_seed(0)).repeat_interleave(8, 1)
+    image = image.repeat_interleave(8, 2)  # 48×32 px of distinct 8×8 blocks: a misplacement shows
     r = _resolved(seed=3)
     latent = generate_panorama(adapter, r, PanoramaSettings(projection="ring"), input_image=image)
     placed, top, left = place_input(image, r.width, r.height)
-    assert (top, left) == (16, 104)
-    clean = encode_input(adapter, placed)
-    assert torch.equal(latent[..., top // 8:top // 8 + 4, left // 8:left // 8 + 6], clean)
+    assert (top, left) == (16, 104) and torch.equal(placed, image)
+    region = (..., slice(top // 8, top // 8 + 4), slice(left // 8, left // 8 + 6))
+    assert torch.equal(latent[region], encode_input(adapter, placed))
     decoded = next(decode_panorama_frames(adapter, latent, wrap=True))
+    torch.testing.assert_close(decoded[:, top:top + 32, left:left + 48], image, rtol=0, atol=1e-5)
     free = next(decode_panorama_frames(adapter, generate_panorama(adapter, r, PanoramaSettings(projection="ring")),
                                        wrap=True))
-    reference = adapter.decode(clean[:, :, 0])[0]
-    inner = (slice(None), slice(top + 8, top + 24), slice(left + 8, left + 40))  # away from the decoder's reach
-    kept = (decoded[inner] - reference[:, 8:24, 8:40]).abs().mean()
-    unconditioned = (free[inner] - reference[:, 8:24, 8:40]).abs().mean()
-    assert kept < 0.03 and kept < unconditioned / 3, (float(kept), float(unconditioned))
+    assert float((free[:, top:top + 32, left:left + 48] - image).abs().mean()) > 0.1
 
 
 def test_global_motion_guidance_refines_the_upsampled_low_resolution_result(registry):

@@ -178,3 +178,21 @@ def test_watch_reports_each_reconnect_with_the_sequence_it_resumes_after(client,
     seqs = [e.seq for e in client.watch("watch-drop-1", on_reconnect=lambda a, d: reconnects.append((a, d)))]
     assert calls[:2] == [0, 2] and reconnects == [(2, 0.01)]
     assert seqs == list(range(1, seqs[-1] + 1))
+
+
+def test_batch_generation_runs_a_job_and_hands_the_result_to_the_host(running_server, tmp_path):
+    from cinegen.plugin.batch import generate_blocking
+    from cinegen.plugin.hosts.standalone import StandaloneHost
+
+    host_name, port = running_server.address.rsplit(":", 1)
+    settings = ConnectionSettings(host=host_name, port=int(port))
+    host = StandaloneHost(tmp_path / "renders")
+    seen: list[float] = []
+    (result,) = generate_blocking(host, "image", {**TINY, "prompt": "batch", "seed": 5}, settings=settings,
+                                  on_progress=lambda fraction, stage: seen.append(fraction))
+    assert result is host.loaded[0] and str(result.frames) == "1001-1002" and result.seed == 5
+    assert result.pattern.endswith("cinegen_image/v001/cinegen_image_v001.####.exr")
+    assert seen and seen == sorted(seen) and seen[-1] == 1.0
+    with pytest.raises(RequestRejected, match="multiple of 8"):
+        generate_blocking(host, "image", {**TINY, "width": 100}, settings=settings)
+    assert not (tmp_path / "renders" / "cinegen_image" / "v002").exists()  # the refused job's folder is given back

@@ -113,7 +113,8 @@ def test_connecting_builds_one_form_per_pipeline_with_an_editor_per_parameter(ma
     offered = [model_editor.combo.itemData(i) for i in range(model_editor.combo.count())]
     assert offered == [""] + [m.id for m in caps.models if m.family == "sd"]
     assert panel.generate_button.isEnabled()
-    assert "Connected" in panel.connection.text.text()
+    assert panel.connection.text.toolTip().startswith(f"Connected to {running_server.address}")
+    assert panel.connection.text.text().startswith(running_server.address)
 
 
 def test_a_pipeline_the_panel_never_saw_gets_a_working_form_from_its_description(app):
@@ -238,7 +239,7 @@ def test_a_dropped_connection_resumes_after_the_last_event_without_losing_or_rep
         panel = connected(make_panel(f"127.0.0.1:{proxy.port}"))
         resumed_after: list[int] = []
         panel.session.job_reconnecting.connect(lambda job, after_seq, delay: resumed_after.append(after_seq))
-        panel.current_form().set_values({**TINY, "steps": 30, "prompt": "resume me"})
+        panel.current_form().set_values({**TINY, "steps": 16, "prompt": "resume me"})
         job_id = panel.generate()
         record = panel.jobs.get(job_id)
         wait_until(lambda: record.fraction > 0 and record.last_seq >= 4, 120, "progress events")
@@ -362,3 +363,20 @@ def test_unlocked_seed_is_new_for_every_job_and_shown_in_the_form(app):
     assert first != second and seed.value() == second
     seed.set_locked(True)
     assert seed.seed_for_next_job() == second == seed.seed_for_next_job()
+
+
+def test_the_settings_dialog_edits_a_copy_of_the_connection_settings(app):
+    from cinegen.plugin.ui.connection import SettingsDialog
+
+    original = ConnectionSettings(host="gpu01", port=6000, token="t", backoff=FAST_BACKOFF)
+    dialog = SettingsDialog(original)
+    dialog.host.setText(" gpu02.studio ")
+    dialog.port.setValue(7000)
+    dialog.token.setText("")
+    dialog.tls.setChecked(True)
+    dialog.shared_disk.setChecked(False)
+    dialog.download_dir.setText("/renders/here")
+    edited = dialog.settings()
+    assert (edited.host, edited.port, edited.token, edited.tls, edited.shared_disk, edited.download_dir) == \
+        ("gpu02.studio", 7000, "", True, False, "/renders/here")
+    assert edited.backoff == FAST_BACKOFF and original.host == "gpu01"  # the original is untouched

@@ -147,7 +147,8 @@ def test_published_weights_load_back_from_a_model_folder(tmp_path):
     state = to_published_state_dict(modules)
     state["patch_embed.proj.weight"] = torch.zeros(3)  # the transformer's own weights sit beside Tora's
     (tmp_path / "transformer").mkdir()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors"))
+    weights = tmp_path / "transformer" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
     loaded = load_tora_weights(tmp_path, latent_channels=4, patch_size=2)
     assert loaded is not None and loaded.config == CONFIG
     for (name, a), (other, b) in zip(modules.state_dict().items(), loaded.state_dict().items()):
@@ -173,3 +174,20 @@ def test_a_folder_without_tora_weights_gives_none(tmp_path):
     (tmp_path / "transformer").mkdir()
     save_file({"patch_embed.proj.weight": torch.zeros(3)}, str(tmp_path / "transformer" / "x.safetensors"))
     assert load_tora_weights(tmp_path, latent_channels=4, patch_size=2) is None
+
+
+def test_the_hook_lines_motion_features_up_with_the_video_tokens_for_every_cfg_row():
+    from cinegen.server.diffusion.tora import _fuse_hook
+
+    class AddFeature(torch.nn.Module):
+        def forward(self, h, feature, frames):
+            return h + feature
+
+    frames, height, width, channels = 3, 2, 4, 5
+    feature = torch.randn(frames, channels, height, width)  # one clip's features, (T, C, H, W)
+    tokens = torch.zeros(2, frames * height * width, channels)  # CFG: two rows of (T·H·W) tokens
+    fused, *rest = _fuse_hook(AddFeature(), feature)(None, (), (tokens, "text", "gate"))
+    assert rest == ["text", "gate"], "norm1's other outputs pass through"
+    for row in range(2):
+        for t, y, x in [(0, 0, 0), (2, 1, 3), (1, 0, 2)]:
+            assert torch.equal(fused[row, t * height * width + y * width + x], feature[t, :, y, x])

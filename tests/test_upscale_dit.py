@@ -138,7 +138,7 @@ def test_plate_is_read_as_display_referred_srgb(plate):
 
 
 def test_two_stage_generate_writes_target_size_frames_with_stage_progress(wan_registry):
-    ctx, paths = _run(wan_registry, UpscaleParams(mode="generate", scale=2.0))
+    ctx, paths = _run(wan_registry, UpscaleParams(mode="generate", scale=2.0), guidance=1.0)
     assert len(paths) == 5 and ctx.sink.video().shape == (1, 3, 5, 64, 64)
     stages = [e[0] for e in ctx.events]
     assert stages.index("base 32x32") < stages.index("refine 64x64") < stages.index("write frames")
@@ -152,8 +152,8 @@ def test_cinescale_blocks_change_the_refinement_and_are_removed_after(wan_regist
     adapter = wan_registry.get("tiny-wan")
     rope, processors = adapter.denoiser.rope, dict(adapter.denoiser.attn_processors)
     plain = CineScaleOptions(ntk_alpha=1.0, attention_coef=1.0, tile=(4, 4), compress_positions=False)
-    ctx_plain, _ = _run(wan_registry, UpscaleParams(mode="generate", scale=2.0), plain)
-    ctx_cinescale, _ = _run(wan_registry, UpscaleParams(mode="generate", scale=2.0))
+    ctx_plain, _ = _run(wan_registry, UpscaleParams(mode="generate", scale=2.0), plain, guidance=1.0)
+    ctx_cinescale, _ = _run(wan_registry, UpscaleParams(mode="generate", scale=2.0), guidance=1.0)
     assert not torch.allclose(ctx_plain.sink.video(), ctx_cinescale.sink.video())
     assert adapter.denoiser.rope is rope
     assert dict(adapter.denoiser.attn_processors) == processors
@@ -163,7 +163,7 @@ def test_blocks_are_removed_even_when_the_job_is_cancelled(wan_registry):
     adapter = wan_registry.get("tiny-wan")
     rope, processors = adapter.denoiser.rope, dict(adapter.denoiser.attn_processors)
     with pytest.raises(JobCancelled):
-        _run(wan_registry, UpscaleParams(mode="generate", scale=2.0), cancel_after=4)  # inside the refinement
+        _run(wan_registry, UpscaleParams(mode="generate", scale=2.0), cancel_after=4, guidance=1.0)  # inside the refinement
     assert adapter.denoiser.rope is rope and dict(adapter.denoiser.attn_processors) == processors
 
 
@@ -179,15 +179,16 @@ def test_cancel_between_steps_writes_no_frame(wan_registry):
 def test_plate_mode_end_to_end_writes_exr_frames_at_the_target_size(wan_registry, plate, tmp_path):
     pattern, _ = plate
     out = str(tmp_path / "up" / "up.####.exr")
-    _, paths = _run(wan_registry, UpscaleParams(mode="plate", input=pattern, scale=2.0), out=out, capture=False)
+    _, paths = _run(wan_registry, UpscaleParams(mode="plate", input=pattern, scale=2.0), out=out, capture=False,
+                    guidance=1.0)
     assert [Path(p).name for p in paths] == [f"up.{1001 + i}.exr" for i in range(5)]
     pixels, header = read_exr_frame(paths[-1])
     assert pixels.shape == (64, 64, 4) and header["cinegen:pipeline"] == "upscale"
 
 
-def test_plate_fast_mode_upsamples_latents_and_takes_a_frame_subset(wan_registry, plate):
+def test_a_plate_given_without_a_mode_is_refined_fast_from_a_frame_subset(wan_registry, plate):
     pattern, _ = plate
-    ctx, paths = _run(wan_registry, UpscaleParams(mode="plate", input=pattern, scale=2.0, fast=True), frames=1)
+    ctx, paths = _run(wan_registry, UpscaleParams(input=pattern, scale=2.0, fast=True), frames=1, guidance=1.0)
     assert len(paths) == 1 and ctx.sink.video().shape == (1, 3, 1, 64, 64)
 
 
@@ -200,9 +201,10 @@ def test_lora_is_applied_for_the_job_only(wan_registry, tmp_path):
     WanPipeline.save_lora_weights(str(tmp_path), transformer_lora_layers=get_peft_model_state_dict(transformer),
                                   weight_name="style.safetensors")
     params = UpscaleParams(mode="generate", scale=1.0)
-    without, _ = _run(wan_registry, params)
-    with_lora, _ = _run(wan_registry, UpscaleParams(mode="generate", scale=1.0, lora=str(tmp_path / "style.safetensors")))
-    after, _ = _run(wan_registry, params)
+    lora = UpscaleParams(mode="generate", scale=1.0, lora=str(tmp_path / "style.safetensors"))
+    without, _ = _run(wan_registry, params, guidance=1.0)
+    with_lora, _ = _run(wan_registry, lora, guidance=1.0)
+    after, _ = _run(wan_registry, params, guidance=1.0)
     assert not torch.allclose(without.sink.video(), with_lora.sink.video())
     assert torch.equal(without.sink.video(), after.sink.video())
 

@@ -12,6 +12,7 @@ BENCHMARKS: dict[str, str] = {
     "image": "cinegen.server.benchmarks.image",
     "trajectory": "cinegen.server.benchmarks.trajectory",
     "upscale": "cinegen.server.benchmarks.upscale",
+    "panorama": "cinegen.server.benchmarks.panorama",
 }
 
 

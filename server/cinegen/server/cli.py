@@ -170,7 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     if f.name in values and values[f.name] is not None})
     if name == "story" and args.story_file:
         params.story = str(Path(args.story_file).resolve())
-    if common.out and name != "story":
+    if common.out:  # the server may run elsewhere: never send it a relative path
         common.out = str(Path(common.out).expanduser().absolute())
     request = build_request(name, common, params, job_id=args.job_id or new_job_id(name), client="cinegen cli")
     with connect(args) as client:

@@ -26,6 +26,7 @@ Qiu et al., "FreeTraj: Tuning-Free Trajectory Control in Video Diffusion Models"
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -78,14 +79,18 @@ class BoxPlan:
         out = []
         for k in range(self.tracks):
             b = self.boxes[k].to(torch.float64)
-            rows = max(1, round(float((b[0, 3] - b[0, 1]) * height)))
-            cols = max(1, round(float((b[0, 2] - b[0, 0]) * width)))
+            rows = max(1, _round_half_up(float((b[0, 3] - b[0, 1]) * height)))
+            cols = max(1, _round_half_up(float((b[0, 2] - b[0, 0]) * width)))
             track = []
             for f in range(self.frames):
                 cy, cx = float(b[f, 1] + b[f, 3]) / 2 * height, float(b[f, 0] + b[f, 2]) / 2 * width
-                track.append((round(cy - rows / 2), round(cx - cols / 2), rows, cols))
+                track.append((_round_half_up(cy - rows / 2), _round_half_up(cx - cols / 2), rows, cols))
             out.append(track)
         return out
+
+
+def _round_half_up(value: float) -> int:
+    return math.floor(value + 0.5)  # not Python's round-half-even: box cells must not jitter by parity
 
 
 def plan_boxes(tracks: torch.Tensor, width: int, height: int, sizes: list[float | None] | None = None,
@@ -123,7 +128,9 @@ def lowpass_mix(low_from: torch.Tensor, high_from: torch.Tensor, params: Butterw
     """Low frequencies of `low_from`, high ones of `high_from`, over the last three dims (F, H, W)."""
     gain = butterworth_lowpass(*low_from.shape[-3:], params=params, device=low_from.device)
     dims = (-3, -2, -1)
-    mixed = torch.fft.fftn(low_from.double(), dim=dims) * gain + torch.fft.fftn(high_from.double(), dim=dims) * (1 - gain)
+    low = torch.fft.fftn(low_from.double(), dim=dims) * gain
+    high = torch.fft.fftn(high_from.double(), dim=dims) * (1 - gain)
+    mixed = low + high
     return torch.fft.ifftn(mixed, dim=dims).real.to(low_from.dtype)
 
 

@@ -43,7 +43,8 @@ from .windows import step_offset, write_window
 
 __all__ = [
     "GridSchedulerState", "LatentLayout", "NoiseLevels", "PanoramaPlan", "ViewRegion", "WindowRegion",
-    "axis_spans", "denoise_panorama", "projecting_denoise_step", "sphere_view_regions", "step_windows", "upsample_latent",
+    "axis_spans", "denoise_panorama", "projecting_denoise_step", "sphere_view_regions", "step_windows",
+    "upsample_latent",
 ]
 
 
@@ -238,10 +239,11 @@ class GridSchedulerState:
         if current is not None:
             return current
         old = self.grid.get(name)
-        old = old[slot] if slot is not None and old is not None and slot < len(old) else old
-        if isinstance(old, Tensor):
-            return old.clone()  # positions no region writes this step keep their history
-        return torch.zeros(self.latent_shape, dtype=item.dtype, device=item.device)
+        if slot is not None:
+            old = old[slot] if isinstance(old, list) and slot < len(old) else None
+        # Positions no region writes this step keep their history.
+        return old.clone() if isinstance(old, Tensor) else torch.zeros(self.latent_shape, dtype=item.dtype,
+                                                                          device=item.device)
 
     def _scatter(self, target: Tensor, item: Tensor, regions: Sequence[Region], frames: int) -> Tensor:
         for region, part in zip(regions, self.layout.from_model(item, len(regions), frames)):

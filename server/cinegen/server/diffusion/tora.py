@@ -169,7 +169,8 @@ def _fuse_hook(fuser: MotionGuidanceFuser, feature: torch.Tensor):
         if rows * frames != bt:  # CFG (or several clips): every row gets the same motion features
             feat = feat.reshape(bt // frames, frames, *feat.shape[1:]).repeat(rows * frames // bt, 1, 1, 1, 1)
             feat = feat.reshape(rows * frames, *feature.shape[1:])
-        h = tokens.reshape(rows, frames, gh, gw, channels).permute(0, 1, 4, 2, 3).reshape(rows * frames, channels, gh, gw)
+        h = tokens.reshape(rows, frames, gh, gw, channels).permute(0, 1, 4, 2, 3)
+        h = h.reshape(rows * frames, channels, gh, gw)
         h = fuser(h, feat, frames)
         fused = h.reshape(rows, frames, channels, gh, gw).permute(0, 1, 3, 4, 2).reshape(rows, n, channels)
         return (fused, *output[1:])

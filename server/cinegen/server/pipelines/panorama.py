@@ -49,6 +49,9 @@ GMG_START_FRACTION = 0.4  # where the full-size run starts after the low-resolut
 BLEND_FRACTION = 0.4  # K of the OSD blend r_i = r_max(1 − i/K): 20 of 50 steps in the reference
 WRAP_PAD_CELLS = 8  # latent columns borrowed from across the seam when decoding 360° panoramas
 TILED_DECODE_CELLS = 128 * 128  # decode larger frames in tiles
+# Latent cells (frames × rows × columns) per denoiser call: batches of windows stay bounded whatever
+# the panorama's width (4 SD 1.5 windows on a CPU, 16 on a GPU; at least one window).
+CELLS_PER_CALL = {"cpu": 4 * 64 * 64, "cuda": 16 * 64 * 64}
 
 
 @dataclass(frozen=True)
@@ -112,14 +115,15 @@ def panorama_plan(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings, *, w
     scale = adapter.vae_scale_factor
     frames = latent_frames(adapter, r.frames)
     window_frames = min(latent_frames(adapter, adapter.native_frames), frames) if adapter.kind == "video" else 1
+    window = (window_frames, adapter.native_size[1] // scale, adapter.native_size[0] // scale)
+    budget = CELLS_PER_CALL.get(adapter.device.type, CELLS_PER_CALL["cpu"])
     return PanoramaPlan(
-        latent_size=(frames, (height or r.height) // scale, (width or r.width) // scale),
-        window=(window_frames, adapter.native_size[1] // scale, adapter.native_size[0] // scale),
+        latent_size=(frames, (height or r.height) // scale, (width or r.width) // scale), window=window,
         boundary_t=Boundary.RING if s.loop else Boundary.DOCK, boundary_h=Boundary.DOCK,
         boundary_w=Boundary.RING if s.wraps else Boundary.DOCK,
         projecting_steps=round(r.steps * PROJECTING_FRACTION) if s.projection == "sphere" else 0,
         blend=BlendSchedule(steps=max(1, round(r.steps * BLEND_FRACTION))),
-        max_batch=16 if adapter.device.type == "cuda" else 8)
+        max_batch=max(1, budget // math.prod(window)))
 
 
 # ---- image conditioning ------------------------------------------------------------------------
@@ -147,15 +151,17 @@ class KeepInput:
         return self._paste(x, self.clean.expand_as(self.noise)) if index == self.levels.steps - 1 else x
 
 
-def place_input(image: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, int, int]:
-    """The input (3, h, w) in [0, 1] shrunk to fit, sizes snapped to 8 px, centred: (image, top, left) px."""
+def place_input(image: torch.Tensor, width: int, height: int, multiple: int = 8) -> tuple[torch.Tensor, int, int]:
+    """The input (3, h, w) in [0, 1] shrunk to fit, sizes and offsets snapped to ``multiple`` px (one
+    latent cell), centred: (image, top, left) in px."""
     _, h, w = image.shape
     fit = min(1.0, width / w, height / h)
-    new_h, new_w = max(8, int(h * fit) // 8 * 8), max(8, int(w * fit) // 8 * 8)
+    new_h = max(multiple, int(h * fit) // multiple * multiple)
+    new_w = max(multiple, int(w * fit) // multiple * multiple)
     if (new_h, new_w) != (h, w):
         image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", antialias=True,
                               align_corners=False)[0].clamp(0, 1)
-    return image, (height - new_h) // 2 // 8 * 8, (width - new_w) // 2 // 8 * 8
+    return image, (height - new_h) // 2 // multiple * multiple, (width - new_w) // 2 // multiple * multiple
 
 
 def encode_input(adapter: FamilyAdapter, image: torch.Tensor) -> torch.Tensor:
@@ -213,8 +219,9 @@ def generate_panorama(
     noise = _initial_noise(adapter, layout, r.frames, r.width, r.height, generator)
     clean_input, top, left = None, 0, 0
     if input_image is not None:
-        placed, top_px, left_px = place_input(input_image, r.width, r.height)
-        clean_input, top, left = encode_input(adapter, placed), top_px // 8, left_px // 8
+        cell = adapter.vae_scale_factor
+        placed, top_px, left_px = place_input(input_image, r.width, r.height, cell)
+        clean_input, top, left = encode_input(adapter, placed), top_px // cell, left_px // cell
 
     def run(plan: PanoramaPlan, x: torch.Tensor, start: int, label: str, keep: Callable) -> torch.Tensor:
         scheduler = adapter.new_scheduler()

@@ -89,7 +89,7 @@ def preview_pixels(trajectory: Trajectory) -> np.ndarray:
 def subject_tokens(adapter: FamilyAdapter, prompt: str, trajectory: Trajectory) -> list[list[int]]:
     """Per track, the prompt-token positions of its name (empty when the name is not in the prompt)."""
     tokenizer = adapter.pipe.tokenizer
-    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+    ids = tokenizer(prompt, truncation=True).input_ids  # padding goes after the prompt: positions hold
     return [subject_token_indices(list(ids), list(tokenizer(t.name, add_special_tokens=False).input_ids))
             for t in trajectory.tracks]
 
@@ -166,8 +166,9 @@ def check_geometry(adapter: FamilyAdapter, r: Resolved) -> None:
     if adapter.family == "cogvideox":
         step = adapter.vae_scale_factor * int(adapter.denoiser.config.patch_size)
         if r.width % step or r.height % step:
+            w, h = max(step, r.width // step * step), max(step, r.height // step * step)
             raise InvalidArgument(f"CogVideoX needs width and height in multiples of {step} px "
-                                  f"(got {r.width}×{r.height}); try {r.width // step * step}×{r.height // step * step}.")
+                                  f"(got {r.width}×{r.height}); try {w}×{h}.")
         return
     limit = getattr(adapter, "max_frames", None)
     if limit is not None and r.frames > limit:
