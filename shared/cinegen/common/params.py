@@ -113,8 +113,10 @@ class UpscaleParams:
     mode: str = param("generate", help="generate: text -> native -> cascade; plate: refine an EXR sequence at a "
                       "higher resolution; refine: re-noise an upsampled clip and denoise it (I2VGen-XL style).",
                       choices=("generate", "plate", "refine"))
-    input: str = param("", help="Plate to upscale, PATH.####.exr (plate and refine modes).", kind="path")
-    scale: float | None = param(None, help="Upscale factor over native/plate size; empty = use width/height.",
+    input: str = param("", help="Plate to upscale, PATH.####.exr (plate and refine modes; with the default mode "
+                       "an input means plate).", kind="path")
+    scale: float | None = param(None, help="Upscale factor over native/plate size; empty = use width/height, "
+                                "or 2 when neither is given.",
                                 minimum=1.0, maximum=16.0, step=0.5)
     stages: int | None = param(None, help="Cascade stages; empty = one stage per x2.", minimum=1, maximum=8)
     strength: float | None = param(None, help="How much may change (0 = none, 1 = all); empty = the mode's default "

@@ -11,6 +11,7 @@ per minute and the peak GPU memory of every stage.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 from dataclasses import dataclass
@@ -113,6 +114,15 @@ def tiny_rows(device: torch.device, cache_dir: Path) -> list[dict]:
     return rows
 
 
+def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`dtype`, except the modules diffusers keeps in float32 when loading (Wan: rope, norms, time embedder)."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if tensor.is_floating_point() and not keep.intersection(name.split(".")):
+            tensor.data = tensor.data.to(dtype)
+    return model
+
+
 def random_weight_wan(configs: Path, device: torch.device, dtype: torch.dtype) -> WanAdapter:
     """A Wan adapter of the architecture in `configs` (transformer/vae/scheduler/profile JSON), random weights."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
@@ -124,8 +134,8 @@ def random_weight_wan(configs: Path, device: torch.device, dtype: torch.dtype) -
 
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the device: a 1.3B model builds in seconds there
-        transformer = WanTransformer3DModel.from_config(config("transformer")).to(dtype)
-        vae = AutoencoderKLWan.from_config(config("vae")).to(torch.float32)
+        transformer = cast_like_from_pretrained(WanTransformer3DModel.from_config(config("transformer")), dtype)
+        vae = AutoencoderKLWan.from_config(config("vae"))  # float32, as the Wan VAE is run
     text_dim = int(transformer.config.text_dim)
     text_encoder = tiny_umt5_encoder(text_dim, layers=1, heads=2, d_kv=8, d_ff=32).to(device, dtype)
     pipe = WanPipeline(tokenizer=byte_level_t5_tokenizer(), text_encoder=text_encoder, vae=vae,

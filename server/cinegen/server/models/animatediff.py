@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 
 from .family import ModelEntry
-from .sd import SDAdapter, _repeat_halves
+from .sd import SDAdapter, _repeat_halves, keep_vae_in_float32
 
 ANIMATEDIFF_PIPELINE_CLASSES = ("AnimateDiffPipeline",)
 
@@ -83,6 +83,7 @@ def load_animatediff(entry: ModelEntry, device: torch.device, dtype: torch.dtype
     pipe = AnimateDiffPipeline.from_pretrained(str(Path(entry.path)), dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
+    keep_vae_in_float32(pipe, dtype)
     return AnimateDiffAdapter(pipe, entry, device, dtype)
 
 

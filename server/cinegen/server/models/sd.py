@@ -92,7 +92,7 @@ class SDAdapter(FamilyAdapter):
         with torch.no_grad():
             dist = vae.encode((images * 2 - 1).to(self.device, vae.dtype)).latent_dist
             latents = dist.sample(generator) if generator is not None else dist.mean
-        return latents * vae.config.scaling_factor
+        return (latents * vae.config.scaling_factor).to(self.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
@@ -128,7 +128,15 @@ def load_sd(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> SDAd
         pipe = cls.from_pretrained(str(path), **kwargs)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
+    keep_vae_in_float32(pipe, dtype)
     return SDAdapter(pipe, entry, device, dtype)
+
+
+def keep_vae_in_float32(pipe, dtype: torch.dtype) -> None:
+    """SDXL's VAE overflows in fp16 (black/NaN frames); its config asks for float32 (`force_upcast`)."""
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(torch.float32)
 
 
 def _pipeline_class_name(path: Path) -> str:
