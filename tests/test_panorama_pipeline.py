@@ -25,6 +25,7 @@ from cinegen.server.diffusion.windows import Boundary
 from cinegen.server.errors import JobCancelled
 from cinegen.server.models.animatediff import AnimateDiffAdapter
 from cinegen.server.pipelines.base import Resolved
+from cinegen.server.pipelines import panorama as panorama_module
 from cinegen.server.pipelines.image import generate_images
 from cinegen.server.pipelines.panorama import (
     PanoramaSettings, decode_panorama_frames, encode_input, generate_panorama, place_input)
@@ -254,8 +255,9 @@ def test_wrapped_upsampling_commutes_with_turning_the_ring():
     torch.testing.assert_close(turned_then_up, up_then_turned)
 
 
-def test_cancel_is_checked_between_windows(registry):
+def test_cancel_is_checked_between_windows(registry, monkeypatch):
     adapter = registry.get("tiny-sd")
+    monkeypatch.setitem(panorama_module.CELLS_PER_CALL, "cpu", 8 * 8 * 8)  # batches of 8 tiny windows
     calls = []
 
     def stop_after_two():

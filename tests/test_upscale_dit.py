@@ -289,3 +289,12 @@ def test_real_size_configs_describe_the_wan_1_3b_architecture():
         transformer = WanTransformer3DModel.from_config(config)
     assert 1.3e9 < sum(p.numel() for p in transformer.parameters()) < 1.5e9
     assert json.loads((REAL_SIZE_CONFIGS / "profile.json").read_text())["native_width"] == 832
+
+
+def test_random_weight_models_keep_the_float32_modules_diffusers_keeps_when_loading():
+    from cinegen.server.benchmarks.upscale_dit import cast_like_from_pretrained
+
+    transformer = cast_like_from_pretrained(tiny_wan_transformer(), torch.bfloat16)
+    assert transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert transformer.rope.freqs_cos.dtype == transformer.scale_shift_table.dtype == torch.float32
+    assert transformer.blocks[0].norm2.weight.dtype == torch.float32

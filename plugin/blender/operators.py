@@ -131,8 +131,10 @@ class CINEGEN_OT_generate(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         job_id = new_job_id(props.pipeline)
+        info = runtime.pipeline_info(props.pipeline)
         place = plan_output(values, settings=settings, output_root=host.output_root(),
-                            name=f"{safe_name(host.shot_name())}_{props.pipeline}")
+                            name=f"{safe_name(host.shot_name())}_{props.pipeline}",
+                            folder_output=bool(info and info.output_is_folder))
         try:
             draft = make_draft(props.pipeline, fields, values, job_id=job_id, settings=settings, place=place,
                                client=host.client_name(), source=source)

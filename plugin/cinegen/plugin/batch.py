@@ -41,7 +41,7 @@ def generate_blocking(host: HostAdapter, pipeline: str, values: Mapping[str, Any
                              f"{', '.join(p.name for p in capabilities.pipelines)}.")
         job_id = new_job_id(pipeline)
         place = plan_output(values, settings=settings, output_root=host.output_root(),
-                            name=f"{safe_name(host.shot_name())}_{pipeline}")
+                            name=f"{safe_name(host.shot_name())}_{pipeline}", folder_output=info.output_is_folder)
         draft = make_draft(pipeline, pipeline_fields(info), values, job_id=job_id, settings=settings, place=place,
                            client=host.client_name().replace("panel", "batch"))
 

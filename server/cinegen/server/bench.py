@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, str] = {
     "trajectory": "cinegen.server.benchmarks.trajectory",
     "upscale": "cinegen.server.benchmarks.upscale",
     "panorama": "cinegen.server.benchmarks.panorama",
+    "upscale-dit": "cinegen.server.benchmarks.upscale_dit",
 }
 
 

@@ -169,13 +169,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     params = cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)
                     if f.name in values and values[f.name] is not None})
     if name == "story" and args.story_file:
-        params.story = str(Path(args.story_file).resolve())
+        params.story = args.story_file
+    _send_local_files(args, params)
     if common.out:  # the server may run elsewhere: never send it a relative path
         common.out = str(Path(common.out).expanduser().absolute())
     request = build_request(name, common, params, job_id=args.job_id or new_job_id(name), client="cinegen cli")
     with connect(args) as client:
         result = run_job(client, request, name)
     return _report(result)
+
+
+def _send_local_files(args: argparse.Namespace, params: Any) -> None:
+    """Trajectory and story files live on this machine: a remote server gets their text, a local one the path."""
+    for path_field, text_field in (("trajectory", "trajectory_json"), ("story", "story_yaml")):
+        path = getattr(params, path_field, "")
+        if not path or getattr(params, text_field, ""):
+            continue
+        if getattr(args, "server", None):
+            try:
+                setattr(params, text_field, Path(path).read_text())
+            except OSError as exc:
+                raise SystemExit(f"Cannot read the {path_field} file {path}: {exc.strerror}.") from exc
+            setattr(params, path_field, "")
+        else:
+            setattr(params, path_field, str(Path(path).expanduser().absolute()))
 
 
 def _report(result: JobResult) -> int:

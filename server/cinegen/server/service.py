@@ -87,7 +87,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                                max_width=self.config.max_width, max_height=self.config.max_height,
                                protocol_version=PROTOCOL_VERSION)
         for name, pipe in self.pipelines.items():
-            info = caps.pipelines.add(name=name, description=pipe.description, families=list(pipe.families))
+            info = caps.pipelines.add(name=name, description=pipe.description, families=list(pipe.families),
+                                      output_is_folder=pipe.output_is_folder)
             for desc in describe(CommonParams, "common") + describe(pipe.params_type, name):
                 info.params.append(_param_spec(desc))
         for e in self.registry.entries():

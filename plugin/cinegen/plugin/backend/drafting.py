@@ -27,14 +27,18 @@ class DraftPlace:
 
 
 def plan_output(values: Mapping[str, Any], *, settings: ConnectionSettings, output_root: str | Path,
-                name: str) -> DraftPlace:
-    """The artist's own output path when given, else a freshly claimed version folder."""
+                name: str, folder_output: bool = False) -> DraftPlace:
+    """The artist's own output path when given, else a freshly claimed version folder.
+
+    `folder_output` (the pipeline's `output_is_folder`, e.g. story): the version folder itself is the output.
+    """
     typed = str(values.get(OUTPUT_FIELD) or "").strip()
     if typed:
         return DraftPlace(typed)
     root = output_root if settings.shared_disk else (settings.download_dir or output_root)
     local = versioned_output(root, safe_name(name))
-    return DraftPlace(local, os.path.dirname(local))
+    folder = os.path.dirname(local)
+    return DraftPlace(folder if folder_output else local, folder)
 
 
 def make_draft(pipeline: str, fields: Iterable[FieldSpec], values: Mapping[str, Any], *, job_id: str,

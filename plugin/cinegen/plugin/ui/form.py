@@ -74,6 +74,7 @@ class ParamForm(QtWidgets.QWidget):
                  parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
         self.pipeline = pipeline.name
+        self.output_is_folder = pipeline.output_is_folder
         self.fields: list[FieldSpec] = pipeline_fields(pipeline)
         self.editors: dict[str, FieldEditor] = {}
         self.labels: dict[str, QtWidgets.QLabel] = {}

@@ -149,7 +149,8 @@ class Panel(PanelView):
 
     def _draft(self, form: ParamForm, values: dict[str, Any], job_id: str) -> JobDraft:
         place = plan_output(values, settings=self.settings, output_root=self.host.output_root(),
-                            name=f"{safe_name(self.host.shot_name())}_{form.pipeline}")
+                            name=f"{safe_name(self.host.shot_name())}_{form.pipeline}",
+                            folder_output=form.output_is_folder)
         if place.claimed_folder:
             self._claimed[job_id] = place.claimed_folder
         return make_draft(form.pipeline, form.fields, values, job_id=job_id, settings=self.settings, place=place,

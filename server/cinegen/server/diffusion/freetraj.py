@@ -18,7 +18,9 @@ Qiu et al., "FreeTraj: Tuning-Free Trajectory Control in Video Diffusion Models"
    - temporal attention: at each location, logits between two frames whose labels differ there ×0.01;
    - cross-attention: outside its box a track's subject tokens are masked out; inside, a Gaussian
      bump (peak at the box centre, σ = side/3) of height 0.25 / (box area fraction) / (number of
-     subject tokens) is added to their attention probabilities, as in the reference code.
+     subject tokens) is added to their attention probabilities, as in the reference code. (The
+     reference also masks every other token inside the box, which leaves those rows uniform; we keep
+     their plain softmax there — our choice.)
    The processors are swapped in per step by a DenoiseLoop hook's `step_context` and the originals
    are always put back on exit, also on error or cancel. Batch rows (CFG halves) all get the masks,
    as in the reference; the negative prompt's tokens at the subject positions are masked alike.

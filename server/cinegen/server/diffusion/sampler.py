@@ -60,7 +60,9 @@ class DenoiseLoop:
             for hook in hooks:
                 if hasattr(hook, "step_context"):
                     stack.enter_context(hook.step_context(index, t))
-            model_in = self.scheduler.scale_model_input(x, t)
+            # flow-matching schedulers have no input scaling
+            scale = getattr(self.scheduler, "scale_model_input", None)
+            model_in = scale(x, t) if scale else x
             out = self.predict(model_in, t)
         x = self.scheduler.step(out, t, x, **self.step_kwargs, return_dict=False)[0]
         for hook in hooks:

@@ -47,8 +47,20 @@ def _animatediff() -> Family:
                                   "16 frames)", build_tiny_animatediff, version=1),))
 
 
+def _cogvideox() -> Family:
+    from .cogvideox import cogvideox_family
+
+    return cogvideox_family()
+
+
+def _wan() -> Family:
+    from .wan import wan_family
+
+    return wan_family()
+
+
 # Each entry is a factory so a family's heavy imports happen only when the registry starts.
-FAMILY_FACTORIES: list[Callable[[], Family]] = [_sd, _animatediff]
+FAMILY_FACTORIES: list[Callable[[], Family]] = [_sd, _animatediff, _wan, _cogvideox]
 
 
 def all_families() -> dict[str, Family]:

@@ -41,7 +41,6 @@ class WanProfile:
     native_height: int
     native_frames: int = 81
     recommended_steps: int = 50
-    guidance: float = 5.0
 
 
 # Released architectures by transformer width (heads × head dim); Wan 2.2 5B trains at 1280×704, 121 frames.
@@ -221,7 +220,10 @@ class WanAdapter(FamilyAdapter):
         return mean, inverse_std
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, 3, F, H, W) or (F, 3, H, W) in [0, 1] -> normalised float32 latents (the distribution's mode)."""
+        """(B, 3, F, H, W) or (F, 3, H, W) in [0, 1] -> normalised float32 latents.
+
+        The distribution's mode, as every stock Wan pipeline encodes; `generator` is not needed.
+        """
         if images.dim() == 4:
             images = images.permute(1, 0, 2, 3).unsqueeze(0)
         vae = self.pipe.vae
@@ -259,7 +261,7 @@ class WanAdapter(FamilyAdapter):
     # ---- LoRA -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def lora_applied(self, path: str, scale: float = 1.0) -> Iterator[None]:
-        """Within the block the LoRA in `path` (.safetensors) is loaded into the transformer(s); unloaded after."""
+        """Within the block the LoRA in `path` (.safetensors) is loaded into the transformer; unloaded after."""
         if not path:
             yield
             return
@@ -318,7 +320,7 @@ def load_wan(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> Wan
     return WanAdapter(pipe, entry, device, dtype, infer_profile(pipe, folder))
 
 
-TINY_PROFILE = WanProfile(native_width=32, native_height=32, native_frames=5, recommended_steps=3, guidance=5.0)
+TINY_PROFILE = WanProfile(native_width=32, native_height=32, native_frames=5, recommended_steps=3)
 TINY_Z_DIM = 4
 
 

@@ -50,8 +50,8 @@ BLEND_FRACTION = 0.4  # K of the OSD blend r_i = r_max(1 − i/K): 20 of 50 step
 WRAP_PAD_CELLS = 8  # latent columns borrowed from across the seam when decoding 360° panoramas
 TILED_DECODE_CELLS = 128 * 128  # decode larger frames in tiles
 # Latent cells (frames × rows × columns) per denoiser call: batches of windows stay bounded whatever
-# the panorama's width (4 SD 1.5 windows on a CPU, 16 on a GPU; at least one window).
-CELLS_PER_CALL = {"cpu": 4 * 64 * 64, "cuda": 16 * 64 * 64}
+# the panorama's width (one SD 1.5 window on a CPU, 16 on a GPU; at least one window).
+CELLS_PER_CALL = {"cpu": 64 * 64, "cuda": 16 * 64 * 64}
 
 
 @dataclass(frozen=True)

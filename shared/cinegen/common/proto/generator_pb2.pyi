@@ -155,16 +155,18 @@ class ParamSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default_json: _Optional[str] = ..., minimum: _Optional[float] = ..., maximum: _Optional[float] = ..., choices: _Optional[_Iterable[str]] = ..., help: _Optional[str] = ..., group: _Optional[str] = ..., label: _Optional[str] = ..., step: _Optional[float] = ...) -> None: ...
 
 class PipelineInfo(_message.Message):
-    __slots__ = ("name", "description", "params", "families")
+    __slots__ = ("name", "description", "params", "families", "output_is_folder")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     FAMILIES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_IS_FOLDER_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     params: _containers.RepeatedCompositeFieldContainer[ParamSpec]
     families: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., params: _Optional[_Iterable[_Union[ParamSpec, _Mapping]]] = ..., families: _Optional[_Iterable[str]] = ...) -> None: ...
+    output_is_folder: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., params: _Optional[_Iterable[_Union[ParamSpec, _Mapping]]] = ..., families: _Optional[_Iterable[str]] = ..., output_is_folder: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("id", "family", "source", "path", "loaded", "native_width", "native_height", "native_frames", "description")
