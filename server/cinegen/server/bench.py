@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "upscale": "cinegen.server.benchmarks.upscale",
     "panorama": "cinegen.server.benchmarks.panorama",
     "upscale-dit": "cinegen.server.benchmarks.upscale_dit",
+    "quality": "cinegen.server.benchmarks.quality",
 }
 
 

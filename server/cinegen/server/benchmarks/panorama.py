@@ -17,6 +17,7 @@ import argparse
 import multiprocessing
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import torch
@@ -97,12 +98,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     device = resolve_device(args.device)
     steps = STEPS_CUDA if device.type == "cuda" else STEPS_CPU
-    context = multiprocessing.get_context("spawn")  # a fresh process per case: its own peak memory
+    context = multiprocessing.get_context("spawn")
     rows = []
     for height, width in SIZES:
         for method, variant in CASES:
-            with context.Pool(1) as pool:
-                row = pool.apply(run_case, (method, variant, height, width, steps, str(device)))
+            # A fresh process per case: its peak memory is its own.
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                row = pool.submit(run_case, method, variant, height, width, steps, str(device)).result()
             print(row, flush=True)
             rows.append(row)
     speedups = {}

@@ -79,18 +79,20 @@ class PanoramaSettings:
         return self.projection in ("ring", "sphere")
 
 
-def check_request(adapter_kind: str, native: tuple[int, int], native_frames: int, r: Resolved,
-                  s: PanoramaSettings) -> None:
+def check_request(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings) -> None:
     """INVALID_ARGUMENT for what the panorama cannot do, said so that the artist can fix it."""
+    native, native_frames = adapter.native_size, adapter.native_frames
+    multiple = int(getattr(adapter, "size_multiple", adapter.vae_scale_factor))  # DiT patches: VAE × patch
     if s.projection == "sphere" and r.width != 2 * r.height:
         raise InvalidArgument(f"A sphere panorama is equirectangular (360°×180°), so its width must be twice its "
                               f"height; got {r.width}×{r.height}. Try --width {2 * r.height} --height {r.height}.")
     if r.width < native[0] or r.height < native[1]:
         raise InvalidArgument(f"{r.width}×{r.height} is smaller than one window of this model ({native[0]}×"
                               f"{native[1]} px). Ask for at least that size, or use the image pipeline.")
-    if r.width % 8 or r.height % 8:
-        raise InvalidArgument(f"Width and height must be multiples of 8 (got {r.width}×{r.height}).")
-    if s.loop and adapter_kind != "video":
+    if r.width % multiple or r.height % multiple:
+        raise InvalidArgument(f"Width and height must be multiples of {multiple} for this model "
+                              f"(got {r.width}×{r.height}).")
+    if s.loop and adapter.kind != "video":
         raise InvalidArgument("--loop makes a looping video, and this is an image model. Pick a video model "
                               "with --model (see `cinegen models`), or drop --loop.")
     if s.loop and r.frames < native_frames:
@@ -321,14 +323,13 @@ class PanoramaPipeline(Pipeline):
         # The window size needs the model; tiny and already-loaded models are checked now, others when run.
         if registry.is_loaded(model_id) or registry.entry(model_id).source == "builtin":
             adapter = registry.get(model_id)
-            check_request(adapter.kind, adapter.native_size, adapter.native_frames, self.resolve(job, adapter),
-                          settings)
+            check_request(adapter, self.resolve(job, adapter), settings)
 
     def run(self, ctx: RunContext) -> list[str]:
         adapter = ctx.registry.get(self.model_id(ctx.job, ctx.registry))
         r = self.resolve(ctx.job, adapter)
         s = PanoramaSettings.from_params(ctx.job.params)
-        check_request(adapter.kind, adapter.native_size, adapter.native_frames, r, s)
+        check_request(adapter, r, s)
         image = read_input_image(s.input_path) if s.input_path else None
         weights = [0.3, 0.6, 0.1] if s.scale_down else [0.0, 0.9, 0.1]
         progress = StepProgress(ctx, weights)
