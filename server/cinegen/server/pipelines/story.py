@@ -5,12 +5,11 @@ Stages, as the method reads:
    attends, through shared self-attention (`diffusion/shared_attention.py`), to the GoldenMem memory
    of all earlier keyframes (`diffusion/goldenmem.py`: the k-th most recent at 1/φ^k of the size),
    so characters and places persist. With no earlier keyframe this is exactly the image pipeline.
-2. **Motion, bottom-up** (video model): a clip per shot whose first frame is pinned to its keyframe
-   and, with `continuity: true`, whose last frame is pinned to the next shot's keyframe. On the
-   `animatediff` family this is latent inpainting (`FramePinning`): before every step the pinned
-   frames are replaced by their keyframe latent noised to that step's t, and after the last step by
-   the clean latent. Shots longer than the motion model's clip are made of clips chained by their
-   shared boundary frame. (Wan first-last-frame image-to-video: see `motion_for_family`.)
+2. **Motion, bottom-up** (video model, `story_motion.py`): a clip per shot that starts on its keyframe
+   and, with `continuity: true`, ends on the next shot's keyframe: latent pinning of those frames on
+   `animatediff`, Wan 2.1 first-last-frame-to-video on Wan image-to-video models, flow-matching
+   pinning on Wan text-to-video ones. Shots longer than the motion model's clip are made of clips
+   chained by their shared boundary frame.
 3. **Outputs**: `OUT/<shot>/<shot>.####.exr`, `OUT/<title>.keyframes.png` (contact sheet) and
    `OUT/<title>.otio` (output_otio.py), the last two rebuilt from every shot on disk.
 
@@ -32,7 +31,6 @@ from typing import Callable, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from safetensors import safe_open
@@ -51,11 +49,10 @@ from ..models.family import FamilyAdapter
 from ..output_otio import (STATE_DIR, MissingShot, ShotRecord, forget_shot_record, load_shot_record,
                            safe_file_stem, save_shot_record, shot_folder, write_story_timeline)
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, log_duration, seeded_generator
+from .story_motion import MOTION_FAMILIES, motion_for_family, same_vae
+# the motion building blocks live in story_motion; they stay importable from here
+from .story_motion import FramePinning, clip_spans, generate_motion, keyframe_for_video  # noqa: F401
 
-# Video families with a first/last-frame path. TODO(wan): when models/wan.py lands, add "wan" here and
-# a branch in `motion_for_family` doing Wan 2.1 FLF2V (diffusers WanImageToVideoPipeline(image=first,
-# last_image=last)): both keyframes VAE-encoded into the conditioning latent with a frame mask.
-MOTION_FAMILIES: tuple[str, ...] = ("animatediff",)
 MEMORY_MIN_SIDE = 2  # latent pixels; smaller memory frames carry nothing and are dropped
 
 
@@ -156,116 +153,6 @@ def keyframes_to_generate(story: Story, selected: list[Shot], usable: set[str]) 
         if shot.continuity:
             needed.add(story.shots[k + 1].id)
     return [shot for shot in story.shots if shot.id in chosen or (shot.id in needed and shot.id not in usable)]
-
-
-# ------------------------------------------------------------------------------------------ motion
-class FramePinning:
-    """Latent inpainting of whole frames: frame f of the clip follows `pins[f]` (1, C, h, w).
-
-    before_step: x[:, :, f] ← add_noise(pins[f], ε_f, t) with ε_f the clip's own initial noise at f,
-    so the pinned frame sits at exactly the step's noise level; after the last step: the clean latent.
-    """
-
-    def __init__(self, scheduler, pins: dict[int, torch.Tensor], noise: torch.Tensor, last_index: int):
-        self.scheduler, self.pins, self.noise, self.last_index = scheduler, pins, noise, last_index
-
-    def before_step(self, index: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
-        for f, latent in self.pins.items():
-            x[:, :, f] = self.scheduler.add_noise(latent.to(x), self.noise[:, :, f], t)
-        return x
-
-    def after_step(self, index: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if index != self.last_index:
-            return x
-        x = x.clone()
-        for f, latent in self.pins.items():
-            x[:, :, f] = latent.to(x)
-        return x
-
-
-def generate_pinned_clip(adapter: FamilyAdapter, r: Resolved, pins: dict[int, torch.Tensor], *,
-                         callbacks: LoopCallbacks | None = None) -> torch.Tensor:
-    """(1, C, F, h, w) latents of an `r.frames` clip (AnimateDiff-style video UNet) with frames pinned."""
-    generator = seeded_generator(r.seed)
-    cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
-    scheduler = adapter.new_scheduler()
-    scheduler.set_timesteps(r.steps, device=adapter.device)
-    noise = randn_tensor(adapter.latent_shape(1, r.width, r.height, r.frames), generator=generator,
-                         device=adapter.device, dtype=adapter.dtype)
-    pinning = FramePinning(scheduler, pins, noise, last_index=len(scheduler.timesteps) - 1)
-    loop = DenoiseLoop(scheduler, lambda x, t: adapter.predict(x, t, cond), hooks=(pinning,),
-                       callbacks=callbacks or LoopCallbacks(), step_kwargs=scheduler_step_kwargs(scheduler, generator))
-    return loop.run(noise * scheduler.init_noise_sigma)
-
-
-def clip_spans(frames: int, clip_length: int) -> list[tuple[int, int]]:
-    """[start, stop) of clips covering `frames`, consecutive clips sharing one boundary frame."""
-    clip_length = max(2, clip_length)
-    spans, start = [], 0
-    while True:
-        stop = min(frames, start + clip_length)
-        spans.append((start, stop))
-        if stop == frames:
-            return spans
-        start = stop - 1
-
-
-def generate_motion(adapter: FamilyAdapter, r: Resolved, first: torch.Tensor, last: torch.Tensor | None, *,
-                    on_step: Callable[[int, int], None] | None = None,
-                    should_stop: Callable[[], None] | None = None) -> torch.Tensor:
-    """(1, C, r.frames, h, w): frame 0 is `first`, the last frame `last` (when given)."""
-    if r.frames == 1:
-        return first.unsqueeze(2)
-    spans = clip_spans(r.frames, min(adapter.native_frames, getattr(adapter, "max_frames", adapter.native_frames)))
-    pieces, start_latent = [], first
-    for c, (a, b) in enumerate(spans):
-        pins = {0: start_latent}
-        if last is not None and b == r.frames:
-            pins[b - a - 1] = last
-
-        def chunk_step(done: int, todo: int, c: int = c) -> None:
-            if on_step:
-                on_step(c * todo + done, len(spans) * todo)
-
-        clip = generate_pinned_clip(adapter, replace(r, frames=b - a, seed=r.seed + c), pins,
-                                    callbacks=LoopCallbacks(chunk_step, should_stop))
-        pieces.append(clip if c == 0 else clip[:, :, 1:])
-        start_latent = clip[:, :, -1]
-    return torch.cat(pieces, dim=2)
-
-
-def same_vae(a: FamilyAdapter, b: FamilyAdapter) -> bool:
-    """Whether two models share one VAE (then keyframe latents go to the video model as they are)."""
-    va, vb = a.pipe.vae, b.pipe.vae
-    if va is vb:
-        return True
-    public = lambda config: {k: v for k, v in dict(config).items() if not k.startswith("_")}  # not _name_or_path
-    sa, sb = va.state_dict(), vb.state_dict()
-    return (public(va.config) == public(vb.config) and sa.keys() == sb.keys()
-            and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa))
-
-
-def keyframe_for_video(image_adapter: FamilyAdapter, video_adapter: FamilyAdapter, latent: torch.Tensor,
-                       width: int, height: int, shared_vae: bool) -> torch.Tensor:
-    """A keyframe as a (1, C, h, w) latent of the video model at (width, height)."""
-    s = video_adapter.vae_scale_factor
-    if shared_vae and tuple(latent.shape[-2:]) == (height // s, width // s):
-        return latent.to(video_adapter.device, video_adapter.dtype)
-    image = image_adapter.decode(latent.to(image_adapter.device, image_adapter.dtype)).float()
-    if tuple(image.shape[-2:]) != (height, width):
-        image = F.interpolate(image, size=(height, width), mode="bicubic", antialias=True).clamp(0, 1)
-    encoded = video_adapter.encode(image.to(video_adapter.device))
-    return encoded[:, :, 0] if encoded.dim() == 5 else encoded
-
-
-def motion_for_family(video_adapter: FamilyAdapter) -> Callable[..., torch.Tensor]:
-    """The first/last-frame motion generator of a video family (see MOTION_FAMILIES' TODO for wan)."""
-    if video_adapter.family == "animatediff":
-        return generate_motion
-    raise InvalidArgument(f"The story pipeline cannot make motion on '{video_adapter.entry.id}' "
-                          f"({video_adapter.family}) yet; pick a {' or '.join(MOTION_FAMILIES)} model "
-                          "with --video-model.")
 
 
 # ------------------------------------------------------------------------------------------ pipeline
@@ -386,12 +273,10 @@ class StoryRun:
         if own is None or (following is not None and following_key is None):
             raise InvalidArgument(f"{shot.id}: a keyframe it needs is missing from {self.store.root}; "
                                   "run all shots again.")
-        to_video = lambda latent: keyframe_for_video(self.image_adapter, self.video_adapter, latent, r.width,
-                                                     r.height, self.shared_vae)
-        last = to_video(following_key[0]) if following_key is not None and shot.frames > 1 else None
-        latents = motion_for_family(self.video_adapter)(self.video_adapter, r, to_video(own[0]), last,
-                                                        on_step=on_step, should_stop=self.ctx.check_cancel)
-        frames = self.video_adapter.decode(latents)[0]  # (3, F, H, W)
+        last = following_key[0] if following_key is not None and shot.frames > 1 else None
+        frames = motion_for_family(self.video_adapter)(
+            self.image_adapter, self.video_adapter, r, own[0], last, shared_vae=self.shared_vae,
+            callbacks=LoopCallbacks(on_step, self.ctx.check_cancel))[0]  # (3, F, H, W)
         sink = self.ctx.frame_sink(SequencePattern.parse(str(shot_folder(out, shot.id) / f"{shot.id}.####.exr")), r,
                                    sequence=shot.id, prompt=r.prompt, seed=r.seed)
         for i in range(r.frames):

@@ -1,0 +1,266 @@
+"""Story motion: a shot's clip between its keyframe and the next one, per video family (ALGORITHMS.md §4).
+
+Every family's generator has one signature (`ShotMotion`): the keyframes come as latents of the
+keyframe image model, the clip goes out as pixels (1, 3, F, H, W) in [0, 1].
+
+- **animatediff** — latent inpainting of whole frames (`FramePinning`): before every step the pinned
+  frames are replaced by their keyframe latent noised to that step's t, after the last step by the
+  clean latent. Shots longer than the model's clip are clips chained by their shared boundary frame.
+- **wan, image-to-video model** — Wan 2.1 first-last-frame-to-video, as diffusers'
+  `WanImageToVideoPipeline(image=first, last_image=last)`: the pixel clip [first, 0, …, 0, last] is
+  VAE-encoded into a conditioning latent and concatenated, with a frame mask (1 on the given frames),
+  to the noisy latent on every transformer pass; the model draws the frames between.
+- **wan, text-to-video model** — pinning adapted to flow matching: before step i the pinned latent
+  frames are x_σ = (1 − σ_i)·x0 + σ_i·ε (`renoise_flow`), after the last step x0. The causal VAE
+  encodes the first pixel frame alone into latent frame 0, so the keyframe's own latent is exactly
+  the clip's first latent frame. The last latent frame stands for 4 pixel frames: it is pinned to the
+  next keyframe held over them (so a t2v clip ends on a short hold).
+- Wan takes 4k + 1 frames: each clip is made at the next valid count and cut back — frames dropped
+  from the tail, or evenly from the inside when the clip ends on the next keyframe, which must stay last.
+- The keyframe model (`sd`) and Wan never share a VAE: keyframes go through pixels (decode → resize to
+  the video size → condition or encode).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..diffusion.noise_shift import renoise_flow
+from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
+from ..errors import InvalidArgument
+from ..models.family import Conditioning, FamilyAdapter
+from .base import Resolved, seeded_generator
+
+MOTION_FAMILIES: tuple[str, ...] = ("animatediff", "wan")
+
+
+class ShotMotion(Protocol):
+    def __call__(self, image_adapter: FamilyAdapter, video_adapter: FamilyAdapter, r: Resolved, first: torch.Tensor,
+                 last: torch.Tensor | None, *, shared_vae: bool, callbacks: LoopCallbacks) -> torch.Tensor:
+        """(1, 3, r.frames, H, W) in [0, 1] from the image-model latents of the first and (optional) last keyframe."""
+
+
+# ------------------------------------------------------------------------------------------ keyframes in
+def same_vae(a: FamilyAdapter, b: FamilyAdapter) -> bool:
+    """Whether two models share one VAE (then keyframe latents go to the video model as they are)."""
+    va, vb = a.pipe.vae, b.pipe.vae
+    if va is vb:
+        return True
+    public = lambda config: {k: v for k, v in dict(config).items() if not k.startswith("_")}  # not _name_or_path
+    sa, sb = va.state_dict(), vb.state_dict()
+    return (public(va.config) == public(vb.config) and sa.keys() == sb.keys()
+            and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa))
+
+
+def keyframe_pixels(image_adapter: FamilyAdapter, latent: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """A keyframe latent of the image model as float pixels (1, 3, height, width) in [0, 1]."""
+    image = image_adapter.decode(latent.to(image_adapter.device, image_adapter.dtype)).float()
+    if tuple(image.shape[-2:]) != (height, width):
+        image = F.interpolate(image, size=(height, width), mode="bicubic", antialias=True).clamp(0, 1)
+    return image
+
+
+def keyframe_for_video(image_adapter: FamilyAdapter, video_adapter: FamilyAdapter, latent: torch.Tensor,
+                       width: int, height: int, shared_vae: bool) -> torch.Tensor:
+    """A keyframe as a (1, C, h, w) latent of the video model at (width, height)."""
+    s = video_adapter.vae_scale_factor
+    if shared_vae and tuple(latent.shape[-2:]) == (height // s, width // s):
+        return latent.to(video_adapter.device, video_adapter.dtype)
+    encoded = video_adapter.encode(keyframe_pixels(image_adapter, latent, width, height).to(video_adapter.device))
+    return encoded[:, :, 0] if encoded.dim() == 5 else encoded  # a causal video VAE: one frame, one latent frame
+
+
+# ------------------------------------------------------------------------------------------ animatediff
+class FramePinning:
+    """Latent inpainting of whole frames: frame f of the clip follows `pins[f]` (1, C, h, w).
+
+    before_step: x[:, :, f] ← add_noise(pins[f], ε_f, t) with ε_f the clip's own initial noise at f,
+    so the pinned frame sits at exactly the step's noise level; after the last step: the clean latent.
+    """
+
+    def __init__(self, scheduler, pins: dict[int, torch.Tensor], noise: torch.Tensor, last_index: int):
+        self.scheduler, self.pins, self.noise, self.last_index = scheduler, pins, noise, last_index
+
+    def noised(self, latent: torch.Tensor, noise: torch.Tensor, index: int, t: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.add_noise(latent, noise, t)
+
+    def before_step(self, index: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        for f, latent in self.pins.items():
+            x[:, :, f] = self.noised(latent.to(x), self.noise[:, :, f], index, t)
+        return x
+
+    def after_step(self, index: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if index != self.last_index:
+            return x
+        x = x.clone()
+        for f, latent in self.pins.items():
+            x[:, :, f] = latent.to(x)
+        return x
+
+
+class FlowFramePinning(FramePinning):
+    """`FramePinning` for flow matching: the pinned frames at step i are (1 − σ_i)·pin + σ_i·ε."""
+
+    def noised(self, latent: torch.Tensor, noise: torch.Tensor, index: int, t: torch.Tensor) -> torch.Tensor:
+        # the scheduler's σ, not t/1000: flow schedulers may round their timesteps to integers
+        return renoise_flow(latent, noise, float(self.scheduler.sigmas[index]))
+
+
+def generate_pinned_clip(adapter: FamilyAdapter, r: Resolved, pins: dict[int, torch.Tensor], *,
+                         callbacks: LoopCallbacks | None = None) -> torch.Tensor:
+    """(1, C, F, h, w) latents of an `r.frames` clip (AnimateDiff-style video UNet) with frames pinned."""
+    generator = seeded_generator(r.seed)
+    cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
+    scheduler = adapter.new_scheduler()
+    scheduler.set_timesteps(r.steps, device=adapter.device)
+    noise = randn_tensor(adapter.latent_shape(1, r.width, r.height, r.frames), generator=generator,
+                         device=adapter.device, dtype=adapter.dtype)
+    pinning = FramePinning(scheduler, pins, noise, last_index=len(scheduler.timesteps) - 1)
+    loop = DenoiseLoop(scheduler, lambda x, t: adapter.predict(x, t, cond), hooks=(pinning,),
+                       callbacks=callbacks or LoopCallbacks(), step_kwargs=scheduler_step_kwargs(scheduler, generator))
+    return loop.run(noise * scheduler.init_noise_sigma)
+
+
+def clip_spans(frames: int, clip_length: int) -> list[tuple[int, int]]:
+    """[start, stop) of clips covering `frames`, consecutive clips sharing one boundary frame."""
+    clip_length = max(2, clip_length)
+    spans, start = [], 0
+    while True:
+        stop = min(frames, start + clip_length)
+        spans.append((start, stop))
+        if stop == frames:
+            return spans
+        start = stop - 1
+
+
+def chunk_callbacks(callbacks: LoopCallbacks, chunk: int, chunks: int) -> LoopCallbacks:
+    """Step progress of clip `chunk` of `chunks` reported as progress over the whole shot."""
+    def on_step(done: int, todo: int) -> None:
+        if callbacks.on_step:
+            callbacks.on_step(chunk * todo + done, chunks * todo)
+    return LoopCallbacks(on_step, callbacks.should_stop)
+
+
+def generate_motion(adapter: FamilyAdapter, r: Resolved, first: torch.Tensor, last: torch.Tensor | None, *,
+                    on_step: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[], None] | None = None) -> torch.Tensor:
+    """(1, C, r.frames, h, w): frame 0 is `first`, the last frame `last` (when given)."""
+    if r.frames == 1:
+        return first.unsqueeze(2)
+    spans = clip_spans(r.frames, min(adapter.native_frames, getattr(adapter, "max_frames", adapter.native_frames)))
+    pieces, start_latent = [], first
+    for c, (a, b) in enumerate(spans):
+        pins = {0: start_latent}
+        if last is not None and b == r.frames:
+            pins[b - a - 1] = last
+        clip = generate_pinned_clip(adapter, replace(r, frames=b - a, seed=r.seed + c), pins,
+                                    callbacks=chunk_callbacks(LoopCallbacks(on_step, should_stop), c, len(spans)))
+        pieces.append(clip if c == 0 else clip[:, :, 1:])
+        start_latent = clip[:, :, -1]
+    return torch.cat(pieces, dim=2)
+
+
+def animatediff_motion(image_adapter: FamilyAdapter, video_adapter: FamilyAdapter, r: Resolved, first: torch.Tensor,
+                       last: torch.Tensor | None, *, shared_vae: bool, callbacks: LoopCallbacks) -> torch.Tensor:
+    to_video = lambda latent: keyframe_for_video(image_adapter, video_adapter, latent, r.width, r.height, shared_vae)
+    latents = generate_motion(video_adapter, r, to_video(first), None if last is None else to_video(last),
+                              on_step=callbacks.on_step, should_stop=callbacks.should_stop)
+    return video_adapter.decode(latents)
+
+
+# ------------------------------------------------------------------------------------------ wan
+def wan_frame_count(frames: int, temporal: int = 4) -> int:
+    """The smallest k·temporal + 1 ≥ frames: the lengths Wan's causal VAE takes."""
+    return (max(frames, 1) + temporal - 2) // temporal * temporal + 1
+
+
+def cut_to_length(clip: torch.Tensor, frames: int, keep_last: bool) -> torch.Tensor:
+    """(B, 3, F', H, W) → F = `frames`: the first ones, or (`keep_last`) evenly spaced from first to last."""
+    if keep_last:
+        index = torch.linspace(0, clip.shape[2] - 1, frames).round().long()  # step ≥ 1: no frame twice
+    else:
+        index = torch.arange(frames)
+    return clip[:, :, index.to(clip.device)]
+
+
+def _wan_start(adapter, r: Resolved) -> tuple[torch.Generator, Conditioning, Any, torch.Tensor]:
+    """Generator, prompt, scheduler and float32 noise drawn as the stock Wan pipelines draw them."""
+    generator = seeded_generator(r.seed)
+    cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
+    scheduler = adapter.new_scheduler()
+    scheduler.set_timesteps(r.steps, device=adapter.device)
+    noise = randn_tensor(adapter.latent_shape(1, r.width, r.height, r.frames), generator=generator,
+                         device=adapter.device, dtype=torch.float32)
+    return generator, cond, scheduler, noise
+
+
+def wan_flf2v_clip(adapter, r: Resolved, first: torch.Tensor, last: torch.Tensor | None, *,
+                   callbacks: LoopCallbacks | None = None) -> torch.Tensor:
+    """(1, C, F', h, w) latents of an image-to-video Wan clip from pixels first (and last) (1, 3, H, W):
+    `WanImageToVideoPipeline(image=first, last_image=last)` step for step."""
+    _, cond, scheduler, noise = _wan_start(adapter, r)
+    cond = adapter.with_image_condition(cond, first, noise, r.frames, r.width, r.height, last_image=last)
+    loop = DenoiseLoop(scheduler, lambda x, t: adapter.predict(x, t, cond), callbacks=callbacks or LoopCallbacks())
+    return loop.run(noise)
+
+
+def held_frame_latent(adapter, frame: torch.Tensor) -> torch.Tensor:
+    """(1, C, h, w): the latent frame of `frame` (1, 3, H, W) held still over one temporal block."""
+    held = frame.unsqueeze(2).repeat(1, 1, 1 + adapter.temporal_scale_factor, 1, 1)
+    return adapter.encode(held)[:, :, -1]
+
+
+def wan_pinned_clip(adapter, r: Resolved, first: torch.Tensor, last: torch.Tensor | None, *,
+                    callbacks: LoopCallbacks | None = None) -> torch.Tensor:
+    """(1, C, F', h, w) latents of a text-to-video Wan clip with latent frame 0 pinned to `first`
+    (pixels, encoded alone) and, if given, the last latent frame to `last` held."""
+    generator, cond, scheduler, noise = _wan_start(adapter, r)
+    pins = {0: adapter.encode(first)[:, :, 0]}
+    if last is not None:
+        pins[noise.shape[2] - 1] = held_frame_latent(adapter, last)
+    pinning = FlowFramePinning(scheduler, pins, noise, last_index=len(scheduler.timesteps) - 1)
+    loop = DenoiseLoop(scheduler, lambda x, t: adapter.predict(x, t, cond), hooks=(pinning,),
+                       callbacks=callbacks or LoopCallbacks(), step_kwargs=scheduler_step_kwargs(scheduler, generator))
+    return loop.run(noise)  # flow matching starts from pure noise (σ = 1)
+
+
+def wan_motion(image_adapter: FamilyAdapter, video_adapter: FamilyAdapter, r: Resolved, first: torch.Tensor,
+               last: torch.Tensor | None, *, shared_vae: bool, callbacks: LoopCallbacks) -> torch.Tensor:
+    """A shot on Wan: FLF2V on image-to-video models, flow pinning on text-to-video ones (see the docstring)."""
+    multiple = video_adapter.size_multiple
+    if r.width % multiple or r.height % multiple:
+        raise InvalidArgument(f"'{video_adapter.entry.id}' makes video at sizes that are multiples of {multiple} px; "
+                              f"{r.width}×{r.height} is not. Set --width/--height to multiples of {multiple}.")
+    start = keyframe_pixels(image_adapter, first, r.width, r.height).to(video_adapter.device)
+    end = None if last is None else keyframe_pixels(image_adapter, last, r.width, r.height).to(video_adapter.device)
+    if r.frames == 1:
+        return start.unsqueeze(2)
+    temporal = video_adapter.temporal_scale_factor
+    longest = max(1 + temporal, (video_adapter.native_frames - 1) // temporal * temporal + 1)
+    make_clip = wan_flf2v_clip if video_adapter.is_image_to_video else wan_pinned_clip
+    spans = clip_spans(r.frames, longest)
+    pieces = []
+    for c, (a, b) in enumerate(spans):
+        clip_end = end if b == r.frames else None
+        clip_r = replace(r, frames=wan_frame_count(b - a, temporal), seed=r.seed + c)
+        latents = make_clip(video_adapter, clip_r, start, clip_end, callbacks=chunk_callbacks(callbacks, c, len(spans)))
+        clip = cut_to_length(video_adapter.decode(latents), b - a, keep_last=clip_end is not None)
+        pieces.append(clip if c == 0 else clip[:, :, 1:])
+        start = clip[:, :, -1]  # the next clip starts on this one's last frame
+    return torch.cat(pieces, dim=2)
+
+
+def motion_for_family(video_adapter: FamilyAdapter) -> ShotMotion:
+    """The first/last-frame motion generator of a video family."""
+    if video_adapter.family == "animatediff":
+        return animatediff_motion
+    if video_adapter.family == "wan":
+        return wan_motion
+    raise InvalidArgument(f"The story pipeline cannot make motion on '{video_adapter.entry.id}' "
+                          f"({video_adapter.family}) yet; pick a {' or '.join(MOTION_FAMILIES)} model "
+                          "with --video-model.")

@@ -1,0 +1,190 @@
+"""Story motion on Wan: first-last-frame-to-video equals diffusers' WanImageToVideoPipeline, flow-matching
+pinning on text-to-video Wan, 4k+1 frame counts, and a whole story cut on tiny-wan-i2v through the server."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+import opentimelineio as otio
+import pytest
+import torch
+from diffusers import WanPipeline
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cinegen.common.client import RequestRejected, build_request
+from cinegen.common.exr import read_exr_frame
+from cinegen.common.params import CommonParams, StoryParams
+from cinegen.server.diffusion.noise_shift import renoise_flow
+from cinegen.server.diffusion.sampler import LoopCallbacks
+from cinegen.server.errors import InvalidArgument
+from cinegen.server.pipelines.base import Resolved, seeded_generator
+from cinegen.server.pipelines.story import generate_keyframe
+from cinegen.server.pipelines.story_motion import (FlowFramePinning, cut_to_length, held_frame_latent, keyframe_pixels,
+                                                   motion_for_family, wan_flf2v_clip, wan_frame_count, wan_motion,
+                                                   wan_pinned_clip)
+from cinegen.server.pipelines.upscale_dit import generate_base_latents
+
+PROMPT, NEGATIVE, SEED, STEPS, GUIDANCE = "a keeper climbs", "blurry", 5, 2, 5.0
+
+STORY = """\
+title: Wan Lighthouse
+fps: 24
+shots:
+  - id: sh010
+    prompt: Mira climbs the stairs
+    frames: 4
+    continuity: true
+  - id: sh020
+    prompt: Tom waits at the top
+    frames: 3
+"""
+
+
+def _resolved(**kw) -> Resolved:
+    base = dict(prompt=PROMPT, negative_prompt=NEGATIVE, model="tiny-wan-i2v", seed=SEED, steps=STEPS,
+                guidance=GUIDANCE, width=64, height=64, frames=5, fps=24.0, first_frame=1001)
+    base.update(kw)
+    return Resolved(**base)
+
+
+@pytest.fixture(scope="module")
+def sd(registry):
+    return registry.get("tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def keyframes(sd):
+    """Two keyframe latents of the sd image model (8×8 latents, 64 px)."""
+    return [generate_keyframe(sd, _resolved(model="tiny-sd", frames=1, steps=2, guidance=7.5, seed=s, prompt=p), [])
+            for s, p in ((1, "a red scarf"), (2, "a yellow raincoat"))]
+
+
+def _stock_i2v(adapter, first, last, frames=5, output_type="pt") -> torch.Tensor:
+    """diffusers' WanImageToVideoPipeline on pixel keyframes, with our prompt (precomputed embeds: no ftfy)."""
+    with torch.no_grad():
+        positive, negative = (WanPipeline._get_t5_prompt_embeds(adapter.pipe, text, max_sequence_length=512)
+                              for text in (PROMPT, NEGATIVE))
+    out = adapter.pipe(image=first, last_image=last, prompt_embeds=positive, negative_prompt_embeds=negative,
+                       height=64, width=64, num_frames=frames, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                       generator=torch.Generator().manual_seed(SEED), output_type=output_type).frames
+    return out if output_type == "latent" else out.permute(0, 2, 1, 3, 4)  # → (B, 3, F, H, W)
+
+
+# ------------------------------------------------------------------------------------------ image-to-video
+def test_shot_motion_on_i2v_wan_equals_stock_first_last_frame_pipeline(registry, sd, keyframes):
+    i2v = registry.get("tiny-wan-i2v")
+    first, last = (keyframe_pixels(sd, k, 64, 64) for k in keyframes)
+    stock = _stock_i2v(i2v, first, last)
+    ours = motion_for_family(i2v)(sd, i2v, _resolved(), keyframes[0], keyframes[1], shared_vae=False,
+                                  callbacks=LoopCallbacks())
+    assert ours.shape == (1, 3, 5, 64, 64)
+    assert torch.equal(ours, stock), "keyframes through pixels, then the stock FLF2V computation bit for bit"
+    four = wan_motion(sd, i2v, _resolved(frames=4), keyframes[0], keyframes[1], shared_vae=False,
+                      callbacks=LoopCallbacks())
+    assert torch.equal(four, stock[:, :, [0, 1, 3, 4]]), "4 frames: made as 5, an inner one dropped, ends on last"
+
+
+def test_first_frame_only_clip_equals_stock_image_to_video_latents(registry, sd, keyframes):
+    i2v = registry.get("tiny-wan-i2v")
+    first = keyframe_pixels(sd, keyframes[0], 64, 64)
+    ours = wan_flf2v_clip(i2v, _resolved(), first, None)
+    assert torch.equal(ours, _stock_i2v(i2v, first, None, output_type="latent"))
+    with_last = wan_flf2v_clip(i2v, _resolved(), first, keyframe_pixels(sd, keyframes[1], 64, 64))
+    assert (with_last - ours).abs().max() > 1e-3, "the last image conditions the clip"
+
+
+def test_long_shot_starts_with_the_short_shot_and_chains_on_its_last_frame(registry, sd, keyframes):
+    i2v = registry.get("tiny-wan-i2v")
+    steps = []
+    short = wan_motion(sd, i2v, _resolved(steps=2), keyframes[0], None, shared_vae=False, callbacks=LoopCallbacks())
+    long = wan_motion(sd, i2v, _resolved(steps=2, frames=7), keyframes[0], keyframes[1], shared_vae=False,
+                      callbacks=LoopCallbacks(lambda done, todo: steps.append((done, todo))))
+    assert long.shape == (1, 3, 7, 64, 64)
+    assert torch.equal(long[:, :, :5], short), "the first clip has no end pin: it is the 5-frame shot"
+    assert steps[-1] == (4, 4) and len(steps) == 4, "progress runs over both clips"
+
+
+def test_a_size_wan_cannot_take_is_refused_with_the_multiple(registry, sd, keyframes):
+    with pytest.raises(InvalidArgument, match="multiples of 16"):
+        wan_motion(sd, registry.get("tiny-wan-i2v"), _resolved(width=72), keyframes[0], None, shared_vae=False,
+                   callbacks=LoopCallbacks())
+
+
+# ------------------------------------------------------------------------------------------ text-to-video pinning
+def test_flow_pinning_puts_pinned_frames_on_the_flow_path_at_each_step_sigma(registry):
+    scheduler = registry.get("tiny-wan").new_scheduler()
+    scheduler.set_timesteps(3)
+    noise, x = torch.randn(1, 4, 3, 4, 4), torch.randn(1, 4, 3, 4, 4)
+    key, end = torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4)
+    pin = FlowFramePinning(scheduler, {0: key, 2: end}, noise, last_index=2)
+    pinned = pin.before_step(1, scheduler.timesteps[1], x)
+    sigma = float(scheduler.sigmas[1])
+    assert 0 < sigma < 1
+    assert torch.equal(pinned[:, :, 0], renoise_flow(key, noise[:, :, 0], sigma))
+    assert torch.equal(pinned[:, :, 2], renoise_flow(end, noise[:, :, 2], sigma))
+    assert torch.equal(pinned[:, :, 1], x[:, :, 1])
+    assert torch.equal(pin.after_step(1, scheduler.timesteps[1], x), x)
+    assert torch.equal(pin.after_step(2, scheduler.timesteps[2], x)[:, :, 0], key)
+
+
+def test_t2v_pinning_makes_frame_zero_the_vae_image_of_the_keyframe(registry, sd, keyframes):
+    t2v = registry.get("tiny-wan")
+    assert not t2v.is_image_to_video
+    first, last = (keyframe_pixels(sd, k, 64, 64) for k in keyframes)
+    r = _resolved(model="tiny-wan", steps=2)
+    latents = wan_pinned_clip(t2v, r, first, last)
+    free = t2v.decode(generate_base_latents(t2v, t2v.encode_prompt(PROMPT, NEGATIVE, GUIDANCE), 64, 64, 5, 2,
+                                            seeded_generator(SEED)))  # the same noise, nothing pinned
+    assert torch.equal(latents[:, :, 0], t2v.encode(first)[:, :, 0]), "causal VAE: the keyframe alone is frame 0"
+    assert torch.equal(latents[:, :, -1], held_frame_latent(t2v, last))
+    frames, round_trip = t2v.decode(latents), t2v.decode(t2v.encode(first))
+    assert torch.equal(frames[:, :, 0], round_trip[:, :, 0]), "as close to the keyframe as the VAE can show it"
+    assert (free[:, :, 0] - round_trip[:, :, 0]).abs().mean() > 1e-2
+    held = t2v.decode(t2v.encode(last.unsqueeze(2).repeat(1, 1, 5, 1, 1)))[:, :, -1]
+    assert (frames[:, :, -1] - held).abs().mean() < 0.5 * (free[:, :, -1] - held).abs().mean()
+    shot = motion_for_family(t2v)(sd, t2v, replace(r, frames=3), keyframes[0], keyframes[1], shared_vae=False,
+                                  callbacks=LoopCallbacks())
+    assert shot.shape == (1, 3, 3, 64, 64) and torch.equal(shot[:, :, 0], round_trip[:, :, 0])
+
+
+# ------------------------------------------------------------------------------------------ frame counts
+@given(st.integers(1, 400))
+def test_wan_frame_count_is_the_next_4k_plus_1(frames):
+    n = wan_frame_count(frames)
+    assert (n - 1) % 4 == 0 and frames <= n < frames + 4
+
+
+@given(st.integers(2, 40), st.integers(0, 3), st.booleans())
+def test_cut_keeps_the_first_frame_and_the_last_when_asked(frames, extra, keep_last):
+    clip = torch.arange(frames + extra, dtype=torch.float32).view(1, 1, -1, 1, 1)
+    cut = cut_to_length(clip, frames, keep_last).flatten().tolist()
+    assert len(cut) == frames and cut[0] == 0 and cut == sorted(set(cut))
+    assert cut[-1] == (frames + extra - 1 if keep_last else frames - 1)
+
+
+# ------------------------------------------------------------------------------------------ whole run
+def _request(out, **params):
+    return build_request("story", CommonParams(seed=3, steps=2, out=str(out)),
+                         StoryParams(story_yaml=STORY, **params), job_id=f"story-wan-{uuid.uuid4().hex[:8]}")
+
+
+def test_story_on_wan_i2v_writes_every_shot_and_the_cut(client, tmp_path):
+    out = tmp_path / "cut"
+    result = client.run(_request(out, video_model="tiny-wan-i2v"))
+    assert result.state == "completed", result.message
+    for shot, frames in (("sh010", 4), ("sh020", 3)):
+        assert sorted(p.name for p in (out / shot).iterdir()) == [f"{shot}.{1001 + i}.exr" for i in range(frames)]
+    pixels, meta = read_exr_frame(out / "sh010" / "sh010.1004.exr")
+    assert pixels.shape == (64, 64, 4) and meta["cinegen:model"] == "tiny-wan-i2v"
+    timeline = otio.adapters.read_from_file(str(out / "Wan Lighthouse.otio"))
+    clips = list(timeline.find_clips())
+    assert [c.name for c in clips] == ["sh010", "sh020"] and timeline.duration().value == 7
+    marker = [m for m in clips[0].markers if m.metadata["cinegen"]["keyframe"] == "sh020"]
+    assert marker and marker[0].marked_range.start_time.value == 1004, "continuity: the shot ends on sh020's keyframe"
+
+
+def test_a_video_model_without_a_motion_path_is_refused_at_submit(client, tmp_path):
+    with pytest.raises(RequestRejected) as info:
+        client.submit(_request(tmp_path / "cut", video_model="tiny-cogvideox"))
+    assert info.value.code == "INVALID_ARGUMENT" and "animatediff or wan" in info.value.message
