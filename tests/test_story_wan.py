@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
+import numpy as np
 import opentimelineio as otio
 import pytest
 import torch
@@ -20,7 +21,7 @@ from cinegen.server.diffusion.sampler import LoopCallbacks
 from cinegen.server.errors import InvalidArgument
 from cinegen.server.pipelines.base import Resolved, seeded_generator
 from cinegen.server.pipelines.story import generate_keyframe
-from cinegen.server.pipelines.story_motion import (FlowFramePinning, cut_to_length, held_frame_latent, keyframe_pixels,
+from cinegen.server.pipelines.story_motion import (FlowFramePinning, conditioning_image, cut_to_length, held_frame_latent, keyframe_pixels,
                                                    motion_for_family, wan_flf2v_clip, wan_frame_count, wan_motion,
                                                    wan_pinned_clip)
 from cinegen.server.pipelines.upscale_dit import generate_base_latents
@@ -61,7 +62,9 @@ def keyframes(sd):
 
 
 def _stock_i2v(adapter, first, last, frames=5, output_type="pt") -> torch.Tensor:
-    """diffusers' WanImageToVideoPipeline on pixel keyframes, with our prompt (precomputed embeds: no ftfy)."""
+    """diffusers' WanImageToVideoPipeline on the 8-bit images of pixel keyframes, with our prompt (precomputed
+    embeds: no ftfy)."""
+    first, last = conditioning_image(first), None if last is None else conditioning_image(last)
     with torch.no_grad():
         positive, negative = (WanPipeline._get_t5_prompt_embeds(adapter.pipe, text, max_sequence_length=512)
                               for text in (PROMPT, NEGATIVE))
@@ -103,6 +106,18 @@ def test_long_shot_starts_with_the_short_shot_and_chains_on_its_last_frame(regis
     assert long.shape == (1, 3, 7, 64, 64)
     assert torch.equal(long[:, :, :5], short), "the first clip has no end pin: it is the 5-frame shot"
     assert steps[-1] == (4, 4) and len(steps) == 4, "progress runs over both clips"
+
+
+def test_conditioning_images_reach_clip_at_their_true_brightness():
+    from transformers import CLIPImageProcessor  # what Wan 2.1 I2V/FLF2V folders use for their image encoder
+
+    levels = torch.arange(256.0).view(1, 1, 16, 16).repeat(1, 3, 1, 1) / 255
+    image = conditioning_image(levels)
+    assert torch.equal(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None] / 255, levels), "8-bit exact"
+    processor = CLIPImageProcessor(do_resize=False, do_center_crop=False)
+    white = processor(images=conditioning_image(torch.ones(1, 3, 8, 8)), return_tensors="pt").pixel_values
+    mean, std = torch.tensor(processor.image_mean), torch.tensor(processor.image_std)
+    torch.testing.assert_close(white[0, :, 0, 0], (1 - mean) / std)  # a float tensor would come out near-black
 
 
 def test_a_size_wan_cannot_take_is_refused_with_the_multiple(registry, sd, keyframes):

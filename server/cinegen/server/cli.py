@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="cinegen-bench", help="Folder for benchmark outputs and reports.")
     bench.add_argument("--real-size", action="store_true",
                        help="Real-size architectures with random weights (needs a GPU).")
+    bench.add_argument("--model", default=None, help="Model id to measure (default: the benchmark's choice).")
+    bench.add_argument("--video-model", default=None, help="Video model id for benchmarks that need one.")
     _add_server_options(bench)
     return parser
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
 
 from ..diffusion.noise_shift import renoise_flow
 from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
@@ -199,12 +200,23 @@ def _wan_start(adapter, r: Resolved) -> tuple[torch.Generator, Conditioning, Any
     return generator, cond, scheduler, noise
 
 
+def conditioning_image(pixels: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) in [0, 1] → the 8-bit RGB image the stock I2V pipeline is given.
+
+    Wan 2.1 I2V/FLF2V models also see the frames through CLIP, whose processor rescales by 1/255:
+    float tensors in [0, 1] would reach it as near-black images; PIL images do not.
+    """
+    rgb = (pixels[0].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(rgb, mode="RGB")
+
+
 def wan_flf2v_clip(adapter, r: Resolved, first: torch.Tensor, last: torch.Tensor | None, *,
                    callbacks: LoopCallbacks | None = None) -> torch.Tensor:
     """(1, C, F', h, w) latents of an image-to-video Wan clip from pixels first (and last) (1, 3, H, W):
-    `WanImageToVideoPipeline(image=first, last_image=last)` step for step."""
+    `WanImageToVideoPipeline(image=first, last_image=last)` on their 8-bit images, step for step."""
     _, cond, scheduler, noise = _wan_start(adapter, r)
-    cond = adapter.with_image_condition(cond, first, noise, r.frames, r.width, r.height, last_image=last)
+    cond = adapter.with_image_condition(cond, conditioning_image(first), noise, r.frames, r.width, r.height,
+                                        last_image=None if last is None else conditioning_image(last))
     loop = DenoiseLoop(scheduler, lambda x, t: adapter.predict(x, t, cond), callbacks=callbacks or LoopCallbacks())
     return loop.run(noise)
 

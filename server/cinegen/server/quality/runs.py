@@ -30,7 +30,8 @@ from ..pipelines.image import generate_images
 from ..pipelines.panorama import PanoramaSettings, decode_panorama_frames, generate_panorama
 from ..pipelines.story import MemoryKeyframe, generate_keyframe
 from ..pipelines.trajectory import generate_trajectory_video, track_positions
-from ..pipelines.upscale_unet import CascadeSettings, decode_latents, default_vae_tile, pixel_multiple, reference_size, run_cascade
+from ..pipelines.upscale_unet import (CascadeSettings, decode_latents, default_vae_tile, pixel_multiple, reference_size,
+                                      run_cascade)
 from ..toyworld.world import caption, scene_for
 from .metrics import SalientParams, count_objects, follow_error, keyframe_consistency, seam_report
 
