@@ -65,6 +65,7 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         self.service.jobs.stop()
         self.server.stop(grace).wait()
+        self.service.close()
 
 
 def start_server(config: ServerConfig, service: GeneratorService | None = None) -> RunningServer:

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import tempfile
 import time
 import uuid
@@ -77,9 +78,15 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                                                   memory_budget=config.memory_budget,
                                                   use_hf_cache=config.use_hf_cache)
         self.pipelines: dict[str, Pipeline] = load_pipelines()
+        self._owns_state_dir = config.state_dir is None  # a temporary folder is removed on close()
         self.state_dir = Path(config.state_dir or tempfile.mkdtemp(prefix="cinegen-server-"))
         self.jobs = JobManager(self._run_job)
         self._last_preview: dict[str, float] = {}
+
+    def close(self) -> None:
+        self.jobs.stop()
+        if self._owns_state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
     # ---- capabilities -----------------------------------------------------------------------
     def GetCapabilities(self, request, context):
