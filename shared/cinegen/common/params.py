@@ -157,7 +157,8 @@ class StoryParams:
     story_yaml: str = param("", help="The story YAML itself (instead of a file).", kind="text", cli=False)
     shots: list[str] = param([], help="Only these shot ids (re-run), comma separated; empty = all.")
     video_model: str = param("", help="Video model id for the motion between keyframes (--model picks the "
-                             "keyframe image model); empty = the first animatediff model.")
+                             "keyframe image model); empty = the server's first real video model "
+                             "(animatediff or wan), else the tiny one.")
 
 
 PIPELINE_PARAMS: dict[str, type] = {
