@@ -22,14 +22,29 @@ class DemoJob:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+TRACK_JSON = ('{"width": 64, "height": 64, "tracks": [{"name": "disc", "size": 20, "points": '
+              '[{"frame": 1001, "x": 12, "y": 12}, {"frame": 1008, "x": 52, "y": 52}]}]}')
+STORY_YAML = """title: demo
+characters: {Mira: a keeper with a red scarf}
+shots:
+  - {id: sh010, prompt: Mira climbs the stairs, frames: 4, characters: [Mira], continuity: true}
+  - {id: sh020, prompt: Mira at the lamp, frames: 4, characters: [Mira]}
+"""
+
+
 def demo_jobs(out: Path) -> list[DemoJob]:
+    def seq(name: str) -> str:
+        return str(out / name / "demo.####.exr")
+
     return [
         DemoJob("image", dict(prompt="a red disc on a blue sky", seed=1, steps=8, width=64, height=64, frames=4,
-                              out=str(out / "image" / "demo.####.exr"))),
-        DemoJob("trajectory", dict(prompt="a red disc", model="tiny-animatediff", seed=3, steps=4, width=64, height=64, frames=8, out=str(out / "trajectory" / "demo.####.exr")), dict(trajectory_json='{"width": 64, "height": 64, "tracks": [{"name": "disc", "size": 20, "points": [{"frame": 1001, "x": 12, "y": 12}, {"frame": 1008, "x": 52, "y": 52}]}]}')),
-        DemoJob("upscale", dict(prompt="a lighthouse", seed=2, steps=4, out=str(out / "upscale" / "demo.####.exr")), dict(scale=2.0)),
-        DemoJob("panorama", dict(prompt="a coastline at dusk", seed=4, steps=4, width=128, height=64, out=str(out / "panorama" / "demo.####.exr")), dict(projection="ring")),
-        DemoJob("story", dict(seed=5, steps=4, out=str(out / "story")), dict(story_yaml="title: demo\ncharacters: {Mira: a keeper with a red scarf}\nshots: [{id: sh010, prompt: Mira climbs the stairs, frames: 4, characters: [Mira], continuity: true}, {id: sh020, prompt: Mira at the lamp, frames: 4, characters: [Mira]}]")),
+                              out=seq("image"))),
+        DemoJob("upscale", dict(prompt="a lighthouse", seed=2, steps=4, out=seq("upscale")), dict(scale=2.0)),
+        DemoJob("panorama", dict(prompt="a coastline at dusk", seed=4, steps=4, width=128, height=64,
+                                 out=seq("panorama")), dict(projection="ring")),
+        DemoJob("trajectory", dict(prompt="a red disc", model="tiny-animatediff", seed=3, steps=4, width=64,
+                                   height=64, frames=8, out=seq("trajectory")), dict(trajectory_json=TRACK_JSON)),
+        DemoJob("story", dict(seed=5, steps=4, out=str(out / "story")), dict(story_yaml=STORY_YAML)),
     ]
 
 

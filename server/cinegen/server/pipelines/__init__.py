@@ -7,10 +7,10 @@ from .base import Pipeline
 
 PIPELINE_CLASSES: list[str] = [
     "cinegen.server.pipelines.image:ImagePipeline",
-    "cinegen.server.pipelines.trajectory:TrajectoryPipeline",
     "cinegen.server.pipelines.upscale:UpscalePipeline",
-    "cinegen.server.pipelines.story:StoryPipeline",
     "cinegen.server.pipelines.panorama:PanoramaPipeline",
+    "cinegen.server.pipelines.trajectory:TrajectoryPipeline",
+    "cinegen.server.pipelines.story:StoryPipeline",
 ]
 
 
