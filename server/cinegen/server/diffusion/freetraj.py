@@ -37,6 +37,8 @@ from torch import nn
 
 from diffusers.utils.torch_utils import randn_tensor
 
+from .attention_scaffold import attention_inputs, attention_output, swapped_processors  # noqa: F401 (re-exported)
+
 DEFAULT_BOX_FRACTION = 0.35  # of the shorter frame side, when a track has no size (FreeTraj uses 0.3–0.4)
 
 
@@ -261,39 +263,15 @@ class FreeTrajAttnProcessor:
 
     def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs):
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b, c, hh, ww = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, hh * ww).transpose(1, 2)
-        rows, _, _ = hidden_states.shape
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        key, value = attn.to_k(context), attn.to_v(context)
-        head_dim = key.shape[-1] // attn.heads
-        query, key, value = (t.view(rows, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        logits = (query @ key.transpose(-1, -2)) * head_dim ** -0.5  # (rows, heads, Nq, Nk)
+        inputs = attention_inputs(attn, hidden_states, encoder_hidden_states, temb)
+        query, key, value = inputs.query, inputs.key, inputs.value
+        rows = query.shape[0]
+        logits = (query @ key.transpose(-1, -2)) * inputs.head_dim ** -0.5  # (rows, heads, Nq, Nk)
         if attention_mask is not None:
             mask = attn.prepare_attention_mask(attention_mask, key.shape[2], rows)
             logits = logits + mask.view(rows, attn.heads, -1, mask.shape[-1])
-        probs = self.edited_probabilities(logits)
-        out = (probs @ value).transpose(1, 2).reshape(rows, -1, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(b, c, hh, ww)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        probs = self.edited_probabilities(logits)  # explicit softmax: the edits act on logits and probabilities
+        return attention_output(attn, probs @ value, inputs)
 
     def edited_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         rows, heads, nq, nk = logits.shape
@@ -315,20 +293,6 @@ class FreeTrajAttnProcessor:
 
 
 # ------------------------------------------------------------------------------------ installation
-@contextlib.contextmanager
-def swapped_processors(model: nn.Module, replacements: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Install `replacements` (processor key → processor) on `model`; always restore the originals."""
-    original = dict(model.attn_processors)
-    unknown = set(replacements) - set(original)
-    if unknown:
-        raise KeyError(f"no attention processors named {sorted(unknown)}")
-    model.set_attn_processor({**original, **replacements})
-    try:
-        yield original
-    finally:
-        model.set_attn_processor(dict(original))
-
-
 class FreeTrajAttention:
     """DenoiseLoop hook: FreeTraj's processors during steps 0 … attention_steps − 1, plain attention after.
 

@@ -14,7 +14,7 @@ and fuses the low frequencies of the local branch with the high frequencies of t
 
 The fusion runs before the output projection: ``to_out`` mixes channels per token and ``G`` mixes
 tokens per channel, so the two commute (``G`` of the bias cancels between the two ``G`` terms).
-Projections, norms, residual and rescale follow diffusers' ``AttnProcessor2_0``, so with
+Projections, norms, residual and rescale are diffusers' ``AttnProcessor2_0`` (``attention_scaffold``), so with
 ``s = (1, 1)`` (one window = the whole grid, ``G`` = identity) the output is that processor's.
 
 The token grid ``(H, W)`` of a block is not visible inside an attention processor (the transformer
@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import nn
+
+from .attention_scaffold import attention_inputs, attention_output, swapped_processors
 
 GridSize = tuple[int, int]
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -260,48 +262,15 @@ class ScaleFusionAttnProcessor:
                 attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
             )
 
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            grid_hw = (height, width)
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        if hidden_states.ndim == 4:
+            grid_hw = (hidden_states.shape[-2], hidden_states.shape[-1])
+        elif self.grid_hw is None:
+            raise RuntimeError("ScaleFusionAttnProcessor needs the token grid: use install_scale_fusion")
         else:
-            if self.grid_hw is None:
-                raise RuntimeError("ScaleFusionAttnProcessor needs the token grid: use install_scale_fusion")
             grid_hw = self.grid_hw
-        batch_size = hidden_states.shape[0]
-
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-        query, key, value = (
-            x.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value)
-        )
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
-        hidden_states = self.fused_attention(query, key, value, grid_hw, _sdpa(attn.scale))
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
-
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        inputs = attention_inputs(attn, hidden_states, temb=temb)
+        fused = self.fused_attention(inputs.query, inputs.key, inputs.value, grid_hw, _sdpa(attn.scale))
+        return attention_output(attn, fused, inputs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,28 +313,21 @@ def install_scale_fusion(
     Yields ``{attn1 name: processor}``. Restores processors and removes the grid hooks also when
     the block raises.
     """
-    targets = spatial_self_attentions(unet)
-    originals = [(attn, attn.processor) for _, _, attn in targets]
     installed: dict[str, ScaleFusionAttnProcessor] = {}
     per_transformer: dict[int, tuple[Transformer2DModel, list[ScaleFusionAttnProcessor]]] = {}
-    hooks = []
-    try:
-        for name, transformer, attn in targets:
-            processor = ScaleFusionAttnProcessor(
-                scale, fast=fast, jitter=jitter, generator=generator, sigma=sigma
-            )
-            attn.set_processor(processor)
-            installed[name] = processor
-            per_transformer.setdefault(id(transformer), (transformer, []))[1].append(processor)
-        for transformer, processors in per_transformer.values():
-            hooks.append(transformer.register_forward_pre_hook(_grid_recorder(processors), with_kwargs=True))
-        yield installed
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for attn, original in originals:
-            attn.set_processor(original)
-
+    for name, transformer, _ in spatial_self_attentions(unet):
+        processor = ScaleFusionAttnProcessor(scale, fast=fast, jitter=jitter, generator=generator, sigma=sigma)
+        installed[name] = processor
+        per_transformer.setdefault(id(transformer), (transformer, []))[1].append(processor)
+    with swapped_processors(unet, {f"{name}.processor": p for name, p in installed.items()}):
+        hooks = []
+        try:
+            for transformer, processors in per_transformer.values():
+                hooks.append(transformer.register_forward_pre_hook(_grid_recorder(processors), with_kwargs=True))
+            yield installed
+        finally:
+            for hook in hooks:
+                hook.remove()
 
 __all__ = [
     "ScaleFusionAttnProcessor",

@@ -30,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention_scaffold import (attention_output, attention_tokens, processors_named, project_heads,
+                                 swapped_processors)
+
 WritePass = Callable[[torch.Tensor, torch.Tensor], Any]  # (model input, t) -> anything; run for its side effect
 
 
@@ -59,14 +62,7 @@ class MemoryBank:
 
 def _tokens_for_keys(attn: nn.Module, hidden_states: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
     """The (B, N, D) tokens ``to_k``/``to_v`` see in a self-attention, after the layer's own norms."""
-    if getattr(attn, "spatial_norm", None) is not None:
-        hidden_states = attn.spatial_norm(hidden_states, temb)
-    if hidden_states.ndim == 4:
-        b, c, h, w = hidden_states.shape
-        hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-    if getattr(attn, "group_norm", None) is not None:
-        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-    return hidden_states
+    return attention_tokens(attn, hidden_states, temb).tokens
 
 
 class SharedSelfAttentionProcessor:
@@ -94,32 +90,14 @@ class SharedSelfAttentionProcessor:
     def attend_with_memory(attn: nn.Module, hidden_states: torch.Tensor, memory: torch.Tensor,
                            temb: torch.Tensor | None) -> torch.Tensor:
         """``AttnProcessor2_0`` with [own tokens; memory tokens] as the key/value sequence."""
-        residual = hidden_states
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b, c, h, w = hidden_states.shape
-        tokens = _tokens_for_keys(attn, hidden_states, temb)
-        batch = tokens.shape[0]
+        tokens = attention_tokens(attn, hidden_states, temb)
+        batch = tokens.tokens.shape[0]
         if memory.shape[0] != batch:  # one memory for every row (CFG halves, batched frames)
             memory = memory[:1].expand(batch, -1, -1)
-        context = torch.cat([tokens, memory.to(tokens.dtype)], dim=1)
-        query, key, value = attn.to_q(tokens), attn.to_k(context), attn.to_v(context)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        if getattr(attn, "norm_q", None) is not None:
-            query = attn.norm_q(query)
-        if getattr(attn, "norm_k", None) is not None:
-            key = attn.norm_k(key)
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        context = torch.cat([tokens.tokens, memory.to(tokens.tokens.dtype)], dim=1)
+        inputs = project_heads(attn, tokens, context)
+        out = F.scaled_dot_product_attention(inputs.query, inputs.key, inputs.value, dropout_p=0.0, is_causal=False)
+        return attention_output(attn, out, inputs)
 
 
 @contextlib.contextmanager
@@ -127,20 +105,14 @@ def shared_self_attention(denoiser: nn.Module, layers: Sequence[str]) -> Iterato
     """Install shared self-attention on ``layers`` (keys of ``denoiser.attn_processors``, e.g. the
     family adapter's ``self_attention_names()``) for the duration of the block; yields the bank.
     The original processors are put back on exit, also after an error."""
-    originals = dict(denoiser.attn_processors)
-    unknown = [name for name in layers if name not in originals]
-    if unknown:
-        raise KeyError(f"no attention processor named {unknown[0]!r} in {type(denoiser).__name__}")
     bank = MemoryBank()
-    wanted = set(layers)
-    patched = {name: SharedSelfAttentionProcessor(name, proc, bank) if name in wanted else proc
-               for name, proc in originals.items()}
-    denoiser.set_attn_processor(patched)
-    try:
-        yield bank
-    finally:
-        bank.clear()
-        denoiser.set_attn_processor(originals)
+    wrapped = {name: SharedSelfAttentionProcessor(name, original, bank)
+               for name, original in processors_named(denoiser, layers).items()}
+    with swapped_processors(denoiser, wrapped):
+        try:
+            yield bank
+        finally:
+            bank.clear()
 
 
 class MemoryWriteHook:
