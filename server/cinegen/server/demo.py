@@ -24,11 +24,12 @@ class DemoJob:
 
 TRACK_JSON = ('{"width": 64, "height": 64, "tracks": [{"name": "disc", "size": 20, "points": '
               '[{"frame": 1001, "x": 12, "y": 12}, {"frame": 1008, "x": 52, "y": 52}]}]}')
+TOY = "toy-image"
 STORY_YAML = """title: demo
-characters: {Mira: a keeper with a red scarf}
+characters: {Disc: a red disc}
 shots:
-  - {id: sh010, prompt: Mira climbs the stairs, frames: 4, characters: [Mira], continuity: true}
-  - {id: sh020, prompt: Mira at the lamp, frames: 4, characters: [Mira]}
+  - {id: sh010, prompt: on the left, frames: 4, characters: [Disc], continuity: true}
+  - {id: sh020, prompt: on the right, frames: 4, characters: [Disc]}
 """
 
 
@@ -37,14 +38,16 @@ def demo_jobs(out: Path) -> list[DemoJob]:
         return str(out / name / "demo.####.exr")
 
     return [
-        DemoJob("image", dict(prompt="a red disc on a blue sky", seed=1, steps=8, width=64, height=64, frames=4,
+        # the toy-world model has learned discs and squares: real shapes on any machine
+        DemoJob("image", dict(prompt="a red disc", model=TOY, seed=1, steps=20, width=64, height=64, frames=4,
                               out=seq("image"))),
-        DemoJob("upscale", dict(prompt="a lighthouse", seed=2, steps=4, out=seq("upscale")), dict(scale=2.0)),
-        DemoJob("panorama", dict(prompt="a coastline at dusk", seed=4, steps=4, width=128, height=64,
+        DemoJob("upscale", dict(prompt="a yellow disc", model=TOY, seed=2, steps=20, out=seq("upscale")),
+                dict(scale=2.0)),
+        DemoJob("panorama", dict(prompt="a blue square", model=TOY, seed=4, steps=20, width=256, height=64,
                                  out=seq("panorama")), dict(projection="ring")),
         DemoJob("trajectory", dict(prompt="a red disc", model="tiny-animatediff", seed=3, steps=4, width=64,
                                    height=64, frames=8, out=seq("trajectory")), dict(trajectory_json=TRACK_JSON)),
-        DemoJob("story", dict(seed=5, steps=4, out=str(out / "story")), dict(story_yaml=STORY_YAML)),
+        DemoJob("story", dict(model=TOY, seed=5, steps=12, out=str(out / "story")), dict(story_yaml=STORY_YAML)),
     ]
 
 
@@ -71,6 +74,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 print(f"  {job.pipeline:10s} {line}")
     print(f"\nDemo outputs are under {out}. Look at a frame with:\n"
           f"  oiiotool --info -v {out}/image/demo.1001.exr\n"
-          "The built-in tiny models have random weights, so the pictures look like coloured noise; "
-          "point cinegen at real weights with --models DIR (see README).")
+          "The image, upscale, panorama and story keyframes use toy-image, a small model trained on discs and "
+          "squares (it ships with cinegen); the video pipelines use random-weight tiny models, whose "
+          "frames look like coloured noise. Point cinegen at real weights with --models DIR (see README).")
     return 1 if failures else 0

@@ -32,10 +32,11 @@ class Family:
 
 def _sd() -> Family:
     from .sd import SD_PIPELINE_CLASSES, build_tiny_sd, load_sd
+    from .toy import toy_models
 
     return Family("sd", SD_PIPELINE_CLASSES, load_sd,
                   tiny=(TinyModel("tiny-sd", "Tiny Stable Diffusion (random weights, 64 px, for tests and the demo)",
-                                  build_tiny_sd, version=1),),
+                                  build_tiny_sd, version=1),) + toy_models(),
                   single_file=True)
 
 
