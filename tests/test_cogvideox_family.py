@@ -17,8 +17,6 @@ from cinegen.server.pipelines.trajectory import denoise, stock_noise
 @pytest.fixture(scope="module")
 def cog_registry(tiny_model_cache):
     registry = ModelRegistry(use_hf_cache=False, cache_dir=tiny_model_cache)
-    registry.families["cogvideox"] = cogvideox_family()
-    registry.refresh()
     return registry
 
 
@@ -90,8 +88,6 @@ def test_a_tora_pipeline_folder_is_found_and_loads_toras_weights_from_its_transf
     shutil.rmtree(folder / "tora")
 
     registry = ModelRegistry([tmp_path], use_hf_cache=False, cache_dir=tiny_model_cache)
-    registry.families["cogvideox"] = cogvideox_family()
-    registry.refresh()
     assert registry.entry("Tora_T2V_diffusers").family == "cogvideox"
     adapter = registry.get("Tora_T2V_diffusers")
     assert adapter.tora is not None

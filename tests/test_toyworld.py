@@ -1,7 +1,6 @@
 """The toy world: a deterministic captioned data set, and a committed model that learned to draw it."""
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -51,12 +50,8 @@ def test_objects_are_counted_per_colour_as_captioned():
 @pytest.fixture(scope="module")
 def toy_adapter(tiny_model_cache):
     from cinegen.server.models.registry import ModelRegistry
-    from cinegen.server.models.toy import toy_models
 
     registry = ModelRegistry(use_hf_cache=False, cache_dir=tiny_model_cache)
-    sd = registry.families["sd"]
-    if not any(t.id == "toy-image" for t in sd.tiny):  # until families.py lists it
-        registry.families["sd"] = dataclasses.replace(sd, tiny=sd.tiny + toy_models())
     assert "toy-image" in [e.id for e in registry.entries()]
     return registry.get("toy-image")
 

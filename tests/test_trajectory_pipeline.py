@@ -119,8 +119,6 @@ def test_without_control_the_unet_path_is_stock_animatediff_and_with_it_the_vide
 @pytest.fixture(scope="module")
 def cog_registry(tiny_model_cache):
     registry = ModelRegistry(use_hf_cache=False, cache_dir=tiny_model_cache)
-    registry.families["cogvideox"] = cogvideox_family()
-    registry.refresh()
     return registry
 
 
@@ -159,7 +157,6 @@ def test_a_cogvideox_model_without_tora_weights_is_refused_before_running(tmp_pa
     folder = tmp_path / "CogVideoX-tiny"
     shutil.copytree(tiny, folder, ignore=shutil.ignore_patterns("tora"))
     registry = ModelRegistry([tmp_path], use_hf_cache=False, cache_dir=tiny_model_cache)
-    registry.families["cogvideox"] = cogvideox_family()
     job = JobSpec("tora-2", "trajectory", CommonParams(model="CogVideoX-tiny", out=str(tmp_path / "x.####.exr")),
                   TrajectoryParams(trajectory_json=json.dumps(_document())))
     with pytest.raises(FailedPrecondition, match="no Tora weights"):

@@ -16,7 +16,7 @@ from cinegen.common.exr import ExrMetadata, read_exr_frame, write_exr_frame
 from cinegen.common.params import CommonParams, UpscaleParams
 from cinegen.server.errors import InvalidArgument, JobCancelled
 from cinegen.server.models.registry import ModelRegistry
-from cinegen.server.models.wan import (TINY_PROFILE, tiny_wan_transformer, tiny_wan_vae, wan_family,
+from cinegen.server.models.wan import (TINY_PROFILE, tiny_wan_transformer, tiny_wan_vae,
                                        wan_flow_scheduler)
 from cinegen.server.pipelines.base import JobSpec, Pipeline, RunContext
 from cinegen.server.pipelines.upscale_dit import (CineScaleOptions, plan_dit_stages, read_plate_clip, refine_settings,
@@ -28,8 +28,6 @@ IDENTITY = CineScaleOptions(base_shift=1.0, refine_shift=1.0, ntk_alpha=1.0, att
 @pytest.fixture(scope="module")
 def wan_registry(tiny_model_cache):
     registry = ModelRegistry(use_hf_cache=False, cache_dir=tiny_model_cache)
-    registry.families["wan"] = wan_family()  # until the lead adds wan_family to FAMILY_FACTORIES
-    registry.refresh()
     return registry
 
 

@@ -12,7 +12,7 @@ from diffusers import WanPipeline
 from cinegen.server.errors import InvalidArgument
 from cinegen.server.models.registry import ModelRegistry
 from cinegen.server.models.wan import (KNOWN_PROFILES, PROFILE_FILE, TINY_PROFILE, build_tiny_wan, infer_profile,
-                                       tiny_wan_transformer, wan_family)
+                                       tiny_wan_transformer)
 from cinegen.server.pipelines.base import seeded_generator
 from cinegen.server.pipelines.upscale_dit import generate_base_latents
 
@@ -20,8 +20,6 @@ from cinegen.server.pipelines.upscale_dit import generate_base_latents
 @pytest.fixture(scope="module")
 def wan_registry(tiny_model_cache):
     registry = ModelRegistry(use_hf_cache=False, cache_dir=tiny_model_cache)
-    registry.families["wan"] = wan_family()  # until the lead adds wan_family to FAMILY_FACTORIES
-    registry.refresh()
     return registry
 
 
@@ -167,8 +165,6 @@ def test_no_lora_leaves_the_model_alone(wan_registry):
 def test_a_wan_folder_under_models_is_discovered_with_its_profile(tmp_path, tiny_model_cache):
     build_tiny_wan(tmp_path / "my-wan", seed=4)
     registry = ModelRegistry([tmp_path], use_hf_cache=False, cache_dir=tiny_model_cache)
-    registry.families["wan"] = wan_family()
-    registry.refresh()
     entry = registry.entry("my-wan")
     assert (entry.family, entry.source) == ("wan", "folder")
     adapter = registry.get("my-wan")

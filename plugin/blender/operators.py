@@ -223,11 +223,4 @@ CLASSES = (CINEGEN_OT_connect, CINEGEN_OT_generate, CINEGEN_OT_cancel, CINEGEN_O
            CINEGEN_OT_open_qt_panel)
 
 
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

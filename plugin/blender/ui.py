@@ -93,11 +93,4 @@ class CINEGEN_PT_sequencer(CinegenPanelBase, bpy.types.Panel):
 CLASSES = (CINEGEN_PT_view3d, CINEGEN_PT_compositor, CINEGEN_PT_sequencer)
 
 
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -51,12 +51,9 @@ class StepTimer:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..models.cogvideox import cogvideox_family
 
     device = resolve_device(args.device)
     registry = ModelRegistry(device=device, use_hf_cache=False)
-    registry.families.setdefault("cogvideox", cogvideox_family())
-    registry.refresh()
     rows = []
     for model in MODELS:
         adapter = registry.get(model)

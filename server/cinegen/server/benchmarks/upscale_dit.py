@@ -22,7 +22,7 @@ import torch
 from ..diffusion.sampler import LoopCallbacks
 from ..models.family import ModelEntry
 from ..models.registry import ModelRegistry
-from ..models.wan import WanAdapter, WanProfile, wan_dtype, wan_family
+from ..models.wan import WanAdapter, WanProfile, wan_dtype
 from ..pipelines.base import seeded_generator
 from ..pipelines.upscale_dit import (CineScaleOptions, encode_plate, generate_base_latents, plan_dit_stages,
                                      refine_latents, start_index_for)
@@ -81,8 +81,6 @@ def _stage_row(name: str, m, **extra) -> dict:
 def tiny_rows(device: torch.device, cache_dir: Path) -> list[dict]:
     """Generate and plate on tiny-wan, 32 → 64 px, 5 frames, 3 steps: every stage timed."""
     registry = ModelRegistry(device=device, use_hf_cache=False, cache_dir=cache_dir)
-    registry.families["wan"] = wan_family()
-    registry.refresh()
     adapter: WanAdapter = registry.get("tiny-wan")  # type: ignore[assignment]
     steps, frames = 3, 5
     options = CineScaleOptions()
