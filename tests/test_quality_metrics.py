@@ -51,6 +51,17 @@ def test_a_named_colour_counts_only_the_objects_of_that_colour():
     assert count_objects(image, SalientParams(colour=COLOURS["blue"])) == 1
 
 
+def test_palette_colours_count_touching_objects_of_two_colours_as_two_and_ignore_sky_streaks():
+    red = SceneObject("red", "square", 0.4, 0.4, 0.1)
+    blue = SceneObject("blue", "square", 0.6, 0.4, 0.1)  # shares red's right edge
+    image = render(scene(red, blue), 128)
+    image[5:8, 10:50] += 0.25  # a bright streak in the sky: salient against the row median, not a palette colour
+    assert count_objects(image, SalientParams(colours=("red", "blue"))) == 2
+    assert count_objects(image, SalientParams(colours=("red",))) == 1
+    assert count_objects(image, SalientParams(colours=("yellow",))) == 0
+    assert count_objects(image) == 2  # salient mode: red and blue merge into one, plus the streak
+
+
 def test_specks_smaller_than_the_minimum_area_are_not_objects():
     image = render(row_of_objects(2), 128)
     image[10:12, 60:62] = (0.0, 0.0, 0.0)  # a 4-pixel speck in the sky
@@ -204,11 +215,9 @@ def test_the_bench_prefers_trained_toy_models_and_honours_model():
 
 def _red_objects(registry, pipeline_run) -> int:
     from cinegen.common.color import scene_linear_to_srgb_display
-    from cinegen.server.toyworld.measure import count_objects
-
     image = pipeline_run()
     display = np.clip(scene_linear_to_srgb_display(np.ascontiguousarray(image[..., :3])), 0, 1)
-    return count_objects(display, "red")
+    return count_objects(display, SalientParams(colours=("red",), min_area=12))
 
 
 def test_on_the_toy_model_the_cascade_prevents_the_repetition_of_direct_4x_generation(client, tmp_path):

@@ -62,7 +62,8 @@ def repetition_figure(result: RepetitionResult, out: Path) -> Path:
         n = c.counts
         rows.append([Tile(c.images["native"], f"native: {n['native']}"),
                      Tile(c.images["direct"], f"direct {result.target[0]}px: {n['direct']} objects"),
-                     Tile(c.images["cascade"], f"cascade: {n['cascade']} objects (want {c.expected})")])
+                     Tile(c.images["cascade"], f"cascade: {n['cascade']} objects (want {c.expected})"),
+                     Tile(c.images["cascade-gentle"], f"gentle cascade: {n['cascade-gentle']}")])
     return save_grid(out / "quality-repetition.png", rows, row_height=result.target[1])
 
 

@@ -12,6 +12,7 @@ import torch
 
 from .family import ModelEntry
 from .sd import SDAdapter, _repeat_halves, keep_vae_in_float32
+from .toy import read_sidecar
 
 ANIMATEDIFF_PIPELINE_CLASSES = ("AnimateDiffPipeline",)
 
@@ -84,6 +85,9 @@ def load_animatediff(entry: ModelEntry, device: torch.device, dtype: torch.dtype
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     keep_vae_in_float32(pipe, dtype)
+    frames = read_sidecar(Path(entry.path)).get("native_frames")
+    if frames:  # a motion module trained on shorter clips than AnimateDiff's 16
+        pipe._cinegen_native_frames = int(frames)
     return AnimateDiffAdapter(pipe, entry, device, dtype)
 
 

@@ -42,10 +42,11 @@ def _sd() -> Family:
 
 def _animatediff() -> Family:
     from .animatediff import ANIMATEDIFF_PIPELINE_CLASSES, build_tiny_animatediff, load_animatediff
+    from .toy import toy_video_models
 
     return Family("animatediff", ANIMATEDIFF_PIPELINE_CLASSES, load_animatediff,
                   tiny=(TinyModel("tiny-animatediff", "Tiny AnimateDiff video model (random weights, 64 px, "
-                                  "16 frames)", build_tiny_animatediff, version=1),))
+                                  "16 frames)", build_tiny_animatediff, version=1),) + toy_video_models())
 
 
 def _cogvideox() -> Family:

@@ -9,7 +9,11 @@ Issue 9 §3. Every metric is computed on display images in [0, 1], (H, W, 3) or 
     d(y, x)       = ‖ image(y, x) − background(y) ‖₂ over RGB
     salient       = d ≥ threshold            or, for a named colour c:  ‖ image − c ‖₂ ≤ tolerance
 
-**Repetition**: objects = 8-connected components of the salient mask with at least `min_area` pixels.
+or, with `colours` (toy-world palette names), the pixels nearest that palette colour and within its
+tolerance (`toyworld.measure.colour_mask`) — robust to the streaks a small model paints into the sky.
+
+**Repetition**: objects = 8-connected components of the salient mask with at least `min_area` pixels
+(with `colours`: of each named colour's mask, so two touching objects of different colours are two).
 
 **Seam** of a 360° panorama (left and right edge must meet):
 
@@ -34,6 +38,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..toyworld.measure import colour_mask
 from ..trajectory_metric import TrajectoryErrorReport, trajectory_error
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -45,6 +50,7 @@ class SalientParams:
     min_area: int = 4  # pixels; smaller components are speckle, not objects
     colour: tuple[float, float, float] | None = None  # look for this colour instead of "not background"
     colour_tolerance: float = 0.3
+    colours: tuple[str, ...] = ()  # toy-world palette names: objects are pixels of these colours, per colour
 
 
 @dataclass(frozen=True)
@@ -79,26 +85,38 @@ def row_background(image: np.ndarray) -> np.ndarray:
 
 
 def salient_mask(image: np.ndarray, params: SalientParams = SalientParams()) -> np.ndarray:
-    """(H, W) bool: pixels far from their row's background (or near `params.colour`)."""
+    """(H, W) bool: pixels far from their row's background (or near `params.colour`, or of `params.colours`)."""
     a = as_hwc(image)
+    if params.colours:
+        return np.logical_or.reduce([colour_mask(a, name, params.colour_tolerance) for name in params.colours])
     if params.colour is not None:
         return np.linalg.norm(a - np.asarray(params.colour, np.float64), axis=-1) <= params.colour_tolerance
     return np.linalg.norm(a - row_background(a)[:, None, :], axis=-1) >= params.threshold
 
 
-def find_objects(image: np.ndarray, params: SalientParams = SalientParams()) -> list[ImageObject]:
-    """Connected components of the salient mask of at least `min_area` px, largest first."""
-    labels, count = ndimage.label(salient_mask(image, params), structure=EIGHT_CONNECTED)
+def mask_objects(mask: np.ndarray, min_area: int = 1) -> list[ImageObject]:
+    """8-connected components of a boolean (H, W) mask with at least `min_area` pixels, largest first."""
+    labels, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
     objects = []
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
         ys, xs = np.nonzero(labels[box] == index)
-        if len(xs) < params.min_area:
+        if len(xs) < min_area:
             continue
         objects.append(ImageObject(
             area=len(xs), centroid=(float(xs.mean() + box[1].start + 0.5), float(ys.mean() + box[0].start + 0.5)),
             bbox=(box[1].start, box[0].start, box[1].stop, box[0].stop)))
+    return sorted(objects, key=lambda o: -o.area)
+
+
+def find_objects(image: np.ndarray, params: SalientParams = SalientParams()) -> list[ImageObject]:
+    """The objects of an image, largest first: components of the salient mask, or of each of `params.colours`."""
+    if not params.colours:
+        return mask_objects(salient_mask(image, params), params.min_area)
+    a = as_hwc(image)
+    objects = [o for name in params.colours
+               for o in mask_objects(colour_mask(a, name, params.colour_tolerance), params.min_area)]
     return sorted(objects, key=lambda o: -o.area)
 
 
@@ -203,4 +221,4 @@ def keyframe_consistency(images: Sequence[np.ndarray], params: SalientParams = S
 
 __all__ = ["ConsistencyReport", "ImageObject", "SalientParams", "SeamReport", "as_hwc", "colour_histogram",
            "count_objects", "find_objects", "follow_error", "histogram_intersection", "keyframe_consistency",
-           "locate_largest_object", "row_background", "salient_mask", "seam_report"]
+           "locate_largest_object", "mask_objects", "row_background", "salient_mask", "seam_report"]

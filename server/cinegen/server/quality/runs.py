@@ -32,10 +32,14 @@ from ..pipelines.story import MemoryKeyframe, generate_keyframe
 from ..pipelines.trajectory import generate_trajectory_video, track_positions
 from ..pipelines.upscale_unet import (CascadeSettings, decode_latents, default_vae_tile, pixel_multiple, reference_size,
                                       run_cascade)
-from ..toyworld.world import caption, scene_for
+from ..toyworld.world import COLOURS, Scene, caption, scene_for
 from .metrics import SalientParams, count_objects, follow_error, keyframe_consistency, seam_report
 
 EVAL_WORLD_SEED = 9001  # toy-world scenes whose captions are the prompts (apart from any training seed)
+# the cascade at the handbook's defaults, and "gentle": less re-noising and a longer pull towards the
+# upsampled picture (`cinegen upscale --strength 0.4 --cosine-scale 3`), which small models need
+REPETITION_METHODS = ("native", "direct", "cascade", "cascade-gentle")
+GENTLE_STRENGTH, GENTLE_COSINE_SCALE = 0.4, 3.0
 MIN_OBJECT_FRACTION = 0.005  # of the native picture's area: smaller blobs are speckle, not objects
 FIRST_FRAME = 1001
 Log = Callable[[str], None]
@@ -59,9 +63,11 @@ def resolved(adapter: FamilyAdapter, prompt: str, seed: int, s: RunSettings, *, 
                     8.0, FIRST_FRAME)
 
 
-def salient_params(adapter: FamilyAdapter) -> SalientParams:
+def salient_params(adapter: FamilyAdapter, colours: tuple[str, ...] = tuple(COLOURS)) -> SalientParams:
+    """Objects are toy-world palette colours (`colours`, by default any): a small model's sky streaks are
+    salient against the background but are no palette colour, so they do not count as objects."""
     w, h = adapter.native_size
-    return SalientParams(min_area=max(4, round(MIN_OBJECT_FRACTION * w * h)))
+    return SalientParams(min_area=max(4, round(MIN_OBJECT_FRACTION * w * h)), colours=colours)
 
 
 def to_hwc(image: torch.Tensor) -> np.ndarray:
@@ -71,8 +77,15 @@ def to_hwc(image: torch.Tensor) -> np.ndarray:
 
 def eval_prompts(count: int) -> list[tuple[str, int]]:
     """(caption, number of objects) of the evaluation scenes."""
-    scenes = [scene_for(EVAL_WORLD_SEED, i) for i in range(count)]
-    return [(caption(scene), len(scene.objects)) for scene in scenes]
+    return [(caption(scene), len(scene.objects)) for scene in eval_scenes(count)]
+
+
+def eval_scenes(count: int) -> list[Scene]:
+    return [scene_for(EVAL_WORLD_SEED, i) for i in range(count)]
+
+
+def scene_colours(scene: Scene) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(o.colour for o in scene.objects))
 
 
 def _mean(values: list[float]) -> float:
@@ -85,7 +98,7 @@ class RepetitionCase:
     prompt: str
     seed: int
     expected: int
-    counts: dict[str, int]  # native, direct, cascade
+    counts: dict[str, int]  # native, direct, and each cascade variant (REPETITION_METHODS)
     images: dict[str, np.ndarray] = field(repr=False)
 
     def as_dict(self) -> dict:
@@ -106,7 +119,7 @@ class RepetitionResult:
         return _mean([float(c.counts[method] == c.expected) for c in self.cases])
 
     def as_dict(self) -> dict:
-        methods = ("native", "direct", "cascade")
+        methods = REPETITION_METHODS
         return {"native": list(self.native), "target": list(self.target), "stages": [list(s) for s in self.stages],
                 "mean_count": {m: round(_mean([c.counts[m] for c in self.cases]), 3) for m in methods},
                 "mean_abs_count_error": {m: round(self.mean_abs_error(m), 3) for m in methods},
@@ -120,16 +133,19 @@ def repetition_experiment(adapter: FamilyAdapter, s: RunSettings, log: Log = lam
     stages = plan_stages(native, target, multiple=pixel_multiple(adapter))
     reference = reference_size(adapter, target)
     settings = CascadeSettings(steps=s.steps, vae_tile=default_vae_tile(adapter))
-    params = salient_params(adapter)
+    variants = {"cascade": settings,
+                "cascade-gentle": replace(settings, strength=GENTLE_STRENGTH, cosine_scale=GENTLE_COSINE_SCALE)}
     cases = []
-    for (prompt, expected), seed in zip(eval_prompts(len(s.seeds)), s.seeds):
+    for scene, seed in zip(eval_scenes(len(s.seeds)), s.seeds):
+        prompt, expected = caption(scene), len(scene.objects)
+        params = salient_params(adapter, scene_colours(scene))  # the objects the prompt asks for
         r = resolved(adapter, prompt, seed, s, width=stages[0][0], height=stages[0][1])
         x0 = generate_images(adapter, r)
-        cascade = run_cascade(adapter, adapter.encode_prompt(prompt, "", s.guidance), x0, stages[1:], reference,
-                              settings, seed)
-        direct = generate_images(adapter, replace(r, width=target[0], height=target[1]))
-        images = {name: to_hwc(decode_latents(adapter, latents, settings)[0])
-                  for name, latents in (("native", x0), ("direct", direct), ("cascade", cascade))}
+        cond = adapter.encode_prompt(prompt, "", s.guidance)
+        latents = {"native": x0, "direct": generate_images(adapter, replace(r, width=target[0], height=target[1]))}
+        for name, variant in variants.items():
+            latents[name] = run_cascade(adapter, cond, x0, stages[1:], reference, variant, seed)
+        images = {name: to_hwc(decode_latents(adapter, z, settings)[0]) for name, z in latents.items()}
         counts = {name: count_objects(image, params) for name, image in images.items()}
         cases.append(RepetitionCase(prompt, seed, expected, counts, images))
         log(f"repetition seed {seed} '{prompt}': expected {expected}, {counts}")
@@ -222,7 +238,7 @@ def trajectory_experiment(adapter: FamilyAdapter, s: RunSettings, log: Log = lam
     width, height = adapter.native_size
     trajectory = diagonal_track(width, height, s.frames)
     requested = track_positions(trajectory, FIRST_FRAME, s.frames)[0].numpy()
-    params = salient_params(adapter)
+    params = salient_params(adapter, ("red",))
     cases = []
     for seed in s.seeds:
         prompt = "a red disc"  # the track's name is a word of the prompt: FreeTraj steers its tokens
@@ -293,5 +309,5 @@ def consistency_experiment(adapter: FamilyAdapter, s: RunSettings, log: Log = la
 
 
 __all__ = ["ConsistencyResult", "RepetitionResult", "RunSettings", "SeamResult", "TrajectoryResult",
-           "consistency_experiment", "diagonal_track", "eval_prompts", "repetition_experiment", "seam_experiment",
+           "consistency_experiment", "diagonal_track", "eval_prompts", "eval_scenes", "repetition_experiment", "seam_experiment",
            "story_keyframes", "trajectory_experiment"]
