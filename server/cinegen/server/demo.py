@@ -25,6 +25,7 @@ class DemoJob:
 TRACK_JSON = ('{"width": 64, "height": 64, "tracks": [{"name": "disc", "size": 20, "points": '
               '[{"frame": 1001, "x": 12, "y": 12}, {"frame": 1008, "x": 52, "y": 52}]}]}')
 TOY = "toy-image"
+TOY_VIDEO = "toy-video"
 STORY_YAML = """title: demo
 characters: {Disc: a red disc}
 shots:
@@ -45,9 +46,10 @@ def demo_jobs(out: Path) -> list[DemoJob]:
                 dict(scale=2.0)),
         DemoJob("panorama", dict(prompt="a blue square", model=TOY, seed=4, steps=20, width=256, height=64,
                                  out=seq("panorama")), dict(projection="ring")),
-        DemoJob("trajectory", dict(prompt="a red disc", model="tiny-animatediff", seed=3, steps=4, width=64,
+        DemoJob("trajectory", dict(prompt="a red disc", model=TOY_VIDEO, seed=3, steps=20, width=64,
                                    height=64, frames=8, out=seq("trajectory")), dict(trajectory_json=TRACK_JSON)),
-        DemoJob("story", dict(model=TOY, seed=5, steps=12, out=str(out / "story")), dict(story_yaml=STORY_YAML)),
+        DemoJob("story", dict(model=TOY, seed=5, steps=12, out=str(out / "story")),
+                dict(story_yaml=STORY_YAML, video_model=TOY_VIDEO)),
     ]
 
 
@@ -74,7 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 print(f"  {job.pipeline:10s} {line}")
     print(f"\nDemo outputs are under {out}. Look at a frame with:\n"
           f"  oiiotool --info -v {out}/image/demo.1001.exr\n"
-          "The image, upscale, panorama and story keyframes use toy-image, a small model trained on discs and "
-          "squares (it ships with cinegen); the video pipelines use random-weight tiny models, whose "
-          "frames look like coloured noise. Point cinegen at real weights with --models DIR (see README).")
+          "The demo uses toy-image and toy-video, small models trained on coloured discs and squares (they "
+          "ship with cinegen), so expect simple shapes on a sky, not photographs. Point cinegen at real "
+          "weights with --models DIR (see README).")
     return 1 if failures else 0
