@@ -309,5 +309,5 @@ def consistency_experiment(adapter: FamilyAdapter, s: RunSettings, log: Log = la
 
 
 __all__ = ["ConsistencyResult", "RepetitionResult", "RunSettings", "SeamResult", "TrajectoryResult",
-           "consistency_experiment", "diagonal_track", "eval_prompts", "eval_scenes", "repetition_experiment", "seam_experiment",
-           "story_keyframes", "trajectory_experiment"]
+           "consistency_experiment", "diagonal_track", "eval_prompts", "eval_scenes", "repetition_experiment",
+           "seam_experiment", "story_keyframes", "trajectory_experiment"]

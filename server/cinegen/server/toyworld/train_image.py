@@ -83,6 +83,25 @@ def new_scheduler():
                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
+def new_training_scheduler():
+    """SD's scaled-linear DDPM noise schedule, which both toy models are trained with."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def sample_latents(means: torch.Tensor, stds: torch.Tensor, idx: np.ndarray, scale: float) -> torch.Tensor:
+    """Fresh draws from the pooled posteriors of items `idx`, scaled like the latents the denoiser sees."""
+    return (means[idx] + stds[idx] * torch.randn_like(means[idx])) * scale
+
+
+def take_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list, clip: float = 1.0) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+
+
 class LossLog:
     def __init__(self, path: Path):
         self.file = path.open("w", newline="")
@@ -143,7 +162,7 @@ def _encode_pool(vae, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, lis
 
 
 def train_unet(cfg: TrainConfig, vae_folder: Path, deadline: float) -> Path:
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
 
     from ..models.tokenizer import byte_level_clip_tokenizer
 
@@ -153,7 +172,7 @@ def train_unet(cfg: TrainConfig, vae_folder: Path, deadline: float) -> Path:
     print(f"encoded {len(captions)} scenes", flush=True)
     torch.manual_seed(cfg.seed + 2)
     text_encoder, unet = build_text_encoder(), build_unet()
-    noise_sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    noise_sched = new_training_scheduler()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     rng = np.random.default_rng(cfg.seed + 3)
@@ -163,7 +182,7 @@ def train_unet(cfg: TrainConfig, vae_folder: Path, deadline: float) -> Path:
         if time.time() > deadline:
             break
         idx = rng.integers(0, len(captions), cfg.unet_batch)
-        z0 = (means[idx] + stds[idx] * torch.randn_like(means[idx])) * scale
+        z0 = sample_latents(means, stds, idx, scale)
         caps = ["" if rng.random() < cfg.caption_dropout else captions[i] for i in idx]
         ids = tokenizer(caps, padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids
@@ -171,10 +190,7 @@ def train_unet(cfg: TrainConfig, vae_folder: Path, deadline: float) -> Path:
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.unet_batch,))
         pred = unet(noise_sched.add_noise(z0, noise, t), t, text_encoder(ids)[0]).sample
         loss = (pred - noise).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        take_step(opt, loss, params)
         log.add(step, loss.item())
     log.close()
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer,

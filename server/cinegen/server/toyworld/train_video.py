@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .clips import ClipParams, clip_batch
-from .train_image import NATIVE, LossLog
+from .train_image import NATIVE, LossLog, new_training_scheduler, sample_latents, take_step
 
 FRAMES = 8
 
@@ -93,7 +93,7 @@ def _encode_clips(vae, cfg: VideoTrainConfig) -> tuple[torch.Tensor, torch.Tenso
 
 
 def train_motion(cfg: VideoTrainConfig, deadline: float) -> Path:
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNetMotionModel
+    from diffusers import StableDiffusionPipeline, UNetMotionModel
 
     sd = StableDiffusionPipeline.from_pretrained(str(cfg.image_model), dtype=torch.float32, safety_checker=None,
                                                  feature_extractor=None, requires_safety_checker=False,
@@ -115,7 +115,7 @@ def train_motion(cfg: VideoTrainConfig, deadline: float) -> Path:
     print(f"training {sum(p.numel() for p in trained)} motion parameters", flush=True)
     opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.01)
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / cfg.warmup))
-    noise_sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    noise_sched = new_training_scheduler()
     rng = np.random.default_rng(cfg.seed + 3)
     scale = sd.vae.config.scaling_factor
     log = LossLog(cfg.out / "motion_loss.csv")
@@ -123,7 +123,7 @@ def train_motion(cfg: VideoTrainConfig, deadline: float) -> Path:
         if time.time() > deadline:
             break
         idx = rng.integers(0, len(captions), cfg.batch)
-        z0 = (means[idx] + stds[idx] * torch.randn_like(means[idx])) * scale
+        z0 = sample_latents(means, stds, idx, scale)
         embeds = torch.stack([table["" if rng.random() < cfg.caption_dropout else captions[i]] for i in idx])
         noise = torch.randn_like(z0)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.batch,))
@@ -131,10 +131,7 @@ def train_motion(cfg: VideoTrainConfig, deadline: float) -> Path:
         pred = unet(noise_sched.add_noise(z0, noise, t), t,
                     encoder_hidden_states=embeds.repeat_interleave(FRAMES, dim=0)).sample
         loss = (pred - noise).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        opt.step()
+        take_step(opt, loss, trained)
         warmup.step()
         log.add(step, loss.item())
     log.close()
