@@ -46,10 +46,12 @@ def plate(tmp_path_factory) -> tuple[str, torch.Tensor]:
 class CapturingSink:
     def __init__(self) -> None:
         self.frames: dict[int, torch.Tensor] = {}
+        self.alphas: dict[int, np.ndarray | None] = {}
         self.written: list[str] = []
 
-    def write(self, index: int, display_rgb: torch.Tensor) -> str:
+    def write(self, index: int, display_rgb: torch.Tensor, alpha=None) -> str:
         self.frames[index] = display_rgb.clone()
+        self.alphas[index] = alpha
         self.written.append(f"frame{index}")
         return self.written[-1]
 
@@ -182,6 +184,22 @@ def test_plate_mode_end_to_end_writes_exr_frames_at_the_target_size(wan_registry
     assert [Path(p).name for p in paths] == [f"up.{1001 + i}.exr" for i in range(5)]
     pixels, header = read_exr_frame(paths[-1])
     assert pixels.shape == (64, 64, 4) and header["cinegen:pipeline"] == "upscale"
+
+
+def test_a_plate_s_alpha_reaches_the_dit_output_frames_resized(wan_registry, tmp_path):
+    from cinegen.server.output import resize_alpha
+
+    y, x = np.mgrid[0:32, 0:32].astype(np.float32)
+    mattes = []
+    for i in range(5):  # a matte that moves, so each frame's own alpha must arrive
+        alpha = np.clip(10 - np.hypot(x + 0.5 - 10 - 3 * i, y + 0.5 - 16), 0, 1)
+        rgba = np.concatenate([np.full((32, 32, 3), 0.2, np.float32) * alpha[..., None], alpha[..., None]], axis=-1)
+        write_exr_frame(tmp_path / f"matte.{1001 + i:04d}.exr", rgba, metadata=ExrMetadata())
+        mattes.append(alpha)
+    params = UpscaleParams(mode="plate", input=str(tmp_path / "matte.####.exr"), scale=2.0)
+    ctx, _ = _run(wan_registry, params, guidance=1.0)
+    for i, alpha in enumerate(mattes):
+        np.testing.assert_allclose(ctx.sink.alphas[i], resize_alpha(alpha, 64, 64), atol=1e-3)  # half-float plate
 
 
 def test_a_plate_given_without_a_mode_is_refined_fast_from_a_frame_subset(wan_registry, plate):

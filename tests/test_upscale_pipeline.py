@@ -17,6 +17,7 @@ from cinegen.server.diffusion.scale_fusion import ScaleFusionAttnProcessor
 from cinegen.server.errors import InvalidArgument, JobCancelled, ResourceExhausted
 from cinegen.server.pipelines.base import JobSpec, RunContext
 from cinegen.server.pipelines.upscale import UpscalePipeline, resolve_target, run_with_memory_retry
+from cinegen.server.output import resize_alpha
 from cinegen.server.pipelines.upscale_unet import CascadeSettings, generate_clip
 
 
@@ -27,7 +28,7 @@ class RecordingSink:
         self.frames: dict[int, torch.Tensor] = {}
         self.written: list[str] = []
 
-    def write(self, index: int, image: torch.Tensor) -> str:
+    def write(self, index: int, image: torch.Tensor, alpha=None) -> str:
         frame = self.first_frame + index
         self.frames[frame] = image.detach().clone()
         self.written.append(f"frame-{frame}")
@@ -260,6 +261,32 @@ def test_plate_frames_keep_their_numbers_through_the_server(client, tmp_path):
     common = CommonParams(seed=1, steps=2, first_frame=1, out=str(out))
     result = client.run(build_request("upscale", common, UpscaleParams(input=pattern, strength=0.3)))
     assert sorted(p.rsplit("/", 1)[1] for p in result.outputs) == ["up.0001.exr", "up.0002.exr"]
+
+
+def test_a_plate_s_alpha_is_carried_to_the_upscaled_frames(client, tmp_path):
+    # a compositor's plate with a matte: a soft-edged disc, alpha 0 outside
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32)
+    alpha = np.clip(20 - np.hypot(x + 0.5 - 32, y + 0.5 - 32), 0, 1)
+    rgba = np.concatenate([np.full((64, 64, 3), 0.3, np.float32) * alpha[..., None], alpha[..., None]], axis=-1)
+    (tmp_path / "in").mkdir()
+    write_exr_frame(tmp_path / "in" / "matte.1001.exr", rgba, metadata=ExrMetadata())
+    out = tmp_path / "out" / "up.####.exr"
+    params = UpscaleParams(input=str(tmp_path / "in" / "matte.####.exr"), scale=2.0, strength=0.3)
+    result = client.run(build_request("upscale", CommonParams(seed=1, steps=2, out=str(out)), params))
+    assert result.state == "completed", result.message
+    pixels, _ = read_exr_frame(tmp_path / "out" / "up.1001.exr")
+    assert pixels.shape == (128, 128, 4)
+    expected = resize_alpha(alpha, 128, 128)
+    assert np.abs(pixels[..., 3] - expected).max() < 2e-3  # half float
+    assert pixels[0, 0, 3] == 0 and pixels[64, 64, 3] == 1, "outside stays cut out, the centre stays solid"
+
+
+def test_resizing_a_matte_keeps_its_range_and_a_constant_matte_constant():
+    ramp = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (16, 1))
+    up = resize_alpha(ramp, 64, 32)
+    assert up.shape == (32, 64) and up.min() >= 0 and up.max() <= 1
+    assert np.allclose(resize_alpha(np.full((16, 16), 0.5, np.float32), 40, 24), 0.5)
+    assert np.allclose(resize_alpha(np.ones((64, 64), np.float32), 16, 16), 1.0)  # shrinking too
 
 
 @pytest.mark.parametrize("case, code, words", [

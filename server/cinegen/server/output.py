@@ -25,6 +25,21 @@ def to_numpy_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image, dtype=np.float32)
 
 
+def resize_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A plate's (H, W) alpha at the output size: bilinear (antialiased when shrinking), kept in [0, 1].
+
+    The model refines the plate's colour as stored (premultiplied, as EXR plates are) and never sees the
+    matte; carrying it through keeps the comp's cut-out. Where alpha is 0 the model may still paint a
+    little colour: a Premult/Unpremult pair downstream cleans that if it matters."""
+    if alpha.shape == (height, width):
+        return alpha.astype(np.float32)
+    shrink = height < alpha.shape[0] or width < alpha.shape[1]
+    resized = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(alpha, np.float32))[None, None],
+                                              size=(height, width), mode="bilinear", align_corners=False,
+                                              antialias=shrink)
+    return resized[0, 0].clamp(0.0, 1.0).numpy()
+
+
 @dataclass
 class FrameSink:
     """Writes the frames of one sequence and reports each one."""

@@ -34,6 +34,7 @@ from ..diffusion.sampler import LoopCallbacks
 from ..errors import InvalidArgument, NotFound, ResourceExhausted
 from ..models.family import FamilyAdapter
 from ..models.registry import ModelRegistry
+from ..output import resize_alpha
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress
 from .upscale_unet import (CascadeSettings, decode_latents, default_vae_tile, generate_native, pixel_multiple,
                            reference_size, run_cascade)
@@ -248,21 +249,24 @@ def plate_display(linear: np.ndarray) -> tuple[torch.Tensor, bool]:
     return tensor, clipped
 
 
-def plate_clips(plate: PlateInfo, clip_len: int) -> Iterator[tuple[list[int], torch.Tensor, bool]]:
-    """(frame numbers, display pixels (1, 3, F, H, W) or (1, 3, H, W) when clip_len is 1, clipped)."""
+def plate_clips(plate: PlateInfo, clip_len: int) -> Iterator[tuple[list[int], torch.Tensor, bool, list[np.ndarray]]]:
+    """(frame numbers, display pixels (1, 3, F, H, W) or (1, 3, H, W) when clip_len is 1, clipped, each frame's
+    alpha (H, W); 1 where the plate has none)."""
     frames: list[int] = []
     images: list[torch.Tensor] = []
+    alphas: list[np.ndarray] = []
     clipped = False
-    for frame, linear in read_plate_sequence(plate.pattern, plate.frames):
+    for frame, linear in read_plate_sequence(plate.pattern, plate.frames, keep_alpha=True):
         image, hot = plate_display(linear)
         frames.append(frame)
         images.append(image)
+        alphas.append(linear[..., 3])
         clipped |= hot
         if len(frames) == clip_len:
-            yield frames, _stack(images, clip_len), clipped
-            frames, images, clipped = [], [], False
+            yield frames, _stack(images, clip_len), clipped, alphas
+            frames, images, alphas, clipped = [], [], [], False
     if frames:
-        yield frames, _stack(images, clip_len), clipped
+        yield frames, _stack(images, clip_len), clipped, alphas
 
 
 def _stack(images: list[torch.Tensor], clip_len: int) -> torch.Tensor:
@@ -364,7 +368,7 @@ class UpscalePipeline(Pipeline):
         sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
         cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
         warned = False
-        for n, (frames, pixels, clipped) in enumerate(plate_clips(plate, clip_len)):
+        for n, (frames, pixels, clipped, alphas) in enumerate(plate_clips(plate, clip_len)):
             ctx.check_cancel()
             if clipped and not warned:
                 ctx.log("The plate has highlights above display white; the model sees them clipped to 1.")
@@ -377,14 +381,17 @@ class UpscalePipeline(Pipeline):
                 return decode_latents(adapter, out, settings)
 
             images = run_with_memory_retry(work, plan.settings, ctx.log)
-            self._write(ctx, sink, images, [frame - plate.frames.first for frame in frames])
+            self._write(ctx, sink, images, [frame - plate.frames.first for frame in frames], alphas)
         return list(sink.written)
 
     @staticmethod
-    def _write(ctx: RunContext, sink, images: torch.Tensor, indices: list[int]) -> None:
-        """Images (N, 3, H, W) or one clip (1, 3, F, H, W) -> frames `indices` of the sequence."""
+    def _write(ctx: RunContext, sink, images: torch.Tensor, indices: list[int],
+               alphas: list[np.ndarray] | None = None) -> None:
+        """Images (N, 3, H, W) or one clip (1, 3, F, H, W) -> frames `indices` of the sequence, with the
+        plate's alpha of each frame resized to the output when given."""
         frames = images[0].permute(1, 0, 2, 3) if images.dim() == 5 else images
-        for index, image in zip(indices, frames):
+        for i, (index, image) in enumerate(zip(indices, frames)):
             ctx.check_cancel()
             ctx.preview(index, image.permute(1, 2, 0).float().cpu().numpy())
-            sink.write(index, image)
+            alpha = None if alphas is None else resize_alpha(alphas[i], image.shape[-1], image.shape[-2])
+            sink.write(index, image, alpha=alpha)

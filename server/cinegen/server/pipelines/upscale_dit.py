@@ -44,6 +44,7 @@ from ..diffusion.sampler import DenoiseLoop, LoopCallbacks
 from ..errors import InvalidArgument, NotFound
 from ..models.family import Conditioning
 from ..models.wan import WanAdapter
+from ..output import resize_alpha
 from .base import JobSpec, Resolved, RunContext, StepProgress, seeded_generator
 
 WAN_TEMPORAL_FACTOR = 4  # frames per latent frame of the causal Wan VAE (plus the first)
@@ -208,12 +209,17 @@ def refine_latents(adapter: WanAdapter, cond: Conditioning, latents: torch.Tenso
 
 
 # ---- plates ---------------------------------------------------------------------------------------
-def read_plate_clip(pattern: str, frames: int | None = None) -> torch.Tensor:
-    """A plate as display-referred sRGB in [0, 1], (1, 3, F, H, W); the first `frames` frames when given."""
+def read_plate_clip(pattern: str, frames: int | None = None, alphas: list[np.ndarray] | None = None) -> torch.Tensor:
+    """A plate as display-referred sRGB in [0, 1], (1, 3, F, H, W); the first `frames` frames when given.
+    Each frame's alpha (H, W; 1 where the plate has none) is appended to `alphas` when a list is given."""
     try:
         range_on_disk = SequencePattern.parse(pattern, any_extension=True, what="plate").frame_range_on_disk()
         wanted = FrameRange.from_count(range_on_disk.first, frames) if (frames and range_on_disk) else None
-        pixels = [scene_linear_to_srgb_display(rgb) for _, rgb in read_plate_sequence(pattern, wanted)]
+        pixels = []
+        for _, rgba in read_plate_sequence(pattern, wanted, keep_alpha=True):
+            pixels.append(scene_linear_to_srgb_display(np.ascontiguousarray(rgba[..., :3])))
+            if alphas is not None:
+                alphas.append(rgba[..., 3])
     except (PlateError, ValueError) as exc:
         raise InvalidArgument(str(exc)) from exc
     # Display values above 1 (highlights) cannot be represented by the VAE's [0, 1] range.
@@ -278,6 +284,7 @@ def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, pa
         raise InvalidArgument(f"'{adapter.entry.id}' is an image-to-video model; "
                               "upscale runs on text-to-video Wan models.")
     mode = dit_mode(params)
+    alphas: list[np.ndarray] = []  # the plate's mattes, carried to the output frames
     strength = params.strength if params.strength is not None else DEFAULT_STRENGTH.get(mode, 0.7)
     start_index = start_index_for(resolved.steps, strength)
     generator = seeded_generator(resolved.seed)
@@ -285,7 +292,7 @@ def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, pa
         frames, clip = resolved.frames, None
         start = adapter.native_size
     else:
-        clip = read_plate_clip(params.input, ctx.job.common.frames)
+        clip = read_plate_clip(params.input, ctx.job.common.frames, alphas)
         frames, start = clip.shape[2], (clip.shape[-1], clip.shape[-2])
     check_wan_frames(frames, "video" if clip is None else "plate")
     target = dit_target_size(adapter, ctx.job.common, params, start)
@@ -311,11 +318,12 @@ def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, pa
                                                 generator, callbacks, options.base_shift)
             else:
                 latents = refine_latents(adapter, cond, latents, stage, resolved.steps, generator, callbacks)
-    return write_video(ctx, adapter, latents, resolved, vae_tile, progress, len(plan) + 1)
+    return write_video(ctx, adapter, latents, resolved, vae_tile, progress, len(plan) + 1, alphas)
 
 
 def write_video(ctx: RunContext, adapter: WanAdapter, latents: torch.Tensor, resolved: Resolved,
-                vae_tile: int | None, progress: StepProgress, stage_index: int) -> list[str]:
+                vae_tile: int | None, progress: StepProgress, stage_index: int,
+                alphas: list[np.ndarray] | None = None) -> list[str]:
     ctx.check_cancel()
     ctx.progress("decode", 0, 1, progress.starts[stage_index])
     with adapter.vae_tiling(vae_tile):
@@ -325,7 +333,8 @@ def write_video(ctx: RunContext, adapter: WanAdapter, latents: torch.Tensor, res
     ctx.preview(0, video[:, 0].permute(1, 2, 0).float().cpu().numpy())
     for i in range(frames):
         ctx.check_cancel()
-        sink.write(i, video[:, i])
+        alpha = resize_alpha(alphas[i], video.shape[-1], video.shape[-2]) if alphas else None
+        sink.write(i, video[:, i], alpha=alpha)
         progress.callback(stage_index, "write frames")(i + 1, frames)
     return list(sink.written)
 
