@@ -13,6 +13,7 @@ from cinegen.server.errors import InvalidArgument
 from cinegen.server.models.registry import ModelRegistry
 from cinegen.server.models.wan import (KNOWN_PROFILES, PROFILE_FILE, TINY_PROFILE, build_tiny_wan, infer_profile,
                                        tiny_wan_transformer)
+from cinegen.server.models.wan import as_pil_image
 from cinegen.server.pipelines.base import seeded_generator
 from cinegen.server.pipelines.upscale_dit import generate_base_latents
 
@@ -75,10 +76,42 @@ def test_image_to_video_equals_stock_i2v_pipeline_bit_for_bit(wan_registry):
     with torch.no_grad():  # the I2V module's own prompt cleaning needs ftfy; WanPipeline's encoding is the same
         positive, negative = (WanPipeline._get_t5_prompt_embeds(adapter.pipe, text, max_sequence_length=512)
                               for text in ("a red disc", "blue"))
-    stock = adapter.pipe(image=image, prompt_embeds=positive, negative_prompt_embeds=negative, height=32, width=32,
-                         num_frames=5, num_inference_steps=3, guidance_scale=5.0,
+    # the stock pipeline's intended input is a PIL image (a float tensor would be rescaled twice by CLIP's
+    # processor there); ours turns any picture into that PIL image first
+    stock = adapter.pipe(image=as_pil_image(image), prompt_embeds=positive, negative_prompt_embeds=negative,
+                         height=32, width=32, num_frames=5, num_inference_steps=3, guidance_scale=5.0,
                          generator=torch.Generator().manual_seed(5), output_type="pt")
     assert torch.equal(ours, _stock_frames(stock))
+
+
+def test_a_float_picture_conditions_exactly_as_its_8_bit_pil_image(wan_registry):
+    adapter = wan_registry.get("tiny-wan-i2v")
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
+    cond = adapter.encode_prompt("a red disc", "", 1.0)
+    noise = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    from_tensor = adapter.with_image_condition(cond, image, noise, 5, 32, 32)
+    from_array = adapter.with_image_condition(cond, image.permute(1, 2, 0).numpy(), noise, 5, 32, 32)
+    from_pil = adapter.with_image_condition(cond, as_pil_image(image), noise, 5, 32, 32)
+    # (the tiny I2V model has no CLIP image encoder, so "condition" is what there is to compare here;
+    # with one, "image_embeds" come from the same PIL image by construction)
+    assert set(from_tensor.extra) == set(from_pil.extra) >= {"condition"}
+    for key in from_pil.extra:
+        assert torch.equal(from_tensor.extra[key], from_pil.extra[key])
+        assert torch.equal(from_array.extra[key], from_pil.extra[key])
+    dark = adapter.with_image_condition(cond, image * 0.5, noise, 5, 32, 32)
+    assert not torch.equal(dark.extra["condition"], from_pil.extra["condition"]), "the picture matters"
+
+
+def test_pictures_become_8_bit_rgb_pil_images_and_odd_shapes_are_refused():
+    from PIL import Image
+
+    pil = as_pil_image(torch.tensor([[[0.0, 1.0]], [[0.5, 0.25]], [[1.0, 0.0]]]))  # (3, 1, 2)
+    assert pil.mode == "RGB" and pil.size == (2, 1)
+    assert pil.getpixel((0, 0)) == (0, 128, 255) and pil.getpixel((1, 0)) == (255, 64, 0)
+    same = Image.new("RGB", (4, 4))
+    assert as_pil_image(same) is same
+    with pytest.raises(InvalidArgument, match="one image"):
+        as_pil_image(torch.zeros(2, 3, 8, 8))
 
 
 def test_image_condition_changes_the_video(wan_registry):

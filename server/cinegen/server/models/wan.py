@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -49,6 +50,22 @@ KNOWN_PROFILES: dict[int, WanProfile] = {
     5120: WanProfile(1280, 720),     # Wan 2.1 / 2.2 14B (720p)
     3072: WanProfile(1280, 704, 121),  # Wan 2.2 TI2V 5B
 }
+
+
+def as_pil_image(image: Any):
+    """A PIL image as is; a float tensor or array in [0, 1], (3, H, W) or (H, W, 3), as an 8-bit RGB PIL image."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image
+    array = image.detach().float().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3:
+        raise InvalidArgument(f"A conditioning picture must be one image, (3, H, W) or (H, W, 3); got {array.shape}.")
+    if array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+        array = array.transpose(1, 2, 0)
+    return Image.fromarray((np.clip(array[..., :3], 0.0, 1.0) * 255).round().astype(np.uint8), "RGB")
 
 
 class WanAdapter(FamilyAdapter):
@@ -159,6 +176,10 @@ class WanAdapter(FamilyAdapter):
             raise InvalidArgument(f"'{self.entry.id}' is a text-to-video Wan model; pick an image-to-video one.")
         if self.pipe.config.expand_timesteps:
             raise InvalidArgument("Image conditioning of Wan 2.2 TI2V (expand_timesteps) models is not supported yet.")
+        # CLIP's processor rescales by 1/255 whatever it is given, so float pictures would be rescaled twice:
+        # every picture reaches both processors as the 8-bit PIL image the stock pipeline is called with
+        image = as_pil_image(image)
+        last_image = None if last_image is None else as_pil_image(last_image)
         extra = dict(cond.extra)
         with torch.no_grad():
             if self.denoiser.config.image_dim is not None:  # Wan 2.1 I2V also attends to CLIP image tokens
