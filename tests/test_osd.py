@@ -210,6 +210,33 @@ def test_waves_hold_disjoint_windows_and_keep_the_order_of_overlapping_ones():
                 assert wave_of[a] < wave_of[b]
 
 
+def _span(draw, extent: int):
+    from cinegen.server.diffusion.windows import AxisSpan
+
+    size = draw(st.integers(1, extent))
+    return AxisSpan(draw(st.integers(0, extent - 1)) if size < extent else 0, size, extent)
+
+
+@st.composite
+def _window_sets(draw):
+    from cinegen.server.diffusion.windows import Window
+
+    extents = (draw(st.integers(1, 6)), draw(st.integers(1, 12)), draw(st.integers(1, 24)))
+    count = draw(st.integers(1, 12))
+    return [Window(*(_span(draw, e) for e in extents)) for _ in range(count)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(_window_sets())
+def test_the_overlap_matrix_is_windows_overlap_for_every_pair_including_wrapping_spans(windows):
+    from cinegen.server.diffusion.osd import overlap_matrix
+
+    matrix = overlap_matrix(windows)
+    for j, a in enumerate(windows):
+        for k, b in enumerate(windows):
+            assert matrix[j, k] == windows_overlap(a, b), (a, b)
+
+
 def test_order_for_batching_lets_overlapping_plans_batch_in_few_waves():
     windows = plan_windows((1, 32, 64), (1, 8, 16), (0, 0, 0), "dock", "ring", "dock", overlap=0.5)
     assert len(plan_waves(windows)) == len(windows) == 56  # raster order chains every window to the previous

@@ -27,10 +27,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from cinegen.server.diffusion.windows import Window, read_window, window_mask, windows_overlap, write_window
+from cinegen.server.diffusion.windows import Window, read_window, window_mask, write_window
 
 __all__ = [
     "BlendSchedule",
@@ -38,6 +39,7 @@ __all__ = [
     "alpha_bar_at",
     "denoise_windows_batched",
     "offset_shift_denoise_step",
+    "overlap_matrix",
     "plan_waves",
     "renoise_to",
 ]
@@ -102,13 +104,31 @@ def plan_waves(windows: Sequence[Window]) -> list[list[int]]:
     A window goes one wave after the latest earlier window it overlaps, so every position sees
     its windows in plan order — the sequential result is unchanged.
     """
-    level: list[int] = []
-    for k, window in enumerate(windows):
-        level.append(1 + max((level[j] for j in range(k) if windows_overlap(windows[j], window)), default=-1))
-    waves: list[list[int]] = [[] for _ in range(max(level, default=-1) + 1)]
-    for k, wave in enumerate(level):
+    overlap = overlap_matrix(windows)
+    level = np.zeros(len(windows), dtype=np.int64)
+    for k in range(len(windows)):
+        earlier = level[:k][overlap[:k, k]]
+        level[k] = 1 + earlier.max() if earlier.size else 0
+    waves: list[list[int]] = [[] for _ in range(int(level.max(initial=-1)) + 1)]
+    for k, wave in enumerate(level.tolist()):
         waves[wave].append(k)
     return waves
+
+
+def overlap_matrix(windows: Sequence[Window]) -> np.ndarray:
+    """(K, K) bool: windows j and k share a latent position (`windows_overlap` for every pair at once).
+
+    Per axis, spans [a, a + n) and [b, b + m) taken mod the extent E meet iff (b − a) mod E < n or
+    (a − b) mod E < m; a span that does not wrap is a plain interval, for which the same holds."""
+    overlap = np.ones((len(windows), len(windows)), dtype=bool)
+    for axis in range(3):
+        spans = [w.spans[axis] for w in windows]
+        start = np.array([sp.start for sp in spans], dtype=np.int64)
+        size = np.array([sp.size for sp in spans], dtype=np.int64)
+        extent = np.array([sp.extent for sp in spans], dtype=np.int64)
+        gap = (start[None, :] - start[:, None]) % extent[:, None]  # [j, k]: from j's start to k's
+        overlap &= (gap < size[:, None]) | (gap.T < size[None, :])
+    return overlap
 
 
 def _advanced_before(
