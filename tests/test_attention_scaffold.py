@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from cinegen.server.diffusion.attention_scaffold import (attention_inputs, attention_output, attention_tokens,
                                                          merge_heads, processors_named, swapped_processors)
+from tiny_unets import tiny_unet
 
 
 def sdpa_processor(attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
@@ -69,15 +69,6 @@ def test_merge_heads_inverts_the_head_split():
     tokens = torch.randn(2, 15, 16)
     heads = tokens.view(2, 15, 2, 8).transpose(1, 2)
     assert torch.equal(merge_heads(heads), tokens)
-
-
-def tiny_unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8,
-    ).eval()
 
 
 def test_swapped_processors_installs_by_name_and_restores_after_an_exception():

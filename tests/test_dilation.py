@@ -8,22 +8,7 @@ from diffusers import UNet2DConditionModel, UNetMotionModel
 from torch import nn
 
 from cinegen.server.diffusion.dilation import DilationSchedule, dilation_targets, restrained_dilation
-
-
-def tiny_unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=8,
-        attention_head_dim=8,
-    ).eval()
+from tiny_unets import tiny_unet
 
 
 def tiny_sdxl_layout_unet() -> UNet2DConditionModel:

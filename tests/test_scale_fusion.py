@@ -20,22 +20,11 @@ from cinegen.server.diffusion.scale_fusion import (
     local_window_attention,
     window_starts,
 )
+from tiny_unets import tiny_unet as shared_tiny_unet
 
 
 def tiny_unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=8,
-        attention_head_dim=8,
-    ).eval()
+    unet = shared_tiny_unet()
     unet.set_attn_processor(AttnProcessor2_0())
     return unet
 
