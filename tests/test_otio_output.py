@@ -11,7 +11,7 @@ from pathlib import Path
 import opentimelineio as otio
 import pytest
 
-from cinegen.server.output_otio import (
+from cinegen.server.output.otio_cut import (
     MissingShot,
     ShotRecord,
     load_shot_record,

@@ -17,7 +17,7 @@ from cinegen.common.client import RequestRejected, build_request
 from cinegen.common.exr import read_exr_frame
 from cinegen.common.params import CommonParams, StoryParams
 from cinegen.common.story_io import load_story
-from cinegen.server.contact_sheet import BACKGROUND, MISSING, ContactTile, render_contact_sheet, write_contact_sheet
+from cinegen.server.output.contact_sheet import BACKGROUND, MISSING, ContactTile, render_contact_sheet, write_contact_sheet
 from cinegen.server.pipelines.base import Resolved
 from cinegen.server.pipelines.story import (
     FramePinning,

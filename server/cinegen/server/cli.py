@@ -7,17 +7,18 @@ in-process server on a free local port and talks to it like any client.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from cinegen.common.client import GeneratorClient, JobResult, RequestRejected, ServerUnavailable, build_request, new_job_id
+from cinegen.common.client import JobResult, RequestRejected, ServerUnavailable, build_request, new_job_id
 from cinegen.common.params import PIPELINE_PARAMS, CommonParams, ParamDescription, describe
+
+from .job_client import connect, run_job, server_config, summarise_paths
 
 PIPELINES = tuple(PIPELINE_PARAMS)
 
@@ -94,73 +95,6 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-hf-cache", action="store_true", help="Ignore the local Hugging Face cache.")
 
 
-def server_config(args: argparse.Namespace, host: str = "127.0.0.1", port: int = 0):
-    from .service import ServerConfig
-
-    return ServerConfig(host=host, port=port, models_dirs=[Path(p) for p in args.models], device=args.device,
-                        max_width=args.max_size, max_height=args.max_size,
-                        memory_budget=int(args.memory_budget * (1 << 30)) if args.memory_budget else None,
-                        use_hf_cache=not args.no_hf_cache, token=getattr(args, "token", None))
-
-
-@contextlib.contextmanager
-def connect(args: argparse.Namespace) -> Iterator[GeneratorClient]:
-    """A client of `--server`, or of an in-process server started for this command."""
-    address = getattr(args, "server", None)
-    running = None
-    if not address:
-        from .server import start_server
-
-        running = start_server(server_config(args))
-        address = running.address
-    client = GeneratorClient(address, timeout=60.0, token=getattr(args, "token", None) if running is None else None)
-    try:
-        client.wait_ready(timeout=30.0)
-        yield client
-    finally:
-        client.close()
-        if running:
-            running.stop()
-
-
-# ---- progress ---------------------------------------------------------------------------------
-class ProgressBar:
-    """stage, step/total, overall percentage, ETA, on one terminal line."""
-
-    def __init__(self, label: str, stream=None):
-        from tqdm import tqdm
-
-        self.stream = stream or sys.stderr
-        self.bar = tqdm(total=1000, desc=label, unit="‰", file=self.stream, dynamic_ncols=True,
-                        bar_format="{desc} {bar} {percentage:3.0f}% {postfix}")
-
-    def __call__(self, event) -> None:
-        kind = event.WhichOneof("kind")
-        if kind == "progress":
-            p = event.progress
-            self.bar.n = int(p.fraction * 1000)
-            eta = f"ETA {p.eta_seconds:4.0f}s" if p.eta_seconds >= 0 else "ETA  --"
-            self.bar.set_postfix_str(f"{p.stage} {p.step}/{p.total} {eta}", refresh=False)
-            self.bar.refresh()
-        elif kind == "frame_written":
-            self.bar.write(f"  wrote {event.frame_written.path}", file=self.stream)
-        elif kind == "queued" and event.queued.position > 1:
-            self.bar.set_postfix_str(f"queued #{event.queued.position}")
-        elif kind == "log":
-            self.bar.write(f"  {event.log.message}", file=self.stream)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def run_job(client: GeneratorClient, request, label: str) -> JobResult:
-    bar = ProgressBar(label)
-    try:
-        return client.run(request, on_event=bar)
-    finally:
-        bar.close()
-
-
 # ---- commands ---------------------------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace) -> int:
     name = args.pipeline
@@ -200,26 +134,11 @@ def _send_local_files(args: argparse.Namespace, params: Any) -> None:
 def _report(result: JobResult) -> int:
     if result.state == "completed":
         print(f"done: {len(result.outputs)} file(s)")
-        for path in _summarise_paths(result.outputs):
+        for path in summarise_paths(result.outputs):
             print(f"  {path}")
         return 0
     print(f"{result.state}: {result.message}", file=sys.stderr)
     return 1 if result.state == "failed" else 130
-
-
-def _summarise_paths(paths: list[str]) -> list[str]:
-    """Show sequences as NAME.####.exr (first-last) rather than one line per frame."""
-    import re
-
-    groups: dict[str, list[int]] = {}
-    others = []
-    for p in paths:
-        m = re.match(r"^(.*\.)(\d{4,})(\.exr)$", p)
-        if m:
-            groups.setdefault(m.group(1) + "#" * len(m.group(2)) + m.group(3), []).append(int(m.group(2)))
-        else:
-            others.append(p)
-    return [f"{k} ({min(v)}-{max(v)}, {len(v)} frames)" for k, v in groups.items()] + others
 
 
 def cmd_pipelines(args: argparse.Namespace) -> int:

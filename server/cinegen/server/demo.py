@@ -54,7 +54,7 @@ def demo_jobs(out: Path) -> list[DemoJob]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .cli import _summarise_paths, connect, run_job
+    from .job_client import connect, run_job, summarise_paths
 
     out = Path(args.out).absolute()
     args.server = None
@@ -72,7 +72,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 print(f"demo {job.pipeline} {result.state}: {result.message}")
                 failures += 1
                 continue
-            for line in _summarise_paths(result.outputs):
+            for line in summarise_paths(result.outputs):
                 print(f"  {job.pipeline:10s} {line}")
     print(f"\nDemo outputs are under {out}. Look at a frame with:\n"
           f"  oiiotool --info -v {out}/image/demo.1001.exr\n"

@@ -250,7 +250,7 @@ def build_tiny_cogvideox(folder: Path, seed: int = 0) -> None:
 
 def cogvideox_family():
     """The registry's `Family` for CogVideoX (the lead adds this factory to FAMILY_FACTORIES)."""
-    from .families import Family, TinyModel
+    from .family import Family, TinyModel
 
     return Family("cogvideox", COGVIDEOX_PIPELINE_CLASSES, load_cogvideox,
                   tiny=(TinyModel("tiny-cogvideox", "Tiny CogVideoX video DiT with tiny Tora modules (random weights, "

@@ -4,30 +4,11 @@ A family slots in by adding one `Family` to `FAMILIES`; nothing else in the serv
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-import torch
+from .family import Family, TinyModel
 
-from .family import FamilyAdapter, ModelEntry
-
-
-@dataclass(frozen=True)
-class TinyModel:
-    id: str
-    description: str
-    build: Callable[[Path], None]  # writes a diffusers folder
-    version: int = 1  # bump when the builder changes, so caches rebuild
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    pipeline_classes: tuple[str, ...]  # model_index.json `_class_name`s that belong to this family
-    load: Callable[[ModelEntry, torch.device, torch.dtype], FamilyAdapter]
-    tiny: tuple[TinyModel, ...] = ()
-    single_file: bool = False  # whether bare .safetensors checkpoints of this family are recognised
+__all__ = ["Family", "TinyModel", "FAMILY_FACTORIES", "all_families"]
 
 
 def _sd() -> Family:

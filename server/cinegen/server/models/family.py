@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -119,3 +120,21 @@ class FamilyAdapter(ABC):
     def to(self, device: torch.device) -> None:
         self.pipe.to(device)
         self.device = device
+
+
+# ---- how a family plugs into the registry (families.py lists them) ----
+@dataclass(frozen=True)
+class TinyModel:
+    id: str
+    description: str
+    build: Callable[[Path], None]  # writes a diffusers folder
+    version: int = 1  # bump when the builder changes, so caches rebuild
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    pipeline_classes: tuple[str, ...]  # model_index.json `_class_name`s that belong to this family
+    load: Callable[[ModelEntry, torch.device, torch.dtype], "FamilyAdapter"]
+    tiny: tuple[TinyModel, ...] = ()
+    single_file: bool = False  # whether bare .safetensors checkpoints of this family are recognised

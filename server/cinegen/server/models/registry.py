@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import FailedPrecondition, NotFound, ResourceExhausted
-from .families import Family, TinyModel, all_families
-from .family import FamilyAdapter, ModelEntry
+from .families import all_families
+from .family import Family, FamilyAdapter, ModelEntry, TinyModel
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .families import TinyModel
+from .family import TinyModel
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "toyworld" / "weights"
 TOY_IMAGE_DIR = WEIGHTS_DIR / "image"

@@ -26,8 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgument
-from .families import Family, TinyModel
-from .family import Conditioning, FamilyAdapter, ModelEntry
+from .family import Conditioning, Family, FamilyAdapter, ModelEntry, TinyModel
 from .wan_text import WAN_MAX_SEQUENCE_LENGTH
 
 WAN_PIPELINE_CLASSES = ("WanPipeline", "WanImageToVideoPipeline")

@@ -11,7 +11,7 @@ Stages, as the method reads:
    pinning on Wan text-to-video ones. Shots longer than the motion model's clip are made of clips
    chained by their shared boundary frame.
 3. **Outputs**: `OUT/<shot>/<shot>.####.exr`, `OUT/<title>.keyframes.png` (contact sheet) and
-   `OUT/<title>.otio` (output_otio.py), the last two rebuilt from every shot on disk.
+   `OUT/<title>.otio` (output/otio_cut.py), the last two rebuilt from every shot on disk.
 
 Keyframe latents are kept in `OUT/.cinegen/keyframes/<shot>.safetensors` (+ a PNG for the contact
 sheet), so re-running one shot (`--shots sh020`) rebuilds its memory without regenerating earlier
@@ -40,13 +40,13 @@ from cinegen.common.params import StoryParams
 from cinegen.common.sequence import SequencePattern
 from cinegen.common.story_io import Shot, Story, StoryError, compose_shot_prompt, load_story, select_shots
 
-from ..contact_sheet import ContactTile, write_contact_sheet
+from ..output.contact_sheet import ContactTile, write_contact_sheet
 from ..diffusion.goldenmem import build_memory_latents
 from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
 from ..diffusion.shared_attention import MemoryWriteHook, shared_self_attention
 from ..errors import InvalidArgument
 from ..models.family import FamilyAdapter
-from ..output_otio import (STATE_DIR, MissingShot, ShotRecord, forget_shot_record, load_shot_record,
+from ..output.otio_cut import (STATE_DIR, MissingShot, ShotRecord, forget_shot_record, load_shot_record,
                            safe_file_stem, save_shot_record, shot_folder, write_story_timeline)
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, log_duration, seeded_generator
 from .story_motion import MOTION_FAMILIES, motion_for_family, same_vae
