@@ -162,11 +162,13 @@ def write_exr_sequence(pattern: str | SequencePattern, frames: Iterable[tuple[in
 
 
 def _as_rgba(rgba: np.ndarray) -> np.ndarray:
-    pixels = np.asarray(rgba, dtype=np.float32)
+    # Half pixels stay half: OpenImageIO then stores them as they are, with no float -> half pass.
+    dtype = np.float16 if np.asarray(rgba).dtype == np.float16 else np.float32
+    pixels = np.asarray(rgba, dtype=dtype)
     if pixels.ndim != 3 or pixels.shape[2] not in (3, 4) or pixels.shape[0] < 1 or pixels.shape[1] < 1:
         raise ValueError(f"A frame is an (H, W, 3) or (H, W, 4) array, not shape {pixels.shape}.")
     if pixels.shape[2] == 3:
-        alpha = np.ones(pixels.shape[:2] + (1,), dtype=np.float32)
+        alpha = np.ones(pixels.shape[:2] + (1,), dtype=dtype)
         pixels = np.concatenate([pixels, alpha], axis=2)
     return np.ascontiguousarray(pixels)
 

@@ -1,8 +1,11 @@
-"""Frames out: display-referred model output -> scene-linear half-float EXR, atomically, with metadata."""
+"""Frames out: display-referred model output -> scene-linear half-float EXR, atomically, with metadata,
+written on a background thread while the next frames are computed."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -13,6 +16,8 @@ import torch
 from cinegen.common.color import srgb_display_to_scene_linear, working_space_name
 from cinegen.common.exr import ExrMetadata, write_exr_frame
 from cinegen.common.sequence import SequencePattern
+
+from .device_colour import display_to_linear_half_rgba, primaries_matrix
 
 
 def to_numpy_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -41,32 +46,120 @@ def resize_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 @dataclass
+class _PendingFrame:
+    frame: int
+    path: str
+    pixels: np.ndarray  # (H, W, 4) scene-linear half, or (H, W, 3) display float32 still to convert
+    alpha: np.ndarray | None
+    metadata: ExrMetadata
+
+
+@dataclass
 class FrameSink:
-    """Writes the frames of one sequence and reports each one."""
+    """Writes the frames of one sequence in the background and reports each one.
+
+    `write` returns once the frame is queued: colour conversion (on the device when the pixels are on a
+    GPU, else on the writer thread), EXR encode, fsync and the atomic rename run on one writer thread
+    while the caller computes the next frame. The queue is bounded (`max_pending` frames), so memory
+    stays bounded and a slow disk slows the job instead of filling RAM. The first write error is raised
+    by the next `write`, `flush` or `written`, so it fails the job; frames queued after it are dropped.
+    """
     pattern: SequencePattern
     first_frame: int
     metadata: ExrMetadata
     compression: str = "zip"
     sequence: str = ""
-    on_written: Callable[[int, str, str], None] | None = None  # (frame number, path, sequence)
-    written: list[str] = field(default_factory=list)
+    on_written: Callable[[int, str, str], None] | None = None  # (frame number, path, sequence); writer thread
+    max_pending: int = 2
+    device_colour: bool | None = None  # None: on the device when the pixels are on a GPU
+    _written: list[str] = field(default_factory=list, init=False, repr=False)
+    _queue: queue.Queue = field(init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _writer: threading.Thread | None = field(default=None, init=False, repr=False)
+    _failure: BaseException | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._queue = queue.Queue(maxsize=max(1, self.max_pending))
 
     def write(self, index: int, display_rgb: torch.Tensor | np.ndarray, *, alpha: np.ndarray | None = None,
               extra: dict[str, str] | None = None) -> str:
-        """Write frame `index` (0-based within the sequence) from display-referred sRGB in [0, 1]."""
-        rgb = to_numpy_hwc(display_rgb)[..., :3]
-        linear = srgb_display_to_scene_linear(rgb)
-        a = np.ones(linear.shape[:2] + (1,), np.float32) if alpha is None else alpha.reshape(linear.shape[:2] + (1,))
-        rgba = np.concatenate([linear, a.astype(np.float32)], axis=-1)
+        """Queue frame `index` (0-based within the sequence) from display-referred sRGB in [0, 1]."""
+        self._raise_failure()
         frame = self.first_frame + index
         meta = dataclasses.replace(self.metadata, frame=frame, extra={**self.metadata.extra, **(extra or {})})
         path = self.pattern.path_for(frame)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        write_exr_frame(path, rgba, metadata=meta, compression=self.compression)
-        self.written.append(path)
-        if self.on_written:
-            self.on_written(frame, path, self.sequence)
+        pixels, pending_alpha = self._prepare(display_rgb, alpha)
+        self._queue.put(_PendingFrame(frame, path, pixels, pending_alpha, meta))  # blocks while the writer is behind
+        self._ensure_writer()
         return path
+
+    def flush(self) -> None:
+        """Wait until every queued frame is on disk; raise the first write error."""
+        self._queue.join()
+        self._raise_failure()
+
+    @property
+    def written(self) -> list[str]:
+        """Paths of the frames on disk, in order, once all queued ones landed (raises a write error)."""
+        self.flush()
+        return list(self._written)
+
+    # ---- the caller's side ----------------------------------------------------------------------
+    def _prepare(self, display_rgb: torch.Tensor | np.ndarray,
+                 alpha: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        on_gpu = isinstance(display_rgb, torch.Tensor) and display_rgb.device.type != "cpu"
+        matrix = primaries_matrix() if (self.device_colour if self.device_colour is not None else on_gpu) else None
+        if matrix is not None:
+            chw = torch.as_tensor(display_rgb)
+            if chw.dim() == 3 and chw.shape[-1] in (3, 4) and chw.shape[0] not in (1, 3, 4):
+                chw = chw.permute(2, 0, 1)
+            a = None if alpha is None else torch.as_tensor(np.ascontiguousarray(alpha, np.float32)).reshape(chw.shape[-2:])
+            # the only device -> host copy: half RGBA, already scene-linear
+            return display_to_linear_half_rgba(chw, a, matrix).cpu().numpy(), None
+        # a private host copy: the caller may reuse its tensor once write() returns
+        rgb = np.array(to_numpy_hwc(display_rgb)[..., :3], dtype=np.float32, order="C", copy=True)
+        return rgb, None if alpha is None else np.array(alpha, dtype=np.float32, copy=True)
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _ensure_writer(self) -> None:
+        with self._lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._drain, name=f"frame-writer {self.pattern}", daemon=True)
+                self._writer.start()
+
+    # ---- the writer thread ----------------------------------------------------------------------
+    def _drain(self) -> None:
+        """Write queued frames until the queue is empty, then end (a later write starts a new writer)."""
+        while True:
+            with self._lock:  # checked under the lock `_ensure_writer` takes: no frame is left without a writer
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    self._writer = None
+                    return
+            try:
+                if self._failure is None:
+                    self._write_now(item)
+            except BaseException as error:  # noqa: BLE001 - handed to the job thread, which raises it
+                self._failure = error
+            finally:
+                self._queue.task_done()
+
+    def _write_now(self, item: _PendingFrame) -> None:
+        pixels = item.pixels
+        if pixels.shape[-1] == 3:  # display RGB left for this thread: OpenColorIO on the host
+            linear = srgb_display_to_scene_linear(pixels)
+            a = np.ones(linear.shape[:2] + (1,), np.float32) if item.alpha is None \
+                else item.alpha.reshape(linear.shape[:2] + (1,))
+            pixels = np.concatenate([linear, a], axis=-1).astype(np.float16)
+        Path(item.path).parent.mkdir(parents=True, exist_ok=True)
+        write_exr_frame(item.path, pixels, metadata=item.metadata, compression=self.compression)
+        self._written.append(item.path)
+        if self.on_written:
+            self.on_written(item.frame, item.path, self.sequence)
 
 
 def base_metadata(*, pipeline: str, model: str, seed: int, prompt: str, job: str, params_json: str,

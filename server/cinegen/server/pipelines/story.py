@@ -282,6 +282,7 @@ class StoryRun:
         for i in range(r.frames):
             self.ctx.check_cancel()
             sink.write(i, frames[:, i])
+        sink.flush()  # every frame on disk before the shot record says so
         remove_stale_frames(shot_folder(out, shot.id), shot.id, range(r.first_frame, r.first_frame + r.frames))
         save_shot_record(out, ShotRecord(
             shot=shot.id, prompt=r.prompt, seed=r.seed, model=r.model, keyframe_model=own[1].model,
