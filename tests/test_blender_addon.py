@@ -48,7 +48,8 @@ def child(workdir: Path, server: str) -> dict:
         "settings": hasattr(scene, "cinegen"),
         "panels": [name for name in ("CINEGEN_PT_view3d", "CINEGEN_PT_compositor", "CINEGEN_PT_sequencer")
                    if hasattr(bpy.types, name)],
-        "operators": [op for op in ("connect", "generate", "cancel", "new_seed") if hasattr(bpy.ops.cinegen, op)]}
+        "operators": [op for op in ("connect", "generate", "cancel", "new_seed", "rerun", "plate_from_strip")
+                      if hasattr(bpy.ops.cinegen, op)]}
 
     # a generated sequence, 1001-1003, written like the server writes it
     frames = workdir / "gen"
@@ -74,6 +75,7 @@ def child(workdir: Path, server: str) -> dict:
     facts["trajectory"] = trajectory_scenario(bpy, blender_host)
     if server:
         facts["generate"] = generate_scenario(bpy, scene, server)
+        facts["trajectory_job"] = trajectory_job_scenario(bpy, scene)
     return facts
 
 
@@ -90,6 +92,8 @@ def describe_strip(strip) -> dict:
 
 
 def trajectory_scenario(bpy, blender_host) -> dict:
+    from cinegen.common.sequence import FrameRange
+
     """A camera at (0, 0, 10) looking down -Z (50 mm lens, 36 mm sensor) and an object keyed linearly
     from (-2, 1, 0) on frame 1 to (2, -1, 0) on frame 5."""
     scene = bpy.data.scenes.new("trajectory")
@@ -111,7 +115,7 @@ def trajectory_scenario(bpy, blender_host) -> dict:
         for key in curve.keyframe_points:
             key.interpolation = "LINEAR"
     scene.frame_set(3)
-    trajectory = blender_host.object_trajectory(scene, ball, camera)
+    trajectory = blender_host.object_trajectory(scene, ball, camera, FrameRange(1, 5))
     return {"width": trajectory.width, "height": trajectory.height, "origin": trajectory.origin,
             "name": trajectory.tracks[0].name, "frame_after": scene.frame_current,
             "points": [[p.frame, p.x, p.y] for p in trajectory.tracks[0].points]}
@@ -131,11 +135,14 @@ def generate_scenario(bpy, scene, server: str) -> dict:
     bpy.context.window.scene = scene
     props = scene.cinegen
     props.host, props.port = host, int(port)
-    props.prompt, props.model, props.steps, props.width, props.height, props.frames = "a fox", "tiny-sd", 2, 64, 64, 2
-    props.seed, props.seed_locked, props.target = 77, True, "both"
     scene.frame_start, scene.frame_end = 1, 48
     with bpy.context.temp_override(scene=scene):
         connected = bpy.ops.cinegen.connect()
+        common = scene.cinegen_options.common  # built from the server's capabilities
+        common.model, common.use_steps, common.steps = "tiny-sd", True, 2
+        common.use_width, common.width, common.use_height, common.height = True, 64, True, 64
+        common.use_frames, common.frames = True, 2
+        props.prompt, props.seed, props.seed_locked, props.target = "a fox", 77, True, "both"
         nodes_before = len(bpy.context.scene.compositing_node_group.nodes)
         generated = bpy.ops.cinegen.generate(wait=True)
     tree = scene.compositing_node_group
@@ -145,6 +152,35 @@ def generate_scenario(bpy, scene, server: str) -> dict:
             "error": props.last_error, "progress": props.progress, "stage": props.stage,
             "new_nodes": len(tree.nodes) - nodes_before, "node": describe_node(newest),
             "strip_job": strip["cinegen_job"], "strip": describe_strip(strip)}
+
+
+def trajectory_job_scenario(bpy, scene) -> dict:
+    """An object animated over the scene's default 1-250 and a trajectory job of 8 frames from 1001: the
+    track sent is sampled on the job's own frames (it used to be the scene's 250, and was refused)."""
+    from cinegen.common.trajectory_io import parse_trajectory
+    from cinegen.plugin.model.history import History
+
+    bpy.context.window.scene = scene
+    scene.frame_start, scene.frame_end = 1, 250
+    camera = bpy.data.objects.new("trajectory cam", bpy.data.cameras.new("trajectory cam"))
+    camera.location = (0.0, 0.0, 10.0)
+    scene.collection.objects.link(camera)
+    scene.camera = camera
+    cube = bpy.data.objects.new("Cube", None)
+    scene.collection.objects.link(cube)
+    for frame, location in ((1, (-2.0, 0.0, 0.0)), (250, (2.0, 0.0, 0.0))):
+        cube.location = location
+        cube.keyframe_insert("location", frame=frame)
+    bpy.context.view_layer.objects.active = cube
+    props, common = scene.cinegen, scene.cinegen_options.common
+    props.pipeline, props.use_scene_frames, props.first_frame = "trajectory", False, 1001
+    common.model, common.frames, common.width, common.height = "", 8, 64, 64
+    with bpy.context.temp_override(scene=scene):
+        generated = bpy.ops.cinegen.generate(wait=True)
+    entry = History().get(props.job_id)
+    track = parse_trajectory(json.loads(entry.values["trajectory_json"])).tracks[0]
+    return {"generate": sorted(generated), "error": props.last_error, "track": track.name,
+            "frames": [p.frame for p in track.points], "outputs": entry.outputs, "frames_text": entry.frames}
 
 
 # ---- the tests ------------------------------------------------------------------------------------
@@ -162,7 +198,8 @@ def facts(tmp_path_factory, running_server):
 def test_the_extension_registers_its_settings_panels_and_operators(facts):
     assert facts["registered"] == {"settings": True,
                                    "panels": ["CINEGEN_PT_view3d", "CINEGEN_PT_compositor", "CINEGEN_PT_sequencer"],
-                                   "operators": ["connect", "generate", "cancel", "new_seed"]}
+                                   "operators": ["connect", "generate", "cancel", "new_seed", "rerun",
+                                                 "plate_from_strip"]}
 
 
 def test_the_manifest_declares_an_addon_for_blender_4_2_and_later():
@@ -224,8 +261,16 @@ def test_the_sidebar_generate_operator_runs_a_job_headless_and_loads_it(facts):
     assert strip["files"] == ["shot010_image_v001.0001.exr", "shot010_image_v001.0002.exr"]
     assert strip["frame_start"] == 1 and node["colorspace"] == strip["colorspace"] == "ACEScg"
     assert "seed 77" in node["label"] and g["strip_job"].startswith("image-")
-    outputs = {Path(p).name for p in Path(facts["workdir"]).joinpath("cinegen").rglob("*.exr")}
+    outputs = {Path(p).name for p in Path(facts["workdir"]).joinpath("cinegen").rglob("shot010_image_*.exr")}
     assert outputs == {"shot010_image_v001.0001.exr", "shot010_image_v001.0002.exr"}
+
+
+
+def test_a_trajectory_is_sampled_over_the_jobs_own_frames_not_the_scenes(facts):
+    t = facts["trajectory_job"]
+    assert t["generate"] == ["FINISHED"], t["error"]
+    assert t["track"] == "Cube" and t["frames"] == list(range(1001, 1009))  # 8 frames from 1001, not 1-250
+    assert t["frames_text"] == "1001-1008"
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """cinegen for Blender: a sidebar panel (3D view, compositor, sequencer) that sends jobs to a cinegen
 server and loads the results as image sequences in the compositor and the sequencer.
 
-The native panel works everywhere Blender runs, headless included (`blender -b --python-expr
-"import bpy; bpy.ops.cinegen.generate(wait=True)"`); where a Qt binding is installed, "Open Qt
-panel" shows the full cinegen panel, its event loop driven from a Blender timer.
+The native panel works everywhere Blender runs; headless and on a farm, `farm.submit_and_wait`
+(or `bpy.ops.cinegen.generate(wait=True)`) runs a job to its end with progress on stdout. Where a
+Qt binding is installed, "Open Qt panel" shows the full cinegen panel, its event loop driven from a
+Blender timer.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def _make_cinegen_importable() -> None:
 
 _make_cinegen_importable()
 
-from . import operators, properties, ui  # noqa: E402  (needs the path set above)
+from . import forms, operators, options, properties, runtime, ui  # noqa: E402  (needs the path set above)
 
 _MODULES = (properties, operators, ui)
 
@@ -36,8 +37,18 @@ _MODULES = (properties, operators, ui)
 def register() -> None:
     for module in _MODULES:
         module.register()
+    runtime.set_forms(*forms.startup_forms())  # the pipeline menu and options work before Connect
+    runtime.open_previews()
+    runtime.STATE.on_change = operators.refresh
+    import bpy
+
+    runtime.echo_to_stdout(bpy.app.background)  # farm logs show each job's progress
 
 
 def unregister() -> None:
+    runtime.disconnect()
+    runtime.close_previews()
+    runtime.STATE.on_change = None
+    options.uninstall()
     for module in reversed(_MODULES):
         module.unregister()

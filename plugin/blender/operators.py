@@ -1,15 +1,21 @@
-"""Operators behind the panel's buttons: connect, generate, cancel, new seed, open the Qt panel.
+"""Operators behind the panel's buttons: connect, generate, cancel, clear the queue, plate from the
+active strip, re-run from the history, new seed, open the Qt panel.
 
 `cinegen.generate` builds its request the same way as the Qt panel (form values by field name,
-a versioned output folder, uploads when the disk is not shared) and, headless or with
-`wait=True`, runs the job to its end before returning, for farm and batch use.
+a versioned output folder, uploads when the disk is not shared). With the UI it queues the job and
+returns at once (a timer follows it); headless, or with `wait=True`, it runs the job to its end
+before returning, for farm and batch use.
 """
+from __future__ import annotations
+
 import random
+from typing import Any
 
 import bpy
 
 from cinegen.common.client import new_job_id
 from cinegen.common.connection import ConnectionSettings
+from cinegen.common.sequence import FrameRange
 from cinegen.common.trajectory_io import to_json
 from cinegen.plugin.backend.drafting import make_draft, plan_output, release_folder
 from cinegen.plugin.backend.errors import describe_error
@@ -17,13 +23,14 @@ from cinegen.plugin.backend.results import results_from_outputs
 from cinegen.plugin.hosts.base import HostSelectionError
 from cinegen.plugin.hosts.blender_host import BlenderHost
 from cinegen.plugin.model.forms import PLATE_FIELD, TRAJECTORY_FIELD
-from cinegen.plugin.model.history import History, HistoryEntry
+from cinegen.plugin.model.history import HistoryEntry
 from cinegen.plugin.model.jobs import JobRecord
 from cinegen.plugin.model.outputs import safe_name
 
-from . import runtime
+from . import options, runtime
 
 SEED_MAX = 2**31 - 1
+TRAJECTORY_FILE_FIELD = "trajectory"  # a trajectory file given by hand wins over the active object
 
 
 def settings_from(props) -> ConnectionSettings:
@@ -33,14 +40,28 @@ def settings_from(props) -> ConnectionSettings:
     return saved
 
 
-def form_values(scene, props) -> dict:
-    """The panel's controls as form values by contract field name (0 and "" = the server decides)."""
-    values = {"prompt": props.prompt, "negative_prompt": props.negative_prompt, "seed": props.seed,
-              "model": props.model, "steps": props.steps or None, "width": props.width or None,
-              "height": props.height or None, "frames": props.frames or None}
-    if props.use_scene_frames:
-        values["first_frame"] = scene.frame_start
+def first_frame(scene, props) -> int:
+    return scene.frame_start if props.use_scene_frames else props.first_frame
+
+
+def form_values(scene, pipeline: str) -> dict[str, Any]:
+    """Every form value by contract field name: the panel's own controls and the server's options."""
+    props, form = scene.cinegen, runtime.form_of(pipeline)
+    values: dict[str, Any] = {"prompt": props.prompt, "negative_prompt": props.negative_prompt, "seed": props.seed,
+                              "first_frame": first_frame(scene, props)}
+    if form is not None:
+        values.update(options.read_values(options.group_of(scene, None), options.common_fields([form])))
+        values.update(options.read_values(options.group_of(scene, pipeline), options.own_fields(form)))
     return values
+
+
+def job_frames(scene, values: dict[str, Any]) -> FrameRange:
+    """The frames the job writes: first .. first + frames - 1 (the server needs a track inside them)."""
+    count = values.get("frames")
+    if not count:
+        raise HostSelectionError("Set Frames (in Options): the active object's path is sampled over exactly the "
+                                 "frames being generated.")
+    return FrameRange(values["first_frame"], values["first_frame"] + int(count) - 1)
 
 
 def _redraw() -> None:
@@ -50,53 +71,108 @@ def _redraw() -> None:
 
 
 def _show(props, job: runtime.BlenderJob) -> None:
-    record = job.record
-    props.progress, props.stage = record.fraction, job.error or record.stage
+    if props.job_id == job.job_id:
+        props.progress, props.stage = job.record.fraction, job.error or job.record.stage
 
 
-def _finish(scene, job: runtime.BlenderJob, host: BlenderHost, history: History) -> list:
-    """Main thread: load the results into the scene and record the job in the history."""
-    props, record, outcome = scene.cinegen, job.record, job.outcome
+def finish(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
+    """Main thread: load the results into the scene and record the outcome in the history."""
+    props, record, outcome, history = scene.cinegen, job.record, job.outcome, runtime.history()
     _show(props, job)
     loaded = []
     if job.error or outcome is None or outcome.state != "completed":
-        message = job.error or (outcome.message if outcome else "") or (outcome.state if outcome else "")
-        props.last_error = f"Job {record.job_id} {outcome.state if outcome else 'could not run'}: {message}"
+        state = outcome.state if outcome else "refused"
+        message = job.error or (outcome.message if outcome else "") or state
+        record.state, record.message = state, message
+        if props.job_id == job.job_id:
+            props.last_error = f"Job {record.job_id} {state}: {message}"
         release_folder(job.claimed_folder)
-        history.update(record.job_id, state=outcome.state if outcome else "refused", message=message)
+        history.update(record.job_id, state=state, message=message)
     else:
         results = results_from_outputs(outcome.outputs, job_id=record.job_id, pipeline=record.pipeline,
                                        seed=record.seed, model=record.model, prompt=record.prompt)
-        loaded = [host.load_result(result) for result in results]
-        props.progress, props.stage, props.last_error = 1.0, f"loaded {len(results)} sequence(s)", ""
+        loaded = job.loaded = [host.load_result(result) for result in results]
+        if props.job_id == job.job_id:
+            props.progress, props.stage, props.last_error = 1.0, f"loaded {len(results)} sequence(s)", ""
         history.update(record.job_id, state="completed", seed=record.seed, model=record.model,
                        outputs=[r.pattern for r in results], frames=", ".join(str(r.frames) for r in results))
-    props.job_id = ""
     _redraw()
     return loaded
+
+
+def connect_scene(scene) -> bool:
+    """Connect with the scene's settings; on failure the reason is in `scene.cinegen.status`."""
+    props = scene.cinegen
+    settings = settings_from(props)
+    try:
+        capabilities = runtime.connect(settings)
+    except Exception as exc:
+        props.status = props.last_error = describe_error(exc, settings)
+        return False
+    settings.save()
+    device = capabilities.device.name or capabilities.device.kind
+    props.status = f"Connected to {settings.address} · cinegen {capabilities.server_version} · {device}"
+    props.last_error = ""
+    names = [p.name for p in capabilities.pipelines]
+    if names and props.pipeline not in names:
+        props.pipeline = names[0]
+    return True
 
 
 class CINEGEN_OT_connect(bpy.types.Operator):
     bl_idname = "cinegen.connect"
     bl_label = "Connect"
-    bl_description = "Connect to the cinegen server and read its pipelines"
+    bl_description = "Connect to the cinegen server and read its pipelines and their options"
 
     def execute(self, context):
-        props = context.scene.cinegen
-        settings = settings_from(props)
-        try:
-            capabilities = runtime.connect(settings)
-        except Exception as exc:
-            props.status = props.last_error = describe_error(exc, settings)
-            self.report({"ERROR"}, props.status)
+        if not connect_scene(context.scene):
+            self.report({"ERROR"}, context.scene.cinegen.status)
             return {"CANCELLED"}
-        settings.save()
-        device = capabilities.device.name or capabilities.device.kind
-        props.status = f"Connected to {settings.address} · cinegen {capabilities.server_version} · {device}"
-        props.last_error = ""
-        if props.pipeline not in {p.name for p in capabilities.pipelines} and capabilities.pipelines:
-            props.pipeline = capabilities.pipelines[0].name
         return {"FINISHED"}
+
+
+def submit(scene, *, wait: bool) -> runtime.BlenderJob:
+    """Build the job from the scene's settings and run it (wait) or queue it; raises ValueError with a sentence."""
+    props = scene.cinegen
+    if runtime.STATE.client is None and not connect_scene(scene):
+        raise ValueError(props.status)
+    pipeline = props.pipeline
+    info, form = runtime.STATE.capabilities, runtime.form_of(pipeline)
+    if form is None or pipeline not in {p.name for p in info.pipelines}:
+        raise ValueError(f"This server has no '{pipeline}' pipeline: press Connect and pick one.")
+    host, settings = BlenderHost(target=props.target), runtime.STATE.settings
+    if not props.seed_locked:
+        props.seed = random.randrange(SEED_MAX)
+    values, names = form_values(scene, pipeline), {f.name for f in form.fields}
+    if TRAJECTORY_FIELD in names and not values.get(TRAJECTORY_FILE_FIELD):
+        frames = job_frames(scene, values)
+        values[TRAJECTORY_FIELD] = to_json(host.selected_trajectory(values.get("width"), values.get("height"), frames))
+    source = props.plate_source if PLATE_FIELD in names and values.get(PLATE_FIELD) else ""
+    job_id = new_job_id(pipeline)
+    place = plan_output(values, settings=settings, output_root=host.output_root(),
+                        name=f"{safe_name(host.shot_name())}_{pipeline}", folder_output=form.output_is_folder)
+    try:
+        draft = make_draft(pipeline, form.fields, values, job_id=job_id, settings=settings, place=place,
+                           client=host.client_name(), source=source)
+    except ValueError:
+        release_folder(place.claimed_folder)
+        raise
+    model = values.get("model") or ""
+    job = runtime.BlenderJob(draft, JobRecord(job_id, pipeline, prompt=props.prompt, seed=props.seed, model=model),
+                             claimed_folder=place.claimed_folder, on_done=lambda j: finish(scene, j, host))
+    runtime.history().add(HistoryEntry(job_id, pipeline, values=values, seed=props.seed, model=model,
+                                       prompt=props.prompt, server=settings.address))
+    props.job_id, props.progress, props.stage, props.last_error = job_id, 0.0, "submitting", ""
+    if not wait:
+        runtime.start_background(job)
+        return job
+    try:
+        runtime.run_blocking(job)
+    except Exception as exc:
+        job.error = describe_error(exc, settings)
+    job.finished = True
+    finish(scene, job, host)
+    return job
 
 
 class CINEGEN_OT_generate(bpy.types.Operator):
@@ -106,76 +182,99 @@ class CINEGEN_OT_generate(bpy.types.Operator):
 
     wait: bpy.props.BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
                                  description="Run the job to its end before returning (always on headless)")
+    queue: bpy.props.BoolProperty(name="Queue", default=False, options={"SKIP_SAVE", "HIDDEN"},
+                                  description="Queue even headless (for scripts that run Blender's timers)")
 
     def execute(self, context):
-        scene, props = context.scene, context.scene.cinegen
-        if runtime.STATE.client is None and "FINISHED" not in bpy.ops.cinegen.connect():
-            return {"CANCELLED"}
-        settings, host = runtime.STATE.settings, BlenderHost(target=props.target)
-        fields = runtime.fields_of(props.pipeline)
-        if not fields:
-            self.report({"ERROR"}, f"This server has no '{props.pipeline}' pipeline: press Connect and pick one.")
-            return {"CANCELLED"}
-        if not props.seed_locked:
-            props.seed = random.randrange(SEED_MAX)
-        values, source = form_values(scene, props), ""
-        names = {f.name for f in fields}
+        wait = self.wait or (bpy.app.background and not self.queue)  # headless, timers don't run during a script
         try:
-            if TRAJECTORY_FIELD in names:
-                values[TRAJECTORY_FIELD] = to_json(host.selected_trajectory(props.width or None, props.height or None))
-            if PLATE_FIELD in names:
-                plate = host.selected_plate()
-                values[PLATE_FIELD], source = plate.pattern, plate.source
-        except HostSelectionError as exc:
-            props.last_error = str(exc)
+            job = submit(context.scene, wait=wait)
+        except (HostSelectionError, ValueError) as exc:
+            context.scene.cinegen.last_error = str(exc)
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        job_id = new_job_id(props.pipeline)
-        info = runtime.pipeline_info(props.pipeline)
-        place = plan_output(values, settings=settings, output_root=host.output_root(),
-                            name=f"{safe_name(host.shot_name())}_{props.pipeline}",
-                            folder_output=bool(info and info.output_is_folder))
-        try:
-            draft = make_draft(props.pipeline, fields, values, job_id=job_id, settings=settings, place=place,
-                               client=host.client_name(), source=source)
-        except ValueError as exc:
-            release_folder(place.claimed_folder)
-            self.report({"ERROR"}, str(exc))
+        if wait and job.record.state != "completed":
+            self.report({"ERROR"}, context.scene.cinegen.last_error)
             return {"CANCELLED"}
-        job = runtime.BlenderJob(draft, JobRecord(job_id, props.pipeline, prompt=props.prompt, seed=props.seed,
-                                                  model=props.model), claimed_folder=place.claimed_folder)
-        history = History()
-        history.add(HistoryEntry(job_id, props.pipeline, values=values, seed=props.seed, model=props.model,
-                                 prompt=props.prompt, server=settings.address))
-        props.job_id, props.progress, props.stage, props.last_error = job_id, 0.0, "submitting", ""
-        if self.wait or bpy.app.background:
-            try:
-                runtime.run_blocking(job)
-            except Exception as exc:
-                job.error = describe_error(exc, settings)
-            _finish(scene, job, host, history)
-            if props.last_error:
-                self.report({"ERROR"}, props.last_error)
-                return {"CANCELLED"}
-            return {"FINISHED"}
-        runtime.start_background(job, on_update=lambda j: (_show(scene.cinegen, j), _redraw()),
-                                 on_done=lambda j: _finish(scene, j, host, history))
         return {"FINISHED"}
 
 
 class CINEGEN_OT_cancel(bpy.types.Operator):
     bl_idname = "cinegen.cancel"
     bl_label = "Cancel"
-    bl_description = "Cancel the running job (it stops between denoising steps)"
+    bl_description = "Cancel this job (it stops between denoising steps)"
+
+    job_id: bpy.props.StringProperty(name="Job", description="Empty: the job started last")
 
     def execute(self, context):
-        props = context.scene.cinegen
-        if props.job_id:
+        job_id = self.job_id or context.scene.cinegen.job_id
+        if job_id:
             try:
-                runtime.cancel(props.job_id)
+                runtime.cancel(job_id)
             except Exception as exc:
                 self.report({"ERROR"}, describe_error(exc, runtime.STATE.settings))
                 return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class CINEGEN_OT_clear_queue(bpy.types.Operator):
+    bl_idname = "cinegen.clear_queue"
+    bl_label = "Clear finished"
+    bl_description = "Remove finished jobs from the queue (their results stay in the scene)"
+
+    def execute(self, context):
+        runtime.clear_finished()
+        return {"FINISHED"}
+
+
+class CINEGEN_OT_plate_from_strip(bpy.types.Operator):
+    bl_idname = "cinegen.plate_from_strip"
+    bl_label = "Plate from active strip"
+    bl_description = "Use the active image-sequence strip of the Sequencer as this pipeline's input"
+
+    def execute(self, context):
+        scene, props = context.scene, context.scene.cinegen
+        try:
+            plate = BlenderHost(target=props.target).selected_plate()
+        except HostSelectionError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        group = options.group_of(scene, props.pipeline)
+        if group is None or not hasattr(group, PLATE_FIELD):
+            self.report({"ERROR"}, f"The '{props.pipeline}' pipeline takes no plate.")
+            return {"CANCELLED"}
+        setattr(group, PLATE_FIELD, plate.pattern)
+        props.plate_source = plate.source
+        return {"FINISHED"}
+
+
+class CINEGEN_OT_rerun(bpy.types.Operator):
+    bl_idname = "cinegen.rerun"
+    bl_label = "Re-run"
+    bl_description = "Put this job's settings back in the panel (seed locked to the one used) and run it again"
+
+    job_id: bpy.props.StringProperty(name="Job")
+    run: bpy.props.BoolProperty(name="Run", default=True, description="Off: only restore the settings")
+
+    def execute(self, context):
+        scene, props = context.scene, context.scene.cinegen
+        entry = runtime.history().get(self.job_id)
+        if entry is None:
+            self.report({"ERROR"}, f"No job {self.job_id} in the history.")
+            return {"CANCELLED"}
+        form = runtime.form_of(entry.pipeline)
+        if form is None:
+            self.report({"ERROR"}, f"This server has no '{entry.pipeline}' pipeline any more.")
+            return {"CANCELLED"}
+        values = entry.rerun_values()
+        props.pipeline = entry.pipeline
+        props.prompt, props.negative_prompt = values.get("prompt", ""), values.get("negative_prompt", "")
+        if values.get("seed") is not None:
+            props.seed, props.seed_locked = int(values["seed"]) % (SEED_MAX + 1), True
+        options.write_values(options.group_of(scene, None), options.common_fields([form]), values)
+        options.write_values(options.group_of(scene, entry.pipeline), options.own_fields(form), values)
+        if self.run:
+            return bpy.ops.cinegen.generate("EXEC_DEFAULT", wait=bpy.app.background)
         return {"FINISHED"}
 
 
@@ -219,8 +318,18 @@ class CINEGEN_OT_open_qt_panel(bpy.types.Operator):
 
 
 _QT_WINDOWS: list = []
-CLASSES = (CINEGEN_OT_connect, CINEGEN_OT_generate, CINEGEN_OT_cancel, CINEGEN_OT_new_seed,
-           CINEGEN_OT_open_qt_panel)
+CLASSES = (CINEGEN_OT_connect, CINEGEN_OT_generate, CINEGEN_OT_cancel, CINEGEN_OT_clear_queue,
+           CINEGEN_OT_plate_from_strip, CINEGEN_OT_rerun, CINEGEN_OT_new_seed, CINEGEN_OT_open_qt_panel)
 
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)
+
+
+def refresh() -> None:
+    """After queued updates: the scene's progress line follows the job started last; redraw."""
+    scene = bpy.context.scene
+    props = getattr(scene, "cinegen", None)
+    job = runtime.STATE.jobs.get(props.job_id) if props is not None else None
+    if job is not None:
+        _show(props, job)
+    _redraw()

@@ -1,6 +1,6 @@
-"""The panel's settings, stored on the scene (`scene.cinegen`): the same controls as the Qt panel's
-core (pipeline, prompts, seed with lock, size, steps, frames) plus where results go. 0 means "auto"
-(the server's model decides), as an empty field does in the Qt panel."""
+"""The panel's own settings, stored on the scene (`scene.cinegen`): connection, pipeline, prompts,
+seed with lock, frame numbering and where results go. Every other option comes from the server's
+capabilities (`options.py`, `scene.cinegen_options`)."""
 import bpy
 
 from . import runtime
@@ -18,30 +18,32 @@ class CinegenSettings(bpy.types.PropertyGroup):
                                     description="Access token the server was started with (empty when none)")
     shared_disk: bpy.props.BoolProperty(name="Shared disk", default=True,
                                         description="Off: upload plates to the server and download results")
-    pipeline: bpy.props.EnumProperty(name="Pipeline", items=_pipeline_items)
+    pipeline: bpy.props.EnumProperty(name="Pipeline", items=_pipeline_items,
+                                     description="What to generate (the server's pipelines)")
     prompt: bpy.props.StringProperty(name="Prompt", description="What to generate")
     negative_prompt: bpy.props.StringProperty(name="Negative", description="What to keep out of the picture")
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0, description="Random seed (recorded in every frame)")
     seed_locked: bpy.props.BoolProperty(name="Lock seed", default=False,
                                         description="Locked: keep the seed. Unlocked: a new seed for every job")
-    model: bpy.props.StringProperty(name="Model", description="Model id; empty = the pipeline's default")
-    steps: bpy.props.IntProperty(name="Steps", default=0, min=0, max=1000, description="0 = the model's default")
-    width: bpy.props.IntProperty(name="Width", default=0, min=0, max=16384, step=8, description="0 = native size")
-    height: bpy.props.IntProperty(name="Height", default=0, min=0, max=16384, step=8, description="0 = native size")
-    frames: bpy.props.IntProperty(name="Frames", default=0, min=0, max=10000, description="0 = the model's default")
     use_scene_frames: bpy.props.BoolProperty(
         name="Number frames like the scene", default=True,
-        description="Number the generated frames from the scene's start frame (else from 1001)")
+        description="Number the generated frames from the scene's start frame (else from First frame)")
+    first_frame: bpy.props.IntProperty(name="First frame", default=1001, min=0, max=10_000_000,
+                                       description="Number of the first generated frame when not numbered like "
+                                                   "the scene; an object's path is sampled from this frame on")
     target: bpy.props.EnumProperty(name="Load into", default="both", items=[
         ("compositor", "Compositor", "An Image node in the compositor"),
         ("sequencer", "Sequencer", "An image strip in the sequencer"),
         ("both", "Both", "An Image node and a strip")])
-    # what the panel shows while a job runs
+    plate_source: bpy.props.StringProperty(name="Plate strip",
+                                           description="The strip the plate was taken from (results go next to it)")
+    # what the panel shows
     status: bpy.props.StringProperty(name="Status", default="Not connected")
-    job_id: bpy.props.StringProperty(name="Job")
+    job_id: bpy.props.StringProperty(name="Job", description="The job started last")
     progress: bpy.props.FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     stage: bpy.props.StringProperty(name="Stage")
     last_error: bpy.props.StringProperty(name="Error")
+    history_rows: bpy.props.IntProperty(name="Rows", default=5, min=1, max=50, description="History entries shown")
 
 
 def register() -> None:

@@ -1,36 +1,51 @@
-"""What the Blender panel knows between redraws: the connection, the capabilities, running jobs.
+"""What the Blender panel knows between redraws: the connection, the pipelines, the queue of jobs.
 
-Jobs run on worker threads (`run_job`: upload, submit, watch with resume, download); their updates
-go through a queue that a `bpy.app.timers` function drains on Blender's main thread, where the
-scene properties are updated and results are loaded. Headless, a job runs to its end on the
-calling thread instead.
+Queued jobs run on worker threads (`run_job`: upload, submit, watch with resume, download); their
+updates go through a queue per job that one `bpy.app.timers` function (`drain`) empties on
+Blender's main thread, where the scene is changed and results are loaded: the UI never waits on
+the network. Headless (`blender -b`), timers do not run while a script runs, so a job runs to its
+end on the calling thread and prints its progress on stdout.
 """
 from __future__ import annotations
 
+import os
 import queue
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 from cinegen.common.client import GeneratorClient
 from cinegen.common.connection import ConnectionSettings, check_protocol
 from cinegen.common.proto import generator_pb2 as pb
 from cinegen.plugin.backend.errors import describe_error
 from cinegen.plugin.backend.job_runner import JobCallbacks, JobDraft, JobOutcome, run_job
-from cinegen.plugin.model.forms import FieldSpec, pipeline_fields
+from cinegen.plugin.model.history import History
 from cinegen.plugin.model.jobs import JobRecord
 
+from . import forms as forms_mod
+
 DRAIN_INTERVAL = 0.2  # seconds between timer runs while a job is active
+QUEUE_KEEP = 8  # finished jobs kept in the queue view
 
 
 @dataclass
 class BlenderJob:
     draft: JobDraft
     record: JobRecord
+    on_done: Callable[["BlenderJob"], None] | None = None
     updates: "queue.Queue[tuple[str, Any]]" = field(default_factory=queue.Queue)
     claimed_folder: str = ""  # the version folder made for it (given back if nothing is written)
     outcome: JobOutcome | None = None
     error: str = ""
+    finished: bool = False  # results loaded (or the failure reported) on the main thread
+    loaded: list = field(default_factory=list)  # what finishing put in the scene (node / strip per sequence)
+    preview_shown: bytes = field(default=b"", repr=False)
+
+    @property
+    def job_id(self) -> str:
+        return self.record.job_id
 
 
 @dataclass
@@ -38,11 +53,35 @@ class Runtime:
     settings: ConnectionSettings = field(default_factory=ConnectionSettings)
     client: GeneratorClient | None = None
     capabilities: pb.Capabilities | None = None
-    jobs: dict[str, BlenderJob] = field(default_factory=dict)
+    forms: list[forms_mod.PipelineForm] = field(default_factory=list)
+    forms_origin: str = ""
+    jobs: dict[str, BlenderJob] = field(default_factory=dict)  # newest first
     pipeline_items: list[tuple[str, str, str]] = field(default_factory=list)  # kept alive for Blender's enum
+    history: History | None = None
+    previews: Any = None  # a bpy.utils.previews collection, one icon per job
+    echo: TextIO | None = None  # headless: progress lines go here
+    on_change: Callable[[], None] | None = None  # redraw after an update
 
 
 STATE = Runtime()
+
+
+def set_forms(forms: list[forms_mod.PipelineForm], origin: str) -> None:
+    from . import options
+
+    STATE.forms, STATE.forms_origin = forms, origin
+    STATE.pipeline_items = [(f.name, f.name, f.description) for f in forms]
+    options.install(forms)
+
+
+def form_of(name: str) -> forms_mod.PipelineForm | None:
+    return next((f for f in STATE.forms if f.name == name), None)
+
+
+def history() -> History:
+    if STATE.history is None:
+        STATE.history = History()
+    return STATE.history
 
 
 def connect(settings: ConnectionSettings) -> pb.Capabilities:
@@ -58,7 +97,8 @@ def connect(settings: ConnectionSettings) -> pb.Capabilities:
         client.close()
         raise
     STATE.settings, STATE.client, STATE.capabilities = settings, client, capabilities
-    STATE.pipeline_items = [(p.name, p.name, p.description) for p in capabilities.pipelines]
+    forms_mod.save_cached(capabilities)
+    set_forms(forms_mod.forms_from(capabilities), f"cinegen {capabilities.server_version} at {settings.address}")
     return capabilities
 
 
@@ -68,35 +108,24 @@ def disconnect() -> None:
     STATE.client, STATE.capabilities = None, None
 
 
-def pipeline_info(name: str) -> pb.PipelineInfo | None:
-    if STATE.capabilities is None:
-        return None
-    return next((p for p in STATE.capabilities.pipelines if p.name == name), None)
-
-
-def fields_of(name: str) -> list[FieldSpec]:
-    info = pipeline_info(name)
-    return pipeline_fields(info) if info else []
-
-
+# ---- running jobs ---------------------------------------------------------------------------------
 def run_blocking(job: BlenderJob) -> JobOutcome:
     """Run to the end on this thread (headless and farm use); every update is applied at once."""
     assert STATE.client is not None
-    STATE.jobs[job.record.job_id] = job
+    _remember(job)
     outcome = run_job(STATE.client, job.draft, shared_disk=STATE.settings.shared_disk,
                       callbacks=_callbacks(job, direct=True))
     job.outcome = outcome
     return outcome
 
 
-def start_background(job: BlenderJob, on_update: Callable[[BlenderJob], None],
-                     on_done: Callable[[BlenderJob], None]) -> None:
-    """Run on a worker thread; `on_update`/`on_done` are called on Blender's main thread by a timer."""
+def start_background(job: BlenderJob) -> None:
+    """Queue the job on a worker thread; `drain` applies its updates and finishes it on the main thread."""
     import bpy
 
     assert STATE.client is not None
     client, settings = STATE.client, STATE.settings
-    STATE.jobs[job.record.job_id] = job
+    _remember(job)
 
     def work() -> None:
         try:
@@ -105,29 +134,68 @@ def start_background(job: BlenderJob, on_update: Callable[[BlenderJob], None],
         except Exception as exc:  # refused or unreachable: a sentence for the panel
             job.updates.put(("error", describe_error(exc, settings)))
 
-    def drain() -> float | None:
-        finished = _apply_updates(job)
-        on_update(job)
-        if finished:
-            on_done(job)
-            return None
-        return DRAIN_INTERVAL
+    threading.Thread(target=work, name=f"cinegen-{job.job_id}", daemon=True).start()
+    if not bpy.app.timers.is_registered(drain):
+        bpy.app.timers.register(drain, first_interval=DRAIN_INTERVAL)
 
-    threading.Thread(target=work, name=f"cinegen-{job.record.job_id}", daemon=True).start()
-    bpy.app.timers.register(drain, first_interval=DRAIN_INTERVAL)
+
+def drain() -> float | None:
+    """The timer: apply every job's updates; load the finished ones. Stops itself when all are done."""
+    for job in list(STATE.jobs.values()):
+        if job.finished:
+            continue
+        if _apply_updates(job):
+            job.finished = True
+            if job.on_done is not None:
+                job.on_done(job)
+        show_preview(job)
+    if STATE.on_change is not None:
+        STATE.on_change()
+    return DRAIN_INTERVAL if active_jobs() else None
+
+
+def active_jobs() -> list[BlenderJob]:
+    return [job for job in STATE.jobs.values() if not job.finished]
 
 
 def cancel(job_id: str) -> None:
-    if STATE.client is not None:
-        STATE.client.cancel(job_id)
     job = STATE.jobs.get(job_id)
     if job is not None:
         job.record.cancel_requested = True
+    if STATE.client is not None:
+        STATE.client.cancel(job_id)
+
+
+def clear_finished() -> None:
+    STATE.jobs = {k: j for k, j in STATE.jobs.items() if not j.finished}
+
+
+def _remember(job: BlenderJob) -> None:
+    STATE.jobs = {job.job_id: job, **STATE.jobs}
+    finished = [k for k, j in STATE.jobs.items() if j.finished]
+    for key in finished[QUEUE_KEEP:]:
+        del STATE.jobs[key]
+
+
+def _echo(job: BlenderJob) -> None:
+    if STATE.echo is not None:
+        record = job.record
+        STATE.echo.write(f"cinegen: {record.job_id} {record.state} {record.fraction:4.0%} {record.stage}\n")
+        STATE.echo.flush()
 
 
 def _callbacks(job: BlenderJob, *, direct: bool) -> JobCallbacks:
     if direct:
-        return JobCallbacks(on_event=job.record.apply, on_transfer=job.record.set_transfer)
+        def on_event(event: pb.JobEvent) -> None:
+            stage = job.record.stage
+            job.record.apply(event)
+            if job.record.stage != stage:  # one line per change, not per event
+                _echo(job)
+
+        def on_transfer(state: str, stage: str) -> None:
+            job.record.set_transfer(state, stage)
+            _echo(job)
+        return JobCallbacks(on_event=on_event, on_transfer=on_transfer)
     return JobCallbacks(on_event=lambda event: job.updates.put(("event", event)),
                         on_transfer=lambda state, stage: job.updates.put(("transfer", (state, stage))))
 
@@ -147,3 +215,49 @@ def _apply_updates(job: BlenderJob) -> bool:
             job.outcome = value
         elif kind == "error":
             job.error = value
+
+
+# ---- live preview ---------------------------------------------------------------------------------
+def preview_folder() -> str:
+    folder = os.path.join(tempfile.gettempdir(), f"cinegen-previews-{os.getpid()}")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def show_preview(job: BlenderJob) -> Any:
+    """Load the job's newest preview PNG into the previews collection (an icon the panel draws)."""
+    png = job.record.preview_png
+    if STATE.previews is None or not png or png is job.preview_shown:
+        return None
+    path = os.path.join(preview_folder(), f"{job.job_id}.png")
+    with open(path, "wb") as handle:
+        handle.write(png)
+    job.preview_shown = png
+    if job.job_id in STATE.previews:
+        del STATE.previews[job.job_id]  # the collection refuses a second load under one name
+    return STATE.previews.load(job.job_id, path, "IMAGE", force_reload=True)
+
+
+def preview_icon(job_id: str) -> int:
+    if STATE.previews is None or job_id not in STATE.previews:
+        return 0
+    return STATE.previews[job_id].icon_id
+
+
+def open_previews() -> None:
+    import bpy.utils.previews
+
+    if STATE.previews is None:
+        STATE.previews = bpy.utils.previews.new()
+
+
+def close_previews() -> None:
+    import bpy.utils.previews
+
+    if STATE.previews is not None:
+        bpy.utils.previews.remove(STATE.previews)
+        STATE.previews = None
+
+
+def echo_to_stdout(enabled: bool) -> None:
+    STATE.echo = sys.stdout if enabled else None

@@ -6,9 +6,9 @@ an Image node shows file frame ``F - frame_start + 1 + frame_offset``, so a sequ
 1001 placed at scene frame S needs ``frame_start = S`` and ``frame_offset = 1000``. A result lands at
 its own frame numbers when the scene's range holds them, else at the scene's first frame.
 
-The trajectory is the active object's world position per frame through
-`bpy_extras.object_utils.world_to_camera_view` (normalised, bottom-left origin) in pixels of the
-render size. API differences handled here: the compositor tree is ``scene.compositing_node_group``
+The trajectory is the active object's world position on each frame the job generates (first ..
+first + frames - 1, not the scene's range) through `bpy_extras.object_utils.world_to_camera_view`
+(normalised, bottom-left origin) in pixels of the render size. API differences handled here: the compositor tree is ``scene.compositing_node_group``
 in Blender 5 and ``scene.node_tree`` before; sequencer strips are ``strips`` from 4.4, ``sequences``
 before.
 """
@@ -57,9 +57,12 @@ class BlenderHost(HostAdapter):
                               height=render.resolution_y, source=strip.name,
                               colorspace=strip.colorspace_settings.name)
 
-    def selected_trajectory(self, width: int | None = None, height: int | None = None) -> Trajectory:
+    def selected_trajectory(self, width: int | None = None, height: int | None = None,
+                            frames: FrameRange | None = None) -> Trajectory:
+        """The active object's path over `frames` (the job's frames; default the scene's range)."""
         scene = bpy.context.scene
-        return object_trajectory(scene, bpy.context.view_layer.objects.active, scene.camera, width, height)
+        frames = frames or FrameRange(scene.frame_start, scene.frame_end)
+        return object_trajectory(scene, bpy.context.view_layer.objects.active, scene.camera, frames, width, height)
 
     def load_result(self, result: ResultSequence) -> dict[str, Any]:
         scene = bpy.context.scene
@@ -162,9 +165,9 @@ def free_channel(strips: Any, start: int, end: int) -> int:
 
 
 # ---- trajectory ---------------------------------------------------------------------------------
-def object_trajectory(scene: Any, obj: Any, camera: Any, width: int | None = None,
+def object_trajectory(scene: Any, obj: Any, camera: Any, frames: FrameRange, width: int | None = None,
                       height: int | None = None) -> Trajectory:
-    """The object's origin through the camera on every frame of the scene, in top-left pixels."""
+    """The object's origin through the camera on each of `frames`, in top-left pixels."""
     if obj is None:
         raise HostSelectionError("Make the object to follow the active object (click it in the viewport).")
     if camera is None:
@@ -175,7 +178,7 @@ def object_trajectory(scene: Any, obj: Any, camera: Any, width: int | None = Non
     current = scene.frame_current
     normalised = []
     try:
-        for frame in range(scene.frame_start, scene.frame_end + 1):
+        for frame in range(frames.first, frames.last + 1):
             scene.frame_set(frame)
             view = world_to_camera_view(scene, camera, obj.matrix_world.translation)
             if view.z > 0:  # behind the camera there is no screen position
@@ -183,6 +186,7 @@ def object_trajectory(scene: Any, obj: Any, camera: Any, width: int | None = Non
     finally:
         scene.frame_set(current)
     if not normalised:
-        raise HostSelectionError(f"'{obj.name}' is never in front of the camera '{camera.name}' in this frame range.")
+        raise HostSelectionError(f"'{obj.name}' is never in front of the camera '{camera.name}' on frames "
+                                 f"{frames.first}-{frames.last}.")
     points = tuple(from_normalised(normalised, width, height, origin="bottom-left"))
     return Trajectory(width=width, height=height, tracks=(Track(name=obj.name, points=points),), origin="top-left")

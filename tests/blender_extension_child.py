@@ -1,0 +1,159 @@
+"""Child process of tests/test_blender_extension.py: a stock headless Blender (the bpy module) that
+installs the built extension zip and uses it through its own operators.
+
+Run as `python -I -S blender_extension_child.py ARGS.json`: -I -S give a Python with only the
+standard library on sys.path; the parent adds one folder holding links to `bpy` and `numpy` (both
+ship with a real Blender). So `grpc`, `google.protobuf` and `cinegen` can only come from the wheels
+in the zip, which Blender unpacks into the user folder named by BLENDER_USER_RESOURCES. Prints its
+findings as one JSON line after MARKER.
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+MARKER = "CINEGEN-FACTS "
+ADDON = "bl_ext.user_default.cinegen"
+DRAIN_LIMIT_S = 120.0  # a queued tiny job ends in seconds; never wait forever
+
+
+def spec_origin(name: str) -> str | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except ImportError:  # a parent package is missing
+        return None
+    return None if spec is None else (spec.origin or str(list(spec.submodule_search_locations or [])))
+
+
+def describe_prop(group, name: str) -> dict:
+    rna = group.bl_rna.properties[name]
+    out = {"type": rna.type, "name": rna.name, "description": rna.description}
+    if rna.type in ("INT", "FLOAT"):
+        out.update(default=rna.default, min=rna.hard_min, max=rna.hard_max)
+    elif rna.type == "ENUM":
+        out.update(default=rna.default, items=[i.identifier for i in rna.enum_items])
+    elif rna.type in ("STRING", "BOOLEAN"):
+        out.update(default=rna.default, subtype=rna.subtype)
+    return out
+
+
+def describe_results(job) -> list[dict]:
+    found = []
+    for loaded in job.loaded:
+        node, strip = loaded.get("node"), loaded.get("strip")
+        found.append({
+            "node": None if node is None else {"frame_duration": node.frame_duration, "frame_start": node.frame_start,
+                                               "frame_offset": node.frame_offset, "image": node.image.filepath,
+                                               "source": node.image.source, "label": node.label},
+            "strip": None if strip is None else {"frame_start": strip.frame_start,
+                                                 "duration": strip.frame_final_duration,
+                                                 "files": [e.filename for e in strip.elements], "name": strip.name}})
+    return found
+
+
+def main(args: dict) -> dict:
+    facts: dict = {"before": {name: spec_origin(name) for name in ("grpc", "google.protobuf", "cinegen")}}
+    import bpy
+
+    workdir = Path(args["workdir"])
+    bpy.ops.wm.read_homefile(use_empty=True)
+    bpy.ops.wm.save_as_mainfile(filepath=str(workdir / "shot010.blend"))  # outputs go next to it
+    installed = bpy.ops.extensions.package_install_files(filepath=args["zip"], repo="user_default",
+                                                         enable_on_install=True)
+    facts["install"] = sorted(installed)
+    facts["after"] = {name: spec_origin(name) for name in ("grpc", "google.protobuf", "cinegen.plugin",
+                                                           "cinegen.common.client")}
+    facts["enabled"] = ADDON in bpy.context.preferences.addons
+    runtime = sys.modules[f"{ADDON}.runtime"]
+    farm = importlib.import_module(f"{ADDON}.farm")
+    scene = bpy.context.scene
+    props, opts = scene.cinegen, scene.cinegen_options
+
+    # before connecting: the menu and the options come from this plugin's own descriptions
+    facts["offline"] = {"pipelines": [item[0] for item in runtime.STATE.pipeline_items],
+                        "origin": runtime.STATE.forms_origin,
+                        "projection": describe_prop(opts.pipeline_panorama, "projection"),
+                        "story": describe_prop(opts.pipeline_story, "story")}
+
+    host, port = args["server"].rsplit(":", 1)
+    props.host, props.port = host, int(port)
+    facts["connect"] = sorted(bpy.ops.cinegen.connect())
+    opts = scene.cinegen_options  # rebuilt from the server's capabilities
+    facts["online"] = {"pipelines": [item[0] for item in runtime.STATE.pipeline_items],
+                       "origin": runtime.STATE.forms_origin, "status": props.status,
+                       "cache": Path(args["config"], "blender-capabilities.binpb").is_file(),
+                       "steps": describe_prop(opts.common, "steps"),
+                       "use_steps": describe_prop(opts.common, "use_steps"),
+                       "strength": describe_prop(opts.pipeline_upscale, "strength"),
+                       "projection": describe_prop(opts.pipeline_panorama, "projection"),
+                       "panorama_input": describe_prop(opts.pipeline_panorama, "input")}
+    common = opts.common
+    common.model = "tiny-sd"
+    common.use_steps, common.steps = True, 2
+    common.use_width, common.width, common.use_height, common.height = True, 64, True, 64
+    common.use_frames, common.frames = True, 2
+    props.prompt, props.seed, props.seed_locked, props.target = "a fox", 77, True, "both"
+    scene.frame_start, scene.frame_end = 1, 48
+
+    # image, queued: a worker thread runs it, the timer function applies its updates
+    props.pipeline = "image"
+    facts["image_queued"] = sorted(bpy.ops.cinegen.generate(queue=True))
+    job = runtime.STATE.jobs[props.job_id]
+    facts["returned_before_done"] = not job.finished
+    progress, deadline = [], time.monotonic() + DRAIN_LIMIT_S
+    while runtime.active_jobs() and time.monotonic() < deadline:
+        runtime.drain()  # what bpy.app.timers calls every 0.2 s in the UI
+        progress.append(round(props.progress, 3))
+        time.sleep(0.05)
+    facts["image"] = {"state": job.record.state, "error": props.last_error, "results": describe_results(job),
+                      "progress_seen": sorted(set(progress)), "seed": job.record.seed,
+                      "preview_icon": runtime.preview_icon(job.job_id) != 0,
+                      "preview_size": list(runtime.STATE.previews[job.job_id].image_size)
+                      if job.job_id in runtime.STATE.previews else None}
+
+    # panorama without a plate, waiting (as headless scripts do)
+    props.pipeline = "panorama"
+    opts.pipeline_panorama.projection = "ring"
+    common.width, common.frames = 128, 1
+    facts["panorama_run"] = sorted(bpy.ops.cinegen.generate(wait=True))
+    job = runtime.STATE.jobs[props.job_id]
+    facts["panorama"] = {"state": job.record.state, "error": props.last_error, "results": describe_results(job)}
+
+    # story from a file picked in the panel
+    story = workdir / "story.yaml"
+    story.write_text("title: Harbour\nfps: 24\nstyle: film still\ncharacters:\n  Mira: a keeper\nshots:\n"
+                     "  - id: sh010\n    prompt: Mira at the door\n    frames: 2\n    characters: [Mira]\n"
+                     "  - id: sh020\n    prompt: the sea at night\n    frames: 2\n")
+    props.pipeline = "story"
+    opts.pipeline_story.story = str(story)
+    common.width, common.use_frames, common.model = 64, False, ""
+    facts["story_run"] = sorted(bpy.ops.cinegen.generate(wait=True))
+    job = runtime.STATE.jobs[props.job_id]
+    facts["story"] = {"state": job.record.state, "error": props.last_error, "results": describe_results(job)}
+
+    # history and re-run: the image job comes back with its seed, and runs again
+    history = runtime.history()
+    image_entry = next(e for e in history.entries if e.pipeline == "image")
+    props.seed, props.seed_locked, props.pipeline, common.model = 5, False, "story", "other"
+    facts["rerun"] = sorted(bpy.ops.cinegen.rerun(job_id=image_entry.job_id))
+    rerun_job = runtime.STATE.jobs[props.job_id]
+    facts["history"] = {"pipelines": [e.pipeline for e in history.entries], "image_seed": image_entry.seed,
+                        "image_model": image_entry.model, "image_prompt": image_entry.prompt,
+                        "rerun_pipeline": rerun_job.record.pipeline, "rerun_seed": rerun_job.record.seed,
+                        "rerun_state": rerun_job.record.state, "rerun_model": common.model}
+
+    # headless / farm helper: progress lines on stdout
+    printed = io.StringIO()
+    loaded = farm.submit_and_wait("image", prompt="a boat", seed=9, frames=1, stdout=printed)
+    facts["farm"] = {"lines": printed.getvalue().splitlines(), "loaded": len(loaded)}
+    return facts
+
+
+if __name__ == "__main__":
+    arguments = json.loads(Path(sys.argv[1]).read_text())
+    sys.stdout.write(MARKER + json.dumps(main(arguments)) + "\n")
+    sys.stdout.flush()
