@@ -11,14 +11,14 @@ import dataclasses
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from cinegen.common.client import JobResult, RequestRejected, ServerUnavailable, build_request, new_job_id
 from cinegen.common.params import PIPELINE_PARAMS, CommonParams, ParamDescription, describe
 
-from .job_client import connect, run_job, server_config, summarise_paths
+from .job_client import add_client_access_options, add_serve_options, connect, run_job, server_config, summarise_paths
+from .scaleout.export import add_export_parser, cmd_export_job
 
 PIPELINES = tuple(PIPELINE_PARAMS)
 
@@ -49,10 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="Run the generation server.")
     _add_server_options(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for the network).")
-    serve.add_argument("--port", type=int, default=50051)
-    serve.add_argument("--token", default=os.environ.get("CINEGEN_TOKEN"),
-                       help="Require this access token from clients (also $CINEGEN_TOKEN).")
+    add_serve_options(serve)
 
     gen = sub.add_parser("generate", help="Generate frames with a pipeline.")
     gsub = gen.add_subparsers(dest="pipeline", required=True)
@@ -62,13 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("story_file", nargs="?", help="Story YAML file.")
         p.add_argument("--server", help="HOST:PORT of a running `cinegen serve`; default: run one in-process.")
         p.add_argument("--job-id", default="", help="Client-chosen job id (resubmitting it is idempotent).")
-        p.add_argument("--token", default=os.environ.get("CINEGEN_TOKEN"), help="Access token of --server.")
+        add_client_access_options(p)
         _add_param_options(p, describe(CommonParams, "common") + describe(cls, name))
         _add_server_options(p)
 
     for name, text in (("pipelines", "List pipelines and their options."), ("models", "List models.")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--server")
+        add_client_access_options(p)
         _add_server_options(p)
 
     demo = sub.add_parser("demo", help="Generate sample sequences on the built-in tiny models.")
@@ -83,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default=None, help="Model id to measure (default: the benchmark's choice).")
     bench.add_argument("--video-model", default=None, help="Video model id for benchmarks that need one.")
     _add_server_options(bench)
+    add_export_parser(sub, _add_param_options)
     return parser
 
 
@@ -162,19 +161,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import start_server
+    from .serve import serve_until_signalled
 
-    running = start_server(server_config(args, host=args.host, port=args.port))
-    print(f"cinegen server on {args.host}:{running.port} — device {running.service.device}. Ctrl-C stops it.",
-          flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopping")
-    finally:
-        running.stop()
-    return 0
+    return serve_until_signalled(server_config(args, host=args.host, port=args.port))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -197,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if _runs_models_here(args):  # a client of a running server never imports torch (0.2 s, not 5 s)
         _quiet_libraries()
     commands = {"generate": cmd_generate, "pipelines": cmd_pipelines, "models": cmd_models,
-                "serve": cmd_serve, "demo": cmd_demo, "bench": cmd_bench}
+                "serve": cmd_serve, "demo": cmd_demo, "bench": cmd_bench, "export-job": cmd_export_job}
     try:
         return commands[args.command](args)
     except ServerUnavailable as exc:
@@ -209,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _runs_models_here(args: argparse.Namespace) -> bool:
-    return args.command in ("serve", "demo", "bench") or not getattr(args, "server", None)
+    return args.command in ("serve", "demo", "bench") or (args.command != "export-job"
+                                                            and not getattr(args, "server", None))
 
 
 def _quiet_libraries() -> None:

@@ -27,5 +27,13 @@ class ResourceExhausted(UserError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class PermissionDenied(UserError):
+    code = "PERMISSION_DENIED"
+
+
+class AlreadyExists(UserError):
+    code = "ALREADY_EXISTS"
+
+
 class JobCancelled(Exception):
     """Raised between denoising steps when the job was cancelled."""

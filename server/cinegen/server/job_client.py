@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Iterator
@@ -14,13 +16,85 @@ from cinegen.common.client import GeneratorClient, JobResult
 from .progress import ProgressBar
 
 
+def add_serve_options(p: argparse.ArgumentParser) -> None:
+    """`cinegen serve`: address, access (token, TLS), journal folder, path roots and request limits."""
+    from .limits import Limits
+
+    p.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for the network: needs a "
+                   "token and --output-root, or --insecure).")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help=f"Folder of the job journal and uploads (default: {default_state_dir()}).")
+    p.add_argument("--token-file", type=Path, help="File holding the access token clients must send "
+                   "(or $CINEGEN_TOKEN; never on the command line, where `ps` shows it).")
+    p.add_argument("--token", action=_RefuseArgvToken, help=argparse.SUPPRESS)
+    p.add_argument("--insecure", action="store_true",
+                   help="Allow listening off loopback without a token or path roots (a warning is logged).")
+    p.add_argument("--tls-cert", type=Path, help="Server certificate chain (PEM): serve TLS instead of plain text.")
+    p.add_argument("--tls-key", type=Path, help="Private key (PEM) of --tls-cert.")
+    p.add_argument("--tls-client-ca", type=Path, help="CA (PEM) that signs client certificates: mutual TLS.")
+    p.add_argument("--output-root", action="append", default=[], type=Path, metavar="DIR",
+                   help="Folder jobs may write into (repeatable); outputs elsewhere are PERMISSION_DENIED. "
+                   "Required off loopback.")
+    p.add_argument("--input-root", action="append", default=[], type=Path, metavar="DIR",
+                   help="Folder jobs may read plates, trajectories and stories from (repeatable; output roots "
+                   "and uploads count too).")
+    defaults = Limits()
+    for f in dataclasses.fields(Limits):
+        p.add_argument(Limits.flag(f.name), dest=f"limit_{f.name}", type=int, default=getattr(defaults, f.name),
+                       metavar="N", help=f"Limit (default {getattr(defaults, f.name)}).")
+
+
+def add_client_access_options(p: argparse.ArgumentParser) -> None:
+    """How a client reaches `--server`: token from a file or $CINEGEN_TOKEN, TLS with a CA or system roots."""
+    p.add_argument("--token-file", type=Path, help="File holding the access token of --server "
+                   "(or $CINEGEN_TOKEN).")
+    p.add_argument("--token", action=_RefuseArgvToken, help=argparse.SUPPRESS)
+    p.add_argument("--tls", action="store_true", help="Connect to --server with TLS (system root certificates).")
+    p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) of --server's TLS certificate (implies --tls).")
+
+
+class _RefuseArgvToken(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error("a token on the command line is visible to every user of this machine (`ps`); write it to "
+                     "a file and pass --token-file FILE, or set $CINEGEN_TOKEN.")
+
+
+def default_state_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("cinegen", appauthor=False))
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The token of --token-file, else $CINEGEN_TOKEN, else None."""
+    path = getattr(args, "token_file", None)
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"Cannot read the token file {path} ({getattr(exc, 'strerror', None) or exc}).") from None
+    return os.environ.get("CINEGEN_TOKEN") or None
+
+
 def server_config(args: argparse.Namespace, host: str = "127.0.0.1", port: int = 0):
+    from .limits import Limits
     from .service import ServerConfig
 
-    return ServerConfig(host=host, port=port, models_dirs=[Path(p) for p in args.models], device=args.device,
-                        max_width=args.max_size, max_height=args.max_size,
-                        memory_budget=int(args.memory_budget * (1 << 30)) if args.memory_budget else None,
-                        use_hf_cache=not args.no_hf_cache, token=getattr(args, "token", None))
+    config = ServerConfig(host=host, port=port, models_dirs=[Path(p) for p in args.models], device=args.device,
+                          max_width=args.max_size, max_height=args.max_size,
+                          memory_budget=int(args.memory_budget * (1 << 30)) if args.memory_budget else None,
+                          use_hf_cache=not args.no_hf_cache)
+    if getattr(args, "command", None) != "serve":
+        return config  # an in-process server for one command: loopback, temporary state, default limits
+    values = {f.name: getattr(args, f"limit_{f.name}") for f in dataclasses.fields(Limits)}
+    bad = [f"{Limits.flag(k)} {v}" for k, v in values.items() if v < 1]
+    if bad:
+        raise SystemExit(f"Limits must be 1 or more: {', '.join(bad)}.")
+    return dataclasses.replace(config, token=read_token(args), state_dir=args.state_dir or default_state_dir(),
+                               limits=Limits(**values), output_roots=list(args.output_root),
+                               input_roots=list(args.input_root), insecure=args.insecure, tls_cert=args.tls_cert,
+                               tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
 
 
 @contextlib.contextmanager
@@ -33,7 +107,16 @@ def connect(args: argparse.Namespace) -> Iterator[GeneratorClient]:
 
         running = start_server(server_config(args))
         address = running.address
-    client = GeneratorClient(address, timeout=60.0, token=getattr(args, "token", None) if running is None else None)
+    if running is None:
+        ca = getattr(args, "tls_ca", None)
+        try:
+            root = Path(ca).read_bytes() if ca else None
+        except OSError as exc:
+            raise SystemExit(f"Cannot read the TLS CA certificate {ca} ({exc.strerror}).") from None
+        client = GeneratorClient(address, timeout=60.0, token=read_token(args),
+                                 tls=bool(getattr(args, "tls", False)) or root is not None, root_certificates=root)
+    else:
+        client = GeneratorClient(address, timeout=60.0)
     try:
         client.wait_ready(timeout=30.0)
         yield client

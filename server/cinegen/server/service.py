@@ -1,17 +1,27 @@
-"""The gRPC `Generator` service: requests in, validated jobs to the queue, events out."""
+"""The gRPC `Generator` service: requests in, validated and bounded jobs to the queue, events out.
+
+Every answer is OK or a named status with a sentence: user errors map to their code, and any other
+exception while checking a request is reported as INVALID_ARGUMENT (with the traceback in the log),
+never as UNKNOWN. Long-lived streams (Watch, Upload, Download) are counted against `--max-streams`.
+"""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import grpc
 import numpy as np
@@ -24,20 +34,29 @@ from cinegen.common.proto import generator_pb2_grpc as pb_grpc
 from cinegen.common.sequence import SequencePattern, SequencePatternError, check_output_writable
 
 from . import __version__
-from .errors import FailedPrecondition, InvalidArgument, NotFound, UserError
-from .jobs import Job, JobManager
+from .documents import Origin, check_story, check_trajectory
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, UserError
+from .jobs import InProcessExecutor, Job, JobManager, Journal
+from .jobs.queue import TERMINAL
+from .limits import MAX_NAME_CHARS, MAX_PATH_CHARS, Limits, check_job, check_text, over
 from .models.registry import ModelRegistry
+from .paths import PathPolicy, decode_utf8, read_regular_file
 from .pipelines import load_pipelines
 from .pipelines.base import JobSpec, Pipeline, RunContext
+from .pipelines.frame_range import check_frame_range, parse_frame_range
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 CHUNK = 1 << 20  # 1 MiB: far below gRPC's 4 MB default message limit
 PREVIEW_INTERVAL = 0.5  # seconds between previews of one job
+JOURNAL_FILE = "jobs.sqlite"
+CLIENT_ID_HEADER = "cinegen-client-id"  # optional: tells apart several clients of one machine
 _STATUS = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT, "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
            "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
-           "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED, "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS}
+           "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED, "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
+           "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED, "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE}
+_TEMP_FRAME = re.compile(r"^\.(?P<name>.+)\.tmp-\d+-[0-9a-f]+$")  # write_exr_frame's temporary names
 
 
 @dataclass
@@ -50,9 +69,20 @@ class ServerConfig:
     max_height: int = 8192
     max_frames: int = 2000
     memory_budget: int | None = None
-    state_dir: Path | None = None  # uploads live here
+    state_dir: Path | None = None  # journal and uploads; None = a temporary folder removed on close
     use_hf_cache: bool = True
     token: str | None = None  # when set, every call must carry `authorization: Bearer <token>`
+    limits: Limits = field(default_factory=Limits)
+    output_roots: list[Path] = field(default_factory=list)
+    input_roots: list[Path] = field(default_factory=list)
+    insecure: bool = False  # allow binding off loopback without a token (and without roots)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # clients must present a certificate signed by this CA
+
+
+class Unavailable(UserError):
+    code = "UNAVAILABLE"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,9 +100,64 @@ def preview_png(display_rgb: np.ndarray, max_side: int = 256) -> tuple[bytes, in
     return srgb_preview_png(display_rgb, max_side, scene_linear=False), max(1, round(w * scale)), max(1, round(h * scale))
 
 
+def client_key(context: grpc.ServicerContext) -> str:
+    """Who is asking: the peer's host, plus the optional client id header (several panels on one host)."""
+    peer = context.peer() or ""
+    host = peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    client_id = dict(context.invocation_metadata() or ()).get(CLIENT_ID_HEADER, "")
+    if not isinstance(client_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", client_id):
+        raise InvalidArgument(f"The {CLIENT_ID_HEADER} header may only use letters, digits, '.', '_' and '-' "
+                              "(at most 64).")
+    return f"{host}/{client_id}"
+
+
+def _unary(method: Callable) -> Callable:
+    """Turn UserErrors into their status, and anything unexpected into a named status (never UNKNOWN)."""
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except UserError as exc:
+            context.abort(_STATUS.get(exc.code, grpc.StatusCode.INVALID_ARGUMENT), exc.message)
+        except Exception as exc:  # noqa: BLE001 - a bug or an odd input: a sentence, the traceback in the log
+            if isinstance(exc, grpc.RpcError):
+                raise
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"The server could not use this request ({type(exc).__name__}); check its values. "
+                          "The server log has the details.")
+    return wrapper
+
+
+class _StreamSlots:
+    """Counts open streams; one over `limit` is refused, so streams never take every RPC thread."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._open = 0
+        self._lock = threading.Lock()
+
+    def acquire(self, limits: Limits) -> None:
+        with self._lock:
+            if self._open >= self.limit:
+                raise over(limits, "max_streams", "The number of open streams (Watch, Upload, Download)",
+                           self._open + 1)
+            self._open += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._open -= 1
+
+    @property
+    def open(self) -> int:
+        with self._lock:
+            return self._open
+
+
 class GeneratorService(pb_grpc.GeneratorServicer):
     def __init__(self, config: ServerConfig, registry: ModelRegistry | None = None):
         self.config = config
+        self.limits = config.limits
         self.device = resolve_device(config.device)
         self.registry = registry or ModelRegistry(config.models_dirs, device=self.device,
                                                   memory_budget=config.memory_budget,
@@ -80,15 +165,84 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         self.pipelines: dict[str, Pipeline] = load_pipelines()
         self._owns_state_dir = config.state_dir is None  # a temporary folder is removed on close()
         self.state_dir = Path(config.state_dir or tempfile.mkdtemp(prefix="cinegen-server-"))
-        self.jobs = JobManager(self._run_job)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.uploads_dir = self.state_dir / "uploads"
+        fenced = bool(config.input_roots or config.output_roots)
+        input_roots = list(config.input_roots) + ([self.uploads_dir] if fenced else [])
+        self.paths = PathPolicy(output_roots=list(config.output_roots), input_roots=input_roots)
+        self.streams = _StreamSlots(self.limits.max_streams)
+        self._upload_lock = threading.Lock()
+        self._upload_bytes = _folder_size(self.uploads_dir)
         self._last_preview: dict[str, float] = {}
+        self.journal = Journal(self.state_dir / JOURNAL_FILE)
+        self.jobs = JobManager(InProcessExecutor(self._run_job), journal=self.journal, restored=self._restore())
 
     def close(self) -> None:
         self.jobs.stop()
+        self.journal.close()
         if self._owns_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
+    # ---- restart ----------------------------------------------------------------------------
+    def _restore(self) -> list[Job]:
+        """Jobs of the journal: finished ones for ListJobs/Watch, unfinished ones queued again in order."""
+        restored = []
+        for saved in self.journal.load():
+            request = pb.JobRequest.FromString(saved.request)
+            job = Job(id=saved.id, request=request, client=saved.client, submitted=saved.submitted,
+                      state=saved.state, fraction=saved.fraction, outputs=saved.outputs,
+                      events=[pb.JobEvent.FromString(data) for _, data in saved.events])
+            if job.state not in TERMINAL:
+                self._requeue_restored(job)
+            restored.append(job)
+        return restored
+
+    def _requeue_restored(self, job: Job) -> None:
+        was_running = job.state == "running"
+        job.state, job.resume = "queued", True
+        note = "interrupted by a server restart; resuming (frames already written are kept)" if was_running \
+            else "queued again after a server restart"
+        try:
+            job.spec = self.validate(job.request, resume=True)
+        except UserError as exc:
+            job.state = "failed"
+            self._append_restored(job, failed=pb.Failed(code=exc.code, message=f"After a server restart the job "
+                                                        f"could not run again: {exc.message}"))
+            self.journal.set_state(job.id, "failed", job.fraction)
+            return
+        self._remove_stale_temp_frames(job.spec)
+        self._append_restored(job, log=pb.Log(level="warning", message=note))
+        self.journal.set_state(job.id, "queued", job.fraction)
+
+    def _append_restored(self, job: Job, **kind: Any) -> None:
+        event = pb.JobEvent(job_id=job.id, seq=job.last_seq + 1, time=time.time(), **kind)
+        job.events.append(event)
+        self.journal.add_event(job.id, event.seq, event.SerializeToString())
+
+    def _remove_stale_temp_frames(self, spec: JobSpec) -> None:
+        """Temporary frames of an interrupted write (`.NAME.1001.exr.tmp-PID-XXXX`) are never a result."""
+        out = spec.common.out
+        if self.pipelines[spec.pipeline].output_is_folder:
+            folders = [Path(out)] + [p for p in Path(out).glob("*") if p.is_dir() and not p.is_symlink()]
+            belongs: Callable[[str], bool] = lambda name: name.endswith(".exr")  # noqa: E731
+        else:
+            pattern = SequencePattern.parse(out)
+            folders = [Path(pattern.directory or ".")]
+            frame_name = re.compile(re.escape(pattern.prefix) + r"-?\d+" + re.escape(pattern.suffix) + r"\Z")
+            belongs = lambda name: frame_name.match(name) is not None  # noqa: E731
+        for folder in folders:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                m = _TEMP_FRAME.match(entry.name)
+                if m and belongs(m.group("name")) and entry.is_file(follow_symlinks=False):
+                    Path(entry.path).unlink(missing_ok=True)
+                    log.info("removed a stale temporary frame %s", entry.path)
+
     # ---- capabilities -----------------------------------------------------------------------
+    @_unary
     def GetCapabilities(self, request, context):
         caps = pb.Capabilities(server_version=__version__, device=self._device_info(),
                                max_width=self.config.max_width, max_height=self.config.max_height,
@@ -115,29 +269,43 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         return pb.DeviceInfo(name="cpu", kind=self.device.type, memory_budget=self.registry.memory_budget)
 
     # ---- submit -----------------------------------------------------------------------------
+    @_unary
     def Submit(self, request, context):
+        if self.jobs.stopping:
+            raise Unavailable("The server is shutting down and takes no new jobs; submit again once it is back.")
+        client = client_key(context)
+        check_text("The job id", request.job_id, MAX_NAME_CHARS)
+        existing = self.jobs.get(request.job_id) if request.job_id else None
+        if existing is not None:
+            if _same_request(existing.request, request):
+                return pb.JobTicket(job_id=existing.id, queue_position=self.jobs.queue_position(existing),
+                                    existing=True)
+            raise AlreadyExists(f"Job id '{request.job_id}' is already used by a different request. "
+                                "Choose a new job id, or resubmit exactly the same request.")
+        if self.jobs.queued_count() >= self.limits.max_queue:
+            raise over(self.limits, "max_queue", "The number of queued jobs", self.jobs.queued_count() + 1)
+        mine = self.jobs.queued_count(client)
+        if mine >= self.limits.max_queue_per_client:
+            raise over(self.limits, "max_queue_per_client", "The number of jobs this client has queued", mine + 1)
         try:
-            existing = self.jobs.get(request.job_id) if request.job_id else None
-            if existing is not None:
-                if _same_request(existing.request, request):
-                    return pb.JobTicket(job_id=existing.id, queue_position=self.jobs.queue_position(existing),
-                                        existing=True)
-                context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                              f"Job id '{request.job_id}' is already used by a different request. "
-                              "Choose a new job id, or resubmit exactly the same request.")
             spec = self.validate(request)
-        except UserError as exc:
-            context.abort(_STATUS[exc.code], exc.message)
-        job, position = self.jobs.submit(Job(spec=spec, request=request))
+        except (UserError, grpc.RpcError):
+            raise
+        except (OSError, ValueError, TypeError, RecursionError, OverflowError) as exc:
+            log.info("request refused: %s", exc, exc_info=True)
+            raise InvalidArgument(f"The request could not be checked ({type(exc).__name__}); "
+                                  "check its paths and values.") from None
+        job, position = self.jobs.submit(Job(id=spec.job_id, request=request, client=client, spec=spec))
         return pb.JobTicket(job_id=job.id, queue_position=position)
 
-    def validate(self, request: pb.JobRequest) -> JobSpec:
+    def validate(self, request: pb.JobRequest, *, resume: bool = False) -> JobSpec:
         job_id = request.job_id or uuid.uuid4().hex[:12]
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", job_id):
             raise InvalidArgument(f"Job id '{job_id}' may only use letters, digits, '.', '_' and '-' (at most 64).")
+        check_text("The client label", request.client, MAX_NAME_CHARS)
         pipeline = self.pipelines.get(request.pipeline)
         if pipeline is None:
-            raise NotFound(f"There is no pipeline '{request.pipeline}'. "
+            raise NotFound(f"There is no pipeline '{request.pipeline[:64]}'. "
                            f"This server offers: {', '.join(self.pipelines)}.")
         common = from_proto(request.common, CommonParams)
         which = request.WhichOneof("params")
@@ -146,16 +314,19 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                                   "parameters; send the parameters of the pipeline you name.")
         params_msg = getattr(request, pipeline.name) if which else None
         params = from_proto(params_msg, pipeline.params_type) if params_msg is not None else pipeline.params_type()
-        self._validate_common(common, pipeline)
+        check_job(self.limits, common, params, pipeline.name)
+        self._validate_common(common, pipeline, resume=resume)
+        self._check_inputs(params)
         if common.seed is None:
             common.seed = secrets.randbelow(2**31)  # chosen now so every event and header reports it
         spec = JobSpec(job_id=job_id, pipeline=pipeline.name, common=common, params=params)
         if common.model:
             self.registry.entry(common.model)  # NOT_FOUND with the list of models
         pipeline.validate(spec, self.registry)
+        check_frame_range(spec, pipeline.name, pipeline.frame_ranges)
         return spec
 
-    def _validate_common(self, c: CommonParams, pipeline: Pipeline) -> None:
+    def _validate_common(self, c: CommonParams, pipeline: Pipeline, *, resume: bool) -> None:
         cfg = self.config
         for name, value, limit in (("width", c.width, cfg.max_width), ("height", c.height, cfg.max_height)):
             if value is None:
@@ -173,91 +344,187 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if c.guidance is not None and c.guidance < 0:
             raise InvalidArgument(f"Guidance must be 0 or more (got {c.guidance}).")
         if c.compression not in ("", "zip", "piz", "dwaa", "none"):
-            raise InvalidArgument(f"Compression '{c.compression}' is not one of zip, piz, dwaa, none.")
+            raise InvalidArgument(f"Compression '{c.compression[:16]}' is not one of zip, piz, dwaa, none.")
         if not c.out:
             raise InvalidArgument("Say where to write the frames: --out DIR/NAME.####.exr.")
         if pipeline.output_is_folder:
-            folder = Path(c.out)
+            folder = self.paths.output(c.out, "The output folder")
             _check_folder_writable(folder)
             return
         try:
             pattern = SequencePattern.parse(c.out)
         except SequencePatternError as exc:
             raise InvalidArgument(str(exc)) from exc
+        self.paths.output(pattern.directory or ".", "The output folder")
         try:
             check_output_writable(pattern)
         except Exception as exc:  # OutputNotWritableError carries the sentence
             raise FailedPrecondition(str(exc)) from exc
+        if not resume and not getattr(c, "overwrite", False):
+            chunk = parse_frame_range(c.frame_range)  # a farm chunk only clashes with frames of its own range
+            first = chunk.first if chunk else c.first_frame if c.first_frame is not None else 1001
+            _refuse_existing_frames(pattern, first, chunk.count if chunk else c.frames)
+
+    def _check_inputs(self, params: Any) -> None:
+        """Input paths inside the roots; story and trajectory documents safe to parse and within limits."""
+        for name in ("input", "lora"):
+            value = getattr(params, name, "")
+            if value:
+                self.paths.input(os.path.dirname(value) if "#" in value or "%" in value else value,
+                                 f"The {name} path")
+        if hasattr(params, "trajectory_json"):
+            if params.trajectory_json.strip():
+                check_trajectory(params.trajectory_json, Origin("the trajectory_json document"), self.limits)
+            elif params.trajectory.strip():
+                text = self._read_server_document(params.trajectory.strip(), "The trajectory file")
+                check_trajectory(text, Origin(f"the trajectory file '{params.trajectory}'", True), self.limits)
+                # the checked text, not the path: the pipeline never re-reads a file that may have changed
+                params.trajectory_json, params.trajectory = text, ""
+        if hasattr(params, "story_yaml"):
+            if params.story_yaml:
+                check_story(params.story_yaml, Origin("the story_yaml document"), self.limits)
+                if "\n" not in params.story_yaml:
+                    params.story_yaml += "\n"  # one line without a newline would be taken for a file path
+            elif params.story:
+                text = self._read_server_document(params.story, "The story file")
+                check_story(text, Origin(f"the story file '{params.story}'", True), self.limits,
+                            name=os.path.basename(params.story))
+
+    def _read_server_document(self, path: str, what: str) -> str:
+        resolved = self.paths.input(path, what)
+        return decode_utf8(read_regular_file(resolved, self.limits.max_text, what, "--max-text"), f"{what} '{path}'")
 
     # ---- watch / cancel / list ---------------------------------------------------------------
     def Watch(self, request, context):
-        job = self.jobs.get(request.job_id)
-        if job is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"There is no job '{request.job_id}' on this server "
-                          "(it may have been forgotten after a restart). Submit it again.")
-        yield from self.jobs.watch(job.id, request.after_seq, is_active=context.is_active)
+        try:
+            job = self.jobs.get(request.job_id)
+            if job is None:
+                raise NotFound(f"There is no job '{request.job_id[:64]}' on this server. Submit it again.")
+            self.streams.acquire(self.limits)
+        except UserError as exc:
+            context.abort(_STATUS[exc.code], exc.message)
+        try:
+            yield from self.jobs.watch(job.id, request.after_seq, is_active=context.is_active)
+        finally:
+            self.streams.release()
 
+    @_unary
     def Cancel(self, request, context):
         job = self.jobs.cancel(request.job_id)
         if job is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"There is no job '{request.job_id}' to cancel.")
+            raise NotFound(f"There is no job '{request.job_id[:64]}' to cancel.")
         return pb.CancelReply(cancelled=job.cancel_requested.is_set(), state=job.state)
 
+    @_unary
     def ListJobs(self, request, context):
         out = pb.JobList()
         for job in sorted(self.jobs.jobs(), key=lambda j: j.submitted):
-            out.jobs.add(job_id=job.id, pipeline=job.spec.pipeline, state=job.state, fraction=job.fraction,
-                         prompt=job.spec.common.prompt, submitted=job.submitted, client=job.request.client,
-                         outputs=job.outputs, last_seq=len(job.events))
+            out.jobs.add(job_id=job.id, pipeline=job.request.pipeline, state=job.state, fraction=job.fraction,
+                         prompt=job.request.common.prompt, submitted=job.submitted, client=job.request.client,
+                         outputs=job.outputs, last_seq=job.last_seq)
         return out
 
     # ---- files ------------------------------------------------------------------------------
     def Upload(self, request_iterator, context):
+        try:
+            self.streams.acquire(self.limits)
+        except UserError as exc:
+            context.abort(_STATUS[exc.code], exc.message)
+        try:
+            return self._upload(request_iterator, context)
+        except UserError as exc:
+            context.abort(_STATUS[exc.code], exc.message)
+        finally:
+            self.streams.release()
+
+    def _upload(self, request_iterator, context) -> pb.UploadReply:
+        client = client_key(context)
+        folder_of_client = self.uploads_dir / hashlib.sha256(client.encode()).hexdigest()[:16]  # ids are per client
         asset_id, handle, path, size = None, None, None, 0
         try:
             for chunk in request_iterator:
                 if asset_id is None:
                     asset_id = chunk.asset_id or secrets.token_hex(8)
                     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", asset_id):
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "The asset id may only use letters, digits, '_' and '-'.")
+                        raise InvalidArgument("The asset id may only use letters, digits, '_' and '-' (at most 64).")
+                    check_text("The upload file name", chunk.filename, 255)
                     name = os.path.basename(chunk.filename)
-                    if not name or name in (".", "..") or name != chunk.filename:
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                      f"Upload file name '{chunk.filename}' must be a plain file name without folders.")
-                    folder = self.state_dir / "assets" / asset_id
+                    if not name or name in (".", "..") or name != chunk.filename or name.startswith("."):
+                        raise InvalidArgument(f"Upload file name '{chunk.filename}' must be a plain file name "
+                                              "without folders (and not starting with '.').")
+                    folder = folder_of_client / asset_id
                     folder.mkdir(parents=True, exist_ok=True)
                     path = folder / name
                     handle = open(folder / f".{name}.part", "wb")
-                handle.write(chunk.data)
                 size += len(chunk.data)
+                if size > self.limits.max_upload:
+                    raise over(self.limits, "max_upload", "The uploaded file's size in bytes", f"over {size - 1}")
+                with self._upload_lock:
+                    if self._upload_bytes + len(chunk.data) > self.limits.max_upload_total:
+                        raise over(self.limits, "max_upload_total", "The bytes of all uploads kept by the server",
+                                   self._upload_bytes + len(chunk.data))
+                    self._upload_bytes += len(chunk.data)
+                handle.write(chunk.data)
             if handle is None:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "The upload was empty: send at least one chunk.")
+                raise InvalidArgument("The upload was empty: send at least one chunk.")
             handle.close()
+            if path.exists():
+                with self._upload_lock:
+                    self._upload_bytes -= path.stat().st_size
             os.replace(handle.name, path)  # the file appears whole or not at all
-        finally:
-            if handle is not None and not handle.closed:
+        except BaseException:
+            if handle is not None:
                 handle.close()
-                Path(handle.name).unlink(missing_ok=True)
+                part = Path(handle.name)
+                if part.exists():
+                    with self._upload_lock:
+                        self._upload_bytes -= part.stat().st_size
+                part.unlink(missing_ok=True)
+            raise
         return pb.UploadReply(asset_id=asset_id, path=str(path), size=size)
 
     def Download(self, request, context):
-        path = Path(request.path).resolve()
-        allowed = {Path(p).resolve() for job in self.jobs.jobs() for p in job.outputs}
-        if path not in allowed:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"'{request.path}' is not a file a job on this server wrote; "
-                          "only job outputs can be downloaded.")
-        total = path.stat().st_size
-        with open(path, "rb") as f:
-            offset = 0
-            while True:
-                data = f.read(CHUNK)
-                if not data:
-                    break
-                yield pb.FileChunk(data=data, offset=offset, total=total)
-                offset += len(data)
+        try:
+            fd, total = self._open_download(request.path, client_key(context))
+            self.streams.acquire(self.limits)
+        except UserError as exc:
+            context.abort(_STATUS[exc.code], exc.message)
+        try:
+            with os.fdopen(fd, "rb") as f:
+                offset = 0
+                while True:
+                    data = f.read(CHUNK)
+                    if not data:
+                        break
+                    yield pb.FileChunk(data=data, offset=offset, total=total)
+                    offset += len(data)
+        finally:
+            self.streams.release()
+
+    def _open_download(self, path: str, client: str) -> tuple[int, int]:
+        """Only a regular file a job of this client wrote, opened without following a symlink."""
+        check_text("The download path", path, MAX_PATH_CHARS)
+        wanted = os.path.abspath(path) if path else ""
+        allowed = {os.path.abspath(p) for job in self.jobs.jobs() if job.client == client for p in job.outputs}
+        if wanted not in allowed:
+            raise NotFound(f"'{path}' is not a file a job of yours wrote on this server; only your jobs' "
+                           "outputs can be downloaded.")
+        try:
+            fd = os.open(wanted, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except FileNotFoundError:
+            raise NotFound(f"'{path}' was written by your job but is no longer on the server's disk "
+                           "(it was deleted or moved).") from None
+        except OSError:
+            raise NotFound(f"'{path}' is no longer the file your job wrote (it was replaced by a link or "
+                           "made unreadable); it cannot be downloaded.") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise NotFound(f"'{path}' is no longer a regular file; it cannot be downloaded.")
+        return fd, info.st_size
 
     # ---- running a job -----------------------------------------------------------------------
-    def _run_job(self, job: Job, manager: JobManager) -> list[str]:
+    def _run_job(self, job: Job, manager) -> list[str]:
         pipeline = self.pipelines[job.spec.pipeline]
         started = time.perf_counter()
         model_id = pipeline.model_id(job.spec, self.registry)
@@ -286,12 +553,42 @@ class GeneratorService(pb_grpc.GeneratorServicer):
 
         ctx = RunContext(job=job.spec, registry=self.registry, report_progress=report_progress,
                          report_preview=report_preview, report_frame=report_frame, report_log=report_log,
-                         is_cancelled=job.cancel_requested.is_set)
+                         is_cancelled=lambda: manager.is_stopping_or_cancelled(job))
+        ctx.existing_frames = _existing_frames_policy(job, pipeline)
         try:
             return pipeline.run(ctx)
         finally:
             self._last_preview.pop(job.id, None)
             job.outputs = list(ctx.outputs)
+
+
+def _existing_frames_policy(job: Job, pipeline: Pipeline) -> str:
+    """keep: a resumed job keeps the frames it wrote; write: replace; refuse: never overwrite a frame."""
+    if job.resume:
+        return "keep"
+    if getattr(job.spec.common, "overwrite", False) or pipeline.output_is_folder:
+        return "write"  # a story's folder is its own: re-running shots replaces them by design
+    return "refuse"
+
+
+def _refuse_existing_frames(pattern: SequencePattern, first: int, frames: int | None) -> None:
+    last = first + frames - 1 if frames else None
+    clash = [f for f in pattern.glob_existing() if f >= first and (last is None or f <= last)]
+    if clash:
+        raise AlreadyExists(f"{len(clash)} frame(s) of {pattern.hash_form()} already exist (first: "
+                            f"{pattern.file_name_for(clash[0])}); pick another output, delete them, or ask to "
+                            "overwrite (--overwrite, or 'Overwrite' in the panel).")
+
+
+def _folder_size(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def _param_spec(d: ParamDescription) -> pb.ParamSpec:

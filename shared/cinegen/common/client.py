@@ -71,27 +71,36 @@ def new_job_id(prefix: str = "job") -> str:
 
 class GeneratorClient:
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float = 10.0, token: str | None = None,
-                 tls: bool = False, root_certificates: bytes | None = None, backoff: BackoffPolicy | None = None):
+                 tls: bool = False, root_certificates: bytes | None = None, backoff: BackoffPolicy | None = None,
+                 certificate_chain: bytes | None = None, private_key: bytes | None = None, client_id: str = ""):
+        if token and (not token.isascii() or not token.isprintable()):
+            # gRPC would fail every call with an opaque error: say what is wrong instead
+            raise RequestRejected("UNAUTHENTICATED", "The access token has characters that are not printable "
+                                  "ASCII; tokens are plain ASCII text. Copy the server's token again.")
         self.address = address
         self.timeout = timeout
-        self.tls = tls or root_certificates is not None
+        self.tls = tls or root_certificates is not None or certificate_chain is not None
         self.backoff = backoff
         # a dropped connection is retried by the channel within a second or two, not gRPC's default 20 s cap
         options = [("grpc.max_receive_message_length", 16 << 20),
                    ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
         if self.tls:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates, private_key=private_key,
+                                                       certificate_chain=certificate_chain)
             self.channel = grpc.secure_channel(address, credentials, options=options)
         else:
             self.channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.GeneratorStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.metadata = ((("authorization", f"Bearer {token}"),) if token else ()) + \
+            ((("cinegen-client-id", client_id),) if client_id else ())
 
     @classmethod
     def from_settings(cls, settings: ConnectionSettings) -> "GeneratorClient":
         """A client for saved connection settings (address, token, TLS, back-off, time-outs)."""
+        chain, key = settings.read_client_identity()
         return cls(settings.address, timeout=settings.call_timeout, token=settings.token or None,
-                   tls=settings.tls, root_certificates=settings.read_root_cert(), backoff=settings.backoff)
+                   tls=settings.tls, root_certificates=settings.read_root_cert(), backoff=settings.backoff,
+                   certificate_chain=chain, private_key=key)
 
     def close(self) -> None:
         self.channel.close()

@@ -73,6 +73,8 @@ class ConnectionSettings:
     token: str = ""  # sent as `authorization: Bearer <token>` when not empty
     tls: bool = False
     root_cert: str = ""  # PEM file of the CA that signed the server's certificate; empty = system roots
+    client_cert: str = ""  # PEM certificate chain of this client, for a server with mutual TLS; empty = none
+    client_key: str = ""  # PEM private key of client_cert
     shared_disk: bool = True  # the server writes where this machine can read; off = upload plates, download results
     download_dir: str = ""  # where results of a remote server land; empty = the host's output folder
     remote_output_dir: str = "cinegen-renders"  # folder on the server's disk for jobs of a remote server
@@ -97,6 +99,19 @@ class ConnectionSettings:
             raise ValueError(f"Can't read the TLS root certificate '{self.root_cert}' ({exc.strerror or exc}): "
                              "choose the CA's PEM file in the connection settings, or leave it empty to use "
                              "the system's certificates.") from None
+
+    def read_client_identity(self) -> tuple[bytes | None, bytes | None]:
+        """(certificate chain, private key) PEM bytes for mutual TLS, or (None, None) when not set."""
+        if not self.client_cert and not self.client_key:
+            return None, None
+        pems = []
+        for label, path in (("client certificate", self.client_cert), ("client key", self.client_key)):
+            try:
+                pems.append(Path(path).expanduser().read_bytes())
+            except OSError as exc:
+                raise ValueError(f"Can't read the TLS {label} '{path}' ({exc.strerror or exc}): choose its PEM "
+                                 "file in the connection settings, or clear both client fields.") from None
+        return pems[0], pems[1]
 
     # ---- persistence ------------------------------------------------------------------------
     def to_dict(self) -> dict:

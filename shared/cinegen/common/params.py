@@ -101,6 +101,10 @@ class CommonParams:
     first_frame: int | None = param(None, help="Number of the first frame written; empty = 1001.",
                                     minimum=0, maximum=10_000_000)
     compression: str = param("zip", help="EXR compression.", choices=("zip", "piz", "dwaa", "none"))
+    overwrite: bool = param(False, help="Replace frames that already exist; otherwise a job whose frames exist "
+                            "is refused (and a frame that appears meanwhile stops the job).")
+    frame_range: str = param("", help="Only write these frames of the sequence, FIRST-LAST (a farm or cluster "
+                             "chunk); the same seed gives the same frames as a full run; empty = all.")
 
 
 @dataclass
@@ -141,8 +145,13 @@ class PanoramaParams:
                             "sphere: full 360°×180° equirectangular (2:1).", choices=("plane", "ring", "sphere"))
     loop: bool = param(False, help="Make the video loop seamlessly (video models).")
     input: str = param("", help="Optional image that fills its place in the panorama and is kept.", kind="path")
-    guidance_scale_down: float | None = param(None, help="Global motion guidance: generate at 1/N size first, "
-                                              "then refine at full size; empty = off.", minimum=1.0, maximum=8.0)
+    guidance_scale_down: float | None = param(2.0, help="Global motion guidance: generate at 1/N size first, "
+                                              "then refine at full size (DynamicScaler: 2); 1 = off.",
+                                              minimum=1.0, maximum=8.0)
+    early_overlap: bool = param(True, help="Overlapping windows in the early steps (0.75 -> 0.5 -> 0.25 -> 0 over "
+                                "the schedule, as DynamicScaler); off = plain offset shifting (faster).")
+    band_prompts: list[str] = param([], help="Sphere: a prompt per latitude band, zenith first, comma separated "
+                                    "(3 = sky, horizon, ground; up to 9, one per view row); '-' = the prompt.")
 
 
 @dataclass
@@ -159,6 +168,9 @@ class StoryParams:
     video_model: str = param("", help="Video model id for the motion between keyframes (--model picks the "
                              "keyframe image model); empty = the server's first real video model "
                              "(animatediff or wan), else the tiny one.")
+    stage: str = param("all", help="What this run makes (farm steps): all; keyframes (and the cut); motion of the "
+                       "selected shots from keyframes on disk; timeline (the contact sheet and cut only).",
+                       choices=("all", "keyframes", "motion", "timeline"))
 
 
 PIPELINE_PARAMS: dict[str, type] = {

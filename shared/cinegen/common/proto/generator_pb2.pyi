@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CommonParams(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "width", "height", "frames", "fps", "out", "first_frame", "compression")
+    __slots__ = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "width", "height", "frames", "fps", "out", "first_frame", "compression", "overwrite", "frame_range")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,8 @@ class CommonParams(_message.Message):
     OUT_FIELD_NUMBER: _ClassVar[int]
     FIRST_FRAME_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    OVERWRITE_FIELD_NUMBER: _ClassVar[int]
+    FRAME_RANGE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     model: str
@@ -34,7 +36,9 @@ class CommonParams(_message.Message):
     out: str
     first_frame: int
     compression: str
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., out: _Optional[str] = ..., first_frame: _Optional[int] = ..., compression: _Optional[str] = ...) -> None: ...
+    overwrite: bool
+    frame_range: str
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., out: _Optional[str] = ..., first_frame: _Optional[int] = ..., compression: _Optional[str] = ..., overwrite: _Optional[bool] = ..., frame_range: _Optional[str] = ...) -> None: ...
 
 class ImageParams(_message.Message):
     __slots__ = ()
@@ -67,16 +71,20 @@ class UpscaleParams(_message.Message):
     def __init__(self, input: _Optional[str] = ..., scale: _Optional[float] = ..., strength: _Optional[float] = ..., cosine_scale: _Optional[float] = ..., dilate_tau: _Optional[int] = ..., fast: _Optional[bool] = ..., stages: _Optional[int] = ..., mode: _Optional[str] = ..., vae_tile: _Optional[int] = ..., lora: _Optional[str] = ..., latent_resize: _Optional[bool] = ...) -> None: ...
 
 class PanoramaParams(_message.Message):
-    __slots__ = ("projection", "loop", "input", "guidance_scale_down")
+    __slots__ = ("projection", "loop", "input", "guidance_scale_down", "early_overlap", "band_prompts")
     PROJECTION_FIELD_NUMBER: _ClassVar[int]
     LOOP_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_SCALE_DOWN_FIELD_NUMBER: _ClassVar[int]
+    EARLY_OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    BAND_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     projection: str
     loop: bool
     input: str
     guidance_scale_down: float
-    def __init__(self, projection: _Optional[str] = ..., loop: _Optional[bool] = ..., input: _Optional[str] = ..., guidance_scale_down: _Optional[float] = ...) -> None: ...
+    early_overlap: bool
+    band_prompts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, projection: _Optional[str] = ..., loop: _Optional[bool] = ..., input: _Optional[str] = ..., guidance_scale_down: _Optional[float] = ..., early_overlap: _Optional[bool] = ..., band_prompts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrajectoryParams(_message.Message):
     __slots__ = ("trajectory", "trajectory_json")
@@ -87,16 +95,18 @@ class TrajectoryParams(_message.Message):
     def __init__(self, trajectory: _Optional[str] = ..., trajectory_json: _Optional[str] = ...) -> None: ...
 
 class StoryParams(_message.Message):
-    __slots__ = ("story", "story_yaml", "shots", "video_model")
+    __slots__ = ("story", "story_yaml", "shots", "video_model", "stage")
     STORY_FIELD_NUMBER: _ClassVar[int]
     STORY_YAML_FIELD_NUMBER: _ClassVar[int]
     SHOTS_FIELD_NUMBER: _ClassVar[int]
     VIDEO_MODEL_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
     story: str
     story_yaml: str
     shots: _containers.RepeatedScalarFieldContainer[str]
     video_model: str
-    def __init__(self, story: _Optional[str] = ..., story_yaml: _Optional[str] = ..., shots: _Optional[_Iterable[str]] = ..., video_model: _Optional[str] = ...) -> None: ...
+    stage: str
+    def __init__(self, story: _Optional[str] = ..., story_yaml: _Optional[str] = ..., shots: _Optional[_Iterable[str]] = ..., video_model: _Optional[str] = ..., stage: _Optional[str] = ...) -> None: ...
 
 class JobRequest(_message.Message):
     __slots__ = ("job_id", "pipeline", "common", "image", "upscale", "panorama", "trajectory", "story", "client")
