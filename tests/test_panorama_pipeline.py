@@ -17,18 +17,22 @@ from cinegen.common.exr import ExrMetadata, read_exr_frame, write_exr_frame
 from cinegen.common.params import CommonParams, PanoramaParams
 from cinegen.server.cli import main
 from cinegen.server.diffusion.osd import BlendSchedule
+from cinegen.server.diffusion.equirect import PITCH_ROWS
 from cinegen.server.diffusion.panorama_denoise import (
-    LatentLayout, NoiseLevels, PanoramaPlan, denoise_panorama, projecting_denoise_step, sphere_view_regions,
-    upsample_latent)
+    BandRouter, LatentLayout, NoiseLevels, PanoramaPlan, WindowRegion, band_of_elevation, denoise_panorama,
+    projecting_denoise_step, region_band, sphere_view_regions, step_windows, upsample_latent)
 from cinegen.server.diffusion.sampler import DenoiseLoop
-from cinegen.server.diffusion.windows import Boundary
-from cinegen.server.errors import JobCancelled
+from cinegen.server.diffusion.windows import Boundary, shift_delta_for, step_offset
+from cinegen.server.errors import InvalidArgument, JobCancelled
 from cinegen.server.models.animatediff import AnimateDiffAdapter
 from cinegen.server.pipelines.base import Resolved
 from cinegen.server.pipelines import panorama as panorama_module
 from cinegen.server.pipelines.image import generate_images
 from cinegen.server.pipelines.panorama import (
     PanoramaSettings, decode_panorama_frames, encode_input, generate_panorama, place_input)
+
+
+PLAIN = dict(scale_down=None, early_overlap=False)  # offset shifting alone: no GMG pass, no early overlap
 
 
 def _resolved(**kw) -> Resolved:
@@ -100,17 +104,17 @@ def seam_ratio(values: torch.Tensor) -> tuple[float, float]:
 def test_one_window_panorama_equals_the_stock_image_pipeline_bit_for_bit(registry):
     adapter = registry.get("tiny-sd")
     r = _resolved(width=64, height=64)
-    panorama = generate_panorama(adapter, r, PanoramaSettings(projection="plane"))
+    panorama = generate_panorama(adapter, r, PanoramaSettings(projection="plane", **PLAIN))
     assert torch.equal(panorama[:, :, 0], generate_images(adapter, r))
 
 
 @pytest.mark.parametrize("model, size, frames, settings", [
-    ("tiny-sd", (256, 64), 1, PanoramaSettings(projection="plane")),
-    ("tiny-sd", (200, 72), 1, PanoramaSettings(projection="plane")),
-    ("tiny-sd", (256, 64), 1, PanoramaSettings(projection="ring")),
-    ("tiny-sd", (200, 72), 1, PanoramaSettings(projection="ring")),
-    ("short-clip", (64, 64), 10, PanoramaSettings(projection="plane")),  # pinned temporal windows
-    ("short-clip", (96, 64), 10, PanoramaSettings(projection="ring", loop=True)),  # frame ring
+    ("tiny-sd", (256, 64), 1, PanoramaSettings(projection="plane", **PLAIN)),
+    ("tiny-sd", (200, 72), 1, PanoramaSettings(projection="plane", **PLAIN)),
+    ("tiny-sd", (256, 64), 1, PanoramaSettings(projection="ring", **PLAIN)),
+    ("tiny-sd", (200, 72), 1, PanoramaSettings(projection="ring", **PLAIN)),
+    ("short-clip", (64, 64), 10, PanoramaSettings(projection="plane", **PLAIN)),  # pinned temporal windows
+    ("short-clip", (96, 64), 10, PanoramaSettings(projection="ring", loop=True, **PLAIN)),  # frame ring
 ])
 def test_every_latent_is_advanced_exactly_once_per_step(registry, model, size, frames, settings):
     if model == "short-clip":
@@ -161,13 +165,115 @@ def test_projecting_step_advances_every_sphere_latent_once():
     assert torch.allclose(out, torch.ones_like(out))
 
 
+# ---- the paper's defaults: early overlap, global motion guidance, a prompt per latitude band ----------
+def test_defaults_are_the_papers_and_each_can_be_turned_off():
+    default = PanoramaSettings.from_params(PanoramaParams())
+    assert default.scale_down == 2.0 and default.early_overlap and default.band_prompts == ()
+    plain = PanoramaSettings.from_params(PanoramaParams(guidance_scale_down=1.0, early_overlap=False))
+    assert plain.scale_down is None and not plain.early_overlap
+    with pytest.raises(InvalidArgument, match="sphere"):
+        PanoramaSettings.from_params(PanoramaParams(projection="ring", band_prompts=["sky", "sea"]))
+
+
+def test_windows_overlap_in_the_early_steps_and_not_in_the_last_quarter(registry):
+    adapter = registry.get("tiny-sd")  # 8×8-cell windows on a 8×16-cell ring: it tiles exactly without overlap
+    tallies = {}
+    generate_panorama(adapter, _resolved(steps=4, width=128), PanoramaSettings(projection="ring", scale_down=None),
+                      record_counts=lambda step, counts: tallies.setdefault(step, counts))
+    assert sorted(tallies) == list(range(4))
+    mean_denoised = [float(tallies[i].denoised.float().mean()) for i in range(4)]
+    for counts in tallies.values():  # overlapping or not, every latent is advanced once per step
+        assert torch.equal(counts.net_advances, torch.ones_like(counts.net_advances))
+    assert mean_denoised[0] >= 3.5 and mean_denoised[1] >= 1.9, mean_denoised  # overlap 0.75: ×4, 0.5: ×2
+    assert mean_denoised[1] > mean_denoised[2] > 1.0, mean_denoised  # 0.25
+    assert int(tallies[3].denoised.max()) == 1, mean_denoised  # overlap 0 in the last quarter
+    off = {}
+    generate_panorama(adapter, _resolved(steps=2, width=128), PanoramaSettings(projection="ring", **PLAIN),
+                      record_counts=lambda step, counts: off.setdefault(step, counts))
+    assert all(int(c.denoised.max()) == 1 for c in off.values())
+
+
+def test_a_window_or_view_takes_the_band_of_its_latitude():
+    assert [band_of_elevation(p) for p in PITCH_ROWS] == list(range(len(PITCH_ROWS)))
+    plan = PanoramaPlan((1, 16, 32), (1, 8, 8))
+    bands = {region_band(WindowRegion(w), 16) for w in step_windows(plan, (0, 0, 0)) if w.height.start == 0}
+    assert bands == {band_of_elevation(90 - 180 * 3.5 / 15)} == {3}  # the upper row of windows: 48° → 45°
+    views = sphere_view_regions(plan, step=0, offset_t=0, device=torch.device("cpu"))
+    assert [region_band(v, 16) for v in views] == [b for b, p in enumerate(PITCH_ROWS) for _ in
+                                                   range(1 if abs(p) == 90 else 6)]
+
+
+def test_the_band_router_gives_each_band_exactly_its_regions_rows():
+    plan = PanoramaPlan((2, 16, 32), (2, 8, 8))
+    regions = [WindowRegion(w) for w in step_windows(plan, (0, 0, 0))]
+    latent = torch.arange(2 * 16 * 32, dtype=torch.float32).reshape(1, 1, 2, 16, 32)
+    layout = LatentLayout(video=False)  # image layout: each region is two batch items (its frames)
+    x = layout.to_model([r.read(latent) for r in regions])
+    calls = []
+
+    def predict(part, t, band):
+        calls.append((band, part.clone()))
+        return part * 10 + band
+
+    out = BandRouter(predict, latent_height=16)(x, torch.tensor(1), regions)
+    for band, part in calls:
+        mine = [r.read(latent) for r in regions if region_band(r, 16) == band]
+        assert torch.equal(part, layout.to_model(mine))
+    expected = [r.read(latent) * 10 + region_band(r, 16) for r in regions]
+    assert torch.equal(out, layout.to_model(expected)) and sorted(b for b, _ in calls) == [3, 5]
+
+
+def test_each_band_prompt_reaches_only_the_views_and_windows_of_its_band(registry):
+    class PromptSpy:
+        def __init__(self, adapter):
+            self.adapter, self.kind, self.prompts, self.calls, self.step = adapter, adapter.kind, {}, [], -1
+
+        def __getattr__(self, name):
+            return getattr(self.adapter, name)
+
+        def encode_prompt(self, prompt, negative, guidance, batch=1):
+            cond = self.adapter.encode_prompt(prompt, negative, guidance, batch)
+            self.prompts[id(cond)] = prompt
+            return cond
+
+        def predict(self, x, t, cond):
+            self.calls.append((self.step, self.prompts[id(cond)], x.shape[0]))
+            return self.adapter.predict(x, t, cond)
+
+        def before_step(self, index, t, x):
+            self.step = index
+            return x
+
+    spy = PromptSpy(registry.get("tiny-sd"))
+    r = _resolved(prompt="horizon", width=256, height=128, steps=2)  # 16×32 cells: two rows of windows
+    nine = PanoramaSettings(projection="sphere", scale_down=None, early_overlap=False,
+                            band_prompts=tuple(f"band {b}" for b in range(9)))
+    generate_panorama(spy, r, nine, hooks=(spy,))
+    per_step = {}
+    for step, prompt, items in spy.calls:
+        per_step.setdefault(step, {}).setdefault(prompt, 0)
+        per_step[step][prompt] += items
+    # Step 0 is Panoramic Projecting Denoise: one view at each pole, six on every other pitch row.
+    assert per_step[0] == {f"band {b}": 1 if abs(p) == 90 else 6 for b, p in enumerate(PITCH_ROWS)}
+    plan = panorama_module.panorama_plan(spy, r, nine)
+    windows = step_windows(plan, step_offset(1, shift_delta_for(plan.window)))
+    expected = {f"band {region_band(WindowRegion(w), 16)}" for w in windows}
+    assert set(per_step[1]) == expected and expected <= {"band 3", "band 4", "band 5"}  # ±48°: mid latitudes
+
+
+def test_band_prompts_split_the_bands_evenly_from_the_zenith():
+    three = PanoramaSettings(projection="sphere", band_prompts=("sky", "-", "ground"))
+    assert [three.band_prompt(b, "horizon") for b in range(9)] == ["sky"] * 3 + ["horizon"] * 3 + ["ground"] * 3
+    assert PanoramaSettings(projection="sphere").band_prompt(0, "horizon") == "horizon"
+
+
 # ---- seams and loops ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [1, 2])
 def test_ring_seam_is_as_continuous_as_the_interior_and_plane_seam_is_not(registry, seed):
     world = SmoothWorld(registry.get("tiny-sd"), dims=(-2, -1))
     ratios = {}
     for projection in ("plane", "ring"):
-        latent = generate_panorama(world, _resolved(seed=seed), PanoramaSettings(projection=projection))
+        latent = generate_panorama(world, _resolved(seed=seed), PanoramaSettings(projection=projection, **PLAIN))
         columns = latent[0, :, 0].permute(2, 0, 1)  # (W, C, H)
         ratios[projection] = seam_ratio(columns)
     ring_ratio, ring_rank = ratios["ring"]
@@ -177,7 +283,7 @@ def test_ring_seam_is_as_continuous_as_the_interior_and_plane_seam_is_not(regist
 
 def test_ring_decoding_sees_across_the_seam(registry):
     adapter = registry.get("tiny-sd")
-    latent = generate_panorama(adapter, _resolved(seed=1), PanoramaSettings(projection="ring"))
+    latent = generate_panorama(adapter, _resolved(seed=1), PanoramaSettings(projection="ring", **PLAIN))
     ring = next(decode_panorama_frames(adapter, latent, wrap=True))
     plane = next(decode_panorama_frames(adapter, latent, wrap=False))
     # Decoding the latent rolled by half a turn puts the seam in the middle, where it is interior.
@@ -196,7 +302,7 @@ def test_loop_joins_the_last_frame_to_the_first(registry):
     r = _resolved(model="tiny-animatediff", width=64, height=64, frames=16, steps=4, seed=1)
     ratios = {}
     for loop in (False, True):
-        latent = generate_panorama(world, r, PanoramaSettings(loop=loop))
+        latent = generate_panorama(world, r, PanoramaSettings(loop=loop, **PLAIN))
         frames = torch.stack(list(decode_panorama_frames(world.adapter, latent, wrap=False)))
         ratios[loop] = seam_ratio(frames)
     assert ratios[True][0] < 1.5 and ratios[True][1] < 1.0, f"loop: frame 15 → 0 vs interior: {ratios[True]}"
@@ -209,15 +315,15 @@ def test_input_image_is_kept_in_its_place(registry):
     image = torch.rand(3, 4, 6, generator=torch.Generator().manual_seed(0)).repeat_interleave(8, 1)
     image = image.repeat_interleave(8, 2)  # 48×32 px of distinct 8×8 blocks: a misplacement shows
     r = _resolved(seed=3)
-    latent = generate_panorama(adapter, r, PanoramaSettings(projection="ring"), input_image=image)
+    latent = generate_panorama(adapter, r, PanoramaSettings(projection="ring", **PLAIN), input_image=image)
     placed, top, left = place_input(image, r.width, r.height)
     assert (top, left) == (16, 104) and torch.equal(placed, image)
     region = (..., slice(top // 8, top // 8 + 4), slice(left // 8, left // 8 + 6))
     assert torch.equal(latent[region], encode_input(adapter, placed))
     decoded = next(decode_panorama_frames(adapter, latent, wrap=True))
     torch.testing.assert_close(decoded[:, top:top + 32, left:left + 48], image, rtol=0, atol=1e-5)
-    free = next(decode_panorama_frames(adapter, generate_panorama(adapter, r, PanoramaSettings(projection="ring")),
-                                       wrap=True))
+    free_latent = generate_panorama(adapter, r, PanoramaSettings(projection="ring", **PLAIN))
+    free = next(decode_panorama_frames(adapter, free_latent, wrap=True))
     assert float((free[:, top:top + 32, left:left + 48] - image).abs().mean()) > 0.1
 
 
@@ -235,7 +341,7 @@ def test_global_motion_guidance_refines_the_upsampled_low_resolution_result(regi
             return x
 
     r = _resolved(steps=4)
-    generate_panorama(adapter, r, PanoramaSettings(projection="ring", scale_down=2.0), hooks=(Spy(),))
+    generate_panorama(adapter, r, PanoramaSettings(projection="ring", scale_down=2.0, early_overlap=False), hooks=(Spy(),))
     shapes = [(kind, index, tuple(x.shape[-2:])) for kind, index, x in seen if kind == "before"]
     assert shapes == [("before", i, (8, 16)) for i in range(4)] + [("before", i, (8, 32)) for i in (1, 2, 3)]
     low_result = seen[7][2]
@@ -266,7 +372,7 @@ def test_cancel_is_checked_between_windows(registry, monkeypatch):
             raise JobCancelled()
 
     with pytest.raises(JobCancelled):  # 16 windows in two batches of 8
-        generate_panorama(adapter, _resolved(width=1024), PanoramaSettings(projection="ring"),
+        generate_panorama(adapter, _resolved(width=1024), PanoramaSettings(projection="ring", **PLAIN),
                           should_stop=stop_after_two)
     assert len(calls) == 3  # before step 0, before its first batch of windows, before its second
 

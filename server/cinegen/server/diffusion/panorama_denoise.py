@@ -35,16 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .equirect import perspective_grid, perspective_to_equirect, sample_equirect, sphere_view_plan
+from .equirect import PITCH_ROWS, perspective_grid, perspective_to_equirect, sample_equirect, sphere_view_plan
 from .osd import BlendSchedule, DenoiseCounts, denoise_windows_batched
 from .sampler import LoopCallbacks
 from .windows import AxisSpan, Boundary, Window, overlap_for_step, plan_axis, read_window, shift_delta_for
 from .windows import step_offset, write_window
 
 __all__ = [
-    "GridSchedulerState", "LatentLayout", "NoiseLevels", "PanoramaPlan", "ViewRegion", "WindowRegion",
-    "axis_spans", "denoise_panorama", "projecting_denoise_step", "sphere_view_regions", "step_windows",
-    "upsample_latent",
+    "BandRouter", "GridSchedulerState", "LatentLayout", "NoiseLevels", "PanoramaPlan", "ViewRegion",
+    "WindowRegion", "axis_spans", "band_of_elevation", "denoise_panorama", "projecting_denoise_step",
+    "region_band", "sphere_view_regions", "step_windows", "upsample_latent",
 ]
 
 
@@ -132,10 +132,11 @@ class ViewRegion:
     cols: Tensor  # (h, w) equirect column of each view pixel
     sphere_index: Tensor  # flat equirect pixels the view covers …
     view_index: Tensor  # … and the flat view pixel each one takes its value from
+    band: int = -1  # latitude band of the view (index into PITCH_ROWS); -1 = unknown
 
     @classmethod
     def build(cls, frames: AxisSpan, fov: float, yaw: float, pitch: float, view_hw: tuple[int, int],
-              sphere_hw: tuple[int, int], device: torch.device) -> ViewRegion:
+              sphere_hw: tuple[int, int], device: torch.device, band: int = -1) -> ViewRegion:
         grid = perspective_grid(fov, yaw, pitch, *view_hw, *sphere_hw, dtype=torch.float64)
         rows = torch.floor(grid[..., 1] + 0.5).long().clamp(0, sphere_hw[0] - 1)
         cols = torch.remainder(torch.floor(grid[..., 0] + 0.5).long(), sphere_hw[1])
@@ -144,7 +145,7 @@ class ViewRegion:
         nearest, mask = perspective_to_equirect(numbers, fov, yaw, pitch, sphere_hw, mode="nearest")
         sphere_index = mask.flatten().nonzero().squeeze(1)
         view_index = nearest.flatten()[sphere_index].round().long()
-        return cls(frames, rows.to(device), cols.to(device), sphere_index.to(device), view_index.to(device))
+        return cls(frames, rows.to(device), cols.to(device), sphere_index.to(device), view_index.to(device), band)
 
     def read(self, full: Tensor) -> Tensor:
         return full.index_select(-3, self.frames.indices(full.device))[..., self.rows, self.cols]
@@ -251,6 +252,44 @@ class GridSchedulerState:
         return target
 
 
+# ---- latitude bands (a prompt per band of the sphere) ----------------------------------------
+BandPredict = Callable[[Tensor, Tensor, int], Tensor]  # (model input, t, band) → model output
+
+
+def band_of_elevation(elevation: float) -> int:
+    """The latitude band (index into ``PITCH_ROWS``, top first) whose pitch is nearest ``elevation``°."""
+    return min(range(len(PITCH_ROWS)), key=lambda band: (abs(PITCH_ROWS[band] - elevation), band))
+
+
+def region_band(region: Region, latent_height: int) -> int:
+    """A sphere view's own band; a window's is the band of its centre row (row 0 is the zenith)."""
+    if isinstance(region, ViewRegion):
+        return region.band
+    rows = region.window.height  # type: ignore[attr-defined]
+    centre = (rows.start + (rows.size - 1) / 2.0) % rows.extent
+    return band_of_elevation(90.0 - 180.0 * centre / max(1, latent_height - 1))
+
+
+@dataclass(frozen=True)
+class BandRouter:
+    """Sends each region's rows of a model batch to the prediction of its latitude band."""
+
+    predict: BandPredict
+    latent_height: int
+
+    def __call__(self, x: Tensor, t: Tensor, regions: Sequence[Region]) -> Tensor:
+        rows = x.shape[0] // len(regions)  # a region is ``rows`` consecutive batch items (frames of images)
+        bands = [region_band(region, self.latent_height) for region in regions]
+        out: Tensor | None = None
+        for band in sorted(set(bands)):
+            index = torch.tensor([k * rows + j for k, b in enumerate(bands) if b == band for j in range(rows)],
+                                 device=x.device)
+            part = self.predict(x.index_select(0, index), t, band)
+            out = torch.empty((x.shape[0], *part.shape[1:]), dtype=part.dtype, device=part.device) if out is None else out
+            out.index_copy_(0, index, part)
+        return out  # type: ignore[return-value]
+
+
 @dataclass
 class RegionStepper:
     """Advance a batch of regions one scheduler step, each with its own scheduler state."""
@@ -259,6 +298,7 @@ class RegionStepper:
     predict: Callable[[Tensor, Tensor], Tensor]  # model layout in, model output out (CFG applied)
     step_kwargs: dict[str, Any]
     should_stop: Callable[[], None] | None = None
+    bands: BandRouter | None = None  # a prompt per latitude band: replaces ``predict``
 
     def __call__(self, parts: Sequence[Tensor], regions: Sequence[Region], t: Tensor) -> list[Tensor]:
         if self.should_stop:
@@ -266,7 +306,8 @@ class RegionStepper:
         frames = parts[0].shape[2]
         x = self.state.layout.to_model(parts)
         scheduler = self.state.copy_for(regions)
-        model_output = self.predict(scheduler.scale_model_input(x, t), t)
+        model_in = scheduler.scale_model_input(x, t)
+        model_output = self.bands(model_in, t, regions) if self.bands else self.predict(model_in, t)
         x_next = scheduler.step(model_output, t, x, **self.step_kwargs, return_dict=False)[0]
         self.state.store(scheduler, regions, tuple(x.shape), frames)
         return self.state.layout.from_model(x_next, len(parts), frames)
@@ -287,21 +328,23 @@ class PanoramaPlan:
     blend: BlendSchedule = field(default_factory=BlendSchedule)
     max_batch: int | None = 8  # windows per model call: bounds the denoiser's memory whatever the width
     fov: float = 120.0
+    multiple: tuple[int, int, int] = (1, 1, 1)  # window sizes in whole denoiser patches (latent cells per patch)
 
 
-def axis_spans(extent: int, size: int, offset: int, boundary: Boundary, overlap: float = 0.0) -> list[AxisSpan]:
+def axis_spans(extent: int, size: int, offset: int, boundary: Boundary, overlap: float = 0.0,
+               multiple: int = 1) -> list[AxisSpan]:
     """``plan_axis``, except that a ring no longer than the window is one window *rolled* by the
     offset (a ring of one), so the ring's two ends still meet inside the model's view."""
     if Boundary(boundary) is Boundary.RING and 1 < extent <= size:
         return [AxisSpan(offset % extent, extent, extent)]
-    return plan_axis(extent, size, offset, boundary, overlap)
+    return plan_axis(extent, size, offset, boundary, overlap, multiple)
 
 
 def step_windows(plan: PanoramaPlan, offset: tuple[int, int, int], overlap: float = 0.0) -> list[Window]:
     """The OSD windows of one step (frames-major, then rows, then columns)."""
     boundaries = (plan.boundary_t, plan.boundary_h, plan.boundary_w)
-    frames, rows, cols = (axis_spans(n, w, o, b, overlap)
-                          for n, w, o, b in zip(plan.latent_size, plan.window, offset, boundaries))
+    frames, rows, cols = (axis_spans(n, w, o, b, overlap, m)
+                          for n, w, o, b, m in zip(plan.latent_size, plan.window, offset, boundaries, plan.multiple))
     return [Window(f, h, w) for f in frames for h in rows for w in cols]
 
 
@@ -335,9 +378,9 @@ def projecting_denoise_step(
 def sphere_view_regions(plan: PanoramaPlan, step: int, offset_t: int, device: torch.device) -> list[ViewRegion]:
     """The PPD regions of one step: the sphere plan's views over each temporal window."""
     frames, height, width = plan.latent_size
-    spans = axis_spans(frames, plan.window[0], offset_t, plan.boundary_t)
+    spans = axis_spans(frames, plan.window[0], offset_t, plan.boundary_t, multiple=plan.multiple[0])
     views = sphere_view_plan(step, fov=plan.fov)
-    return [ViewRegion.build(span, v.fov, v.yaw, v.pitch, plan.window[1:], (height, width), device)
+    return [ViewRegion.build(span, v.fov, v.yaw, v.pitch, plan.window[1:], (height, width), device, v.band)
             for span in spans for v in views]
 
 
@@ -345,12 +388,14 @@ def denoise_panorama(
     latent: Tensor, scheduler: Any, predict: Callable[[Tensor, Tensor], Tensor], layout: LatentLayout,
     plan: PanoramaPlan, generator: torch.Generator | None, *, start_index: int = 0, hooks: Sequence[Any] = (),
     callbacks: LoopCallbacks | None = None, step_kwargs: dict[str, Any] | None = None,
-    record_counts: Callable[[int, DenoiseCounts], None] | None = None,
+    record_counts: Callable[[int, DenoiseCounts], None] | None = None, band_predict: BandPredict | None = None,
 ) -> Tensor:
     """Denoise a ``(B, C, F, H, W)`` latent from step ``start_index`` to the end of the schedule.
 
     ``scheduler`` has its timesteps set. ``record_counts(step, counts)`` (tests) receives the
-    OSD's per-position tallies of every OSD step.
+    OSD's per-position tallies of every OSD step. ``band_predict(x, t, band)``, when given, is
+    called instead of ``predict`` with each region's latitude band (sphere views: their own;
+    windows: their centre row's), so each band can have its own prompt.
     """
     callbacks = callbacks or LoopCallbacks()
     timesteps = scheduler.timesteps
@@ -358,7 +403,8 @@ def denoise_panorama(
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start_index)  # multistep schedulers index their own state
     state = GridSchedulerState(scheduler, layout, tuple(latent.shape))
-    stepper = RegionStepper(state, predict, dict(step_kwargs or {}), callbacks.should_stop)
+    bands = BandRouter(band_predict, latent.shape[-2]) if band_predict else None
+    stepper = RegionStepper(state, predict, dict(step_kwargs or {}), callbacks.should_stop, bands)
     delta = shift_delta_for(plan.window)
     alphas = getattr(scheduler, "alphas_cumprod", torch.ones(1))  # unused: the push-back is ours
     todo = len(timesteps) - start_index

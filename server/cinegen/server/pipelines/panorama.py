@@ -6,11 +6,16 @@ ALGORITHMS.md §2. The method, stage by stage:
    ``sphere`` (360°), the frames wrap for ``--loop`` and are pinned at both ends otherwise (long
    video); ``sphere`` is equirectangular 2:1 and its first ~15/48 steps denoise through 44
    perspective views (Panoramic Projecting Denoise).
-2. **Global motion guidance** (``--guidance-scale-down N``): the whole panorama at 1/N size through
-   the same denoiser, its clean result upsampled (across the seam for 360°), re-noised to step
-   ``⌊0.4·steps⌋`` of the full-size schedule, where the full-size run starts *(0.4 is our choice)*.
+2. **Global motion guidance** (on by default, ``--guidance-scale-down N``, 2 as the reference's
+   ``upscale_factor``; 1 = off): the whole panorama at 1/N size through the same denoiser, its clean
+   result upsampled (across the seam for 360°), re-noised to step ``⌊15/48·steps⌋`` of the full-size
+   schedule (the reference: step 15 of 48), where the full-size run starts. Skipped when the panorama
+   is one window already.
 3. **Offset Shifting Denoiser** at full size: each latent advanced once per step
-   (``diffusion/panorama_denoise.py``). An ``--input`` image is encoded, placed at the centre
+   (``diffusion/panorama_denoise.py``), with explicit window overlap 0.75 → 0.5 → 0.25 → 0 over four
+   equal parts of the schedule (``--no-early-overlap`` turns it off). A sphere may have a prompt per
+   latitude band (``--band-prompts``, zenith first): each view of the projecting steps and each
+   window after them is denoised with the prompt of its band. An ``--input`` image is encoded, placed at the centre
    (shrunk to fit), and kept: before each step its latent is re-noised to the step's level and
    pasted; after the last, the clean latent is pasted.
 4. **Decode** frame by frame; for 360° the latent is padded with the columns from across the seam
@@ -34,6 +39,7 @@ from cinegen.common.exr import read_image
 from cinegen.common.params import PanoramaParams
 from cinegen.common.sequence import SequencePattern
 
+from ..diffusion.equirect import PITCH_ROWS
 from ..diffusion.osd import BlendSchedule, DenoiseCounts
 from ..diffusion.panorama_denoise import LatentLayout, NoiseLevels, PanoramaPlan, denoise_panorama, upsample_latent
 from ..diffusion.sampler import LoopCallbacks, scheduler_step_kwargs
@@ -45,10 +51,11 @@ from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, seeded_
 
 PROJECTIONS = ("plane", "ring", "sphere")
 PROJECTING_FRACTION = 15 / 48  # PPD steps of the sphere, as in the reference schedule
-GMG_START_FRACTION = 0.4  # where the full-size run starts after the low-resolution pass (our choice)
+GMG_START_FRACTION = 15 / 48  # the reference re-noises the upsampled pass to step 15 of 48 and goes on from there
+GMG_SCALE_DOWN = 2.0  # the reference's upscale_factor: the low-resolution pass at half size
+MAX_BAND_PROMPTS = len(PITCH_ROWS)  # one per pitch row of the sphere views, as the reference's phi_prompt_dict
 BLEND_FRACTION = 0.4  # K of the OSD blend r_i = r_max(1 − i/K): 20 of 50 steps in the reference
 WRAP_PAD_CELLS = 8  # latent columns borrowed from across the seam when decoding 360° panoramas
-TILED_DECODE_CELLS = 128 * 128  # decode larger frames in tiles
 # Latent cells (frames × rows × columns) per denoiser call: batches of windows stay bounded whatever
 # the panorama's width (one SD 1.5 window on a CPU, 16 on a GPU; at least one window).
 CELLS_PER_CALL = {"cpu": 64 * 64, "cuda": 16 * 64 * 64}
@@ -60,8 +67,10 @@ class PanoramaSettings:
 
     projection: str = "plane"
     loop: bool = False
-    scale_down: float | None = None  # GMG factor; None = off
+    scale_down: float | None = GMG_SCALE_DOWN  # GMG factor; None = off
     input_path: str = ""
+    early_overlap: bool = True  # explicit window overlap 0.75 → 0.5 → 0.25 → 0 over the schedule
+    band_prompts: tuple[str, ...] = ()  # sphere: prompts from the zenith down to the nadir ("-" = the prompt)
 
     @classmethod
     def from_params(cls, params: PanoramaParams) -> PanoramaSettings:
@@ -71,12 +80,28 @@ class PanoramaSettings:
         scale = params.guidance_scale_down
         if scale is not None and not 1.0 <= scale <= 8.0:
             raise InvalidArgument(f"--guidance-scale-down must be between 1 and 8 (got {scale:g}); "
-                                  "leave it empty to turn global motion guidance off.")
-        return cls(projection, bool(params.loop), scale if scale and scale > 1.0 else None, params.input)
+                                  "1 turns global motion guidance off.")
+        bands = tuple(p.strip() for p in params.band_prompts)
+        if bands and projection != "sphere":
+            raise InvalidArgument("--band-prompts gives a prompt per latitude band of a sphere panorama; use "
+                                  "--projection sphere, or drop --band-prompts.")
+        if len(bands) > MAX_BAND_PROMPTS:
+            raise InvalidArgument(f"--band-prompts takes at most {MAX_BAND_PROMPTS} prompts (one per latitude "
+                                  f"row of the sphere views, zenith first); got {len(bands)}.")
+        return cls(projection, bool(params.loop), scale if scale and scale > 1.0 else None, params.input,
+                   bool(params.early_overlap), bands)
 
     @property
     def wraps(self) -> bool:
         return self.projection in ("ring", "sphere")
+
+    def band_prompt(self, band: int, prompt: str) -> str:
+        """The prompt of latitude band ``band`` (index into PITCH_ROWS): the bands are split evenly
+        over the prompts given, zenith first (3 prompts: sky, horizon, ground); "" or "-" = ``prompt``."""
+        if not self.band_prompts:
+            return prompt
+        own = self.band_prompts[band * len(self.band_prompts) // len(PITCH_ROWS)]
+        return prompt if own in ("", "-") else own
 
 
 def check_request(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings) -> None:
@@ -111,6 +136,11 @@ def latent_frames(adapter: FamilyAdapter, frames: int) -> int:
     return int(adapter.latent_shape(1, width, height, frames)[2])
 
 
+def patch_cells(adapter: FamilyAdapter) -> int:
+    """Latent cells per denoiser patch along height and width (1 for UNets, 2 for Wan's 2×2 patches)."""
+    return max(1, int(getattr(adapter, "size_multiple", adapter.vae_scale_factor)) // adapter.vae_scale_factor)
+
+
 def panorama_plan(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings, *, width: int | None = None,
                   height: int | None = None) -> PanoramaPlan:
     """Windows, boundaries and schedule for a panorama of ``width × height`` px (default: ``r``'s)."""
@@ -124,8 +154,9 @@ def panorama_plan(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings, *, w
         boundary_t=Boundary.RING if s.loop else Boundary.DOCK, boundary_h=Boundary.DOCK,
         boundary_w=Boundary.RING if s.wraps else Boundary.DOCK,
         projecting_steps=round(r.steps * PROJECTING_FRACTION) if s.projection == "sphere" else 0,
-        blend=BlendSchedule(steps=max(1, round(r.steps * BLEND_FRACTION))),
-        max_batch=max(1, budget // math.prod(window)))
+        explicit_overlap=s.early_overlap, blend=BlendSchedule(steps=max(1, round(r.steps * BLEND_FRACTION))),
+        max_batch=max(1, budget // math.prod(window)),
+        multiple=(1, patch_cells(adapter), patch_cells(adapter)))
 
 
 # ---- image conditioning ------------------------------------------------------------------------
@@ -217,6 +248,7 @@ def generate_panorama(
     generator = seeded_generator(r.seed)
     layout = LatentLayout(video=adapter.kind == "video")
     cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
+    band_predict = _band_predict(adapter, r, s) if s.band_prompts else None
     plan = panorama_plan(adapter, r, s)
     noise = _initial_noise(adapter, layout, r.frames, r.width, r.height, generator)
     clean_input, top, left = None, 0, 0
@@ -237,11 +269,12 @@ def generate_panorama(
         return denoise_panorama(
             x, scheduler, lambda z, t: adapter.predict(z, t, cond), layout, plan, generator, start_index=start,
             hooks=(*keep(levels), *hooks), callbacks=LoopCallbacks(step, should_stop),
-            step_kwargs=scheduler_step_kwargs(scheduler, generator), record_counts=record_counts)
+            step_kwargs=scheduler_step_kwargs(scheduler, generator), record_counts=record_counts,
+            band_predict=band_predict)
 
-    if s.scale_down is None:
+    low_plan = global_motion_plan(adapter, r, s)
+    if low_plan is None:
         return run(plan, noise, 0, "denoise", lambda lv: _keep_input(clean_input, top, left, noise, lv))
-    low_plan = _low_resolution_plan(adapter, r, s, plan)
     low_noise = _initial_noise(adapter, layout, r.frames, low_plan.latent_size[2] * adapter.vae_scale_factor,
                                low_plan.latent_size[1] * adapter.vae_scale_factor, generator)
     ratio = (low_plan.latent_size[1] / plan.latent_size[1], low_plan.latent_size[2] / plan.latent_size[2])
@@ -252,11 +285,38 @@ def generate_panorama(
     return run(plan, upsampled, start, "denoise", lambda lv: _keep_input(clean_input, top, left, noise, lv))
 
 
+def _band_predict(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings) -> Callable:
+    """``(x, t, band) → output`` with each latitude band's prompt, each prompt encoded once."""
+    encoded: dict[str, Any] = {}
+
+    def predict(x: torch.Tensor, t: torch.Tensor, band: int) -> torch.Tensor:
+        prompt = s.band_prompt(band, r.prompt)
+        if prompt not in encoded:
+            encoded[prompt] = adapter.encode_prompt(prompt, r.negative_prompt, r.guidance)
+        return adapter.predict(x, t, encoded[prompt])
+    return predict
+
+
+def global_motion_plan(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings) -> PanoramaPlan | None:
+    """The low-resolution pass of global motion guidance; None when GMG is off or the panorama is
+    no larger than one window at the shrunk size (nothing to guide)."""
+    if s.scale_down is None:
+        return None
+    plan = panorama_plan(adapter, r, s)
+    low = _low_resolution_plan(adapter, r, s, plan)
+    return None if low.latent_size == plan.latent_size else low
+
+
 def _low_resolution_plan(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings,
                          plan: PanoramaPlan) -> PanoramaPlan:
     scale, (_, window_h, window_w), (_, full_h, full_w) = s.scale_down, plan.window, plan.latent_size
-    height = max(min(window_h, full_h), round(full_h / scale))
-    width = 2 * height if s.projection == "sphere" else max(min(window_w, full_w), round(full_w / scale))
+    cells = patch_cells(adapter)  # the shrunk size must stay in whole patches, as the full one is
+
+    def shrunk(full: int, window: int) -> int:
+        return max(min(window, full), max(1, round(full / scale / cells)) * cells)
+
+    height = shrunk(full_h, window_h)
+    width = 2 * height if s.projection == "sphere" else shrunk(full_w, window_w)
     px = adapter.vae_scale_factor
     return panorama_plan(adapter, r, s, width=width * px, height=height * px)
 
@@ -279,13 +339,7 @@ def decode_panorama_frames(adapter: FamilyAdapter, latent: torch.Tensor, wrap: b
 
 
 def _decode(adapter: FamilyAdapter, z: torch.Tensor) -> torch.Tensor:
-    vae = getattr(adapter.pipe, "vae", None)
-    if z.shape[-1] * z.shape[-2] > TILED_DECODE_CELLS and adapter.family in ("sd", "animatediff") and vae is not None:
-        from ..diffusion.tiled_vae import tiled_decode
-
-        with torch.no_grad():
-            images = tiled_decode(vae, z.to(vae.dtype) / vae.config.scaling_factor)
-        return (images / 2 + 0.5).clamp(0, 1)
+    """One frame; the adapters decode frames above their native size in tiles (bounded memory)."""
     if adapter.kind == "video":
         return adapter.decode(z.unsqueeze(2))[:, :, 0]
     return adapter.decode(z)
@@ -293,18 +347,12 @@ def _decode(adapter: FamilyAdapter, z: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LatentPreview:
-    """A small decoded preview of frame 0 every few steps (decoding a strided latent is cheap)."""
+    """Frame 0's linear RGB projection after each step, as often as the context shows previews."""
 
-    ctx: RunContext
-    adapter: FamilyAdapter
-    every: int
-    max_cells: int = 48
+    on_latent: Callable[[torch.Tensor], None]
 
     def after_step(self, index: int, t: Any, x: torch.Tensor) -> torch.Tensor:
-        if (index + 1) % self.every == 0:
-            stride = max(1, math.ceil(max(x.shape[-2:]) / self.max_cells))
-            image = _decode(self.adapter, x[:, :, 0, ::stride, ::stride])[0]
-            self.ctx.preview(0, image.permute(1, 2, 0).float().cpu().numpy())
+        self.on_latent(x)
         return x
 
 
@@ -331,11 +379,11 @@ class PanoramaPipeline(Pipeline):
         s = PanoramaSettings.from_params(ctx.job.params)
         check_request(adapter, r, s)
         image = read_input_image(s.input_path) if s.input_path else None
-        weights = [0.3, 0.6, 0.1] if s.scale_down else [0.0, 0.9, 0.1]
+        weights = [0.3, 0.6, 0.1] if global_motion_plan(adapter, r, s) else [0.0, 0.9, 0.1]
         progress = StepProgress(ctx, weights)
         stages = {"global motion (low resolution)": progress.callback(0, "global motion (low resolution)"),
                   "denoise": progress.callback(1, "denoise")}
-        preview = LatentPreview(ctx, adapter, every=max(1, r.steps // 4))
+        preview = LatentPreview(ctx.latent_preview(adapter))
         latent = generate_panorama(adapter, r, s, input_image=image, should_stop=ctx.check_cancel,
                                    on_step=lambda label, done, todo: stages[label](done, todo), hooks=(preview,))
         sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r,
