@@ -154,13 +154,15 @@ def test_t2v_pinning_makes_frame_zero_the_vae_image_of_the_keyframe(registry, sd
     assert torch.equal(latents[:, :, 0], t2v.encode(first)[:, :, 0]), "causal VAE: the keyframe alone is frame 0"
     assert torch.equal(latents[:, :, -1], held_frame_latent(t2v, last))
     frames, round_trip = t2v.decode(latents), t2v.decode(t2v.encode(first))
-    assert torch.equal(frames[:, :, 0], round_trip[:, :, 0]), "as close to the keyframe as the VAE can show it"
+    # as close to the keyframe as the VAE can show it; untiled, its post-quant conv sees 2 latent frames here, 1 there
+    torch.testing.assert_close(frames[:, :, 0], round_trip[:, :, 0], atol=1e-5, rtol=0)
     assert (free[:, :, 0] - round_trip[:, :, 0]).abs().mean() > 1e-2
     held = t2v.decode(t2v.encode(last.unsqueeze(2).repeat(1, 1, 5, 1, 1)))[:, :, -1]
     assert (frames[:, :, -1] - held).abs().mean() < 0.5 * (free[:, :, -1] - held).abs().mean()
     shot = motion_for_family(t2v)(sd, t2v, replace(r, frames=3), keyframes[0], keyframes[1], shared_vae=False,
                                   callbacks=LoopCallbacks())
-    assert shot.shape == (1, 3, 3, 64, 64) and torch.equal(shot[:, :, 0], round_trip[:, :, 0])
+    assert shot.shape == (1, 3, 3, 64, 64)
+    torch.testing.assert_close(shot[:, :, 0], round_trip[:, :, 0], atol=1e-5, rtol=0)  # as above: 2 latent frames vs 1
 
 
 # ------------------------------------------------------------------------------------------ frame counts

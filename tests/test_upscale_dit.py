@@ -126,7 +126,10 @@ def test_plate_refinement_with_identity_cinescale_equals_stock_video_to_video(wa
     stock = stock_pipe(video=clip.permute(0, 2, 1, 3, 4), prompt_embeds=positive, negative_prompt_embeds=negative,
                        height=32, width=32, num_inference_steps=3, guidance_scale=5.0, strength=0.7,
                        generator=torch.Generator().manual_seed(7), output_type="pt").frames
-    assert torch.equal(ctx.sink.video(), stock.permute(0, 2, 1, 3, 4))
+    if tile == (2, 2):  # one tile holding every query: the stock attention call, same shapes, bit for bit
+        assert torch.equal(ctx.sink.video(), stock.permute(0, 2, 1, 3, 4))
+    else:  # 1×1 query tiles: SDPA on 2 of 8 queries at a time rounds differently (max 1.2e-6 after 3 steps + VAE)
+        torch.testing.assert_close(ctx.sink.video(), stock.permute(0, 2, 1, 3, 4), atol=1e-5, rtol=0)
 
 
 def test_plate_is_read_as_display_referred_srgb(plate):
