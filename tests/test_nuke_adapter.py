@@ -52,12 +52,21 @@ class AnimationKey:
 class TracksKnob(Knob):
     """Tracker4's table: `tracks[t]` = {frame: (x, y)}; x/y are columns 2/3 of 31 per track."""
 
-    def __init__(self, node, tracks: list[dict[int, tuple[float, float]]]):
+    def __init__(self, node, tracks: list[dict[int, tuple[float, float]]], names: list[str] | None = None):
         super().__init__(node, "tracks")
         self.tracks = tracks
+        self.names = names or [f"track {i + 1}" for i in range(len(tracks))]
 
     def toScript(self):  # noqa: N802
-        return f"{{ 1 31 {len(self.tracks)} }} {{ {{ 5 1 20 enable e 1 }} }} {{ ... }}"
+        """As Nuke writes it: size, 31 column headers, then one row per track (name quoted, curves braced)."""
+        header = ["{ 5 1 20 enable e 1 }", "{ 3 1 75 name name 1 }", "{ 2 1 58 track_x track_x 1 }",
+                  "{ 2 1 58 track_y track_y 1 }"] + [f"{{ 2 1 58 col{c} col{c} 1 }}" for c in range(4, 31)]
+        rows = []
+        for track, name in zip(self.tracks, self.names):
+            quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            xs = " ".join(f"x{f} {x}" for f, (x, _) in track.items())
+            rows.append("{ {curve K 1} " + quoted + " {curve " + xs + "} {curve} " + " ".join(["{}"] * 27) + " }")
+        return f"{{ 1 31 {len(self.tracks)} }} {{ {' '.join(header)} }} {{ {' '.join(rows)} }}"
 
     def _track(self, column: int) -> tuple[dict[int, tuple[float, float]], int]:
         return self.tracks[column // 31], column % 31
@@ -80,8 +89,14 @@ class Node:
         self._class, self._name, self._width, self._height = cls, name, width, height
         self._x, self._y, self.selected = x, y, False
         self.calls: list[tuple] = []
-        self.knobs = {k: Knob(self, k) for k in ("file", "first", "last", "label", "on_error")}
+        self.knobs = {k: Knob(self, k) for k in ("file", "first", "last", "label", "on_error", "frame")}
+        self.knobs["frame"]._value = ""
+        self.knobs["first"]._value = self.knobs["last"]._value = 1  # Nuke's defaults for a new Read
+        self.knobs["frame_mode"] = Knob(self, "frame_mode", "expression", choices=("expression", "start at", "offset"))
         self.knobs["colorspace"] = Knob(self, "colorspace", "default", choices=OCIO_SPACES)
+        self.knobs["colorManagement"] = Knob(self, "colorManagement", "OCIO", choices=("Nuke", "OCIO"))
+        self.knobs["OCIO_config"] = Knob(self, "OCIO_config", "aces_1.2")
+        self.file_tcl = None  # what nuke.filename(node) returns: the file knob with its TCL evaluated
 
     def __getitem__(self, name):
         return self.knobs[name]
@@ -126,6 +141,8 @@ class StandInNuke(types.ModuleType):
         self.root_node = Node("Root", "Root")
         self.panes: dict[str, object] = {}
         self.menus: dict[str, "Menu"] = {}
+        self.progress_tasks: list[ProgressTask] = []
+        self.cancel_progress_at: int | None = None  # the artist presses Cancel once the bar reaches this
 
     def add(self, node: Node, selected: bool = False) -> Node:
         node.selected = selected
@@ -153,6 +170,14 @@ class StandInNuke(types.ModuleType):
     def root(self):
         return self.root_node
 
+    def filename(self, node):
+        return node.file_tcl if node.file_tcl is not None else node["file"].value()
+
+    def ProgressTask(self, title):  # noqa: N802
+        task = ProgressTask(title, self.cancel_progress_at)
+        self.progress_tasks.append(task)
+        return task
+
     def executeInMainThread(self, fn, args=()):  # noqa: N802
         self.main_thread_calls += 1
         fn(*args)
@@ -162,6 +187,22 @@ class StandInNuke(types.ModuleType):
 
     def menu(self, name):
         return self.menus.setdefault(name, Menu(name))
+
+
+class ProgressTask:
+    """nuke.ProgressTask: a progress bar with a Cancel button (here: cancelled once `cancel_at` is reached)."""
+
+    def __init__(self, title, cancel_at: int | None = None):
+        self.title, self.progress, self.messages, self.cancel_at = title, [], [], cancel_at
+
+    def setProgress(self, percent):  # noqa: N802
+        self.progress.append(percent)
+
+    def setMessage(self, text):  # noqa: N802
+        self.messages.append(text)
+
+    def isCancelled(self):  # noqa: N802
+        return self.cancel_at is not None and bool(self.progress) and self.progress[-1] >= self.cancel_at
 
 
 class Menu:
@@ -190,9 +231,9 @@ def host(nuke):
 
 
 def result(pattern="/shots/sh010/cinegen/sh010_image/v002/sh010_image_v002.####.exr", colorspace="ACEScg",
-           source="", seed=42) -> ResultSequence:
+           source="", seed=42, prompt="a lighthouse at dusk") -> ResultSequence:
     return ResultSequence(pattern=pattern, frames=FrameRange(1001, 1024), pipeline="image", job_id="image-1",
-                          seed=seed, model="tiny-sd", prompt="a lighthouse at dusk", colorspace=colorspace,
+                          seed=seed, model="tiny-sd", prompt=prompt, colorspace=colorspace,
                           source=source)
 
 
@@ -244,6 +285,7 @@ def test_plate_comes_from_the_selected_read_in_canonical_hash_form(nuke, host):
     read = nuke.add(Node("Read", "Plate", width=2048, height=858), selected=True)
     read["file"]._value = "/plates/sh010/sh010_bg.%04d.exr"
     read["first"]._value, read["last"]._value = 1001, 1096
+    read["frame"]._value = ""
     read["colorspace"]._value = "ACEScg"
     plate = host.selected_plate()
     assert plate.pattern == "/plates/sh010/sh010_bg.####.exr"
@@ -295,32 +337,151 @@ def test_output_folder_follows_the_saved_script(nuke, host, tmp_path):
     assert host.client_name().startswith("nuke 16.0v1")
 
 
-def test_menu_registers_the_panel_class_as_a_dockable_pane(nuke, monkeypatch):
-    registered, docked = [], []
+def _nukescripts_like_nukes(registered: list, docked: list) -> types.ModuleType:
+    """nukescripts.panels as Nuke 15/16 ship it: the widget string goes into a PyCustom_Knob command,
+    `__import__('nukescripts').panels.WidgetKnob(<string>)`, which Nuke evaluates later in `__main__`."""
 
     class PythonPanel:
+        def __init__(self, widget):
+            self.command = "__import__('nukescripts').panels.WidgetKnob(" + widget + ")"
+
         def addToPane(self, pane):  # noqa: N802
             docked.append(pane.name)
 
+        def show(self):
+            docked.append("floating")
+
     def register_widget(widget, name, panel_id, create=False):
         registered.append((widget, name, panel_id, create))
-        return PythonPanel() if create else None
+        return PythonPanel(widget) if create else None
 
-    nukescripts = types.ModuleType("nukescripts")
-    nukescripts.panels = types.SimpleNamespace(registerWidgetAsPanel=register_widget)
-    monkeypatch.setitem(sys.modules, "nukescripts", nukescripts)
+    module = types.ModuleType("nukescripts")
+    module.panels = types.SimpleNamespace(registerWidgetAsPanel=register_widget, WidgetKnob=lambda cls: cls)
+    return module
+
+
+def _evaluate_in_fresh_main(command: str):
+    """What Nuke does with the knob command: eval in a `__main__` namespace where nothing is imported."""
+    namespace = {"__name__": "__main__", "__builtins__": __import__("builtins")}
+    return eval(command, namespace)  # noqa: S307 (the point of the test)
+
+
+def _run_menu(monkeypatch, nuke):
+    registered, docked = [], []
+    monkeypatch.setitem(sys.modules, "nukescripts", _nukescripts_like_nukes(registered, docked))
     spec = importlib.util.spec_from_file_location(
         "cinegen_nuke_menu", __import__("pathlib").Path(__file__).parents[1] / "plugin" / "nuke" / "menu.py")
     menu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(menu)
+    return menu, registered, docked
 
-    assert registered[0] == ("cinegen.plugin.panel.Panel", "cinegen", "uk.co.cinegen.panel", False)
-    (name, command, _), = nuke.menu("Nuke").submenus["cinegen"].commands
-    assert name == "Show panel"
-    command()
-    command()
-    assert [r[3] for r in registered] == [False, True]  # one panel per session, created on first show
-    assert docked == ["Properties.1", "Properties.1"]
-    module_name, _, class_name = registered[0][0].rpartition(".")
+
+def test_menu_registers_the_panel_once_with_a_string_that_resolves_in_a_fresh_main(nuke, monkeypatch):
+    menu, registered, docked = _run_menu(monkeypatch, nuke)
+    menu.register()  # menu.py sourced again (plugin path listed twice): still one pane
+    assert len(registered) == 1
+    widget, title, panel_id, create = registered[0]
+    assert (title, panel_id, create) == ("cinegen", "uk.co.cinegen.panel", True)
+    panel_class = _evaluate_in_fresh_main(menu._panel.command)
     from cinegen.plugin.qt import QtWidgets
-    assert issubclass(getattr(importlib.import_module(module_name), class_name), QtWidgets.QWidget)
+    from cinegen.plugin.ui.panel import Panel
+    assert panel_class is Panel and issubclass(panel_class, QtWidgets.QWidget)
+    assert "Pane" not in nuke.menus  # registerWidgetAsPanel adds the Pane menu entry itself
+    (name, command, shortcut), = nuke.menu("Nuke").submenus["cinegen"].commands
+    assert (name, shortcut) == ("Show panel", "ctrl+alt+g")
+    command()
+    command()
+    assert len(registered) == 1 and docked == ["Properties.1", "Properties.1"]
+
+
+def test_the_fresh_main_evaluation_catches_a_bare_class_path(nuke, monkeypatch):
+    """The old registration string, a bare dotted path, fails the way it fails in Nuke."""
+    monkeypatch.setitem(sys.modules, "nukescripts", _nukescripts_like_nukes([], []))
+    with pytest.raises(NameError, match="cinegen"):
+        _evaluate_in_fresh_main("__import__('nukescripts').panels.WidgetKnob(cinegen.plugin.panel.Panel)")
+
+
+# ---- Nuke-specific behaviour -------------------------------------------------------------------------
+@pytest.mark.parametrize("prompt", ["a [exec rm -rf /] castle", "costs $HOME and $env(PATH)", "back\\slash ]["])
+def test_prompt_in_a_label_is_text_to_tcl(nuke, host, prompt):
+    read = host.load_result(result(prompt=prompt))
+    label = read["label"].value()
+    assert _tcl_substitute(label) == f"image · seed 42 · tiny-sd\n{prompt}"
+
+
+def _tcl_substitute(text: str) -> str:
+    """What Nuke's label shows: TCL substitution; fails on an unescaped [ or $ (a command or variable)."""
+    out, i = [], 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if char in "[$":
+            raise AssertionError(f"TCL would substitute {text[i:i + 12]!r}")
+        if char == "]":
+            raise AssertionError("a stray ] in TCL text")
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def test_plate_path_is_the_evaluated_file_name_and_the_reads_offset_carries_to_the_result(nuke, host):
+    plate = nuke.add(Node("Read", "Plate", width=1024, height=512), selected=True)
+    plate["file"]._value = "[getenv SHOTS]/sh010/bg.%04d.exr"  # value() is the unevaluated TCL
+    plate.file_tcl = "/shots/sh010/bg.%04d.exr"
+    plate["first"]._value, plate["last"]._value = 1001, 1010
+    plate["frame_mode"]._value, plate["frame"]._value = "offset", "-1000"
+    selection = host.selected_plate()
+    assert selection.pattern == "/shots/sh010/bg.####.exr" and selection.frame_offset == -1000
+    read = host.load_result(result(pattern="/r/v001/a.####.exr", source="Plate"))
+    assert (read["frame_mode"].value(), read["frame"].value()) == ("offset", "-1000")  # lines up with the plate
+    plate["frame_mode"]._value, plate["frame"]._value = "start at", "1"
+    assert host.selected_plate().frame_offset == 1 - 1001
+
+
+def test_plate_default_colorspace_is_resolved_and_sent(nuke, host):
+    plate = nuke.add(Node("Read", "Plate"), selected=True)
+    plate["file"]._value = "/p/bg.####.dpx"
+    plate["first"]._value, plate["last"]._value = 1, 2
+    plate["colorspace"]._value = "default (Cineon)"
+    assert host.selected_plate().colorspace == "Cineon"
+    plate["colorspace"]._value = "default"
+    assert host.selected_plate().colorspace == ""  # the server's rule: float is linear, integer sRGB
+
+
+def test_tracker_track_names_are_kept(nuke, host):
+    tracker = nuke.add(Node("Tracker4", "Tracker1"), selected=True)
+    tracker.knobs["tracks"] = TracksKnob(tracker, [{1001: (1.0, 2.0)}, {}, {1001: (3.0, 4.0)}],
+                                         names=["left eye", "unused", 'tip "a" {b}'])
+    assert [t.name for t in host.selected_trajectory().tracks] == ["left eye", 'tip "a" {b}']
+
+
+def test_an_aces_result_in_a_nuke_default_project_is_tagged_scene_linear_with_a_notice(nuke, host):
+    nuke.root_node["OCIO_config"]._value = "nuke-default"
+    read = host.load_result(result(colorspace="ACEScg"))
+    assert read["colorspace"].value() == "scene_linear"
+    (notice,) = host.take_notices()
+    assert "ACEScg" in notice and "nuke-default" in notice and "scene_linear" in notice
+    assert host.take_notices() == []
+    nuke.root_node["OCIO_config"]._value = "aces_1.2"
+    assert host.load_result(result(colorspace="ACEScg"))["colorspace"].value() == "ACEScg"
+    assert host.take_notices() == []
+
+
+def test_batch_progress_goes_through_nuke_progress_task(nuke, host, running_server, tmp_path):
+    from cinegen.common.connection import ConnectionSettings
+    from cinegen.plugin.batch import GenerationFailed, generate_blocking
+
+    nuke.root_node._name = str(tmp_path / "sh010_comp.nk")
+    address, port = running_server.address.rsplit(":", 1)
+    settings = ConnectionSettings(host=address, port=int(port))
+    tiny = dict(model="tiny-sd", width=64, height=64, steps=2, frames=1, prompt="batch $x [y]")
+    (read,) = generate_blocking(host, "image", tiny, settings=settings)
+    (task,) = nuke.progress_tasks
+    assert task.title == "cinegen image" and task.progress[-1] == 100 and task.progress == sorted(task.progress)
+    assert read.Class() == "Read" and "\\$x \\[y\\]" in read["label"].value()
+    nuke.cancel_progress_at = 0  # Cancel pressed at the first progress event
+    with pytest.raises(GenerationFailed, match="cancelled"):
+        generate_blocking(host, "image", {**tiny, "steps": 50, "width": 128, "height": 128}, settings=settings)

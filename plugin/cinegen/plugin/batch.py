@@ -45,15 +45,25 @@ def generate_blocking(host: HostAdapter, pipeline: str, values: Mapping[str, Any
         draft = make_draft(pipeline, pipeline_fields(info), values, job_id=job_id, settings=settings, place=place,
                            client=host.client_name().replace("panel", "batch"))
 
+        progress = host.batch_progress(f"cinegen {pipeline}")  # nuke.ProgressTask in Nuke
+        cancel_sent = False
+
         def report(event) -> None:
+            nonlocal cancel_sent
             if event.HasField("progress"):
                 on_progress(event.progress.fraction, event.progress.stage)
+                progress.update(event.progress.fraction, event.progress.stage)
+            if not cancel_sent and progress.cancelled():  # the server stops between denoising steps
+                cancel_sent = True
+                client.cancel(job_id)
 
         try:
             outcome = run_job(client, draft, shared_disk=settings.shared_disk, callbacks=JobCallbacks(on_event=report))
         except Exception:
             release_folder(place.claimed_folder)
             raise
+        finally:
+            progress.close()
     if outcome.state != "completed":
         release_folder(place.claimed_folder)
         raise GenerationFailed(f"Job {job_id} {outcome.state}: {outcome.message or 'no reason given'}")

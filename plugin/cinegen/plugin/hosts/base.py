@@ -29,8 +29,23 @@ class PlateSelection:
     width: int
     height: int
     source: str = ""  # the host's name for it (Read node, strip), to place results next to it
-    colorspace: str = ""
+    colorspace: str = ""  # the OCIO name of the files' colour space; "" = float is linear, integer sRGB
     fps: float | None = None
+    frame_offset: int = 0  # frames the host shifts the files by (a Read's "offset"/"start at")
+
+
+class BatchProgress:
+    """Progress of blocking (batch) work as the host shows it; this default shows nothing."""
+
+    def update(self, fraction: float, stage: str) -> None:
+        """`fraction` of the job done (0..1), `stage` in words."""
+
+    def cancelled(self) -> bool:
+        """True once the artist asked to stop."""
+        return False
+
+    def close(self) -> None:
+        """The work ended (done, failed or cancelled)."""
 
 
 class HostAdapter(ABC):
@@ -51,6 +66,14 @@ class HostAdapter(ABC):
     @abstractmethod
     def run_on_main_thread(self, fn: Callable[[], None]) -> None:
         """Run `fn` on the host's UI thread (soon, not necessarily before returning)."""
+
+    def take_notices(self) -> list[str]:
+        """Sentences for the artist gathered while loading results (e.g. a colour space the project lacks)."""
+        return []
+
+    def batch_progress(self, title: str) -> BatchProgress:
+        """A progress display for `generate_blocking` (Nuke: `nuke.ProgressTask`)."""
+        return BatchProgress()
 
     def output_root(self) -> Path:
         """Where versioned output folders are made by default."""
