@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CommonParams(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "width", "height", "frames", "fps", "out", "first_frame", "compression", "overwrite", "frame_range")
+    __slots__ = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "width", "height", "frames", "fps", "out", "first_frame", "compression", "overwrite", "frame_range", "display_transform")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class CommonParams(_message.Message):
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     OVERWRITE_FIELD_NUMBER: _ClassVar[int]
     FRAME_RANGE_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_TRANSFORM_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     model: str
@@ -38,14 +39,15 @@ class CommonParams(_message.Message):
     compression: str
     overwrite: bool
     frame_range: str
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., out: _Optional[str] = ..., first_frame: _Optional[int] = ..., compression: _Optional[str] = ..., overwrite: _Optional[bool] = ..., frame_range: _Optional[str] = ...) -> None: ...
+    display_transform: str
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., out: _Optional[str] = ..., first_frame: _Optional[int] = ..., compression: _Optional[str] = ..., overwrite: _Optional[bool] = ..., frame_range: _Optional[str] = ..., display_transform: _Optional[str] = ...) -> None: ...
 
 class ImageParams(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class UpscaleParams(_message.Message):
-    __slots__ = ("input", "scale", "strength", "cosine_scale", "dilate_tau", "fast", "stages", "mode", "vae_tile", "lora", "latent_resize")
+    __slots__ = ("input", "scale", "strength", "cosine_scale", "dilate_tau", "fast", "stages", "mode", "vae_tile", "lora", "latent_resize", "input_colorspace")
     INPUT_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +59,7 @@ class UpscaleParams(_message.Message):
     VAE_TILE_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
     LATENT_RESIZE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_COLORSPACE_FIELD_NUMBER: _ClassVar[int]
     input: str
     scale: float
     strength: float
@@ -68,23 +71,26 @@ class UpscaleParams(_message.Message):
     vae_tile: int
     lora: str
     latent_resize: bool
-    def __init__(self, input: _Optional[str] = ..., scale: _Optional[float] = ..., strength: _Optional[float] = ..., cosine_scale: _Optional[float] = ..., dilate_tau: _Optional[int] = ..., fast: _Optional[bool] = ..., stages: _Optional[int] = ..., mode: _Optional[str] = ..., vae_tile: _Optional[int] = ..., lora: _Optional[str] = ..., latent_resize: _Optional[bool] = ...) -> None: ...
+    input_colorspace: str
+    def __init__(self, input: _Optional[str] = ..., scale: _Optional[float] = ..., strength: _Optional[float] = ..., cosine_scale: _Optional[float] = ..., dilate_tau: _Optional[int] = ..., fast: _Optional[bool] = ..., stages: _Optional[int] = ..., mode: _Optional[str] = ..., vae_tile: _Optional[int] = ..., lora: _Optional[str] = ..., latent_resize: _Optional[bool] = ..., input_colorspace: _Optional[str] = ...) -> None: ...
 
 class PanoramaParams(_message.Message):
-    __slots__ = ("projection", "loop", "input", "guidance_scale_down", "early_overlap", "band_prompts")
+    __slots__ = ("projection", "loop", "input", "guidance_scale_down", "early_overlap", "band_prompts", "input_colorspace")
     PROJECTION_FIELD_NUMBER: _ClassVar[int]
     LOOP_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_SCALE_DOWN_FIELD_NUMBER: _ClassVar[int]
     EARLY_OVERLAP_FIELD_NUMBER: _ClassVar[int]
     BAND_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_COLORSPACE_FIELD_NUMBER: _ClassVar[int]
     projection: str
     loop: bool
     input: str
     guidance_scale_down: float
     early_overlap: bool
     band_prompts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, projection: _Optional[str] = ..., loop: _Optional[bool] = ..., input: _Optional[str] = ..., guidance_scale_down: _Optional[float] = ..., early_overlap: _Optional[bool] = ..., band_prompts: _Optional[_Iterable[str]] = ...) -> None: ...
+    input_colorspace: str
+    def __init__(self, projection: _Optional[str] = ..., loop: _Optional[bool] = ..., input: _Optional[str] = ..., guidance_scale_down: _Optional[float] = ..., early_overlap: _Optional[bool] = ..., band_prompts: _Optional[_Iterable[str]] = ..., input_colorspace: _Optional[str] = ...) -> None: ...
 
 class TrajectoryParams(_message.Message):
     __slots__ = ("trajectory", "trajectory_json")
@@ -109,7 +115,14 @@ class StoryParams(_message.Message):
     def __init__(self, story: _Optional[str] = ..., story_yaml: _Optional[str] = ..., shots: _Optional[_Iterable[str]] = ..., video_model: _Optional[str] = ..., stage: _Optional[str] = ...) -> None: ...
 
 class JobRequest(_message.Message):
-    __slots__ = ("job_id", "pipeline", "common", "image", "upscale", "panorama", "trajectory", "story", "client")
+    __slots__ = ("job_id", "pipeline", "common", "image", "upscale", "panorama", "trajectory", "story", "client", "values")
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     COMMON_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +132,7 @@ class JobRequest(_message.Message):
     TRAJECTORY_FIELD_NUMBER: _ClassVar[int]
     STORY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     pipeline: str
     common: CommonParams
@@ -128,7 +142,8 @@ class JobRequest(_message.Message):
     trajectory: TrajectoryParams
     story: StoryParams
     client: str
-    def __init__(self, job_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., common: _Optional[_Union[CommonParams, _Mapping]] = ..., image: _Optional[_Union[ImageParams, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleParams, _Mapping]] = ..., panorama: _Optional[_Union[PanoramaParams, _Mapping]] = ..., trajectory: _Optional[_Union[TrajectoryParams, _Mapping]] = ..., story: _Optional[_Union[StoryParams, _Mapping]] = ..., client: _Optional[str] = ...) -> None: ...
+    values: _containers.ScalarMap[str, str]
+    def __init__(self, job_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., common: _Optional[_Union[CommonParams, _Mapping]] = ..., image: _Optional[_Union[ImageParams, _Mapping]] = ..., upscale: _Optional[_Union[UpscaleParams, _Mapping]] = ..., panorama: _Optional[_Union[PanoramaParams, _Mapping]] = ..., trajectory: _Optional[_Union[TrajectoryParams, _Mapping]] = ..., story: _Optional[_Union[StoryParams, _Mapping]] = ..., client: _Optional[str] = ..., values: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class JobTicket(_message.Message):
     __slots__ = ("job_id", "queue_position", "existing")
@@ -141,7 +156,7 @@ class JobTicket(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., queue_position: _Optional[int] = ..., existing: _Optional[bool] = ...) -> None: ...
 
 class ParamSpec(_message.Message):
-    __slots__ = ("name", "type", "default_json", "minimum", "maximum", "choices", "help", "group", "label", "step")
+    __slots__ = ("name", "type", "default_json", "minimum", "maximum", "choices", "help", "group", "label", "step", "families")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +167,7 @@ class ParamSpec(_message.Message):
     GROUP_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    FAMILIES_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     default_json: str
@@ -162,7 +178,8 @@ class ParamSpec(_message.Message):
     group: str
     label: str
     step: float
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default_json: _Optional[str] = ..., minimum: _Optional[float] = ..., maximum: _Optional[float] = ..., choices: _Optional[_Iterable[str]] = ..., help: _Optional[str] = ..., group: _Optional[str] = ..., label: _Optional[str] = ..., step: _Optional[float] = ...) -> None: ...
+    families: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default_json: _Optional[str] = ..., minimum: _Optional[float] = ..., maximum: _Optional[float] = ..., choices: _Optional[_Iterable[str]] = ..., help: _Optional[str] = ..., group: _Optional[str] = ..., label: _Optional[str] = ..., step: _Optional[float] = ..., families: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PipelineInfo(_message.Message):
     __slots__ = ("name", "description", "params", "families", "output_is_folder")
@@ -433,3 +450,19 @@ class FileChunk(_message.Message):
     offset: int
     total: int
     def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class ReorderRequest(_message.Message):
+    __slots__ = ("job_id", "position")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    position: int
+    def __init__(self, job_id: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
+class ReorderReply(_message.Message):
+    __slots__ = ("position", "queued")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    queued: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, position: _Optional[int] = ..., queued: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -69,6 +69,11 @@ class GeneratorStub:
                 request_serializer=cinegen_dot_v1_dot_generator__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=cinegen_dot_v1_dot_generator__pb2.FileChunk.FromString,
                 _registered_method=True)
+        self.Reorder = channel.unary_unary(
+                '/cinegen.v1.Generator/Reorder',
+                request_serializer=cinegen_dot_v1_dot_generator__pb2.ReorderRequest.SerializeToString,
+                response_deserializer=cinegen_dot_v1_dot_generator__pb2.ReorderReply.FromString,
+                _registered_method=True)
 
 
 class GeneratorServicer:
@@ -122,6 +127,13 @@ class GeneratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reorder(self, request, context):
+        """Move a queued job to another place in the queue (0 = next to run); running jobs stay where they are.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +171,11 @@ def add_GeneratorServicer_to_server(servicer, server):
                     servicer.Download,
                     request_deserializer=cinegen_dot_v1_dot_generator__pb2.DownloadRequest.FromString,
                     response_serializer=cinegen_dot_v1_dot_generator__pb2.FileChunk.SerializeToString,
+            ),
+            'Reorder': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reorder,
+                    request_deserializer=cinegen_dot_v1_dot_generator__pb2.ReorderRequest.FromString,
+                    response_serializer=cinegen_dot_v1_dot_generator__pb2.ReorderReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +367,33 @@ class Generator:
             '/cinegen.v1.Generator/Download',
             cinegen_dot_v1_dot_generator__pb2.DownloadRequest.SerializeToString,
             cinegen_dot_v1_dot_generator__pb2.FileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reorder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cinegen.v1.Generator/Reorder',
+            cinegen_dot_v1_dot_generator__pb2.ReorderRequest.SerializeToString,
+            cinegen_dot_v1_dot_generator__pb2.ReorderReply.FromString,
             options,
             channel_credentials,
             insecure,
