@@ -76,6 +76,8 @@ def child(workdir: Path, server: str) -> dict:
     if server:
         facts["generate"] = generate_scenario(bpy, scene, server)
         facts["trajectory_job"] = trajectory_job_scenario(bpy, scene)
+        facts["cancel"] = cancel_scenario(bpy, scene)
+        facts["layout"] = layout_scenario(bpy, scene)
     return facts
 
 
@@ -183,6 +185,52 @@ def trajectory_job_scenario(bpy, scene) -> dict:
             "frames": [p.frame for p in track.points], "outputs": entry.outputs, "frames_text": entry.frames}
 
 
+def cancel_scenario(bpy, scene) -> dict:
+    """A queued job cancelled from its queue row's button while it runs; the timer function follows it."""
+    import time
+
+    from cinegen.plugin.model.history import History
+
+    runtime = sys.modules["cinegen_blender.runtime"]
+    bpy.context.window.scene = scene
+    props, common = scene.cinegen, scene.cinegen_options.common
+    props.pipeline, props.use_scene_frames = "image", True
+    common.model, common.steps, common.frames, common.width, common.height = "tiny-sd", 200, 1, 64, 64
+    nodes_before = len(scene.compositing_node_group.nodes)
+    with bpy.context.temp_override(scene=scene):
+        queued = bpy.ops.cinegen.generate(queue=True)
+    job, states, cancelled = runtime.STATE.jobs[props.job_id], [], None
+    deadline = time.monotonic() + 120
+    while runtime.active_jobs() and time.monotonic() < deadline:
+        runtime.drain()  # what bpy.app.timers runs in the UI
+        states.append(job.record.state)
+        if cancelled is None and job.record.state == "running" and job.record.fraction > 0:
+            with bpy.context.temp_override(scene=scene):
+                cancelled = bpy.ops.cinegen.cancel(job_id=job.job_id)
+        time.sleep(0.05)
+    return {"queued": sorted(queued), "cancel": sorted(cancelled or ()), "state": job.record.state,
+            "seen_running": "running" in states, "new_nodes": len(scene.compositing_node_group.nodes) - nodes_before,
+            "history_state": History().get(job.job_id).state, "error": props.last_error}
+
+
+def layout_scenario(bpy, scene) -> dict:
+    """Every pipeline's panel drawn by the add-on's own draw functions into a recording layout."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from blender_panel_listing import RecordingLayout
+
+    runtime, ui = sys.modules["cinegen_blender.runtime"], sys.modules["cinegen_blender.ui"]
+    drawn = {}
+    for form in runtime.STATE.forms:
+        scene.cinegen.pipeline = form.name
+        lines = []
+        for draw in (ui.draw_main, ui.draw_options, ui.draw_queue, ui.draw_history):
+            layout = RecordingLayout()
+            draw(layout, scene)
+            lines += layout.lines
+        drawn[form.name] = [line.strip() for line in lines]
+    return drawn
+
+
 # ---- the tests ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def facts(tmp_path_factory, running_server):
@@ -271,6 +319,34 @@ def test_a_trajectory_is_sampled_over_the_jobs_own_frames_not_the_scenes(facts):
     assert t["generate"] == ["FINISHED"], t["error"]
     assert t["track"] == "Cube" and t["frames"] == list(range(1001, 1009))  # 8 frames from 1001, not 1-250
     assert t["frames_text"] == "1001-1008"
+
+
+
+def test_a_queued_job_is_cancelled_from_the_queue_and_nothing_is_loaded(facts):
+    c = facts["cancel"]
+    assert c["queued"] == ["FINISHED"] and c["cancel"] == ["FINISHED"] and c["seen_running"]
+    assert c["state"] == "cancelled" and c["history_state"] == "cancelled" and c["new_nodes"] == 0
+
+
+def _props(lines: list[str]) -> list[str]:
+    return [line.split("`")[1] for line in lines if line.startswith("- `")]
+
+
+def test_every_pipeline_draws_its_own_options_from_the_capabilities(facts):
+    layout = facts["layout"]
+    assert {"image", "upscale", "panorama", "trajectory", "story"} <= set(layout)
+    for name, lines in layout.items():
+        props = _props(lines)
+        assert {"pipeline", "prompt", "seed", "model", "use_steps", "steps"} <= set(props), name
+        assert any("button `cinegen.generate`" in line for line in lines)
+        assert not {"out", "trajectory_json", "story_yaml"} & set(props)  # the panel fills these itself
+    assert {"projection", "loop", "input"} <= set(_props(layout["panorama"]))
+    assert {"mode", "scale", "strength", "stages", "input"} <= set(_props(layout["upscale"]))
+    assert any("`story` 'Story' string file picker" in line for line in layout["story"])
+    assert any("button `cinegen.plate_from_strip`" in line for line in layout["panorama"])
+    assert any("active object's path" in line for line in layout["trajectory"])
+    # the queue and history rows: cancel for running jobs, re-run for past ones
+    assert any("button `cinegen.rerun`" in line for line in layout["image"])
 
 
 if __name__ == "__main__":

@@ -69,8 +69,10 @@ def local_capabilities() -> pb.Capabilities:
     """What this plugin's own parameter descriptions say (used until a server has been seen)."""
     capabilities = pb.Capabilities()
     for name, params_type in PIPELINE_PARAMS.items():
-        info = capabilities.pipelines.add(name=name, description=(params_type.__doc__ or name).strip(),
-                                          output_is_folder=name in FOLDER_OUTPUT)
+        doc = (params_type.__doc__ or "").strip()
+        if doc.startswith(f"{params_type.__name__}("):  # the signature a dataclass writes when it has no docstring
+            doc = ""
+        info = capabilities.pipelines.add(name=name, description=doc, output_is_folder=name in FOLDER_OUTPUT)
         info.params.extend(_spec(d) for d in describe(CommonParams, "common") + describe(params_type, name))
     return capabilities
 
