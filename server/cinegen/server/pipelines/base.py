@@ -115,6 +115,7 @@ class Pipeline(ABC):
     params_type: ClassVar[type]
     families: ClassVar[tuple[str, ...]]
     output_is_folder: ClassVar[bool] = False  # story writes DIR, the others DIR/NAME.####.exr
+    frame_ranges: ClassVar[bool] = False  # can write part of its sequence (--frame-range)
 
     def validate(self, job: JobSpec, registry: ModelRegistry) -> None:
         """Raise a UserError for anything wrong with the request that can be seen before running."""

@@ -16,11 +16,16 @@ from cinegen.common.sequence import SequencePattern
 from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
 from ..models.family import FamilyAdapter
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, seeded_generator
+from .frame_range import requested_range, wanted_indices
 
 
 def generate_images(adapter: FamilyAdapter, r: Resolved, *, callbacks: LoopCallbacks | None = None,
-                    hooks: tuple = (), batch_size: int | None = None) -> torch.Tensor:
-    """Latents for `r.frames` images at (r.width, r.height), denoised like the stock pipeline."""
+                    hooks: tuple = (), batch_size: int | None = None, only: range | None = None) -> torch.Tensor:
+    """Latents for `r.frames` images at (r.width, r.height), denoised like the stock pipeline.
+
+    With `only` (frame indices), just the batches holding those frames are denoised and the latents of
+    `only` are returned: the same numbers as in a full run, since every batch sees the same noise slice
+    and shape (with a deterministic sampler such as DDIM; an ancestral one draws per batch in turn)."""
     generator = seeded_generator(r.seed)
     cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
     scheduler = adapter.new_scheduler()
@@ -31,7 +36,9 @@ def generate_images(adapter: FamilyAdapter, r: Resolved, *, callbacks: LoopCallb
     latents = noise * scheduler.init_noise_sigma
     batch_size = batch_size or r.frames
     out = []
-    for start in range(0, r.frames, batch_size):
+    wanted = only if only is not None else range(r.frames)
+    first_batch = wanted.start // batch_size * batch_size
+    for start in range(first_batch, wanted.stop, batch_size):
         sched = scheduler if start == 0 else adapter.new_scheduler()
         if start:
             sched.set_timesteps(r.steps, device=adapter.device)
@@ -39,7 +46,7 @@ def generate_images(adapter: FamilyAdapter, r: Resolved, *, callbacks: LoopCallb
                            callbacks=callbacks or LoopCallbacks(),
                            step_kwargs=scheduler_step_kwargs(sched, generator))
         out.append(loop.run(latents[start:start + batch_size]))
-    return torch.cat(out)
+    return torch.cat(out)[wanted.start - first_batch:wanted.stop - first_batch]
 
 
 class ImagePipeline(Pipeline):
@@ -47,9 +54,11 @@ class ImagePipeline(Pipeline):
     description: ClassVar[str] = "Text to image on an SD-family model; several frames make a sequence of variations."
     params_type: ClassVar[type] = ImageParams
     families: ClassVar[tuple[str, ...]] = ("sd",)
+    frame_ranges: ClassVar[bool] = True
 
     def validate(self, job: JobSpec, registry) -> None:
         self.check_family(job, registry)
+        requested_range(job)  # a malformed --frame-range fails at submit
 
     def run(self, ctx: RunContext) -> list[str]:
         adapter = ctx.registry.get(self.model_id(ctx.job, ctx.registry))
@@ -57,12 +66,13 @@ class ImagePipeline(Pipeline):
         sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
         progress = StepProgress(ctx, [0.9, 0.1])
         cancel = ctx.check_cancel
+        wanted = wanted_indices(ctx.job, r.first_frame, r.frames)
         latents = generate_images(adapter, r, callbacks=LoopCallbacks(progress.callback(0, "denoise"), cancel),
-                                  batch_size=4)
-        for i in range(r.frames):
+                                  batch_size=4, only=wanted)
+        for n, i in enumerate(wanted):
             ctx.check_cancel()
-            image = adapter.decode(latents[i:i + 1])[0]
+            image = adapter.decode(latents[n:n + 1])[0]
             ctx.preview(i, image.permute(1, 2, 0).float().cpu().numpy())
             sink.write(i, image)
-            ctx.progress("write frames", i + 1, r.frames, 0.9 + 0.1 * (i + 1) / r.frames)
+            ctx.progress("write frames", n + 1, len(wanted), 0.9 + 0.1 * (n + 1) / len(wanted))
         return list(sink.written)

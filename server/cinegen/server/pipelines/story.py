@@ -54,6 +54,7 @@ from .story_motion import MOTION_FAMILIES, motion_for_family, same_vae
 from .story_motion import FramePinning, clip_spans, generate_motion, keyframe_for_video  # noqa: F401
 
 MEMORY_MIN_SIDE = 2  # latent pixels; smaller memory frames carry nothing and are dropped
+STAGES = ("all", "keyframes", "motion", "timeline")  # what one run makes (farm and cluster steps)
 
 
 # ------------------------------------------------------------------------------------------ keyframes
@@ -181,6 +182,8 @@ class StoryPipeline(Pipeline):
         return job.params.video_model or registry.default_model(MOTION_FAMILIES)
 
     def validate(self, job: JobSpec, registry) -> None:
+        if job.params.stage not in STAGES:
+            raise InvalidArgument(f"Story stage '{job.params.stage}' is not one of {', '.join(STAGES)}.")
         self.story_and_shots(job.params)
         self.check_family(job, registry)
         entry = registry.entry(self.video_model_id(job, registry))
@@ -202,21 +205,30 @@ class StoryPipeline(Pipeline):
         cut = StoryRun(ctx, story, Path(job.common.out).expanduser().absolute(), image_adapter, video_adapter)
         seeds = {shot.id: shot.seed if shot.seed is not None else (r_key.seed + k) % 2**63
                  for k, shot in enumerate(story.shots)}
-        plan = keyframes_to_generate(story, selected, cut.usable_keyframes(r_key))
-        progress = StepProgress(ctx, [2.5] * len(plan) + [float(s.frames) for s in selected] + [0.5])
+        stage = job.params.stage
+        usable = cut.usable_keyframes(r_key)
+        plan = keyframes_to_generate(story, selected, usable) if stage != "timeline" else []
+        if stage == "motion":  # keyframes come from disk (a farm's keyframes step); only missing ones are made
+            plan = [shot for shot in plan if shot.id not in usable]
+        moving = selected if stage in ("all", "motion") else []
+        progress = StepProgress(ctx, [2.5] * len(plan) + [float(s.frames) for s in moving] + [0.5])
         try:
             for k, shot in enumerate(plan):
                 cut.make_keyframe(shot, replace(r_key, prompt=compose_shot_prompt(story, shot), seed=seeds[shot.id]),
                                   progress.callback(k, f"{shot.id} keyframe"))
-            for k, shot in enumerate(selected):
+            for k, shot in enumerate(moving):
                 cut.make_shot(shot, replace(r_vid, prompt=compose_shot_prompt(story, shot), seed=seeds[shot.id],
                                             frames=shot.frames), progress.callback(len(plan) + k, f"{shot.id} motion"))
         except BaseException:
             try:  # keep what is done: the partial cut marks the shots that are missing
-                cut.write_sheet_and_timeline()
+                if stage != "motion":
+                    cut.write_sheet_and_timeline()
             except Exception as exc:  # never hide the first error behind this one
                 ctx.log(f"could not write the partial timeline: {exc}")
             raise
+        if stage == "motion":  # shots run side by side: the cut is written once, by a timeline step after them
+            ctx.progress("motion", 1, 1, 1.0)
+            return list(ctx.outputs)
         outputs = list(ctx.outputs) + cut.write_sheet_and_timeline()
         ctx.progress("timeline", 1, 1, 1.0)
         return outputs

@@ -36,6 +36,7 @@ from ..models.family import FamilyAdapter
 from ..models.registry import ModelRegistry
 from ..output import resize_alpha
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress
+from .frame_range import check_frame_range, wanted_indices
 from .upscale_unet import (CascadeSettings, decode_latents, default_vae_tile, generate_native, pixel_multiple,
                            reference_size, run_cascade)
 
@@ -279,6 +280,7 @@ class UpscalePipeline(Pipeline):
                                   "resolution with new detail (FreeScale/CineScale self-cascade).")
     params_type: ClassVar[type] = UpscaleParams
     families: ClassVar[tuple[str, ...]] = ("sd", "animatediff", "wan")
+    frame_ranges: ClassVar[bool] = True
 
     def validate(self, job: JobSpec, registry: ModelRegistry) -> None:
         self.check_family(job, registry)
@@ -286,11 +288,14 @@ class UpscalePipeline(Pipeline):
         if registry.entry(model_id).family == "wan":
             from .upscale_dit import validate_dit_upscale  # the DiT path lives apart (ALGORITHMS.md §1b)
 
+            check_frame_range(job, self.name, False, " on DiT (wan) models")
+
             validate_dit_upscale(job, registry)
             return
         p: UpscaleParams = job.params
         mode = effective_mode(p)
         check_params(p, mode)
+        check_frame_range(job, self.name, mode != "generate", " in generate mode")
         if mode != "generate":
             plate = inspect_plate(p.input, job.common.frames)
             check_target(mode, plate.size, resolve_target(plate.size, p.scale, job.common.width,
@@ -356,9 +361,15 @@ class UpscalePipeline(Pipeline):
         clip_len = adapter.native_frames if adapter.kind == "video" else 1
         count = plate.frames.count
         clips = -(-count // clip_len)
+        # a --frame-range chunk reads and refines the whole clips holding its frames, as a full run does
+        wanted = wanted_indices(ctx.job, r.first_frame, count)
+        first_clip, last_clip = wanted.start // clip_len, (wanted.stop - 1) // clip_len
+        plate = dataclasses.replace(plate, frames=FrameRange(
+            plate.frames.first + first_clip * clip_len,
+            min(plate.frames.last, plate.frames.first + (last_clip + 1) * clip_len - 1)))
         todo = max(plan.settings.steps - plan.settings.start_index, 0)
         units = []
-        for n in range(clips):
+        for n in range(first_clip, last_clip + 1):
             frames_in_clip = min(clip_len, count - n * clip_len)
             what = "clip" if clip_len > 1 else "frame"
             prefix = f"{plan.mode} {what} {n + 1}/{clips} "
@@ -381,17 +392,19 @@ class UpscalePipeline(Pipeline):
                 return decode_latents(adapter, out, settings)
 
             images = run_with_memory_retry(work, plan.settings, ctx.log)
-            self._write(ctx, sink, images, [frame - plate.frames.first for frame in frames], alphas)
+            self._write(ctx, sink, images, [frame - plan.plate.frames.first for frame in frames], alphas, wanted)
         return list(sink.written)
 
     @staticmethod
     def _write(ctx: RunContext, sink, images: torch.Tensor, indices: list[int],
-               alphas: list[np.ndarray] | None = None) -> None:
+               alphas: list[np.ndarray] | None = None, keep: range | None = None) -> None:
         """Images (N, 3, H, W) or one clip (1, 3, F, H, W) -> frames `indices` of the sequence, with the
         plate's alpha of each frame resized to the output when given."""
         frames = images[0].permute(1, 0, 2, 3) if images.dim() == 5 else images
         for i, (index, image) in enumerate(zip(indices, frames)):
             ctx.check_cancel()
+            if keep is not None and index not in keep:
+                continue  # computed with its clip, written by the chunk that holds it
             ctx.preview(index, image.permute(1, 2, 0).float().cpu().numpy())
             alpha = None if alphas is None else resize_alpha(alphas[i], image.shape[-1], image.shape[-2])
             sink.write(index, image, alpha=alpha)

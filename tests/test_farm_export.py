@@ -1,0 +1,181 @@
+"""Farm export and the options it relies on: `--frame-range` chunks that add up to the full run, story
+stages (keyframes → motion per shot → timeline) that add up to a one-box story, and `cinegen export-job`
+templates checked (`openjd check`) and run (`openjd run`) by the Open Job Description tools."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import opentimelineio as otio
+import pytest
+import yaml
+
+from cinegen.common.client import RequestRejected, build_request
+from cinegen.common.exr import ExrMetadata, read_exr_frame, write_exr_frame
+from cinegen.common.params import CommonParams, ImageParams, PanoramaParams, StoryParams, UpscaleParams
+from cinegen.server.cli import main
+
+STORY = """\
+title: Tiny Cut
+fps: 24
+shots:
+  - id: sh010
+    prompt: a lighthouse at dusk
+    frames: 2
+    continuity: true
+  - id: sh020
+    prompt: the sea below
+    frames: 2
+  - id: sh030
+    prompt: a boat leaves
+    frames: 2
+"""
+OPENJD = shutil.which("openjd", path=str(Path(sys.executable).parent)) or shutil.which("openjd")
+CINEGEN = shutil.which("cinegen", path=str(Path(sys.executable).parent))
+
+
+def _run(client, pipeline, params, **common):
+    c = dict(seed=11, steps=1, width=64, height=64)
+    c.update(common)
+    result = client.run(build_request(pipeline, CommonParams(**c), params, job_id=f"farm-{uuid.uuid4().hex[:8]}"))
+    assert result.state == "completed", result.message
+    return result
+
+
+def _pixels(folder: Path, pattern: str = "*.exr") -> dict[str, np.ndarray]:
+    return {p.relative_to(folder).as_posix(): read_exr_frame(p)[0] for p in sorted(folder.rglob(pattern))}
+
+
+@pytest.fixture(scope="module")
+def full_image_run(running_server, tmp_path_factory):
+    from cinegen.common.client import GeneratorClient
+
+    out = tmp_path_factory.mktemp("full") / "img.####.exr"
+    with GeneratorClient(running_server.address, timeout=30) as client:
+        _run(client, "image", ImageParams(), frames=8, out=str(out), prompt="a red door")
+    return out.parent
+
+
+# ---- --frame-range ----------------------------------------------------------------------------------
+def test_image_chunks_write_only_their_frames_and_equal_the_full_run(client, full_image_run, tmp_path):
+    full = _pixels(full_image_run)
+    assert len(full) == 8
+    # chunks that cut the pipeline's batches of 4 in the middle still get the full run's numbers
+    for chunk in ("1001-1003", "1004-1006", "1007-1008"):
+        _run(client, "image", ImageParams(), frames=8, out=str(tmp_path / "img.####.exr"), prompt="a red door",
+             frame_range=chunk)
+    parts = _pixels(tmp_path)
+    assert parts.keys() == full.keys()
+    for name in full:
+        assert np.array_equal(parts[name], full[name]), name  # same batches, same ops: bit for bit
+    assert not np.array_equal(full["img.1001.exr"], full["img.1002.exr"])
+
+
+def test_a_frame_range_outside_the_sequence_or_on_a_pipeline_that_cannot_chunk_is_refused(client, tmp_path):
+    with pytest.raises(RequestRejected) as info:
+        client.submit(build_request("panorama", CommonParams(out=str(tmp_path / "p.####.exr"), frame_range="1001-1002"),
+                                    PanoramaParams()))
+    assert info.value.code == "INVALID_ARGUMENT" and "frame" in info.value.message.lower()
+    with pytest.raises(RequestRejected) as info:
+        client.submit(build_request("image", CommonParams(out=str(tmp_path / "i.####.exr"), frame_range="10-2"),
+                                    ImageParams()))
+    assert info.value.code == "INVALID_ARGUMENT"
+    result = client.run(build_request("image", CommonParams(out=str(tmp_path / "i.####.exr"), frames=2, steps=1,
+                                                            width=64, height=64, frame_range="2001-2004"),
+                                      ImageParams()))
+    assert result.state == "failed" and "outside the sequence 1001-1002" in result.message
+    assert not list(tmp_path.glob("i.*.exr"))
+
+
+def test_plate_upscale_chunk_equals_the_full_run(client, tmp_path):
+    (tmp_path / "in").mkdir()
+    y, x = np.mgrid[0:32, 0:32].astype(np.float32)
+    for n, frame in enumerate(range(1005, 1007)):
+        write_exr_frame(tmp_path / "in" / f"plate.{frame}.exr", np.stack([x / 32, y / 32, np.full_like(x, 0.1 * n)], -1),
+                        metadata=ExrMetadata())
+    params = UpscaleParams(input=str(tmp_path / "in" / "plate.####.exr"), scale=2.0)
+    _run(client, "upscale", params, width=None, height=None, out=str(tmp_path / "full" / "up.####.exr"))
+    _run(client, "upscale", params, width=None, height=None, out=str(tmp_path / "part" / "up.####.exr"),
+         frame_range="1006-1009")
+    full, part = _pixels(tmp_path / "full"), _pixels(tmp_path / "part")
+    assert sorted(part) == ["up.1006.exr"] and len(full) == 2, "a range past the end stops at the last frame"
+    for name in part:
+        assert np.array_equal(part[name], full[name]), name
+
+
+# ---- story stages -----------------------------------------------------------------------------------
+def test_story_stages_run_one_after_another_equal_the_one_box_story(client, tmp_path):
+    def story(out, stage="all", shots=()):
+        return _run(client, "story", StoryParams(story_yaml=STORY, stage=stage, shots=list(shots)), out=str(out))
+
+    story(tmp_path / "one")
+    keyframes = story(tmp_path / "farm", "keyframes")
+    assert not (tmp_path / "farm" / "sh010").exists(), "the keyframes stage makes no motion"
+    assert all(not o.endswith(".exr") for o in keyframes.outputs)
+    for shot in ("sh030", "sh010", "sh020"):  # any order: each shot needs only the keyframes on disk
+        motion = story(tmp_path / "farm", "motion", [shot])
+        assert all(o.endswith(".exr") and f"/{shot}/" in o for o in motion.outputs), "motion writes no cut"
+    story(tmp_path / "farm", "timeline")
+    one, farm = _pixels(tmp_path / "one"), _pixels(tmp_path / "farm")
+    assert len(one) == 6 and one.keys() == farm.keys()
+    for name in one:
+        assert np.array_equal(one[name], farm[name]), name
+    clips = [[(c.name, c.media_reference.target_url_base) for c in otio.adapters.read_from_file(
+        str(root / "Tiny Cut.otio")).find_clips()] for root in (tmp_path / "one", tmp_path / "farm")]
+    assert [name for name, _ in clips[0]] == [name for name, _ in clips[1]] == ["sh010", "sh020", "sh030"]
+
+
+# ---- export-job -------------------------------------------------------------------------------------
+def _export(tmp_path: Path, *args: str) -> dict:
+    template = tmp_path / "job.yaml"
+    assert main(["export-job", *args, "--out", str(template)]) == 0
+    return yaml.safe_load(template.read_text())
+
+
+def _openjd(*args: str, cwd: Path, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([OPENJD, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.skipif(OPENJD is None, reason="the Open Job Description CLI is not installed (pip install 'cinegen[farm]')")
+def test_story_template_has_keyframes_then_a_step_per_shot_then_the_cut_and_passes_openjd_check(tmp_path):
+    (tmp_path / "story.yaml").write_text(STORY)
+    job = _export(tmp_path, "story", str(tmp_path / "story.yaml"), "--frames-out", str(tmp_path / "cut"),
+                  "--seed", "7", "--steps", "1")
+    assert job["specificationVersion"] == "jobtemplate-2023-09"
+    steps = {s["name"]: s for s in job["steps"]}
+    assert list(steps) == ["keyframes", "sh010", "sh020", "sh030", "timeline"]
+    assert "dependencies" not in steps["keyframes"]
+    assert all(steps[s]["dependencies"] == [{"dependsOn": "keyframes"}] for s in ("sh010", "sh020", "sh030"))
+    assert [d["dependsOn"] for d in steps["timeline"]["dependencies"]] == ["sh010", "sh020", "sh030"]
+    args = steps["sh020"]["script"]["actions"]["onRun"]["args"]
+    assert args[:3] == ["generate", "story", str(tmp_path / "story.yaml")]
+    assert args[args.index("--seed") + 1] == "7" and args[-4:] == ["--stage", "motion", "--shots", "sh020"]
+    check = _openjd("check", "job.yaml", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # the check can fail: a step waiting for one that does not exist
+    steps["sh020"]["dependencies"] = [{"dependsOn": "sh999"}]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(job))
+    assert _openjd("check", "bad.yaml", cwd=tmp_path).returncode != 0
+
+
+@pytest.mark.skipif(OPENJD is None or CINEGEN is None, reason="needs the openjd and cinegen commands of this Python")
+def test_openjd_runs_one_chunk_of_an_image_sequence_locally_and_it_equals_the_full_run(
+        full_image_run, tiny_model_cache, tmp_path):
+    job = _export(tmp_path, "image", "--prompt", "a red door", "--frames", "8", "--chunk", "4", "--seed", "11",
+                  "--steps", "1", "--width", "64", "--height", "64", "--frames-out", str(tmp_path / "img.####.exr"),
+                  "--no-hf-cache")
+    assert [s["name"] for s in job["steps"]] == ["frames 1001-1004", "frames 1005-1008"]
+    run = _openjd("run", "job.yaml", "--step", "frames 1005-1008", "-p", f"Cinegen={CINEGEN}", cwd=tmp_path,
+                  env={"CINEGEN_CACHE": str(tiny_model_cache)}, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    written = _pixels(tmp_path)
+    assert sorted(written) == [f"img.{f}.exr" for f in range(1005, 1009)]
+    full = _pixels(full_image_run)
+    for name in written:
+        assert np.array_equal(written[name], full[name]), name
