@@ -150,6 +150,17 @@ def main(args: dict) -> dict:
     printed = io.StringIO()
     loaded = farm.submit_and_wait("image", prompt="a boat", seed=9, frames=1, stdout=printed)
     facts["farm"] = {"lines": printed.getvalue().splitlines(), "loaded": len(loaded)}
+
+    # saved and opened again: the options and the loaded results are kept in the .blend
+    farm.save()
+    bpy.ops.wm.open_mainfile(filepath=str(workdir / "shot010.blend"))
+    scene = bpy.context.scene
+    facts["reopened"] = {"model": scene.cinegen_options.common.model,
+                         "projection": scene.cinegen_options.pipeline_panorama.projection,
+                         "story": scene.cinegen_options.pipeline_story.story,
+                         "image_nodes": sum(n.bl_idname == "CompositorNodeImage"
+                                            for n in scene.compositing_node_group.nodes),
+                         "strips": len(scene.sequence_editor.strips)}
     return facts
 
 

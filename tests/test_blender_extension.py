@@ -177,3 +177,11 @@ def test_the_farm_helper_waits_and_prints_progress(facts):
     assert farm["loaded"] == 1
     assert any(" running " in line for line in farm["lines"]), farm["lines"]
     assert farm["lines"][-1].startswith("cinegen: image-") and " completed: " in farm["lines"][-1]
+
+
+def test_options_and_results_are_kept_in_the_saved_blend(facts):
+    reopened = facts["reopened"]
+    assert (reopened["model"], reopened["projection"]) == ("tiny-sd", "ring")
+    assert reopened["story"].endswith("story.yaml")
+    # image, panorama, two story shots, the re-run and the farm job: one node and one strip each
+    assert reopened["image_nodes"] == reopened["strips"] == 6
