@@ -27,6 +27,7 @@ class StepHook(Protocol):
 class LoopCallbacks:
     on_step: Callable[[int, int], None] | None = None  # (steps done, steps to do)
     should_stop: Callable[[], None] | None = None  # raises to cancel between steps
+    on_latent: Callable[[torch.Tensor], None] | None = None  # the latent after each step (previews)
 
 
 @dataclass
@@ -50,6 +51,8 @@ class DenoiseLoop:
             x = self.step(index, t, x, hooks)
             if self.callbacks.on_step:
                 self.callbacks.on_step(done + 1, todo)
+            if self.callbacks.on_latent:
+                self.callbacks.on_latent(x)
         return x
 
     def step(self, index: int, t: torch.Tensor, x: torch.Tensor, hooks: list[Any]) -> torch.Tensor:

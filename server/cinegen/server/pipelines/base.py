@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -18,11 +19,14 @@ import torch
 from cinegen.common.params import CommonParams, params_json
 from cinegen.common.sequence import SequencePattern
 
+from ..diffusion.latent_rgb import LatentToRGB, fit_latent_to_rgb
 from ..errors import InvalidArgument, JobCancelled
 from ..models.family import FamilyAdapter
 from ..models.registry import ModelRegistry
 from ..output import FrameSink, base_metadata
 
+PREVIEW_INTERVAL_S = 0.5  # as the service's own limit: previews are for the eye, not the pipeline
+PROJECTION_FIT_CELLS = 16  # latent cells a side of the random latents the preview map is fitted on
 
 @dataclass
 class Resolved:
@@ -65,6 +69,7 @@ class RunContext:
         self.log = report_log
         self._is_cancelled = is_cancelled
         self.outputs: list[str] = []
+        self._last_preview_at = -PREVIEW_INTERVAL_S
 
     def check_cancel(self) -> None:
         if self._is_cancelled():
@@ -75,6 +80,21 @@ class RunContext:
 
     def preview(self, frame: int, display_rgb: np.ndarray) -> None:
         self._report_preview(frame, display_rgb)
+        # stamped after reporting, so the service's own rate limit (same interval) never drops one
+        self._last_preview_at = time.monotonic()
+
+    def preview_due(self) -> bool:
+        """Whether a preview now would be shown: checked before any work is spent on one."""
+        return time.monotonic() - self._last_preview_at >= PREVIEW_INTERVAL_S
+
+    def latent_preview(self, adapter: FamilyAdapter, frame: int = 0) -> Callable[[torch.Tensor], None]:
+        """A `LoopCallbacks.on_latent`: the latent's linear RGB projection as a preview, rate-limited."""
+        projection = latent_projection(adapter)
+
+        def on_latent(latents: torch.Tensor) -> None:
+            if self.preview_due():
+                self.preview(frame, projection(latents).permute(1, 2, 0).cpu().numpy())
+        return on_latent
 
     def frame_sink(self, pattern: SequencePattern, resolved: Resolved, *, sequence: str = "",
                    prompt: str | None = None, seed: int | None = None, envmap_latlong: bool = False) -> FrameSink:
@@ -146,6 +166,18 @@ class Pipeline(ABC):
             width=c.width or w, height=c.height or h,
             frames=c.frames or adapter.native_frames, fps=c.fps or 24.0,
             first_frame=c.first_frame if c.first_frame is not None else 1001)
+
+
+_PROJECTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def latent_projection(adapter: FamilyAdapter) -> LatentToRGB:
+    """The model's latent -> RGB preview map, fitted once per loaded model (a small VAE decode)."""
+    if adapter not in _PROJECTIONS:
+        side = PROJECTION_FIT_CELLS * adapter.vae_scale_factor
+        _PROJECTIONS[adapter] = fit_latent_to_rgb(adapter.decode, adapter.latent_shape(2, side, side, 1),
+                                                  adapter.latent_channels, device=adapter.device, dtype=adapter.dtype)
+    return _PROJECTIONS[adapter]
 
 
 def seeded_generator(seed: int) -> torch.Generator:

@@ -67,7 +67,8 @@ class ImagePipeline(Pipeline):
         progress = StepProgress(ctx, [0.9, 0.1])
         cancel = ctx.check_cancel
         wanted = wanted_indices(ctx.job, r.first_frame, r.frames)
-        latents = generate_images(adapter, r, callbacks=LoopCallbacks(progress.callback(0, "denoise"), cancel),
+        latents = generate_images(adapter, r, callbacks=LoopCallbacks(progress.callback(0, "denoise"), cancel,
+                                                                         ctx.latent_preview(adapter)),
                                   batch_size=4, only=wanted)
         for n, i in enumerate(wanted):
             ctx.check_cancel()

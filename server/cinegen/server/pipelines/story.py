@@ -268,7 +268,8 @@ class StoryRun:
                 self.ctx.log(f"{shot.id}: the keyframe of {earlier.id} is missing; it is left out of the memory")
                 continue
             memory.append(MemoryKeyframe(found[0].to(adapter.device, adapter.dtype), found[1].prompt))
-        latent = generate_keyframe(adapter, r, memory, callbacks=LoopCallbacks(on_step, self.ctx.check_cancel))
+        latent = generate_keyframe(adapter, r, memory, callbacks=LoopCallbacks(on_step, self.ctx.check_cancel,
+                                                                                     self.ctx.latent_preview(adapter)))
         image = adapter.decode(latent)[0].permute(1, 2, 0).float().cpu().numpy()
         self.store.save(KeyframeInfo(shot.id, r.prompt, r.negative_prompt, r.seed, r.model, r.width, r.height),
                         latent, (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
@@ -288,7 +289,8 @@ class StoryRun:
         last = following_key[0] if following_key is not None and shot.frames > 1 else None
         frames = motion_for_family(self.video_adapter)(
             self.image_adapter, self.video_adapter, r, own[0], last, shared_vae=self.shared_vae,
-            callbacks=LoopCallbacks(on_step, self.ctx.check_cancel))[0]  # (3, F, H, W)
+            callbacks=LoopCallbacks(on_step, self.ctx.check_cancel,
+                                    self.ctx.latent_preview(self.video_adapter)))[0]  # (3, F, H, W)
         sink = self.ctx.frame_sink(SequencePattern.parse(str(shot_folder(out, shot.id) / f"{shot.id}.####.exr")), r,
                                    sequence=shot.id, prompt=r.prompt, seed=r.seed)
         for i in range(r.frames):

@@ -144,7 +144,7 @@ def chunk_callbacks(callbacks: LoopCallbacks, chunk: int, chunks: int) -> LoopCa
     def on_step(done: int, todo: int) -> None:
         if callbacks.on_step:
             callbacks.on_step(chunk * todo + done, chunks * todo)
-    return LoopCallbacks(on_step, callbacks.should_stop)
+    return replace(callbacks, on_step=on_step)  # keeps should_stop and on_latent
 
 
 def generate_motion(adapter: FamilyAdapter, r: Resolved, first: torch.Tensor, last: torch.Tensor | None, *,

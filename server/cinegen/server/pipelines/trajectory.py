@@ -206,7 +206,7 @@ class TrajectoryPipeline(Pipeline):
         ctx.log(f"{len(trajectory.tracks)} track(s), {method} on {adapter.entry.id}")
         sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
         progress = StepProgress(ctx, [0.85, 0.15])
-        callbacks = LoopCallbacks(progress.callback(0, "denoise"), ctx.check_cancel)
+        callbacks = LoopCallbacks(progress.callback(0, "denoise"), ctx.check_cancel, ctx.latent_preview(adapter))
         video = generate_trajectory_video(adapter, r, trajectory, callbacks=callbacks)
         for i in range(r.frames):
             ctx.check_cancel()

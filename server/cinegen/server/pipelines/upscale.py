@@ -229,13 +229,14 @@ def run_with_memory_retry(work: Callable[[CascadeSettings], T], settings: Cascad
 class CascadeProgress:
     """Progress over work units (stage of a frame or clip), weighted by pixels × denoised steps."""
 
-    def __init__(self, ctx: RunContext, units: list[tuple[str, float]]):
+    def __init__(self, ctx: RunContext, units: list[tuple[str, float]], adapter: FamilyAdapter):
         self.ctx = ctx
+        self.on_latent = ctx.latent_preview(adapter)
         self.labels = [label for label, _ in units]
         self.steps = StepProgress(ctx, [max(weight, 1e-6) for _, weight in units])
 
     def callbacks(self, unit: int) -> LoopCallbacks:
-        return LoopCallbacks(self.steps.callback(unit, self.labels[unit]), self.ctx.check_cancel)
+        return LoopCallbacks(self.steps.callback(unit, self.labels[unit]), self.ctx.check_cancel, self.on_latent)
 
 
 def _stage_label(k: int, count: int, size: Size, prefix: str = "") -> str:
@@ -336,7 +337,7 @@ class UpscalePipeline(Pipeline):
             prefix = f"image {n + 1}/{items} " if items > 1 else ""
             units += [(_stage_label(k + 2, len(stages), size, prefix), per_item * size[0] * size[1] * todo)
                       for k, size in enumerate(stages[1:])]
-        progress = CascadeProgress(ctx, units)
+        progress = CascadeProgress(ctx, units, adapter)
         sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
         native = dataclasses.replace(r, width=stages[0][0], height=stages[0][1])
         latents = generate_native(adapter, native, callbacks=progress.callbacks(0))
@@ -375,7 +376,7 @@ class UpscalePipeline(Pipeline):
             prefix = f"{plan.mode} {what} {n + 1}/{clips} "
             units += [(_stage_label(k + 1, len(plan.stages), size, prefix), frames_in_clip * size[0] * size[1] * todo)
                       for k, size in enumerate(plan.stages)]
-        progress = CascadeProgress(ctx, units)
+        progress = CascadeProgress(ctx, units, adapter)
         sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
         cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
         warned = False

@@ -312,7 +312,8 @@ def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, pa
         latents = encode_plate(adapter, clip, plan[0].width, plan[0].height, latent_first, vae_tile)
     with adapter.lora_applied(params.lora):
         for index, stage in enumerate(plan, start=1):
-            callbacks = LoopCallbacks(progress.callback(index, stage.label), ctx.check_cancel)
+            callbacks = LoopCallbacks(progress.callback(index, stage.label), ctx.check_cancel,
+                                      ctx.latent_preview(adapter))
             if stage.refine is None:
                 latents = generate_base_latents(adapter, cond, stage.width, stage.height, frames, resolved.steps,
                                                 generator, callbacks, options.base_shift)
