@@ -19,7 +19,7 @@ from cinegen.common.proto import generator_pb2 as pb
 from cinegen.common.sequence import FrameRange
 from cinegen.plugin.backend.errors import describe_error
 from cinegen.plugin.backend.exr_header import exr_colorspace, read_exr_header
-from cinegen.plugin.model.forms import (FieldSpec, UnknownPipeline, default_values, request_from_values,
+from cinegen.plugin.model.forms import (FieldSpec, default_values, request_from_values,
                                         values_from_request)
 from cinegen.plugin.model.history import History, HistoryEntry
 from cinegen.plugin.model.jobs import JobQueue, JobRecord
@@ -65,9 +65,24 @@ def test_list_fields_take_comma_separated_text_or_lists():
     assert list(request_from_values("story", fields, {"shots": ["a", "b"]}).story.shots) == ["a", "b"]
 
 
-def test_a_pipeline_unknown_to_these_stubs_is_refused_with_what_to_update():
-    with pytest.raises(UnknownPipeline, match="update the plugin"):
-        request_from_values("hologram", [], {})
+def test_a_pipeline_and_options_unknown_to_these_stubs_go_by_name_as_json_literals():
+    fields = [FieldSpec.from_proto(p) for p in (
+        pb.ParamSpec(name="prompt", type="text", default_json='""', group="common"),
+        pb.ParamSpec(name="halo", type="float", default_json="null", group="common"),
+        pb.ParamSpec(name="rings", type="int", default_json="3", group="hologram"),
+        pb.ParamSpec(name="tint", type="enum", default_json='"blue"', choices=["blue", "red"], group="hologram"),
+        pb.ParamSpec(name="layers", type="list", default_json="[]", group="hologram"),
+        pb.ParamSpec(name="glow", type="bool", default_json="false", group="hologram"))]
+    values = {"prompt": "a ghost", "halo": "0.5", "rings": "4", "tint": "red", "layers": "a, b", "glow": True}
+    request = request_from_values("hologram", fields, values, job_id="h-1")
+    assert request.pipeline == "hologram" and request.WhichOneof("params") is None
+    assert request.common.prompt == "a ghost"  # a typed field where the stubs have one
+    assert dict(request.values) == {"halo": "0.5", "rings": "4", "tint": '"red"', "layers": '["a", "b"]',
+                                    "glow": "true"}
+    assert values_from_request(request, fields) == {"prompt": "a ghost", "halo": 0.5, "rings": 4, "tint": "red",
+                                                    "layers": ["a", "b"], "glow": True}
+    unset = request_from_values("hologram", fields, {**values, "halo": None})
+    assert "halo" not in unset.values  # None = the server decides, as for typed fields
 
 
 def test_field_spec_tooltip_gives_help_range_and_default():

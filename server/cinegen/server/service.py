@@ -28,18 +28,21 @@ import numpy as np
 import torch
 
 from cinegen.common.exr import srgb_preview_png
-from cinegen.common.params import CommonParams, ParamDescription, describe, from_proto
+from cinegen.common.params import (DISPLAY_TRANSFORMS, UNUSED_COMMON, CommonParams, ParamDescription, describe,
+                                   from_proto)
 from cinegen.common.proto import generator_pb2 as pb
 from cinegen.common.proto import generator_pb2_grpc as pb_grpc
 from cinegen.common.sequence import SequencePattern, SequencePatternError, check_output_writable
 
 from . import __version__
 from .documents import Origin, check_story, check_trajectory
-from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, UserError
+from .errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
+                     ResourceExhausted, UserError)
 from .jobs import InProcessExecutor, Job, JobManager, Journal
 from .jobs.queue import TERMINAL
 from .limits import MAX_NAME_CHARS, MAX_PATH_CHARS, Limits, check_job, check_text, over
 from .models.registry import ModelRegistry
+from .named_values import apply_named_values
 from .paths import PathPolicy, decode_utf8, read_regular_file
 from .pipelines import load_pipelines
 from .pipelines.base import JobSpec, Pipeline, RunContext
@@ -79,6 +82,8 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # clients must present a certificate signed by this CA
+    ray: str | None = None  # a Ray cluster address, or "local": jobs' work units run on its workers
+    ray_workers: int | None = None  # Ray workers to start; default one per GPU of the cluster (1 on CPU)
 
 
 class Unavailable(UserError):
@@ -155,7 +160,7 @@ class _StreamSlots:
 
 
 class GeneratorService(pb_grpc.GeneratorServicer):
-    def __init__(self, config: ServerConfig, registry: ModelRegistry | None = None):
+    def __init__(self, config: ServerConfig, registry: ModelRegistry | None = None, unit_runner: Any = None):
         self.config = config
         self.limits = config.limits
         self.device = resolve_device(config.device)
@@ -175,11 +180,15 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         self._upload_bytes = _folder_size(self.uploads_dir)
         self._last_preview: dict[str, float] = {}
         self.journal = Journal(self.state_dir / JOURNAL_FILE)
+        # with Ray, `unit_runner.run(pipeline, ctx)` replaces `pipeline.run(ctx)`: same queue, journal, events
+        self.unit_runner = unit_runner or (_start_ray(config, self.registry) if config.ray else None)
         self.jobs = JobManager(InProcessExecutor(self._run_job), journal=self.journal, restored=self._restore())
 
     def close(self) -> None:
         self.jobs.stop()
         self.journal.close()
+        if self.unit_runner is not None and self.config.ray:  # workers this service started
+            self.unit_runner.close()
         if self._owns_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
@@ -250,8 +259,10 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         for name, pipe in self.pipelines.items():
             info = caps.pipelines.add(name=name, description=pipe.description, families=list(pipe.families),
                                       output_is_folder=pipe.output_is_folder)
+            unused = UNUSED_COMMON.get(name, ())
             for desc in describe(CommonParams, "common") + describe(pipe.params_type, name):
-                info.params.append(_param_spec(desc))
+                if desc.name not in unused:
+                    info.params.append(_param_spec(desc))
         for e in self.registry.entries():
             m = caps.models.add(id=e.id, family=e.family, source=e.source, path=e.path,
                                 loaded=self.registry.is_loaded(e.id), description=e.description)
@@ -314,6 +325,11 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                                   "parameters; send the parameters of the pipeline you name.")
         params_msg = getattr(request, pipeline.name) if which else None
         params = from_proto(params_msg, pipeline.params_type) if params_msg is not None else pipeline.params_type()
+        apply_named_values(request.values, common=common, params=params, pipeline=pipeline.name,
+                           typed_common=request.common, typed_params=params_msg)  # options newer than the client
+        if common.display_transform not in ("", *DISPLAY_TRANSFORMS):
+            raise InvalidArgument(f"Display to linear '{common.display_transform[:40]}' is not one of "
+                                  f"{', '.join(DISPLAY_TRANSFORMS)}.")
         check_job(self.limits, common, params, pipeline.name)
         self._validate_common(common, pipeline, resume=resume)
         self._check_inputs(params)
@@ -414,6 +430,18 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if job is None:
             raise NotFound(f"There is no job '{request.job_id[:64]}' to cancel.")
         return pb.CancelReply(cancelled=job.cancel_requested.is_set(), state=job.state)
+
+    @_unary
+    def Reorder(self, request, context):
+        job = self.jobs.get(request.job_id)
+        if job is None:
+            raise NotFound(f"There is no job '{request.job_id[:64]}' to move.")
+        if job.client != client_key(context):
+            raise PermissionDenied("Only the client that queued a job can move it in the queue.")
+        position, queued = self.jobs.move(job.id, max(0, request.position))
+        if position < 0:
+            raise FailedPrecondition(f"Job '{job.id}' is {job.state}, not queued: only queued jobs can be moved.")
+        return pb.ReorderReply(position=position, queued=queued)
 
     @_unary
     def ListJobs(self, request, context):
@@ -556,10 +584,16 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                          is_cancelled=lambda: manager.is_stopping_or_cancelled(job))
         ctx.existing_frames = _existing_frames_policy(job, pipeline)
         try:
-            return pipeline.run(ctx)
+            return self.unit_runner.run(pipeline, ctx) if self.unit_runner else pipeline.run(ctx)
         finally:
             self._last_preview.pop(job.id, None)
             job.outputs = list(ctx.outputs)
+
+
+def _start_ray(config: ServerConfig, registry: ModelRegistry) -> Any:
+    from .scaleout.ray_executor import start_ray_runner  # Ray is an optional extra
+
+    return start_ray_runner(config, registry)
 
 
 def _existing_frames_policy(job: Job, pipeline: Pipeline) -> str:
@@ -593,7 +627,8 @@ def _folder_size(folder: Path) -> int:
 
 def _param_spec(d: ParamDescription) -> pb.ParamSpec:
     spec = pb.ParamSpec(name=d.name, type=d.type, default_json=json.dumps(d.default), help=d.help,
-                        group=d.group, label=d.label, step=d.step, choices=list(d.choices))
+                        group=d.group, label=d.label, step=d.step, choices=list(d.choices),
+                        families=list(d.families))
     if d.minimum is not None:
         spec.minimum = d.minimum
     if d.maximum is not None:

@@ -15,10 +15,10 @@ from typing import Any, get_type_hints
 
 def param(default: Any, *, help: str, kind: str | None = None, minimum: float | None = None,
           maximum: float | None = None, choices: tuple[str, ...] = (), label: str = "",
-          step: float = 0.0, cli: bool = True) -> Any:
-    """A dataclass field with its form description."""
+          step: float = 0.0, cli: bool = True, families: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with its form description (`families`: the model families a "model" option takes)."""
     meta = dict(help=help, kind=kind, minimum=minimum, maximum=maximum, choices=choices,
-                label=label, step=step, cli=cli)
+                label=label, step=step, cli=cli, families=families)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -28,7 +28,7 @@ def param(default: Any, *, help: str, kind: str | None = None, minimum: float | 
 class ParamDescription:
     """What a client needs to build one widget or CLI option."""
     name: str
-    type: str  # int | float | bool | string | text | enum | path | list
+    type: str  # int | float | bool | string | text | enum | path | list | model
     default: Any
     help: str
     group: str
@@ -38,6 +38,7 @@ class ParamDescription:
     label: str = ""
     step: float = 0.0
     cli: bool = True
+    families: tuple[str, ...] = ()
 
     @property
     def option(self) -> str:
@@ -72,39 +73,48 @@ def describe(cls: type, group: str) -> list[ParamDescription]:
             name=f.name, type=kind, default=default, help=meta.get("help", ""), group=group,
             minimum=meta.get("minimum"), maximum=meta.get("maximum"),
             choices=tuple(meta.get("choices", ())), label=meta.get("label") or f.name.replace("_", " ").capitalize(),
-            step=meta.get("step", 0.0), cli=meta.get("cli", True)))
+            step=meta.get("step", 0.0), cli=meta.get("cli", True), families=tuple(meta.get("families", ()))))
     return out
+
+
+DISPLAY_TRANSFORMS = ("view", "srgb")  # color.display_to_scene_linear's choices
 
 
 # --------------------------------------------------------------------------------------------
 @dataclass
 class CommonParams:
     """Options every pipeline takes (same names in the CLI, the proto and the panel)."""
-    prompt: str = param("", help="What to generate.", kind="text")
-    negative_prompt: str = param("", help="What to keep out of the picture.", kind="text")
-    model: str = param("", help="Model id from `cinegen models`; empty = the pipeline's default.")
-    seed: int | None = param(None, help="Random seed; empty = a new random seed (recorded in the EXR header).",
+    prompt: str = param("", label="Prompt", help="What to generate.", kind="text")
+    negative_prompt: str = param("", label="Negative prompt", help="What to keep out of the picture.", kind="text")
+    model: str = param("", label="Model", help="The model to use; empty = the pipeline's default model.", kind="model")
+    seed: int | None = param(None, label="Seed", help="The random seed; empty = a new one each time (it is recorded in the EXR header).",
                              minimum=0, maximum=2**63 - 1)
-    steps: int | None = param(None, help="Denoising steps; empty = the model's recommended number.",
+    steps: int | None = param(None, label="Steps", help="Denoising steps; empty = the model's recommended number.",
                               minimum=1, maximum=1000)
-    guidance: float | None = param(None, help="Classifier-free guidance scale; empty = the model's default.",
+    guidance: float | None = param(None, label="Guidance", help="Classifier-free guidance scale; empty = the model's default.",
                                    minimum=0.0, maximum=50.0, step=0.5)
-    width: int | None = param(None, help="Output width in pixels (multiple of 8); empty = native.",
+    width: int | None = param(None, label="Width", help="Output width in pixels (multiple of 8); empty = native.",
                               minimum=8, maximum=16384, step=8)
-    height: int | None = param(None, help="Output height in pixels (multiple of 8); empty = native.",
+    height: int | None = param(None, label="Height", help="Output height in pixels (multiple of 8); empty = native.",
                                minimum=8, maximum=16384, step=8)
-    frames: int | None = param(None, help="Number of frames; empty = 1 for images, the model's clip length for video.",
+    frames: int | None = param(None, label="Frames", help="Number of frames; empty = 1 for images, the model's clip length for video.",
                                minimum=1, maximum=10000)
-    fps: float | None = param(None, help="Frames per second recorded in the output; empty = 24.",
+    fps: float | None = param(None, label="Frames per second", help="Frame rate recorded in the output; empty = 24.",
                               minimum=1.0, maximum=240.0)
-    out: str = param("", help="Output frames, DIR/NAME.####.exr (DIR for story).", kind="path")
-    first_frame: int | None = param(None, help="Number of the first frame written; empty = 1001.",
+    out: str = param("", label="Output", help="Where the frames go: a folder and a file name with #### for the frame number "
+                   "(a folder for story); empty = a new version folder.", kind="path")
+    first_frame: int | None = param(None, label="First frame", help="Number of the first frame written; empty = 1001.",
                                     minimum=0, maximum=10_000_000)
-    compression: str = param("zip", help="EXR compression.", choices=("zip", "piz", "dwaa", "none"))
-    overwrite: bool = param(False, help="Replace frames that already exist; otherwise a job whose frames exist "
+    compression: str = param("zip", label="EXR compression", help="EXR compression.", choices=("zip", "piz", "dwaa", "none"))
+    overwrite: bool = param(False, label="Overwrite existing frames", help="Replace frames that already exist; otherwise a job whose frames exist "
                             "is refused (and a frame that appears meanwhile stops the job).")
-    frame_range: str = param("", help="Only write these frames of the sequence, FIRST-LAST (a farm or cluster "
-                             "chunk); the same seed gives the same frames as a full run; empty = all.")
+    frame_range: str = param("", label="Only frames", help="Only write these frames of the sequence, first-last such as 1001-1010 (a farm "
+                             "or cluster chunk); the same seed gives the same frames as a full run; empty = all.")
+    display_transform: str = param("view", label="Display to linear", choices=DISPLAY_TRANSFORMS,
+                                   help="How the model's display-referred picture becomes scene-linear light. view: "
+                                   "through the inverse of the config's SDR view (ACES), so bright skies and lights "
+                                   "rise above 1 and light a scene; srgb: the plain sRGB curve (values stay 0 to 1). "
+                                   "Jobs with an input plate always use srgb both ways, so the plate comes back as it was.")
 
 
 @dataclass
@@ -114,64 +124,80 @@ class ImageParams:
 
 @dataclass
 class UpscaleParams:
-    mode: str = param("generate", help="generate: text -> native -> cascade; plate: refine an EXR sequence at a "
-                      "higher resolution; refine: re-noise an upsampled clip and denoise it (I2VGen-XL style).",
+    mode: str = param("generate", label="Mode", help="generate: a new picture, then made larger stage by stage; plate: a sequence "
+                      "made larger with detail added; refine: an upsampled clip re-noised and denoised.",
                       choices=("generate", "plate", "refine"))
-    input: str = param("", help="Plate to upscale, PATH.####.exr (plate and refine modes; with the default mode "
-                       "an input means plate).", kind="path")
-    scale: float | None = param(None, help="Upscale factor over native/plate size; empty = use width/height, "
+    input: str = param("", label="Input plate", help="The image sequence to upscale, its frame number written as #### (plate and "
+                       "refine modes; with the default mode an input means plate).", kind="path")
+    scale: float | None = param(None, label="Scale", help="Upscale factor over native/plate size; empty = use width/height, "
                                 "or 2 when neither is given.",
                                 minimum=1.0, maximum=16.0, step=0.5)
-    stages: int | None = param(None, help="Cascade stages; empty = one stage per x2.", minimum=1, maximum=8)
-    strength: float | None = param(None, help="How much may change (0 = none, 1 = all); empty = the mode's default "
+    stages: int | None = param(None, label="Cascade stages", help="Cascade stages; empty = one stage per x2.", minimum=1, maximum=8)
+    strength: float | None = param(None, label="Strength", help="How much may change (0 = none, 1 = all); empty = the mode's default "
                                    "(generate 0.7, plate 0.5, refine 0.6 on UNet models).",
                                    minimum=0.0, maximum=1.0, step=0.05)
-    cosine_scale: float | None = param(None, help="Cosine mixing exponent (1-2 usual, <= 1 for 8K).",
+    cosine_scale: float | None = param(None, label="Detail mix", help="How much of the lower stage's layout is kept while detail is added (1 to 2 "
+                                       "usual, 1 or less for 8K).",
                                        minimum=0.0, maximum=10.0, step=0.1)
-    dilate_tau: int | None = param(None, help="Restrained dilation for step indices below N in upscaled stages "
-                                   "(FreeScale: 35 of 50); empty = 0.7 x steps.",
+    dilate_tau: int | None = param(None, label="Dilation steps", help="For how many of the first steps of each upscaled stage the wider "
+                                   "(dilated) convolutions hold the layout; empty = 70% of the steps.",
                                    minimum=0, maximum=1000)
-    fast: bool = param(False, help="Dilated-sampling global attention (faster, slightly less coherent).")
-    vae_tile: int | None = param(None, help="VAE tile size in pixels for large frames; empty = automatic.",
+    fast: bool = param(False, label="Fast global attention", help="Dilated-sampling global attention (faster, slightly less coherent).")
+    vae_tile: int | None = param(None, label="VAE tile size", help="VAE tile size in pixels for large frames; empty = automatic.",
                                  minimum=64, maximum=8192, step=64)
-    lora: str = param("", help="Optional LoRA weights (path) applied to the model for this job.", kind="path")
-    latent_resize: bool = param(False, help="Resize between cascade stages in latent space (cheaper, softer) "
+    lora: str = param("", label="LoRA weights", help="Optional LoRA weights (path) applied to the model for this job.", kind="path")
+    input_colorspace: str = param("", label="Plate colour space",
+                                  help="The colour space the plate's files are in (a name from the OpenColorIO "
+                                  "config, such as ACEScg or ACES2065-1); empty = float files are scene-linear, "
+                                  "8- and 16-bit files sRGB. Filled from the selected Read node or image.")
+    latent_resize: bool = param(False, label="Resize in latent space", help="Resize between cascade stages in latent space (cheaper, softer) "
                                 "instead of decode -> bicubic -> encode.")
+    matte_cosine_scale: float | None = param(None, label="Detail mix in the matte", help="Plate mode: the cosine exponent where the plate's matte "
+                                             "is 1 (Detail mix where it is 0, blended by alpha); higher = more "
+                                             "new detail there (FreeScale: foreground 2-3, background 0.5-1); "
+                                             "empty = one exponent everywhere.", minimum=0.0, maximum=10.0,
+                                             step=0.1)
 
 
 @dataclass
 class PanoramaParams:
-    projection: str = param("plane", help="plane: wide picture; ring: seamless 360° cylinder; "
+    projection: str = param("plane", label="Projection", help="plane: wide picture; ring: seamless 360° cylinder; "
                             "sphere: full 360°×180° equirectangular (2:1).", choices=("plane", "ring", "sphere"))
-    loop: bool = param(False, help="Make the video loop seamlessly (video models).")
-    input: str = param("", help="Optional image that fills its place in the panorama and is kept.", kind="path")
-    guidance_scale_down: float | None = param(2.0, help="Global motion guidance: generate at 1/N size first, "
+    loop: bool = param(False, label="Seamless loop", help="Make the video loop seamlessly (video models).")
+    input: str = param("", label="Input plate", help="Optional image that fills its place in the panorama and is kept.", kind="path")
+    input_colorspace: str = param("", label="Input colour space",
+                                  help="The colour space of the input image (a name from the OpenColorIO config); "
+                                  "empty = float files are scene-linear, 8- and 16-bit files sRGB.")
+    guidance_scale_down: float | None = param(2.0, label="Motion guidance scale", help="Global motion guidance: generate at 1/N size first, "
                                               "then refine at full size (DynamicScaler: 2); 1 = off.",
                                               minimum=1.0, maximum=8.0)
-    early_overlap: bool = param(True, help="Overlapping windows in the early steps (0.75 -> 0.5 -> 0.25 -> 0 over "
+    early_overlap: bool = param(True, label="Early window overlap", help="Overlapping windows in the early steps (0.75 -> 0.5 -> 0.25 -> 0 over "
                                 "the schedule, as DynamicScaler); off = plain offset shifting (faster).")
-    band_prompts: list[str] = param([], help="Sphere: a prompt per latitude band, zenith first, comma separated "
+    band_prompts: list[str] = param([], label="Band prompts", help="Sphere: a prompt per latitude band, zenith first, comma separated "
                                     "(3 = sky, horizon, ground; up to 9, one per view row); '-' = the prompt.")
 
 
 @dataclass
 class TrajectoryParams:
-    trajectory: str = param("", help="Trajectory JSON file (tracks of points over frames).", kind="path")
-    trajectory_json: str = param("", help="The trajectory JSON itself (instead of a file).", kind="text", cli=False)
+    trajectory: str = param("", label="Trajectory file", help="Trajectory JSON file (tracks of points over frames).", kind="path")
+    trajectory_json: str = param("", label="Trajectory", help="The trajectory JSON itself (instead of a file).", kind="text", cli=False)
 
 
 @dataclass
 class StoryParams:
-    story: str = param("", help="Story YAML file (title, fps, style, characters, shots).", kind="path")
-    story_yaml: str = param("", help="The story YAML itself (instead of a file).", kind="text", cli=False)
-    shots: list[str] = param([], help="Only these shot ids (re-run), comma separated; empty = all.")
-    video_model: str = param("", help="Video model id for the motion between keyframes (--model picks the "
-                             "keyframe image model); empty = the server's first real video model "
-                             "(animatediff or wan), else the tiny one.")
-    stage: str = param("all", help="What this run makes (farm steps): all; keyframes (and the cut); motion of the "
+    story: str = param("", label="Story file", help="Story YAML file (title, fps, style, characters, shots).", kind="path")
+    story_yaml: str = param("", label="Story", help="The story YAML itself (instead of a file).", kind="text", cli=False)
+    shots: list[str] = param([], label="Only shots", help="Only these shots (to re-run them), comma separated; empty = all.")
+    video_model: str = param("", label="Video model", help="The model that makes the motion between keyframes (Model picks the "
+                             "keyframe image model); empty = the server's first real video model, else the tiny one.",
+                             kind="model", families=("animatediff", "wan", "cogvideox"))
+    stage: str = param("all", label="Farm stage", help="What this run makes (farm steps): all; keyframes (and the cut); motion of the "
                        "selected shots from keyframes on disk; timeline (the contact sheet and cut only).",
                        choices=("all", "keyframes", "motion", "timeline"))
 
+
+# Common options a pipeline does not read (story takes its prompts from the story file): not advertised.
+UNUSED_COMMON: dict[str, tuple[str, ...]] = {"story": ("prompt", "negative_prompt")}
 
 PIPELINE_PARAMS: dict[str, type] = {
     "image": ImageParams,

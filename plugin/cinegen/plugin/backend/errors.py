@@ -5,8 +5,6 @@ from cinegen.common.client import RequestRejected, ServerUnavailable
 from cinegen.common.connection import ConnectionSettings, IncompatibleServer
 from cinegen.common.sequence import SequencePatternError
 
-from ..model.forms import UnknownPipeline
-
 _ACTIONS = {
     "INVALID_ARGUMENT": "Change the highlighted setting and press Generate again.",
     "NOT_FOUND": "Pick one the server offers (reconnect to refresh the lists).",
@@ -21,7 +19,7 @@ _ACTIONS = {
 def describe_error(exc: BaseException, settings: ConnectionSettings | None = None) -> str:
     """A sentence for the artist: what went wrong and what to do about it."""
     address = settings.address if settings else "the server"
-    if isinstance(exc, (ServerUnavailable, IncompatibleServer, UnknownPipeline, SequencePatternError)):
+    if isinstance(exc, (ServerUnavailable, IncompatibleServer, SequencePatternError)):
         return str(exc)
     if isinstance(exc, RequestRejected):
         if exc.code == "UNAUTHENTICATED":

@@ -1,6 +1,10 @@
 """Forms from the server's capabilities: each `ParamSpec` becomes a `FieldSpec`, form values become a
 `JobRequest` by field name. Nothing here knows a particular pipeline: a new pipeline or option on
 the server shows up in the panel without a plugin change (the nuke-ML-server pattern).
+
+An option these stubs have a typed field for goes there; any other (an option or a whole pipeline
+newer than this plugin) goes into the request's generic `values` map as a JSON literal under its
+ParamSpec name, which the server checks against the same ParamSpecs it advertised.
 """
 from __future__ import annotations
 
@@ -21,10 +25,6 @@ PLATE_FIELD = "input"
 TRAJECTORY_FIELD = "trajectory_json"
 
 
-class UnknownPipeline(ValueError):
-    """The server offers a pipeline this plugin's protocol stubs don't know."""
-
-
 @dataclass(frozen=True)
 class FieldSpec:
     """One form field: what widget to build and how to fill the request."""
@@ -38,6 +38,7 @@ class FieldSpec:
     maximum: float | None = None
     choices: tuple[str, ...] = ()
     step: float = 0.0
+    families: tuple[str, ...] = ()  # type "model": the model families the option takes
 
     @classmethod
     def from_proto(cls, spec: pb.ParamSpec) -> FieldSpec:
@@ -49,7 +50,7 @@ class FieldSpec:
                    group=spec.group or COMMON_GROUP, label=spec.label or spec.name.replace("_", " ").capitalize(),
                    minimum=spec.minimum if spec.HasField("minimum") else None,
                    maximum=spec.maximum if spec.HasField("maximum") else None,
-                   choices=tuple(spec.choices), step=spec.step)
+                   choices=tuple(spec.choices), step=spec.step, families=tuple(spec.families))
 
     @property
     def optional(self) -> bool:
@@ -87,23 +88,39 @@ def default_values(fields: Iterable[FieldSpec]) -> dict[str, Any]:
 
 def request_from_values(pipeline: str, fields: Iterable[FieldSpec], values: Mapping[str, Any], *,
                         job_id: str = "", client: str = "") -> pb.JobRequest:
-    """A JobRequest with every field set from `values` (None = leave unset, the server decides)."""
+    """A JobRequest with every field set from `values` (None = leave unset, the server decides).
+
+    Typed fields where these stubs have them; everything else in `request.values` (see the module)."""
     request = pb.JobRequest(job_id=job_id, pipeline=pipeline, client=client)
-    if pipeline not in {f.name for f in pb.JobRequest.DESCRIPTOR.oneofs_by_name["params"].fields}:
-        raise UnknownPipeline(f"This server offers the '{pipeline}' pipeline, which this version of the cinegen "
-                              "plugin does not know: update the plugin to the server's release.")
-    params_msg = getattr(request, pipeline)
-    params_msg.SetInParent()  # selects the oneof even when every field is at its default
+    known_pipeline = pipeline in {f.name for f in pb.JobRequest.DESCRIPTOR.oneofs_by_name["params"].fields}
+    params_msg = getattr(request, pipeline) if known_pipeline else None
+    if params_msg is not None:
+        params_msg.SetInParent()  # selects the oneof even when every field is at its default
     for spec in fields:
         value = values.get(spec.name, spec.default)
         if value is None or (isinstance(value, str) and spec.optional and not value.strip()):
             continue
         target = request.common if spec.is_common else params_msg
-        descriptor = target.DESCRIPTOR.fields_by_name.get(spec.name)
-        if descriptor is None:
-            continue  # a field newer than our stubs: the server's default applies
-        set_field(target, descriptor, value)
+        descriptor = target.DESCRIPTOR.fields_by_name.get(spec.name) if target is not None else None
+        if descriptor is None:  # newer than these stubs: by name, as the server advertised it
+            request.values[spec.name] = json_literal(spec, value)
+        else:
+            set_field(target, descriptor, value)
     return request
+
+
+def json_literal(spec: FieldSpec, value: Any) -> str:
+    """A form value as the JSON literal the server expects for an option of `spec.type`."""
+    if spec.type == "int":
+        return json.dumps(int(float(value)) if isinstance(value, str) else int(value))
+    if spec.type == "float":
+        return json.dumps(float(value))
+    if spec.type == "bool":
+        return json.dumps(value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value))
+    if spec.type == "list":
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        return json.dumps([str(v).strip() for v in items if str(v).strip()])
+    return json.dumps(value if isinstance(value, str) else str(value))
 
 
 def set_field(message: Any, descriptor: Any, value: Any) -> None:
@@ -135,6 +152,12 @@ def values_from_request(request: pb.JobRequest, fields: Iterable[FieldSpec]) -> 
     params_msg = getattr(request, which) if which else None
     out: dict[str, Any] = {}
     for spec in fields:
+        if spec.name in request.values:
+            try:
+                out[spec.name] = json.loads(request.values[spec.name])
+            except ValueError:
+                pass
+            continue
         source = request.common if spec.is_common else params_msg
         if source is None or spec.name not in source.DESCRIPTOR.fields_by_name:
             continue

@@ -116,6 +116,24 @@ class JobManager:
         with self._lock:
             return sum(1 for j in self._queue if client is None or self._jobs[j].client == client)
 
+    def move(self, job_id: str, position: int) -> tuple[int, list[str]]:
+        """Put a queued job at `position` among the queued (0 = next); returns (its new position, the queue).
+
+        The position is -1 when the job is not queued (running or finished jobs stay where they are).
+        Every job whose place changed hears its new position."""
+        with self._lock:
+            if job_id not in self._queue:
+                return -1, list(self._queue)
+            before = list(self._queue)
+            self._queue.remove(job_id)
+            self._queue.insert(min(position, len(self._queue)), job_id)
+            for index, other_id in enumerate(self._queue):
+                if index >= len(before) or before[index] != other_id:
+                    other = self._jobs[other_id]
+                    other.reported_position = index + 1
+                    self._emit(other, queued=pb.Queued(position=index + 1))
+            return self._queue.index(job_id), list(self._queue)
+
     def cancel(self, job_id: str) -> Job | None:
         with self._lock:
             job = self._jobs.get(job_id)
