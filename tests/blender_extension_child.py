@@ -91,6 +91,9 @@ def main(args: dict) -> dict:
                        "strength": describe_prop(opts.pipeline_upscale, "strength"),
                        "projection": describe_prop(opts.pipeline_panorama, "projection"),
                        "panorama_input": describe_prop(opts.pipeline_panorama, "input")}
+    options_module, image_model = sys.modules[f"{ADDON}.options"], runtime.form_of("image").field("model")
+    facts["online"]["model_type"] = image_model.type
+    facts["online"]["model_suggestions"] = options_module.model_suggestions(image_model, "image", "tiny")
     common = opts.common
     common.model = "tiny-sd"
     common.use_steps, common.steps = True, 2

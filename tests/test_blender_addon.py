@@ -342,7 +342,7 @@ def test_every_pipeline_draws_its_own_options_from_the_capabilities(facts):
         assert not {"out", "trajectory_json", "story_yaml"} & set(props)  # the panel fills these itself
     assert {"projection", "loop", "input"} <= set(_props(layout["panorama"]))
     assert {"mode", "scale", "strength", "stages", "input"} <= set(_props(layout["upscale"]))
-    assert any("`story` 'Story' string file picker" in line for line in layout["story"])
+    assert any(line.startswith("- `story` ") and " string file picker" in line for line in layout["story"])
     assert any("button `cinegen.plate_from_strip`" in line for line in layout["panorama"])
     assert any("active object's path" in line for line in layout["trajectory"])
     # the queue and history rows: cancel for running jobs, re-run for past ones

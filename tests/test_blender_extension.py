@@ -127,6 +127,8 @@ def test_options_are_built_from_the_servers_capabilities_and_cached(facts):
     assert (strength["type"], strength["min"], strength["max"]) == ("FLOAT", 0.0, 1.0)
     assert online["projection"]["default"] == "plane"
     assert online["panorama_input"]["subtype"] == "FILE_PATH" and online["panorama_input"]["default"] == ""
+    # the model field suggests the server's models of the pipeline's families (image: sd, not video models)
+    assert "tiny-sd" in online["model_suggestions"] and "tiny-animatediff" not in online["model_suggestions"]
 
 
 def test_a_queued_image_job_is_followed_by_the_timer_and_loaded_at_the_scene_frames(facts):

@@ -46,6 +46,7 @@ def register() -> None:
 
 
 def unregister() -> None:
+    runtime.stop_timer()
     runtime.disconnect()
     runtime.close_previews()
     runtime.STATE.on_change = None

@@ -26,13 +26,14 @@ class PipelineForm:
     description: str
     fields: tuple[FieldSpec, ...]
     output_is_folder: bool = False
+    families: tuple[str, ...] = ()  # the model families it runs on
 
     def field(self, name: str) -> FieldSpec | None:
         return next((f for f in self.fields if f.name == name), None)
 
 
 def forms_from(capabilities: pb.Capabilities) -> list[PipelineForm]:
-    return [PipelineForm(p.name, p.description, tuple(pipeline_fields(p)), p.output_is_folder)
+    return [PipelineForm(p.name, p.description, tuple(pipeline_fields(p)), p.output_is_folder, tuple(p.families))
             for p in capabilities.pipelines]
 
 

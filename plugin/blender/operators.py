@@ -75,8 +75,18 @@ def _show(props, job: runtime.BlenderJob) -> None:
         props.progress, props.stage = job.record.fraction, job.error or job.record.stage
 
 
+def _live(scene):
+    """The scene a job was started from, or the open one if that was closed (File > Open) meanwhile."""
+    try:
+        scene.name  # noqa: B018  (raises once Blender has freed the scene)
+        return scene
+    except ReferenceError:
+        return bpy.context.scene
+
+
 def finish(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
     """Main thread: load the results into the scene and record the outcome in the history."""
+    scene = host.scene = _live(scene)  # the job's own scene, even if another one is active now
     props, record, outcome, history = scene.cinegen, job.record, job.outcome, runtime.history()
     _show(props, job)
     loaded = []

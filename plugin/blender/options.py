@@ -62,6 +62,9 @@ def field_properties(field: FieldSpec) -> dict[str, Any]:
         items = [(c, c, "") for c in field.choices]
         props[field.name] = bpy.props.EnumProperty(items=items, default=default if default in field.choices
                                                    else field.choices[0], **common)
+    elif kind == "model":  # free text, with the server's models of the right families as suggestions
+        props[field.name] = bpy.props.StringProperty(default=str(default or ""), search=_model_search(field),
+                                                     **common)
     elif kind == "path":
         props[field.name] = bpy.props.StringProperty(default=str(default or ""), subtype="FILE_PATH", **common)
     elif kind == "list":
@@ -75,6 +78,22 @@ def field_properties(field: FieldSpec) -> dict[str, Any]:
             name=f"Set {field.label.lower()}", default=False,
             description=f"Off: the model decides the {field.label.lower()}")
     return props
+
+
+def model_suggestions(field: FieldSpec, pipeline: str, text: str) -> list[str]:
+    """The connected server's models that fit: the field's families, else the pipeline's."""
+    from . import runtime
+
+    capabilities, form = runtime.STATE.capabilities, runtime.form_of(pipeline)
+    families = field.families or (form.families if form is not None else ())
+    models = capabilities.models if capabilities is not None else ()
+    return [m.id for m in models if (not families or m.family in families) and text.lower() in m.id.lower()]
+
+
+def _model_search(field: FieldSpec):
+    def search(self, context, edit_text):
+        return model_suggestions(field, context.scene.cinegen.pipeline, edit_text)
+    return search
 
 
 def _group_class(key: str, fields: Iterable[FieldSpec]) -> type:

@@ -13,6 +13,7 @@ import queue
 import sys
 import tempfile
 import threading
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
@@ -70,7 +71,10 @@ def set_forms(forms: list[forms_mod.PipelineForm], origin: str) -> None:
     from . import options
 
     STATE.forms, STATE.forms_origin = forms, origin
-    STATE.pipeline_items = [(f.name, f.name, f.description) for f in forms]
+    # Blender stores a dynamic enum's choice as its number: a number fixed by the name keeps a saved
+    # scene on its pipeline when another server lists the pipelines in another order
+    STATE.pipeline_items = [(f.name, f.name, f.description, "NONE", zlib.crc32(f.name.encode()) & 0x7FFFFFFF)
+                            for f in forms]
     options.install(forms)
 
 
@@ -100,6 +104,13 @@ def connect(settings: ConnectionSettings) -> pb.Capabilities:
     forms_mod.save_cached(capabilities)
     set_forms(forms_mod.forms_from(capabilities), f"cinegen {capabilities.server_version} at {settings.address}")
     return capabilities
+
+
+def stop_timer() -> None:
+    import bpy
+
+    if bpy.app.timers.is_registered(drain):
+        bpy.app.timers.unregister(drain)
 
 
 def disconnect() -> None:
@@ -136,7 +147,8 @@ def start_background(job: BlenderJob) -> None:
 
     threading.Thread(target=work, name=f"cinegen-{job.job_id}", daemon=True).start()
     if not bpy.app.timers.is_registered(drain):
-        bpy.app.timers.register(drain, first_interval=DRAIN_INTERVAL)
+        # persistent: a job started before File > Open still finishes (into the scene now open)
+        bpy.app.timers.register(drain, first_interval=DRAIN_INTERVAL, persistent=True)
 
 
 def drain() -> float | None:

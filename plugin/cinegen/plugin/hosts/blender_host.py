@@ -36,10 +36,11 @@ NAME_LIMIT = 63  # Blender ID and strip names are at most 63 bytes
 class BlenderHost(HostAdapter):
     name = "blender"
 
-    def __init__(self, target: str = "both"):
+    def __init__(self, target: str = "both", scene: Any = None):
         if target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
         self.target = target
+        self.scene = scene  # where results load; None = the active scene at that moment
 
     def selected_plate(self) -> PlateSelection:
         scene = bpy.context.scene
@@ -65,7 +66,7 @@ class BlenderHost(HostAdapter):
         return object_trajectory(scene, bpy.context.view_layer.objects.active, scene.camera, frames, width, height)
 
     def load_result(self, result: ResultSequence) -> dict[str, Any]:
-        scene = bpy.context.scene
+        scene = self.scene or bpy.context.scene
         loaded: dict[str, Any] = {}
         if self.target in ("compositor", "both"):
             loaded["node"] = load_into_compositor(scene, result)
