@@ -18,6 +18,7 @@ when `--blender PATH` is given, else the same tool inside the `bpy` module.
 from __future__ import annotations
 
 import argparse
+import ast
 import base64
 import hashlib
 import importlib.metadata
@@ -53,9 +54,11 @@ PLATFORMS = (
 # What the add-on needs from PyPI; pinned to the installed versions (the ones the tests ran with).
 BINARY_REQUIREMENTS = ("grpcio", "protobuf", "typing-extensions")
 
-# cinegen modules in the client wheel: the common modules the plugin imports, and the plugin itself.
-COMMON_MODULES = ("__init__.py", "client.py", "connection.py", "params.py", "sequence.py", "trajectory_io.py")
-COMMON_PACKAGES = ("proto",)
+# The client wheel holds cinegen.plugin and every *light* cinegen.common module: one whose
+# module-level imports are the standard library, these wheels (and numpy, which Blender ships) or
+# other light common modules. exr (OpenImageIO), color (OpenColorIO), story_io (PyYAML) stay out.
+LIGHT_THIRD_PARTY = ("grpc", "google", "numpy", "typing_extensions")
+COMMON_DIR = ROOT / "shared" / "cinegen" / "common"
 PROTO_SOURCE = ROOT / "protos" / "cinegen" / "v1" / "generator.proto"
 
 
@@ -81,16 +84,58 @@ def pinned_requirements() -> list[str]:
 
 
 # ---- the cinegen client wheel --------------------------------------------------------------------
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(COMMON_DIR.parent.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Absolute names a module imports when it loads (imports inside functions are on demand: skipped)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the module's own package
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return names
+
+
+def light_common_modules() -> list[Path]:
+    """The cinegen.common modules whose imports a host's Python can satisfy with the bundled wheels."""
+    modules = {_module_name(p): p for p in sorted(COMMON_DIR.rglob("*.py"))}
+    imports = {name: _top_level_imports(path) for name, path in modules.items()}
+    light = set(modules)
+    changed = True
+    while changed:  # drop modules with a heavy import, then the ones that import those, until stable
+        changed = False
+        for name in sorted(light):
+            for imported in imports[name]:
+                top = imported.split(".")[0]
+                if top == "cinegen":
+                    heavy = imported in modules and imported not in light
+                else:
+                    heavy = top not in sys.stdlib_module_names and top not in LIGHT_THIRD_PARTY and top != "__future__"
+                if heavy:
+                    light.discard(name)
+                    changed = True
+                    break
+    return [modules[name] for name in sorted(light)]
+
+
 def client_files() -> dict[str, Path]:
     """Archive name -> source file of every module in the client wheel."""
     files: dict[str, Path] = {}
-    common = ROOT / "shared" / "cinegen" / "common"
-    for name in COMMON_MODULES:
-        files[f"cinegen/common/{name}"] = common / name
-    for package in COMMON_PACKAGES:
-        for path in sorted((common / package).rglob("*")):
-            if path.is_file() and path.suffix in (".py", ".pyi"):
-                files[f"cinegen/common/{path.relative_to(common).as_posix()}"] = path
+    for path in light_common_modules():
+        files[f"cinegen/common/{path.relative_to(COMMON_DIR).as_posix()}"] = path
+    stubs = COMMON_DIR / "proto" / "generator_pb2.pyi"
+    if stubs.is_file():
+        files["cinegen/common/proto/generator_pb2.pyi"] = stubs
     files["cinegen/common/proto/generator.proto"] = PROTO_SOURCE
     plugin = ROOT / "plugin" / "cinegen" / "plugin"
     for path in sorted(plugin.rglob("*.py")):
