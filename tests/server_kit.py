@@ -15,10 +15,11 @@ from cinegen.common.proto import generator_pb2_grpc as pb_grpc
 
 def tiny_request(out_dir: Path, job_id: str | None = None, pipeline: str = "image", params=None, **common):
     """A one-step 32 px job on the tiny SD model (the cheapest job there is)."""
+    job_id = job_id or f"t-{uuid.uuid4().hex[:8]}"
     c = dict(prompt="a red disc", seed=3, steps=1, width=32, height=32, frames=1,
-             out=str(Path(out_dir) / f"{job_id or 'f'}.####.exr"))
+             out=str(Path(out_dir) / f"{job_id}.####.exr"))
     c.update(common)
-    return build_request(pipeline, CommonParams(**c), params, job_id=job_id or f"t-{uuid.uuid4().hex[:8]}")
+    return build_request(pipeline, CommonParams(**c), params, job_id=job_id)
 
 
 @contextlib.contextmanager

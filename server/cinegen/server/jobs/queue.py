@@ -70,7 +70,8 @@ class JobManager:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._max_jobs_kept = max_jobs_kept
-        self._stopping = False
+        self._stopping = False  # no new job starts; the running one stops at its next step
+        self._closed = False  # every unfinished job has its shutdown event: watchers may end
         self._running: Job | None = None
         for job in restored or ():
             job.cond = threading.Condition(self._lock)
@@ -160,10 +161,10 @@ class JobManager:
         assert job.cond is not None
         while True:
             with job.cond:
-                while index >= len(job.events) and not job.done and not self._stopping and is_active():
+                while index >= len(job.events) and not job.done and not self._closed and is_active():
                     job.cond.wait(poll)
                 batch = job.events[index:]
-                finished = job.done or self._stopping
+                finished = job.done or self._closed
             yield from batch
             index += len(batch)
             if (finished and index >= len(job.events)) or not is_active():
@@ -189,6 +190,8 @@ class JobManager:
             for job in self._jobs.values():
                 if not job.done:
                     self._emit_shutdown(job)
+            self._closed = True
+            for job in self._jobs.values():
                 assert job.cond is not None
                 job.cond.notify_all()
 
