@@ -91,6 +91,8 @@ def main(args: dict) -> dict:
                        "strength": describe_prop(opts.pipeline_upscale, "strength"),
                        "projection": describe_prop(opts.pipeline_panorama, "projection"),
                        "panorama_input": describe_prop(opts.pipeline_panorama, "input")}
+    startup, origin = sys.modules[f"{ADDON}.forms"].startup_forms()  # what the next Blender session starts with
+    facts["online"]["next_start"] = {"pipelines": [f.name for f in startup], "origin": origin}
     options_module, image_model = sys.modules[f"{ADDON}.options"], runtime.form_of("image").field("model")
     facts["online"]["model_type"] = image_model.type
     facts["online"]["model_suggestions"] = options_module.model_suggestions(image_model, "image", "tiny")
@@ -107,6 +109,7 @@ def main(args: dict) -> dict:
     facts["image_queued"] = sorted(bpy.ops.cinegen.generate(queue=True))
     job = runtime.STATE.jobs[props.job_id]
     facts["returned_before_done"] = not job.finished
+    facts["timer_registered"] = bpy.app.timers.is_registered(runtime.drain)
     progress, deadline = [], time.monotonic() + DRAIN_LIMIT_S
     while runtime.active_jobs() and time.monotonic() < deadline:
         runtime.drain()  # what bpy.app.timers calls every 0.2 s in the UI

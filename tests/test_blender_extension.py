@@ -120,6 +120,9 @@ def test_options_are_built_from_the_servers_capabilities_and_cached(facts):
     assert facts["connect"] == ["FINISHED"] and online["status"].startswith("Connected")
     assert online["origin"].startswith("cinegen ") and online["cache"]
     assert {"image", "panorama", "story"} <= set(online["pipelines"])
+    # the next session's menu, before any Connect: this server's pipelines, from the cache
+    assert online["next_start"]["pipelines"] == online["pipelines"]
+    assert online["next_start"]["origin"].startswith("last seen on cinegen ")
     steps, strength = online["steps"], online["strength"]
     assert (steps["type"], steps["min"], steps["max"], steps["name"]) == ("INT", 1, 1000, "Steps")
     assert "Denoising steps" in steps["description"] and "Range: 1 to 1000" in steps["description"]
@@ -133,6 +136,7 @@ def test_options_are_built_from_the_servers_capabilities_and_cached(facts):
 
 def test_a_queued_image_job_is_followed_by_the_timer_and_loaded_at_the_scene_frames(facts):
     assert facts["image_queued"] == ["FINISHED"] and facts["returned_before_done"]  # never blocks the UI
+    assert facts["timer_registered"]  # bpy.app.timers follows the job (called by hand below: no UI loop headless)
     image = facts["image"]
     assert image["state"] == "completed", image["error"]
     assert image["progress_seen"][-1] == 1.0 and len(image["progress_seen"]) >= 2
