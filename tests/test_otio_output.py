@@ -16,8 +16,10 @@ from cinegen.server.output.otio_cut import (
     MissingShot,
     ShotRecord,
     load_shot_record,
+    build_story_timeline,
     safe_file_stem,
     save_shot_record,
+    slug,
     shot_frame_path,
     timeline_path,
     write_story_timeline,
@@ -37,8 +39,11 @@ def _fake_frames(out: Path, record: ShotRecord) -> None:
         path.write_bytes(b"exr")
 
 
-def _path_of(url: str) -> Path:
-    return Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+def _path_of(url: str, otio_file: Path) -> Path:
+    """A media URL as a path: file:// URLs as they are, relative URLs from the .otio's folder."""
+    parsed = urllib.parse.urlparse(url)
+    path = Path(urllib.request.url2pathname(parsed.path))
+    return path if parsed.scheme else otio_file.parent / path
 
 
 @pytest.fixture()
@@ -53,7 +58,7 @@ def cut(tmp_path):
 
 def test_timeline_opens_with_one_clip_per_shot_and_the_right_references(cut):
     out, records, path = cut
-    assert path == timeline_path(out, "The Lighthouse") == out / "The Lighthouse.otio"
+    assert path == timeline_path(out, "The Lighthouse") == out / "The_Lighthouse.otio"
     timeline = otio.adapters.read_from_file(str(path))
     assert len(timeline.tracks) == 1 and timeline.tracks[0].kind == otio.schema.TrackKind.Video
     clips = list(timeline.find_clips())
@@ -63,7 +68,7 @@ def test_timeline_opens_with_one_clip_per_shot_and_the_right_references(cut):
         assert isinstance(ref, otio.schema.ImageSequenceReference)
         assert (ref.name_prefix, ref.name_suffix, ref.frame_zero_padding) == (f"{record.shot}.", ".exr", 4)
         assert (ref.start_frame, ref.frame_step, ref.rate) == (record.first_frame, 1, 24.0)
-        assert ref.target_url_base == (out / record.shot).resolve().as_uri() + "/"
+        assert ref.target_url_base == f"{record.shot}/"  # relative to the .otio: the folder can move
         expected = otio.opentime.TimeRange(otio.opentime.RationalTime(record.first_frame, 24),
                                            otio.opentime.RationalTime(record.frames, 24))
         assert ref.available_range == expected and clip.source_range == expected
@@ -78,7 +83,8 @@ def test_every_reference_resolves_to_frames_that_exist(cut):
     timeline = otio.adapters.read_from_file(str(path))
     for clip in timeline.find_clips():
         ref = clip.media_reference
-        paths = [_path_of(ref.target_url_for_image_number(n)) for n in range(ref.number_of_images_in_sequence())]
+        paths = [_path_of(ref.target_url_for_image_number(n), path)
+                 for n in range(ref.number_of_images_in_sequence())]
         assert all(p.is_file() for p in paths), paths
         assert paths[0].name == f"{clip.name}.{ref.start_frame:04d}.exr"
 
@@ -134,10 +140,37 @@ def test_rewriting_replaces_the_file_and_leaves_no_temporary_files(cut):
     out, records, path = cut
     write_story_timeline(out, "The Lighthouse", 24.0, records[:2])
     assert len(list(otio.adapters.read_from_file(str(path)).find_clips())) == 2
-    assert sorted(p.name for p in out.iterdir()) == ["The Lighthouse.otio", "sh010", "sh020", "sh030"]
+    assert sorted(p.name for p in out.iterdir()) == ["The_Lighthouse.otio", "sh010", "sh020", "sh030"]
 
 
 def test_titles_become_safe_file_names():
     assert safe_file_stem("The Lighthouse") == "The Lighthouse"
     assert safe_file_stem("a/b\\c: d?") == "a_b_c_ d_"
     assert safe_file_stem("  ..  ") == "story"
+    assert slug("The Lighthouse") == "The_Lighthouse" and slug("Tiny Test") == "Tiny_Test"
+    assert slug("Café: act 2/3 — dawn?") == "Cafe_act_2_3_dawn"
+    assert slug(" ... ") == "story"
+
+
+def test_the_cut_starts_at_one_hour_unless_asked_otherwise(cut, tmp_path):
+    _, records, path = cut
+    timeline = otio.adapters.read_from_file(str(path))
+    assert otio.opentime.to_timecode(timeline.global_start_time, 24) == "01:00:00:00"
+    assert timeline.global_start_time == otio.opentime.RationalTime(86400, 24)
+    zero = build_story_timeline(tmp_path, "t", 25.0, [_record("sh010", 3, fps=25.0)], record_start="00:00:10:00")
+    assert zero.global_start_time == otio.opentime.RationalTime(250, 25)
+    with pytest.raises(ValueError, match="not a timecode"):
+        build_story_timeline(tmp_path, "t", 24.0, [], record_start="one hour")
+
+
+def test_the_cut_moves_with_its_folder_and_absolute_urls_are_an_option(cut, tmp_path):
+    out, records, path = cut
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(out), moved)
+    timeline = otio.adapters.read_from_file(str(moved / path.name))
+    for clip in timeline.find_clips():
+        ref = clip.media_reference
+        assert _path_of(ref.target_url_for_image_number(0), moved / path.name).is_file()
+    absolute = build_story_timeline(moved, "t", 24.0, records, absolute_urls=True)
+    ref = absolute.find_clips()[0].media_reference
+    assert ref.target_url_base == (moved / "sh010").resolve().as_uri() + "/"

@@ -6,6 +6,7 @@ never as UNKNOWN. Long-lived streams (Watch, Upload, Download) are counted again
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -43,6 +44,7 @@ from .jobs.queue import TERMINAL
 from .limits import MAX_NAME_CHARS, MAX_PATH_CHARS, Limits, check_job, check_text, over
 from .models.registry import ModelRegistry
 from .named_values import apply_named_values
+from .plate_colour import check_plate_colorspace, converted_params, remove_converted
 from .paths import PathPolicy, decode_utf8, read_regular_file
 from .pipelines import load_pipelines
 from .pipelines.base import JobSpec, Pipeline, RunContext
@@ -330,6 +332,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if common.display_transform not in ("", *DISPLAY_TRANSFORMS):
             raise InvalidArgument(f"Display to linear '{common.display_transform[:40]}' is not one of "
                                   f"{', '.join(DISPLAY_TRANSFORMS)}.")
+        check_plate_colorspace(params)
         check_job(self.limits, common, params, pipeline.name)
         self._validate_common(common, pipeline, resume=resume)
         self._check_inputs(params)
@@ -579,7 +582,9 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         def report_log(message: str) -> None:
             manager.emit(job, log=pb.Log(level="info", message=message))
 
-        ctx = RunContext(job=job.spec, registry=self.registry, report_progress=report_progress,
+        plates = self.state_dir / "plates" / job.id  # working-space copies of a plate in another colour space
+        spec = dataclasses.replace(job.spec, params=converted_params(job.spec.params, plates, report_log))
+        ctx = RunContext(job=spec, registry=self.registry, report_progress=report_progress,
                          report_preview=report_preview, report_frame=report_frame, report_log=report_log,
                          is_cancelled=lambda: manager.is_stopping_or_cancelled(job))
         ctx.existing_frames = _existing_frames_policy(job, pipeline)
@@ -588,6 +593,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         finally:
             self._last_preview.pop(job.id, None)
             job.outputs = list(ctx.outputs)
+            remove_converted(plates)
 
 
 def _start_ray(config: ServerConfig, registry: ModelRegistry) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -13,10 +14,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cinegen.common.color import srgb_display_to_scene_linear, working_space_name
+from cinegen.common.color import DISPLAY_SRGB, DISPLAY_VIEW, display_to_scene_linear, working_space_name
 from cinegen.common.exr import ExrMetadata, write_exr_frame
 from cinegen.common.sequence import SequencePattern
 
+from ..errors import AlreadyExists
 from .device_colour import display_to_linear_half_rgba, primaries_matrix
 
 
@@ -72,6 +74,8 @@ class FrameSink:
     on_written: Callable[[int, str, str], None] | None = None  # (frame number, path, sequence); writer thread
     max_pending: int = 2
     device_colour: bool | None = None  # None: on the device when the pixels are on a GPU
+    display_transform: str = DISPLAY_SRGB  # color.display_to_scene_linear: view (generated frames) | srgb
+    existing: str = "write"  # a final frame already on disk: write over it | keep it (resumed job) | refuse
     _written: list[str] = field(default_factory=list, init=False, repr=False)
     _queue: queue.Queue = field(init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -88,6 +92,15 @@ class FrameSink:
         frame = self.first_frame + index
         meta = dataclasses.replace(self.metadata, frame=frame, extra={**self.metadata.extra, **(extra or {})})
         path = self.pattern.path_for(frame)
+        if self.existing != "write" and os.path.isfile(path):
+            if self.existing == "refuse":
+                raise AlreadyExists(f"{path} already exists (it appeared after the job was queued); the job "
+                                    "stops rather than overwrite it. Ask to overwrite to replace it.")
+            self.flush()  # keep the order of `written`: the kept frame takes its place after queued ones
+            self._written.append(path)
+            if self.on_written:
+                self.on_written(frame, path, self.sequence)
+            return path
         pixels, pending_alpha = self._prepare(display_rgb, alpha)
         self._queue.put(_PendingFrame(frame, path, pixels, pending_alpha, meta))  # blocks while the writer is behind
         self._ensure_writer()
@@ -108,7 +121,9 @@ class FrameSink:
     def _prepare(self, display_rgb: torch.Tensor | np.ndarray,
                  alpha: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         on_gpu = isinstance(display_rgb, torch.Tensor) and display_rgb.device.type != "cpu"
-        matrix = primaries_matrix() if (self.device_colour if self.device_colour is not None else on_gpu) else None
+        wanted = self.device_colour if self.device_colour is not None else on_gpu
+        # the device path is the sRGB curve + matrix; the inverse view (a tone curve) runs on the host
+        matrix = primaries_matrix() if wanted and self.display_transform == DISPLAY_SRGB else None
         if matrix is not None:
             chw = torch.as_tensor(display_rgb)
             if chw.dim() == 3 and chw.shape[-1] in (3, 4) and chw.shape[0] not in (1, 3, 4):
@@ -151,7 +166,7 @@ class FrameSink:
     def _write_now(self, item: _PendingFrame) -> None:
         pixels = item.pixels
         if pixels.shape[-1] == 3:  # display RGB left for this thread: OpenColorIO on the host
-            linear = srgb_display_to_scene_linear(pixels)
+            linear = display_to_scene_linear(pixels, self.display_transform)
             a = np.ones(linear.shape[:2] + (1,), np.float32) if item.alpha is None \
                 else item.alpha.reshape(linear.shape[:2] + (1,))
             pixels = np.concatenate([linear, a], axis=-1).astype(np.float16)
@@ -160,6 +175,12 @@ class FrameSink:
         self._written.append(item.path)
         if self.on_written:
             self.on_written(item.frame, item.path, self.sequence)
+
+
+def display_transform_for(choice: str, has_input: bool) -> str:
+    """Jobs with an input plate write through srgb, the curve their plate went in by (it round-trips);
+    generated frames through the job's choice, by default the inverse view (highlights above 1)."""
+    return DISPLAY_SRGB if has_input else (choice or DISPLAY_VIEW)
 
 
 def base_metadata(*, pipeline: str, model: str, seed: int, prompt: str, job: str, params_json: str,

@@ -6,6 +6,11 @@ seed, model and job in the clip's metadata under "cinegen"; a marker at every ke
 was never written (or failed) becomes a gap of its length with a red "missing" marker, so the cut
 keeps its duration and editorial sees what is absent.
 
+Editorial conventions: the cut's record start is 01:00:00:00 (`record_start`), media URLs are
+relative to the `.otio` file (`sh010/`, so the folder can move between machines; `absolute_urls`
+for `file://` URLs), and the file is named after a slug of the title (`Tiny_Test.otio`).
+`export.py` turns the cut into EDL, FCP 7 XML or FCPXML with the real OTIO adapters.
+
 Each finished shot leaves a small record, `OUT/.cinegen/shots/<shot>.json`; the timeline is always
 rebuilt from the records of *all* shots, so re-running one shot rewrites a complete cut. Files are
 written atomically (temporary name in the same folder, then rename).
@@ -17,6 +22,8 @@ import json
 import os
 import re
 import tempfile
+import unicodedata
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +32,7 @@ import opentimelineio as otio
 
 STATE_DIR = ".cinegen"  # OUT/.cinegen/: what the story pipeline keeps between runs
 FRAME_PADDING = 4
+RECORD_START = "01:00:00:00"  # where editorial expects a programme to start
 
 
 @dataclass
@@ -58,8 +66,14 @@ def safe_file_stem(title: str) -> str:
     return stem or "story"
 
 
+def slug(title: str, fallback: str = "story") -> str:
+    """A title as a portable file name: ASCII letters, digits, '-' and '_'; other runs become one '_'."""
+    ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^A-Za-z0-9-]+", "_", ascii_title).strip("_-") or fallback
+
+
 def timeline_path(out_dir: Path, title: str) -> Path:
-    return Path(out_dir) / f"{safe_file_stem(title)}.otio"
+    return Path(out_dir) / f"{slug(title)}.otio"
 
 
 def shot_folder(out_dir: Path, shot_id: str) -> Path:
@@ -117,11 +131,14 @@ def _range(start: int, duration: int, rate: float) -> otio.opentime.TimeRange:
                                    otio.opentime.RationalTime(duration, rate))
 
 
-def shot_clip(out_dir: Path, record: ShotRecord) -> otio.schema.Clip:
+def shot_clip(out_dir: Path, record: ShotRecord, *, absolute_urls: bool = False) -> otio.schema.Clip:
     rate = float(record.fps)
     available = _range(record.first_frame, record.frames, rate)
+    folder = shot_folder(out_dir, record.shot)
+    # relative to the .otio, which lives in out_dir: the cut and its shots move together
+    base = folder.resolve().as_uri() + "/" if absolute_urls else urllib.parse.quote(record.shot) + "/"
     reference = otio.schema.ImageSequenceReference(
-        target_url_base=shot_folder(out_dir, record.shot).resolve().as_uri() + "/",
+        target_url_base=base,
         name_prefix=f"{record.shot}.", name_suffix=".exr", start_frame=record.first_frame, frame_step=1,
         rate=rate, frame_zero_padding=FRAME_PADDING, available_range=available)
     clip = otio.schema.Clip(name=record.shot, media_reference=reference, source_range=available,
@@ -145,13 +162,14 @@ def missing_gap(shot: MissingShot) -> otio.schema.Gap:
     return gap
 
 
-def build_story_timeline(out_dir: Path, title: str, fps: float,
-                         shots: Sequence[ShotRecord | MissingShot]) -> otio.schema.Timeline:
+def build_story_timeline(out_dir: Path, title: str, fps: float, shots: Sequence[ShotRecord | MissingShot], *,
+                         record_start: str = RECORD_START, absolute_urls: bool = False) -> otio.schema.Timeline:
     """One video track, the shots in story order: a clip per finished shot, a gap per missing one."""
     track = otio.schema.Track(name="cinegen", kind=otio.schema.TrackKind.Video)
     for shot in shots:
-        track.append(shot_clip(out_dir, shot) if isinstance(shot, ShotRecord) else missing_gap(shot))
-    timeline = otio.schema.Timeline(name=title, global_start_time=otio.opentime.RationalTime(0, fps),
+        track.append(shot_clip(out_dir, shot, absolute_urls=absolute_urls) if isinstance(shot, ShotRecord)
+                     else missing_gap(shot))
+    timeline = otio.schema.Timeline(name=title, global_start_time=start_time(record_start, fps),
                                     metadata={"cinegen": {"story": title, "fps": fps,
                                                           "missing": [s.shot for s in shots
                                                                       if isinstance(s, MissingShot)]}})
@@ -159,8 +177,18 @@ def build_story_timeline(out_dir: Path, title: str, fps: float,
     return timeline
 
 
-def write_story_timeline(out_dir: Path, title: str, fps: float, shots: Sequence[ShotRecord | MissingShot]) -> Path:
-    """Write `OUT/<title>.otio` atomically; returns its path."""
-    timeline = build_story_timeline(out_dir, title, fps, shots)
+def start_time(timecode: str, fps: float) -> otio.opentime.RationalTime:
+    """A record start as a time: "01:00:00:00" (SMPTE, non-drop) at the cut's rate."""
+    try:
+        return otio.opentime.from_timecode(timecode, fps)
+    except ValueError as exc:  # OTIO raises ValueError on a malformed timecode
+        raise ValueError(f"'{timecode}' is not a timecode HH:MM:SS:FF at {fps:g} fps ({exc}).") from None
+
+
+def write_story_timeline(out_dir: Path, title: str, fps: float, shots: Sequence[ShotRecord | MissingShot], *,
+                         record_start: str = RECORD_START, absolute_urls: bool = False) -> Path:
+    """Write `OUT/<slug of title>.otio` atomically; returns its path."""
+    timeline = build_story_timeline(out_dir, title, fps, shots, record_start=record_start,
+                                    absolute_urls=absolute_urls)
     return write_text_atomically(timeline_path(out_dir, title),
                                  otio.adapters.write_to_string(timeline, adapter_name="otio_json"))

@@ -24,6 +24,7 @@ from ..errors import InvalidArgument, JobCancelled
 from ..models.family import FamilyAdapter
 from ..models.registry import ModelRegistry
 from ..output import FrameSink, base_metadata
+from ..output.frames import display_transform_for
 
 PREVIEW_INTERVAL_S = 0.5  # as the service's own limit: previews are for the eye, not the pipeline
 PROJECTION_FIT_CELLS = 16  # latent cells a side of the random latents the preview map is fitted on
@@ -70,6 +71,7 @@ class RunContext:
         self._is_cancelled = is_cancelled
         self.outputs: list[str] = []
         self._last_preview_at = -PREVIEW_INTERVAL_S
+        self.existing_frames = "write"  # write | keep (a resumed job) | refuse (never overwrite): see FrameSink
 
     def check_cancel(self) -> None:
         if self._is_cancelled():
@@ -109,8 +111,11 @@ class RunContext:
             self.outputs.append(path)
             self._report_frame(frame, path, seq)
 
+        transform = display_transform_for(common.display_transform, bool(getattr(self.job.params, "input", "")))
+        meta = dataclasses.replace(meta, extra={**meta.extra, "display_transform": transform})
         return FrameSink(pattern, resolved.first_frame, meta, compression=common.compression or "zip",
-                         sequence=sequence, on_written=on_written)
+                         display_transform=transform,
+                         sequence=sequence, on_written=on_written, existing=self.existing_frames)
 
 
 class StepProgress:

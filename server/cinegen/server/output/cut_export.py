@@ -1,0 +1,162 @@
+"""`cinegen export-cut CUT.otio --to edl|fcp7|fcpxml|otio`: the story cut for editorial tools, through the
+real OpenTimelineIO adapters (otio-cmx3600-adapter, otio-fcp-adapter, otio-fcpx-xml-adapter).
+
+Neither XML adapter writes an `ImageSequenceReference` (FCP 7: `UnboundLocalError: fallback_file_name`;
+FCPXML: no `target_url`), and an EDL names one source file per event. So each shot's sequence becomes
+an `ExternalReference` to its **first frame** (an absolute `file://` URL, resolved from the .otio's
+folder): the form all three understand, and what editorial relinks to when conforming. The cut's
+record start (01:00:00:00 by default) is kept: FCP 7 XML carries it itself; the CMX 3600 writer and
+the FCPXML writer ignore `global_start_time`, so their record timecodes / `tcStart` are set here.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import opentimelineio as otio
+
+from .otio_cut import write_text_atomically
+
+FORMATS: dict[str, tuple[str, str]] = {  # --to: (OTIO adapter, file extension)
+    "edl": ("cmx_3600", ".edl"),
+    "fcp7": ("fcp_xml", ".xml"),
+    "fcpxml": ("fcpx_xml", ".fcpxml"),
+    "otio": ("otio_json", ".otio"),
+}
+REEL_LENGTH = 8  # CMX 3600 reel names: at most 8 characters
+_EVENT = re.compile(r"^(\d{3,}\s+\S+\s+\S+\s+\S+(?:\s+\d+)?\s+)(\S+ \S+ )(\S+) (\S+)\s*$")
+
+
+class CutExportError(ValueError):
+    """The cut cannot be exported as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    to: str
+    record_start: str | None = None  # None: keep the cut's own (01:00:00:00 for cinegen cuts)
+    absolute_urls: bool = True  # otio only: file:// URLs (the other formats always need them)
+
+
+def default_output(cut: Path, to: str) -> Path:
+    return cut.with_suffix(FORMATS[to][1]) if to != "otio" else cut.with_name(cut.stem + ".export.otio")
+
+
+def export_cut(cut: Path, out: Path, options: ExportOptions) -> Path:
+    """Convert `cut` (an .otio) to `options.to`, written atomically at `out`; returns `out`."""
+    if options.to not in FORMATS:
+        raise CutExportError(f"'{options.to}' is not an export format: use one of {', '.join(FORMATS)}.")
+    try:
+        timeline = otio.adapters.read_from_file(str(cut))
+    except Exception as exc:  # OTIO raises its own exception types for unreadable files
+        raise CutExportError(f"{cut} could not be read as an OpenTimelineIO file ({exc}).") from exc
+    if options.record_start is not None:
+        rate = _rate(timeline)
+        try:
+            timeline.global_start_time = otio.opentime.from_timecode(options.record_start, rate)
+        except ValueError:
+            raise CutExportError(f"'{options.record_start}' is not a timecode HH:MM:SS:FF at {rate:g} fps.") from None
+    adapter, _ = FORMATS[options.to]
+    exported = for_editorial(timeline, cut.resolve().parent, sequences_as_first_frame=options.to != "otio",
+                             absolute=options.absolute_urls or options.to != "otio")
+    text = otio.adapters.write_to_string(exported, adapter_name=adapter)
+    if options.to == "edl":
+        text = _edl_with_record_start(text, exported)
+    elif options.to == "fcpxml":
+        text = _fcpxml_with_record_start(text, exported)
+    return write_text_atomically(out, text)
+
+
+def for_editorial(timeline: otio.schema.Timeline, base: Path, *, sequences_as_first_frame: bool,
+                  absolute: bool) -> otio.schema.Timeline:
+    """A copy whose media references the target format understands (see the module docstring)."""
+    timeline = copy.deepcopy(timeline)
+    for clip in timeline.find_clips():
+        ref = clip.media_reference
+        if isinstance(ref, otio.schema.ImageSequenceReference):
+            if absolute:
+                ref.target_url_base = _absolute_url(ref.target_url_base, base)
+            if sequences_as_first_frame:
+                clip.media_reference = otio.schema.ExternalReference(
+                    target_url=ref.target_url_for_image_number(0), available_range=ref.available_range,
+                    metadata={"cinegen": {"sequence": ref.target_url_base + ref.name_prefix
+                                          + "#" * ref.frame_zero_padding + ref.name_suffix}})
+        clip.metadata.setdefault("cmx_3600", {})["reel"] = re.sub(r"[^A-Za-z0-9_]", "", clip.name)[:REEL_LENGTH] or "AX"
+    return timeline
+
+
+def _absolute_url(url: str, base: Path) -> str:
+    if urllib.parse.urlparse(url).scheme:
+        return url
+    folder = (base / urllib.request.url2pathname(url)).resolve()
+    return folder.as_uri() + ("/" if url.endswith("/") else "")
+
+
+def _rate(timeline: otio.schema.Timeline) -> float:
+    if timeline.global_start_time is not None:
+        return timeline.global_start_time.rate
+    clips = list(timeline.find_clips())
+    return clips[0].source_range.duration.rate if clips and clips[0].source_range else 24.0
+
+
+def _edl_with_record_start(text: str, timeline: otio.schema.Timeline) -> str:
+    """CMX 3600 record in/out counted from the cut's record start (the writer counts from 0)."""
+    start = timeline.global_start_time
+    if start is None or start.value == 0:
+        return text
+    lines = []
+    for line in text.splitlines():
+        match = _EVENT.match(line)
+        if match:
+            record_in, record_out = (otio.opentime.from_timecode(tc, start.rate) + start
+                                     for tc in (match.group(3), match.group(4)))
+            line = (match.group(1) + match.group(2) + otio.opentime.to_timecode(record_in, start.rate) + " "
+                    + otio.opentime.to_timecode(record_out, start.rate))
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _fcpxml_with_record_start(text: str, timeline: otio.schema.Timeline) -> str:
+    """FCPXML's `<sequence tcStart=...>` from the cut's record start (the writer leaves it out)."""
+    start = timeline.global_start_time
+    if start is None or start.value == 0:
+        return text
+    seconds = Fraction(start.value).limit_denominator(1_000_000) / Fraction(start.rate).limit_denominator(1001)
+    value = f"{seconds.numerator}s" if seconds.denominator == 1 else f"{seconds.numerator}/{seconds.denominator}s"
+    root = ET.fromstring(text)
+    for sequence in root.iter("sequence"):
+        sequence.set("tcStart", value)
+    doctype = "<!DOCTYPE fcpxml>\n" if "<!DOCTYPE fcpxml>" in text else ""
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + doctype + ET.tostring(root, encoding="unicode") + "\n"
+
+
+# ---- command line -------------------------------------------------------------------------------
+def add_export_cut_parser(sub) -> None:
+    p = sub.add_parser("export-cut", help="Convert a story cut (.otio) to EDL, FCP 7 XML or FCPXML.")
+    p.add_argument("cut", help="The .otio file `generate story` wrote.")
+    p.add_argument("--to", required=True, choices=tuple(FORMATS), help="The format editorial needs.")
+    p.add_argument("--out", default=None, help="Where to write it; default: beside the cut, same name.")
+    p.add_argument("--record-start", default=None, metavar="HH:MM:SS:FF",
+                   help="Record start timecode; default: the cut's own (01:00:00:00).")
+    p.add_argument("--relative-urls", action="store_true",
+                   help="--to otio only: keep media URLs relative to the file (default: absolute file:// URLs).")
+
+
+def cmd_export_cut(args) -> int:
+    import sys
+
+    cut = Path(args.cut)
+    out = Path(args.out) if args.out else default_output(cut, args.to)
+    try:
+        written = export_cut(cut, out, ExportOptions(args.to, args.record_start, absolute_urls=not args.relative_urls))
+    except (CutExportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(written)
+    return 0

@@ -1,0 +1,81 @@
+"""Plates in the colour space the host says they are in: converted to the working space before a job runs.
+
+The host sends the plate's OCIO name (`input_colorspace`, from a Read node's `colorspace` knob or a
+Blender image's colour space). Pipelines read plates as working-space linear (float files) or sRGB
+(integer files); a log DPX or an ACES2065-1 EXR would be misread. So before the job runs, the server
+reads each frame's stored values, converts them with OpenColorIO from that space to the working space
+and writes them (half float EXR, alpha kept) into the job's own folder; the job then reads that copy.
+Half float keeps about 3 significant digits (relative error <= 2**-11), well below what the model sees.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from cinegen.common import color
+from cinegen.common.exr import ExrMetadata, read_exr_frame, write_exr_frame
+from cinegen.common.sequence import SequencePattern, SequencePatternError
+
+from .errors import InvalidArgument
+
+COLORSPACE_FIELD, INPUT_FIELD = "input_colorspace", "input"
+
+
+def check_plate_colorspace(params: Any) -> None:
+    """Refuse at Submit a plate colour space the server's OCIO config does not have."""
+    space = getattr(params, COLORSPACE_FIELD, "")
+    if space and not color.has_colorspace(space):
+        try:
+            color.to_working_space(np.zeros((1, 3), np.float32), space)
+        except color.ColorConfigError as exc:
+            raise InvalidArgument(str(exc)) from None
+
+
+def needs_conversion(params: Any) -> bool:
+    space = getattr(params, COLORSPACE_FIELD, "")
+    if not space or not getattr(params, INPUT_FIELD, ""):
+        return False
+    config = color.load_config()
+    return config.getColorSpace(space).getName() != color.working_space_name(config)
+
+
+def converted_params(params: Any, folder: Path, log: Callable[[str], None] = lambda text: None) -> Any:
+    """`params` with its input replaced by a working-space copy in `folder` (unchanged when none is needed)."""
+    if not needs_conversion(params):
+        return params
+    space, source = getattr(params, COLORSPACE_FIELD), getattr(params, INPUT_FIELD)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        pattern = SequencePattern.parse(source, any_extension=True, what="plate")
+    except SequencePatternError:  # one image, no frame number
+        pattern = None
+    if pattern is None:
+        files = {0: source}
+        new_input = str(folder / (Path(source).stem + ".exr"))
+        _convert_file(source, new_input, space)
+    else:
+        files = pattern.glob_existing()
+        # the same file name and padding, so frame numbers and the pipeline's checks stay as they were
+        out = SequencePattern.parse(str(folder / f"{pattern.prefix}{'#' * pattern.padding}.exr"))
+        for frame, path in files.items():
+            _convert_file(path, out.path_for(frame), space)
+        new_input = out.hash_form()
+    log(f"plate converted from {space} to {color.working_space_name()} ({len(files)} frame(s))")
+    return dataclasses.replace(params, **{INPUT_FIELD: new_input, COLORSPACE_FIELD: ""})
+
+
+def remove_converted(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _convert_file(source: str, target: str, space: str) -> None:
+    pixels, _ = read_exr_frame(source)  # OpenImageIO: stored values, integers scaled to [0, 1]
+    channels = pixels.shape[2]
+    rgb = pixels[..., :3] if channels >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
+    alpha = pixels[..., 3:4] if channels >= 4 else (pixels[..., 1:2] if channels == 2 else np.ones_like(rgb[..., :1]))
+    linear = color.to_working_space(np.ascontiguousarray(rgb), space)
+    write_exr_frame(target, np.concatenate([linear, alpha], axis=2), metadata=ExrMetadata(), compression="none")
