@@ -18,6 +18,7 @@ from cinegen.common.client import JobResult, RequestRejected, ServerUnavailable,
 from cinegen.common.params import PIPELINE_PARAMS, CommonParams, ParamDescription, describe
 
 from .job_client import add_client_access_options, add_serve_options, connect, run_job, server_config, summarise_paths
+from .output.cut_export import add_export_cut_parser, cmd_export_cut
 from .scaleout.export import add_export_parser, cmd_export_job
 
 PIPELINES = tuple(PIPELINE_PARAMS)
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--video-model", default=None, help="Video model id for benchmarks that need one.")
     _add_server_options(bench)
     add_export_parser(sub, _add_param_options)
+    add_export_cut_parser(sub)
     return parser
 
 
@@ -186,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     if _runs_models_here(args):  # a client of a running server never imports torch (0.2 s, not 5 s)
         _quiet_libraries()
     commands = {"generate": cmd_generate, "pipelines": cmd_pipelines, "models": cmd_models,
-                "serve": cmd_serve, "demo": cmd_demo, "bench": cmd_bench, "export-job": cmd_export_job}
+                "serve": cmd_serve, "demo": cmd_demo, "bench": cmd_bench, "export-job": cmd_export_job,
+                "export-cut": cmd_export_cut}
     try:
         return commands[args.command](args)
     except ServerUnavailable as exc:
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _runs_models_here(args: argparse.Namespace) -> bool:
-    return args.command in ("serve", "demo", "bench") or (args.command != "export-job"
+    return args.command in ("serve", "demo", "bench") or (args.command not in ("export-job", "export-cut")
                                                             and not getattr(args, "server", None))
 
 
