@@ -76,6 +76,7 @@ def child(workdir: Path, server: str) -> dict:
     if server:
         facts["generate"] = generate_scenario(bpy, scene, server)
         facts["trajectory_job"] = trajectory_job_scenario(bpy, scene)
+        facts["plate"] = plate_scenario(bpy, scene)
         facts["cancel"] = cancel_scenario(bpy, scene)
         facts["layout"] = layout_scenario(bpy, scene)
     return facts
@@ -183,6 +184,23 @@ def trajectory_job_scenario(bpy, scene) -> dict:
     track = parse_trajectory(json.loads(entry.values["trajectory_json"])).tracks[0]
     return {"generate": sorted(generated), "error": props.last_error, "track": track.name,
             "frames": [p.frame for p in track.points], "outputs": entry.outputs, "frames_text": entry.frames}
+
+
+def plate_scenario(bpy, scene) -> dict:
+    """"Plate from active strip" fills the pipeline's input with the strip's sequence; no strip, no change."""
+    props = scene.cinegen
+    (strip,) = [s for s in scene.sequence_editor.strips if s.get("cinegen_job", "").startswith("image-")]
+    props.pipeline = "upscale"
+    with bpy.context.temp_override(scene=scene):
+        scene.sequence_editor.active_strip = None
+        try:
+            refused = bpy.ops.cinegen.plate_from_strip()
+        except RuntimeError as exc:  # headless, an operator's error report is raised
+            refused = [str(exc)]
+        scene.sequence_editor.active_strip = strip
+        taken = bpy.ops.cinegen.plate_from_strip()
+    return {"refused": sorted(refused), "taken": sorted(taken), "input": scene.cinegen_options.pipeline_upscale.input,
+            "source": props.plate_source, "strip": strip.name}
 
 
 def cancel_scenario(bpy, scene) -> dict:
@@ -347,6 +365,13 @@ def test_every_pipeline_draws_its_own_options_from_the_capabilities(facts):
     assert any("active object's path" in line for line in layout["trajectory"])
     # the queue and history rows: cancel for running jobs, re-run for past ones
     assert any("button `cinegen.rerun`" in line for line in layout["image"])
+
+
+
+def test_the_active_strip_becomes_the_plate_of_a_pipeline_that_takes_one(facts):
+    p = facts["plate"]
+    assert "Make an image-sequence strip active" in p["refused"][0] and p["taken"] == ["FINISHED"]
+    assert p["input"].endswith("shot010_image_v001.####.exr") and p["source"] == p["strip"]
 
 
 if __name__ == "__main__":
