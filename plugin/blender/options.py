@@ -9,6 +9,7 @@ them as ID properties by name, so a re-registered class finds them again).
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 import bpy
@@ -32,7 +33,8 @@ def shown(field: FieldSpec) -> bool:
 
 
 def group_key(pipeline: str | None) -> str:
-    return "common" if pipeline is None else f"pipeline_{pipeline}"
+    # an attribute and RNA class name: any character a pipeline name may have beyond [A-Za-z0-9_] becomes _
+    return "common" if pipeline is None else "pipeline_" + re.sub(r"\W", "_", pipeline)
 
 
 def _clamp_int(value: float | None, fallback: int) -> int:
