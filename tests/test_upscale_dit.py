@@ -317,3 +317,33 @@ def test_random_weight_models_keep_the_float32_modules_diffusers_keeps_when_load
     assert transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
     assert transformer.rope.freqs_cos.dtype == transformer.scale_shift_table.dtype == torch.float32
     assert transformer.blocks[0].norm2.weight.dtype == torch.float32
+
+
+def test_the_base_stage_samples_with_cinescale_s_shift_of_7(wan_registry):
+    from cinegen.server.pipelines.upscale_dit import _with_shift
+
+    adapter = wan_registry.get("tiny-wan")
+    assert CineScaleOptions().base_shift == 7.0
+    shifted, plain = _with_shift(adapter, CineScaleOptions().base_shift), _with_shift(adapter, 1.0)
+    shifted.set_timesteps(6)
+    plain.set_timesteps(6)
+    sigma = plain.sigmas[:-1].double()
+    torch.testing.assert_close(shifted.sigmas[:-1].double(), 7 * sigma / (1 + 6 * sigma), atol=1e-6, rtol=0)
+
+
+def test_wan_2_2_re_noises_at_steps_minus_30_and_wan_2_1_at_step_15(wan_registry):
+    from cinegen.server.pipelines.upscale_dit import default_strength, is_wan_2_2, start_index_for
+
+    adapter = wan_registry.get("tiny-wan")
+    assert not is_wan_2_2(adapter)
+    assert start_index_for(50, default_strength(adapter, "generate")) == 15
+    class Wan22Pipe:
+        config = {"expand_timesteps": False, "boundary_ratio": 0.875}
+        transformer_2 = object()
+
+    class Wan22:
+        pipe = Wan22Pipe()
+
+    assert is_wan_2_2(Wan22())
+    assert start_index_for(50, default_strength(Wan22(), "generate")) == 50 - 30
+    assert start_index_for(50, default_strength(Wan22(), "plate")) == 50 - 30

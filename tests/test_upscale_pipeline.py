@@ -18,7 +18,7 @@ from cinegen.server.errors import InvalidArgument, JobCancelled, ResourceExhaust
 from cinegen.server.pipelines.base import JobSpec, RunContext
 from cinegen.server.pipelines.upscale import UpscalePipeline, resolve_target, run_with_memory_retry
 from cinegen.server.output import resize_alpha
-from cinegen.server.pipelines.upscale_unet import CascadeSettings, generate_clip
+from cinegen.server.pipelines.upscale_unet import CascadeSettings, generate_clip, upscaled_reference
 
 
 # ---- a run context that keeps the written frames as tensors ----------------------------------------
@@ -222,17 +222,67 @@ def test_plate_at_strength_zero_is_the_resized_plate_through_the_vae(registry, t
     assert any("highlights" in line for line in ctx.logs), "clipped highlights are reported"
 
 
-def test_plate_refinement_changes_the_picture_and_honours_vae_tiles(registry, tmp_path, monkeypatch):
+def test_plate_refinement_honours_vae_tiles(registry, tmp_path, monkeypatch):
     pattern, _ = write_plate(tmp_path, frames=[1005])
     adapter = registry.get("tiny-sd")
     decodes: list = []
     original = adapter.pipe.vae.decode
     monkeypatch.setattr(adapter.pipe.vae, "decode", lambda *a, **k: decodes.append(1) or original(*a, **k))
-    kept = run_upscale(registry, steps=2, params=UpscaleParams(input=pattern, strength=0.0, vae_tile=64))
+    run_upscale(registry, steps=2, params=UpscaleParams(input=pattern, strength=0.0, vae_tile=64))
     assert len(decodes) == 9, "a 128 px frame in 64 px tiles with 16 px overlap is 3 x 3 tiles"
-    refined = run_upscale(registry, steps=2, params=UpscaleParams(input=pattern, strength=0.6, vae_tile=64))
-    difference = (refined.sink.frames[1005] - kept.sink.frames[1005]).abs().mean()
-    assert difference > 1e-3, "strength 0.6 denoises: the picture changes"
+
+
+def test_plate_refinement_starts_from_the_noised_plate(registry, tmp_path, monkeypatch):
+    pattern, paths = write_plate(tmp_path, frames=[1005])
+    adapter = registry.get("tiny-sd")
+    inputs: list = []
+    original_predict = adapter.predict
+    monkeypatch.setattr(adapter, "predict", lambda x, t, cond: inputs.append((x.clone(), int(t)))
+                        or original_predict(x, t, cond))
+    run_upscale(registry, steps=4, params=UpscaleParams(input=pattern, strength=0.5, vae_tile=64))
+    # strength 0.5 of 4 steps: K = 2, so the UNet first sees the plate noised to t_2 (SDEdit's z_K) and
+    # nothing earlier: the refinement is anchored to the plate, not drawn from noise.
+    settings = CascadeSettings(steps=4, strength=0.5, vae_tile=64)
+    x0_up = upscaled_reference(adapter, display_of(paths[0]), (128, 128), settings, x0_is_pixels=True)
+    scheduler = adapter.new_scheduler()
+    scheduler.set_timesteps(4)
+    noise = torch.randn(x0_up.shape, generator=torch.Generator().manual_seed(7 + 1))
+    z_k = scheduler.add_noise(x0_up, noise, scheduler.timesteps[2:3])
+    assert [t for _, t in inputs] == [int(t) for t in scheduler.timesteps[2:]]
+    torch.testing.assert_close(inputs[0][0], z_k, atol=1e-5, rtol=1e-5)  # same ops, VAE tiles summed in order
+
+
+def test_a_plates_matte_picks_the_cosine_exponent_per_pixel(registry, tmp_path, monkeypatch):
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32)
+    alpha = (x < 32).astype(np.float32)  # the left half is the foreground
+    rgba = np.stack([x / 64, y / 64, np.full_like(x, 0.3), alpha], axis=-1)
+    write_exr_frame(tmp_path / "fg.1001.exr", rgba, metadata=ExrMetadata())
+    weights: list = []
+    original_mix = cascade.cosine_mix
+    monkeypatch.setattr(cascade, "cosine_mix", lambda x, z, c: weights.append(c) or original_mix(x, z, c))
+    adapter = registry.get("tiny-sd")
+    steps: list = []
+    original_predict = adapter.predict
+    monkeypatch.setattr(adapter, "predict", lambda x, t, cond: steps.append(int(t)) or original_predict(x, t, cond))
+    run_upscale(registry, steps=4, params=UpscaleParams(input=str(tmp_path / "fg.####.exr"), strength=0.5,
+                                                       cosine_scale=0.5, matte_cosine_scale=3.0))
+    assert len(weights) == len(steps) == 2
+    for c, t in zip(weights, steps):
+        assert tuple(c.shape) == (1, 1, 16, 16)  # one exponent per latent cell of the 128 px stage
+        torch.testing.assert_close(c[..., :8], torch.full_like(c[..., :8], cosine_mix_weight(t, cosine_scale=3.0)))
+        torch.testing.assert_close(c[..., 8:], torch.full_like(c[..., 8:], cosine_mix_weight(t, cosine_scale=0.5)))
+        assert float(c[..., :8].max()) < float(c[..., 8:].min())  # the foreground lets go of the plate sooner
+
+
+def test_refine_at_the_reference_size_is_plain_sdedit(registry, tmp_path, monkeypatch):
+    pattern, _ = write_plate(tmp_path, frames=[1], size=(32, 32))
+    adapter = registry.get("tiny-sd")
+    calls: list = []
+    spy_predict(monkeypatch, adapter, calls)
+    monkeypatch.setattr(cascade, "cosine_mix", lambda *a: pytest.fail("refine mode does not mix"))
+    run_upscale(registry, steps=3, params=UpscaleParams(mode="refine", input=pattern, scale=2.0))
+    # 32 → 64 px is tiny-sd's native size: no scale fusion and no dilated conv at any step
+    assert calls and all(not fused and dilation == (1, 1) for _, _, _, fused, dilation in calls)
 
 
 def test_video_refine_denoises_each_clip_without_cosine_mix(registry, tmp_path, monkeypatch):

@@ -139,6 +139,28 @@ def cosine_mix_weight_map(
     return weight.to(dtype=scale_map.dtype)
 
 
+def matte_cosine_scale_map(
+    matte: torch.Tensor, latent: torch.Tensor, outside: float, inside: float
+) -> torch.Tensor:
+    """A per-pixel exponent for ``latent`` from a matte: ``inside`` where alpha is 1, ``outside``
+    where it is 0, linear in between (FreeScale's region-wise cosine scale for plates).
+
+    ``matte`` is ``(H, W)`` or ``(F, H, W)`` in [0, 1] at any resolution; it is area-resized to the
+    latent's grid. The map is ``(1, 1, h, w)`` for an image latent ``(B, C, h, w)`` (one frame's
+    matte) and ``(1, 1, F, h, w)`` for a clip ``(B, C, F, h, w)``.
+    """
+    frames = matte.reshape(-1, 1, *matte.shape[-2:]).to(torch.float32)
+    alpha = F.interpolate(frames, size=tuple(latent.shape[-2:]), mode="area").clamp(0.0, 1.0)
+    exponent = outside + (inside - outside) * alpha  # (F, 1, h, w)
+    if latent.ndim == 5:
+        if exponent.shape[0] != latent.shape[2]:
+            raise ValueError(f"a matte of {exponent.shape[0]} frames for a clip of {latent.shape[2]}")
+        exponent = exponent.permute(1, 0, 2, 3).unsqueeze(0)
+    elif exponent.shape[0] != 1:
+        raise ValueError(f"an image latent takes one frame's matte, got {exponent.shape[0]}")
+    return exponent.to(device=latent.device, dtype=latent.dtype)
+
+
 def cosine_mix(x: torch.Tensor, z: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
     """``(1 − c) · x + c · z``: pull the latent toward the noised reference by ``c``."""
     if isinstance(c, torch.Tensor):
@@ -291,6 +313,7 @@ __all__ = [
     "cosine_mix",
     "cosine_mix_weight",
     "cosine_mix_weight_map",
+    "matte_cosine_scale_map",
     "noised_references",
     "plan_stages",
     "renoise_start_index",

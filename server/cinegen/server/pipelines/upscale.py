@@ -7,7 +7,9 @@ Modes, on UNet models (`sd` images, `animatediff` clips; `wan` goes to `upscale_
 - refine (I2VGen-XL): a clip resized to the target, re-noised to `strength` and denoised (SDEdit,
   no cosine mix); the clip is the model's only guide besides a short prompt.
 
-Defaults: target = 2× the base (native size, or the plate); stages ×2 each; cosine_scale 2.0;
+Defaults: 50 steps on SD models (FreeScale), the model's own elsewhere; target = 2× the base (native
+size, or the plate); stages ×2 each; cosine_scale 2.0 (a plate's matte may pick another exponent for
+its foreground: --matte-cosine-scale);
 strength: generate K = ⌊0.3·steps⌋ (= 0.7), plate 0.5, refine 0.6 (t ≈ 600 of 1000); dilate_tau
 = round(0.7·steps) as a step index (FreeScale's 35 of 50); VAE tiles of max(512, native) px.
 An `--input` with the default mode means plate mode. Plates are scene-linear: they go through the
@@ -45,6 +47,7 @@ T = TypeVar("T")
 MAX_SIDE = 16384
 DEFAULT_SCALE = 2.0
 DEFAULT_STRENGTH = {"generate": None, "plate": 0.5, "refine": 0.6}
+CASCADE_STEPS = {"sd": 50}  # FreeScale samples SD/SDXL in 50 steps (dilate_tau 35 of them); others: the model's own
 
 
 # ---- what a job asks for ------------------------------------------------------------------------
@@ -158,6 +161,11 @@ def check_params(params: UpscaleParams, mode: str) -> None:
         raise InvalidArgument(f"Strength 0 would leave the picture as it is in {mode} mode; use a value in (0, 1].")
     if params.cosine_scale is not None and params.cosine_scale < 0:
         raise InvalidArgument(f"Cosine scale must be 0 or more (got {params.cosine_scale:g}).")
+    if params.matte_cosine_scale is not None and params.matte_cosine_scale < 0:
+        raise InvalidArgument(f"Matte cosine scale must be 0 or more (got {params.matte_cosine_scale:g}).")
+    if params.matte_cosine_scale is not None and mode != "plate":
+        raise InvalidArgument("--matte-cosine-scale reads the plate's matte, so it needs plate mode "
+                              "(--input PLATE.####.exr); drop it in generate or refine mode.")
     if params.dilate_tau is not None and params.dilate_tau < 0:
         raise InvalidArgument(f"Dilate tau is a step index, 0 or more (got {params.dilate_tau}).")
     if params.stages is not None and params.stages < 1:
@@ -203,7 +211,8 @@ def plan_upscale(adapter: FamilyAdapter, job: JobSpec, steps: int) -> UpscalePla
     settings = CascadeSettings(
         steps=steps, strength=strength, cosine_scale=2.0 if p.cosine_scale is None else p.cosine_scale,
         dilate_tau=p.dilate_tau, fast=p.fast, latent_resize=p.latent_resize,
-        cosine_mix=mode != "refine", vae_tile=p.vae_tile or default_vae_tile(adapter))
+        cosine_mix=mode != "refine", vae_tile=p.vae_tile or default_vae_tile(adapter),
+        matte_cosine_scale=p.matte_cosine_scale)
     return UpscalePlan(mode, target, stages, reference_size(adapter, target), settings, plate)
 
 
@@ -307,6 +316,12 @@ class UpscalePipeline(Pipeline):
             check_target(mode, native, resolve_target(native, p.scale, job.common.width, job.common.height),
                          model_id)
 
+    def resolve(self, job: JobSpec, adapter: FamilyAdapter) -> Resolved:
+        r = super().resolve(job, adapter)
+        if job.common.steps is None and adapter.family in CASCADE_STEPS:
+            r = dataclasses.replace(r, steps=CASCADE_STEPS[adapter.family])
+        return r
+
     def run(self, ctx: RunContext) -> list[str]:
         adapter = ctx.registry.get(self.model_id(ctx.job, ctx.registry))
         if adapter.family == "wan":
@@ -387,9 +402,13 @@ class UpscalePipeline(Pipeline):
                 warned = True
             base_unit = n * len(plan.stages)
 
-            def work(settings: CascadeSettings, pixels: torch.Tensor = pixels, base_unit: int = base_unit):
+            matte = torch.from_numpy(np.stack(alphas)) if plan.settings.matte_cosine_scale is not None else None
+
+            def work(settings: CascadeSettings, pixels: torch.Tensor = pixels, base_unit: int = base_unit,
+                     matte: torch.Tensor | None = matte):
                 out = run_cascade(adapter, cond, pixels.to(adapter.device), plan.stages, plan.reference, settings,
-                                  r.seed, callbacks_for=lambda k: progress.callbacks(base_unit + k), x0_is_pixels=True)
+                                  r.seed, callbacks_for=lambda k: progress.callbacks(base_unit + k), x0_is_pixels=True,
+                                  matte=matte)
                 return decode_latents(adapter, out, settings)
 
             images = run_with_memory_retry(work, plan.settings, ctx.log)

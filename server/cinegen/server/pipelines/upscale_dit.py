@@ -12,6 +12,8 @@ Then decode and write frames. K = steps − ⌊steps·strength⌋ (the diffusers
 gives CineScale's step 15 of 50). With α = 1, λ = 1, the stock shift, one tile and target = native,
 generate equals `WanPipeline` and plate equals `WanVideoToVideoPipeline` for the same seed (tests).
 
+Defaults from the paper: base-stage shift s = 7 (CineScaleOptions.base_shift; None = the folder's own);
+re-noise at step 15 of 50 on Wan 2.1 (strength 0.7) and at steps − 30 on Wan 2.2 (strength 0.6).
 Defaults chosen here where the handbook leaves room (unverified): refinement shift 9 up to 5B
 parameters, 11 above; spatial α 20 for the first refinement, 25 for later ones; coef from CineScale's
 thresholds at the 720p-equivalent token count; tile and near margin = 18×32 and 24 of 45×80, scaled
@@ -41,6 +43,7 @@ from ..diffusion.dit_attention import (CINESCALE_NEAR_MARGIN, CINESCALE_TILE, WA
 from ..diffusion.dit_rope import install_ntk_rope
 from ..diffusion.noise_shift import latent_upsample, refinement_timesteps, renoise_flow
 from ..diffusion.sampler import DenoiseLoop, LoopCallbacks
+from ..diffusion.temporal_chunks import default_overlap, predict_in_temporal_windows
 from ..errors import InvalidArgument, NotFound
 from ..models.family import Conditioning
 from ..models.wan import WanAdapter
@@ -49,6 +52,9 @@ from .base import JobSpec, Resolved, RunContext, StepProgress, seeded_generator
 
 WAN_TEMPORAL_FACTOR = 4  # frames per latent frame of the causal Wan VAE (plus the first)
 DEFAULT_STRENGTH = {"generate": 0.7, "plate": 0.7, "refine": 0.6}
+# CineScale on Wan 2.2 re-noises at step steps − 30 (30 of 50 steps denoised): strength 0.6 at any step count.
+WAN22_STRENGTH = 0.6
+CINESCALE_BASE_SHIFT = 7.0  # noise shift s of the base stage (CineScale); refinement stages 9–11
 LARGE_MODEL_PARAMETERS = 5e9  # above: 14B-class models, refinement shift 11
 AUTO_VAE_TILE, AUTO_VAE_TILE_ABOVE = 256, 1280 * 720
 
@@ -56,7 +62,7 @@ AUTO_VAE_TILE, AUTO_VAE_TILE_ABOVE = 256, 1280 * 720
 @dataclass(frozen=True)
 class CineScaleOptions:
     """Method knobs; None takes the default for the model and stage (module docstring)."""
-    base_shift: float | None = None  # None: the model folder's own scheduler shift
+    base_shift: float | None = CINESCALE_BASE_SHIFT  # None: the model folder's own scheduler shift
     refine_shift: float | None = None
     ntk_alpha: float | None = None  # spatial axes; the frame axis keeps α = 1
     attention_coef: float | None = None
@@ -202,10 +208,18 @@ def refine_latents(adapter: WanAdapter, cond: Conditioning, latents: torch.Tenso
     schedule = refinement_timesteps(adapter.scheduler, steps, stage.start_index, settings.shift, device=adapter.device)
     noise = randn_tensor(tuple(x0.shape), generator=generator, device=adapter.device, dtype=torch.float32)
     x = renoise_flow(x0.float(), noise, schedule.sigmas[0])  # the tensor σ: the stock add_noise arithmetic
-    loop = DenoiseLoop(_loop_scheduler(schedule.scheduler), lambda v, t: adapter.predict(v, t, cond),
+    loop = DenoiseLoop(_loop_scheduler(schedule.scheduler), temporal_windows_predict(adapter, cond),
                        callbacks=callbacks or LoopCallbacks())
     with cinescale_installed(adapter, settings):
         return loop.run(x, start_index=stage.start_index)
+
+
+def temporal_windows_predict(adapter: WanAdapter, cond: Conditioning):
+    """The model on a clip longer than it was trained on: overlapping windows of its native latent
+    frames, blended every step (no seam in time, one window's activations in memory)."""
+    window = adapter.latent_frames(adapter.native_frames)
+    overlap = default_overlap(window)
+    return lambda v, t: predict_in_temporal_windows(lambda z, u: adapter.predict(z, u, cond), v, t, window, overlap)
 
 
 # ---- plates ---------------------------------------------------------------------------------------
@@ -268,6 +282,19 @@ def dit_mode(params: UpscaleParams) -> str:
     return "plate" if mode == "generate" and params.input else mode
 
 
+def is_wan_2_2(adapter: WanAdapter) -> bool:
+    """Wan 2.2: two experts (A14B, a boundary timestep) or per-token timesteps (TI2V 5B)."""
+    config = adapter.pipe.config
+    return getattr(adapter.pipe, "transformer_2", None) is not None or bool(config.get("expand_timesteps"))
+
+
+def default_strength(adapter: WanAdapter, mode: str) -> float:
+    """Refinement strength when none is asked: CineScale's step 15 of 50 on Wan 2.1, steps − 30 on Wan 2.2."""
+    if mode != "refine" and is_wan_2_2(adapter):
+        return WAN22_STRENGTH
+    return DEFAULT_STRENGTH.get(mode, 0.7)
+
+
 def start_index_for(steps: int, strength: float) -> int:
     denoised = min(int(steps * strength), steps)
     if denoised < 1:
@@ -285,7 +312,7 @@ def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, pa
                               "upscale runs on text-to-video Wan models.")
     mode = dit_mode(params)
     alphas: list[np.ndarray] = []  # the plate's mattes, carried to the output frames
-    strength = params.strength if params.strength is not None else DEFAULT_STRENGTH.get(mode, 0.7)
+    strength = params.strength if params.strength is not None else default_strength(adapter, mode)
     start_index = start_index_for(resolved.steps, strength)
     generator = seeded_generator(resolved.seed)
     if mode == "generate":

@@ -12,7 +12,14 @@ One upscaled stage, for a stage size ``S`` and the *reference* size ``R`` (the f
         attn1 → G(local windows of R's token grid) + (global − G(global))               (scale fusion)
         x ← scheduler.step(ε_θ(x, t_i), t_i, x)
 
-Refine mode (I2VGen-XL) is the same stage without the cosine mix: plain SDEdit from z_K.
+Plates may carry a region-wise exponent (``matte_cosine_scale``): the plate's matte picks the
+exponent per pixel, ``matte_cosine_scale`` where alpha is 1 and ``cosine_scale`` where it is 0
+(FreeScale: a higher exponent lets go of the reference sooner, so that region gets more new detail).
+
+Refine mode (I2VGen-XL) is the same stage without the cosine mix: SDEdit from z_K. At or below the
+reference size that is all it is (no dilation, no scale fusion: plain SDEdit). Above it, dilation and
+scale fusion stay on, because I2VGen-XL refines at its *training* size while here the clip is
+refined above the model's: without them the UNet repeats objects at the larger size.
 ``dilate_tau`` is a step index of the schedule; unset it is ``round(0.7 · steps)`` (FreeScale's 35
 of 50). Everything patched (convs, processors) is restored when a stage ends, fails or is cancelled.
 """
@@ -26,8 +33,9 @@ from typing import Callable, Iterator
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..diffusion.cascade import (DEFAULT_COSINE_SCALE, DEFAULT_RENOISE_FRACTION, CascadeHooks, noised_references,
-                                 plan_stages, renoise_start_index, resize_latent, resize_pixels)
+from ..diffusion.cascade import (DEFAULT_COSINE_SCALE, DEFAULT_RENOISE_FRACTION, CascadeHooks,
+                                 matte_cosine_scale_map, noised_references, plan_stages, renoise_start_index,
+                                 resize_latent, resize_pixels)
 from ..diffusion.dilation import DilationSchedule, dilation_targets
 from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
 from ..diffusion.scale_fusion import install_scale_fusion
@@ -53,8 +61,10 @@ class CascadeSettings:
     fast: bool = False
     latent_resize: bool = False
     cosine_mix: bool = True  # False for refine mode (plain SDEdit)
+    matte_cosine_scale: float | None = None  # plates: the exponent where the matte is 1 (cosine_scale where 0)
     vae_tile: int = 512  # pixels; frames no larger than this go through the VAE whole
     windows_per_batch: int = 64  # scale-fusion windows per attention call
+    scale_fusion: bool = True  # False only for ablations (`cinegen bench quality`): plain attention in the stages
 
     @property
     def start_index(self) -> int:
@@ -193,7 +203,7 @@ def scale_fusion_for_stage(unet: torch.nn.Module, size: Size, reference: Size, s
                            generator: torch.Generator) -> Iterator[bool]:
     """Scale fusion on every attn1 while the stage runs, when the stage is above the reference."""
     scale = fusion_scale(size, reference)
-    if max(scale) <= 1.0:
+    if max(scale) <= 1.0 or not settings.scale_fusion:
         yield False
         return
     with install_scale_fusion(unet, scale, fast=settings.fast, jitter=True, generator=generator) as installed:
@@ -204,8 +214,11 @@ def scale_fusion_for_stage(unet: torch.nn.Module, size: Size, reference: Size, s
 
 def refine_stage(adapter: FamilyAdapter, cond: Conditioning, x0_up: torch.Tensor, size: Size, reference: Size,
                  settings: CascadeSettings, *, noise_generator: torch.Generator,
-                 jitter_generator: torch.Generator, callbacks: LoopCallbacks | None = None) -> torch.Tensor:
-    """Denoise `x0_up` (latents at `size`) from step K with the cosine mix, dilation and scale fusion."""
+                 jitter_generator: torch.Generator, callbacks: LoopCallbacks | None = None,
+                 matte: torch.Tensor | None = None) -> torch.Tensor:
+    """Denoise `x0_up` (latents at `size`) from step K with the cosine mix, dilation and scale fusion.
+
+    `matte` ((H, W) or (F, H, W) in [0, 1]) with `settings.matte_cosine_scale` makes the exponent a map."""
     scheduler = adapter.new_scheduler()
     scheduler.set_timesteps(settings.steps, device=adapter.device)
     # the draw happens even when nothing is denoised, so later stages see the same noise stream
@@ -213,8 +226,11 @@ def refine_stage(adapter: FamilyAdapter, cond: Conditioning, x0_up: torch.Tensor
     start = settings.start_index
     if start >= settings.steps:
         return x0_up  # strength 0: the stage keeps its reference
+    cosine_scale: float | torch.Tensor = settings.cosine_scale
+    if matte is not None and settings.matte_cosine_scale is not None:
+        cosine_scale = matte_cosine_scale_map(matte, x0_up, settings.cosine_scale, settings.matte_cosine_scale)
     mix = CascadeHooks(noised_references(x0_up, noise, scheduler.timesteps, scheduler), start,
-                       cosine_scale=settings.cosine_scale,
+                       cosine_scale=cosine_scale,
                        train_timesteps=int(scheduler.config.num_train_timesteps))
     schedule = DilationSchedule.for_stage(reference[0], size[0], settings.tau)
     hooks: list = [mix] if settings.cosine_mix else []
@@ -229,18 +245,19 @@ def refine_stage(adapter: FamilyAdapter, cond: Conditioning, x0_up: torch.Tensor
 def run_cascade(adapter: FamilyAdapter, cond: Conditioning, x0: torch.Tensor, stages: list[Size],
                 reference: Size, settings: CascadeSettings, seed: int, *,
                 callbacks_for: Callable[[int], LoopCallbacks] = lambda k: LoopCallbacks(),
-                x0_is_pixels: bool = False) -> torch.Tensor:
+                x0_is_pixels: bool = False, matte: torch.Tensor | None = None) -> torch.Tensor:
     """Latents at `stages[-1]`: each stage resizes the previous result and refines it.
 
     `x0` is the result before `stages[0]`: latents (generate) or [0, 1] pixels (plate, refine).
     Every call with the same seed draws the same noise, so the frames of a plate share it.
+    `matte`: the plate's alpha, for a region-wise cosine exponent (`settings.matte_cosine_scale`).
     """
     noise_generator = seeded_generator(seed + NOISE_SEED_OFFSET)
     jitter_generator = seeded_generator(seed + JITTER_SEED_OFFSET)
     for k, size in enumerate(stages):
         x0_up = upscaled_reference(adapter, x0, size, settings, x0_is_pixels=x0_is_pixels and k == 0)
         x0 = refine_stage(adapter, cond, x0_up, size, reference, settings, noise_generator=noise_generator,
-                          jitter_generator=jitter_generator, callbacks=callbacks_for(k))
+                          jitter_generator=jitter_generator, callbacks=callbacks_for(k), matte=matte)
     return x0
 
 
