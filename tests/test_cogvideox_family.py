@@ -36,6 +36,23 @@ def test_denoising_with_the_adapter_equals_the_stock_pipeline_bit_for_bit(cog):
     assert torch.equal(ours.permute(0, 2, 1, 3, 4), stock)
 
 
+def test_tora_samples_as_its_reference_dpm_trailing_with_dynamic_cfg_bit_for_bit(cog):
+    from diffusers import CogVideoXDPMScheduler
+
+    from cinegen.server.pipelines.trajectory import ToraInference, denoise_cogvideox
+
+    r = Resolved("a red disc", "blurry", "tiny-cogvideox", seed=4, steps=3, guidance=6.0, width=64, height=64,
+                 frames=9, fps=8.0, first_frame=1001)
+    generator = seeded_generator(r.seed)
+    ours = cog.decode(denoise_cogvideox(cog, r, stock_noise(cog, r, generator), generator, ToraInference()))
+    stock_pipe = type(cog.pipe)(**{**cog.pipe.components, "scheduler": CogVideoXDPMScheduler.from_config(
+        cog.pipe.scheduler.config, timestep_spacing="trailing")})  # Tora's diffusers-version/inference.py
+    stock = stock_pipe(r.prompt, negative_prompt=r.negative_prompt, num_inference_steps=r.steps,
+                       guidance_scale=r.guidance, num_frames=r.frames, height=r.height, width=r.width,
+                       use_dynamic_cfg=True, generator=torch.Generator().manual_seed(r.seed), output_type="pt").frames
+    assert torch.equal(ours.permute(0, 2, 1, 3, 4), stock)
+
+
 def test_tiny_model_is_registered_as_cogvideox_with_its_tora_modules(cog_registry, cog):
     assert cog_registry.entry("tiny-cogvideox").family == "cogvideox"
     assert cog.native_size == (64, 64) and cog.native_frames == 9

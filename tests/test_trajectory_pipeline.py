@@ -19,7 +19,10 @@ from cinegen.server.errors import FailedPrecondition
 from cinegen.server.models.cogvideox import cogvideox_family
 from cinegen.server.models.registry import ModelRegistry, ensure_tiny_model
 from cinegen.server.pipelines.base import JobSpec, Resolved, RunContext
-from cinegen.server.pipelines.trajectory import TrajectoryPipeline, generate_freetraj, generate_tora
+from cinegen.common.trajectory_io import Trajectory
+from cinegen.server.diffusion.tora import motion_features
+from cinegen.server.pipelines.trajectory import (ToraInference, TrajectoryPipeline, generate_freetraj, generate_tora,
+                                                 tora_flow_latents)
 
 TRACK_COLOUR = (0xFF, 0x4D, 0x4D)  # trajectory_io's first track colour
 
@@ -131,7 +134,7 @@ def _context(registry, job: JobSpec, events: list) -> RunContext:
                       is_cancelled=lambda: False)
 
 
-def test_tora_path_on_cogvideox_writes_the_requested_frames_and_the_trajectory_matters(cog_registry, tmp_path):
+def test_tora_path_on_cogvideox_writes_the_requested_frames_and_removes_its_hooks(cog_registry, tmp_path):
     job = JobSpec("tora-1", "trajectory",
                   CommonParams(prompt="a red disc", model="tiny-cogvideox", seed=1, steps=2, width=64, height=64,
                                frames=8, out=str(tmp_path / "tora.####.exr")),
@@ -145,11 +148,64 @@ def test_tora_path_on_cogvideox_writes_the_requested_frames_and_the_trajectory_m
     assert any(kind == "log" and "Tora" in message for kind, message in events)
 
     adapter = cog_registry.get("tiny-cogvideox")
-    r = _resolved("tiny-cogvideox", 9)
-    trajectory = parse_trajectory(_document(frames=9))
-    guided, plain = generate_tora(adapter, r, trajectory), generate_tora(adapter, r, trajectory, control=False)
-    assert (guided - plain).abs().max() > 1e-3
     assert all(not block.norm1._forward_hooks for block in adapter.denoiser.transformer_blocks)
+
+
+def _line_track(x0: float, x1: float, frames: int, width: int = 512, height: int = 64) -> Trajectory:
+    return parse_trajectory({"origin": "top-left", "width": width, "height": height, "tracks": [
+        {"name": "disc", "size": 20, "points": [{"frame": 1001, "x": x0, "y": 32},
+                                                {"frame": 1000 + frames, "x": x1, "y": 32}]}]})
+
+
+def test_tora_motion_features_move_with_the_track(cog_registry):
+    # Shift the track by one DiT token (2×2 latent cells = 16 px): the injected motion features shift by one
+    # token (the flow video, the VAE and the extractor are convolutions on a flat background). 32 tokens
+    # wide, so that the borders' padding (seen ~10 tokens deep) stays away from the track's middle tokens.
+    adapter = cog_registry.get("tiny-cogvideox")
+    r = _resolved("tiny-cogvideox", 9, width=512, height=64)
+    deterministic = ToraInference(flow_latents="mode")  # a posterior sample is noise, not a function of position
+
+    def features(x0: float, x1: float) -> list[torch.Tensor]:
+        track = _line_track(x0, x1, 9, width=512)
+        return motion_features(adapter.tora, tora_flow_latents(adapter, r, track, deterministic))
+
+    here, there, still = features(224, 264), features(240, 280), features(224, 224)
+    for a, b, s0 in zip(here, there, still):
+        moving = (a - s0).abs()[..., 12:18].amax()  # what the motion changes around the track
+        error = (b[..., 13:19] - a[..., 12:18]).abs().amax()
+        assert error < 1e-3 * moving, (float(error), float(moving))
+
+
+def test_the_flow_of_a_reversed_track_points_the_other_way(cog_registry):
+    from cinegen.server.diffusion.flowmap import sparse_flow
+    from cinegen.server.pipelines.trajectory import track_positions
+
+    forward = track_positions(_line_track(96, 152, 9), 1001, 9).float()
+    backward = track_positions(_line_track(152, 96, 9), 1001, 9).float()
+    flow_f, flow_b = sparse_flow(forward, 9, 64, 512), sparse_flow(backward, 9, 64, 512)
+    # frame t+1 of the reversed track carries the step of frame 8−t of the forward one, negated
+    for t in range(8):
+        torch.testing.assert_close(flow_b[t + 1].sum((1, 2)), -flow_f[8 - t].sum((1, 2)))
+    assert float(flow_f[1:, 0].sum()) > 0 > float(flow_b[1:, 0].sum())
+
+
+def test_the_pipeline_injects_the_features_of_the_requested_track_seeded(cog_registry, monkeypatch):
+    import cinegen.server.pipelines.trajectory as trajectory_module
+
+    adapter = cog_registry.get("tiny-cogvideox")
+    injected: list = []
+    original = trajectory_module.tora_installed
+    monkeypatch.setattr(trajectory_module, "tora_installed",
+                        lambda transformer, modules, features: injected.append(features) or
+                        original(transformer, modules, features))
+    r = _resolved("tiny-cogvideox", 9, steps=1)
+    forward, backward = _line_track(12, 52, 9, 64, 64), _line_track(52, 12, 9, 64, 64)
+    for track in (forward, backward, forward):
+        generate_tora(adapter, r, track)
+    expected = motion_features(adapter.tora, tora_flow_latents(adapter, r, forward))  # sampled, seeded by r.seed
+    assert all(torch.equal(a, b) for a, b in zip(injected[0], expected))
+    assert all(torch.equal(a, b) for a, b in zip(injected[2], expected)), "the same seed samples the same latents"
+    assert all(not torch.allclose(a, b) for a, b in zip(injected[1], expected)), "a reversed track is not the same"
 
 
 def test_a_cogvideox_model_without_tora_weights_is_refused_before_running(tmp_path, tiny_model_cache):

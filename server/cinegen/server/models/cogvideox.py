@@ -9,12 +9,17 @@ the next one and the pipeline trims the surplus (the stock pipeline rounds down)
 
 A model folder may also hold Tora's weights (a `ToraPipeline` folder's transformer, or a `tora/`
 subfolder): they are loaded beside the model as `adapter.tora` (diffusion/tora.py).
-`CogVideoXDPMScheduler` needs the previous step's x̂0 in its `step`, which the shared loop does not
-carry, so such models are sampled with `CogVideoXDDIMScheduler` from the same config.
+`CogVideoXDPMScheduler` needs the previous step's x̂0 and timestep in its `step`, which the shared
+loop does not carry: `new_scheduler` gives `CogVideoXDDIMScheduler` from the same config, and
+`sampling_scheduler("dpm")` the DPM scheduler behind `DPMHistoryScheduler`, which keeps them (Tora's
+reference inference: DPM, trailing timesteps, with `dynamic_guidance`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -88,6 +93,18 @@ class CogVideoXAdapter(FamilyAdapter):
         cls = CogVideoXDDIMScheduler if isinstance(self.scheduler, CogVideoXDPMScheduler) else type(self.scheduler)
         return cls.from_config(config)
 
+    def sampling_scheduler(self, kind: str) -> Any:
+        """"dpm": `CogVideoXDPMScheduler` with trailing timesteps, as Tora's inference script sets it
+        (wrapped for the shared loop); "ddim": `new_scheduler()`, the folder's own spacing."""
+        from diffusers import CogVideoXDPMScheduler
+
+        if kind == "ddim":
+            return self.new_scheduler()
+        if kind != "dpm":
+            raise ValueError(f"unknown CogVideoX sampler {kind!r}")
+        config = dict(self.scheduler.config, timestep_spacing="trailing")
+        return DPMHistoryScheduler(CogVideoXDPMScheduler.from_config(config))
+
     # ---- the verbs --------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float, batch: int = 1) -> Conditioning:
         do_cfg = guidance > 1.0
@@ -141,10 +158,35 @@ class CogVideoXAdapter(FamilyAdapter):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, F', C, h, w) → (B, 3, F, H, W) in [0, 1], F = (F' − 1)·4 + 1."""
         vae = self.pipe.vae
-        with torch.no_grad():
+        with torch.no_grad(), self.vae_tiling(latents):
             z = 1 / self.pipe.vae_scaling_factor_image * latents.permute(0, 2, 1, 3, 4).to(vae.dtype)  # as stock
             frames = vae.decode(z).sample
         return (frames.float() / 2 + 0.5).clamp(0, 1)
+
+    @contextlib.contextmanager
+    def vae_tiling(self, latents: torch.Tensor) -> Iterator[None]:
+        """Native-size VAE tiles for frames above twice the native area (the VAE itself decodes time in
+        batches of latent frames); the VAE's own settings are restored after."""
+        from ..diffusion.tiled_vae import needs_tiling
+
+        vae, s = self.pipe.vae, self.vae_scale_factor
+        width, height = self.native_size
+        if vae.use_tiling or not needs_tiling(latents.shape[-2] * s, latents.shape[-1] * s, (height, width)):
+            yield
+            return
+        names = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width", "tile_latent_min_height",
+                 "tile_latent_min_width", "tile_overlap_factor_height", "tile_overlap_factor_width")
+        saved = {name: getattr(vae, name) for name in names}
+        # Tiles of whole quarters (latent cells) and an overlap of a quarter: diffusers' tile stride (in
+        # latents) and its crop (in pixels) then agree; otherwise the output comes out a few pixels too big.
+        tile_h, tile_w = (max(4, side // s // 4 * 4) * s for side in (height, width))
+        vae.enable_tiling(tile_sample_min_height=tile_h, tile_sample_min_width=tile_w,
+                          tile_overlap_factor_height=0.25, tile_overlap_factor_width=0.25)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(vae, name, value)
 
     def temporal_attention_names(self) -> list[str]:
         return []  # CogVideoX attends over all frames' tokens jointly in attn1
@@ -152,6 +194,38 @@ class CogVideoXAdapter(FamilyAdapter):
     def parameter_bytes(self) -> int:
         extra = sum(p.numel() * p.element_size() for p in self.tora.parameters()) if self.tora is not None else 0
         return super().parameter_bytes() + extra
+
+
+# ---- sampling as the stock pipeline does with DPM ------------------------------------------------
+class DPMHistoryScheduler:
+    """`CogVideoXDPMScheduler` for the shared loop: `step(out, t, x)` passes it the previous step's x̂0
+    and timestep, as `CogVideoXPipeline` does; every other attribute is the scheduler's."""
+
+    def __init__(self, scheduler: Any):
+        self.scheduler = scheduler
+        self._previous_x0: torch.Tensor | None = None
+        self._previous_t: torch.Tensor | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scheduler, name)
+
+    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+        self.scheduler.set_timesteps(*args, **kwargs)
+        self._previous_x0, self._previous_t = None, None
+
+    def step(self, model_output: torch.Tensor, timestep: torch.Tensor, sample: torch.Tensor, eta: float = 0.0,
+             generator: torch.Generator | None = None, return_dict: bool = False) -> tuple[torch.Tensor]:
+        sample, self._previous_x0 = self.scheduler.step(model_output, self._previous_x0, timestep, self._previous_t,
+                                                        sample, eta=eta, generator=generator, return_dict=False)
+        self._previous_t = timestep
+        return (sample,)
+
+
+def dynamic_guidance(guidance: float, t: torch.Tensor, steps: int) -> float:
+    """CogVideoX's dynamic CFG scale at timestep `t` of `steps`, computed as `CogVideoXPipeline` does it
+    (`use_dynamic_cfg=True`, which Tora's reference uses with DPM). The formula puts the *timestep*
+    (0–999) against the step count — as the reference writes it, so results match it."""
+    return 1 + guidance * ((1 - math.cos(math.pi * ((steps - t.item()) / steps) ** 5.0)) / 2)
 
 
 # ---- loading ----------------------------------------------------------------------------------

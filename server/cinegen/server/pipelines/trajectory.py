@@ -4,7 +4,11 @@ Stages: read and check the tracks (file or inline JSON, sized to the output) →
 them → generate → write frames. Generation depends on the model family:
 
 * `cogvideox` — **Tora**: tracks → flow video (flowmap.py) → VAE latents → motion features, fused
-  after every DiT block's `norm1` for the whole denoise (diffusion/tora.py).
+  after every DiT block's `norm1` for the whole denoise (diffusion/tora.py). By default as Tora's
+  reference inference: `CogVideoXDPMScheduler` (trailing timesteps) with dynamic CFG, flow latents
+  sampled from the VAE posterior (seeded from the job's seed), Gaussian 99 px / σ 10 at any size.
+  Departures are options (`ToraInference`: --tora-sampler ddim, --no-dynamic-cfg, --flow-latents
+  mode, --flow-kernel scaled).
 * `animatediff` (any UNet video model) — **training-free (FreeTraj)**: boxes from the tracks and
   their sizes, trajectory-shaped x_T, and fg/bg attention masks for the first steps
   (diffusion/freetraj.py). A track's name, when it is a word of the prompt, names the subject
@@ -14,7 +18,9 @@ Track frame numbers are output frame numbers: frame `first_frame + i` is the i-t
 """
 from __future__ import annotations
 
+import dataclasses
 import io
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,16 +32,39 @@ from cinegen.common.sequence import SequencePattern
 from cinegen.common.trajectory_io import (Trajectory, TrajectoryError, interpolate_tracks, load_trajectory,
                                           trajectory_preview_png)
 
-from ..diffusion.flowmap import flow_video
+from ..diffusion.flowmap import TORA_GAUSSIAN, flow_video, scaled_gaussian_params
 from ..diffusion.freetraj import (AttentionNames, FreeTrajAttention, FreeTrajConfig, FreeTrajGuide, plan_boxes,
                                   subject_token_indices, trajectory_noise)
 from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
 from ..diffusion.tora import motion_features, tora_installed, tora_weight_files
 from ..errors import FailedPrecondition, InvalidArgument
+from ..models.cogvideox import dynamic_guidance
 from ..models.family import FamilyAdapter
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, seeded_generator
 
 PREVIEW_SIDE = 256
+FLOW_SEED_OFFSET = 3  # the flow latents' posterior sample gets its own stream, apart from x_T's
+
+
+@dataclass(frozen=True)
+class ToraInference:
+    """How Tora samples; the defaults are its reference inference (diffusers-version/inference.py)."""
+
+    sampler: str = "dpm"  # CogVideoXDPMScheduler, trailing timesteps; "ddim": the folder's DDIM
+    dynamic_cfg: bool = True  # CogVideoXPipeline's use_dynamic_cfg
+    flow_latents: str = "sample"  # the VAE posterior sampled, as Tora encodes the flow video; "mode"
+    flow_kernel: str = "fixed"  # 99 px, σ 10 whatever the size; "scaled" with the frame from 720×480
+
+    @classmethod
+    def from_params(cls, params: TrajectoryParams) -> ToraInference:
+        sampler, latents, kernel = params.tora_sampler or "dpm", params.flow_latents or "sample", \
+            params.flow_kernel or "fixed"
+        for name, value, allowed in (("--tora-sampler", sampler, ("dpm", "ddim")),
+                                     ("--flow-latents", latents, ("sample", "mode")),
+                                     ("--flow-kernel", kernel, ("fixed", "scaled"))):
+            if value not in allowed:
+                raise InvalidArgument(f"{name} '{value}' is not one of {', '.join(allowed)}.")
+        return cls(sampler, bool(params.dynamic_cfg), latents, kernel)
 
 
 # ---- the request's tracks -----------------------------------------------------------------------
@@ -129,34 +158,56 @@ def generate_freetraj(adapter: FamilyAdapter, r: Resolved, trajectory: Trajector
     return denoise(adapter, r, noise, generator, hooks=(hook,), callbacks=callbacks)
 
 
-def tora_flow_latents(adapter: Any, r: Resolved, trajectory: Trajectory) -> torch.Tensor:
+def tora_flow_latents(adapter: Any, r: Resolved, trajectory: Trajectory,
+                      inference: ToraInference = ToraInference()) -> torch.Tensor:
     """Tracks → flow video over the frames the VAE needs (4k + 1) → (1, F', C, h, w) latents."""
     frames = adapter.decoded_frames(r.frames)
     tracks = track_positions(trajectory, r.first_frame, frames).float()
-    flow = flow_video(tracks, frames, r.height, r.width)  # (F, 3, H, W) in [−1, 1]
-    return adapter.encode((flow.permute(1, 0, 2, 3)[None] + 1) / 2).to(adapter.dtype)
+    spread = TORA_GAUSSIAN if inference.flow_kernel == "fixed" else scaled_gaussian_params(r.width, r.height)
+    flow = flow_video(tracks, frames, r.height, r.width, spread=spread)  # (F, 3, H, W) in [−1, 1]
+    generator = seeded_generator(r.seed + FLOW_SEED_OFFSET) if inference.flow_latents == "sample" else None
+    return adapter.encode((flow.permute(1, 0, 2, 3)[None] + 1) / 2, generator).to(adapter.dtype)
+
+
+def denoise_cogvideox(adapter: Any, r: Resolved, noise: torch.Tensor, generator: torch.Generator,
+                      inference: ToraInference, callbacks: LoopCallbacks | None = None) -> torch.Tensor:
+    """`CogVideoXPipeline`'s loop with the sampler and guidance of `inference` (the stock call with
+    `use_dynamic_cfg` and the DPM scheduler, for the defaults)."""
+    cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
+    scheduler = adapter.sampling_scheduler(inference.sampler)
+    scheduler.set_timesteps(r.steps, device=adapter.device)
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not inference.dynamic_cfg:
+            return adapter.predict(x, t, cond)
+        return adapter.predict(x, t, dataclasses.replace(cond, guidance=dynamic_guidance(r.guidance, t, r.steps)))
+
+    loop = DenoiseLoop(scheduler, predict, callbacks=callbacks or LoopCallbacks(),
+                       step_kwargs=dict(eta=0.0, generator=generator))
+    return loop.run(noise * scheduler.init_noise_sigma)
 
 
 def generate_tora(adapter: Any, r: Resolved, trajectory: Trajectory, *, callbacks: LoopCallbacks | None = None,
-                  control: bool = True) -> torch.Tensor:
+                  control: bool = True, inference: ToraInference = ToraInference()) -> torch.Tensor:
     """Latents (1, F', C, h, w) on a CogVideoX model with Tora's motion guidance installed."""
     generator = seeded_generator(r.seed)
     noise = stock_noise(adapter, r, generator)
     if not control:
-        return denoise(adapter, r, noise, generator, callbacks=callbacks)
+        return denoise_cogvideox(adapter, r, noise, generator, inference, callbacks)
     if adapter.tora is None:
         raise FailedPrecondition(f"Model '{adapter.entry.id}' has no Tora weights: put Tora's diffusers transformer "
                                  "(Tora_T2V_diffusers) or a tora/ folder of its weights beside the model.")
-    features = motion_features(adapter.tora, tora_flow_latents(adapter, r, trajectory))
+    features = motion_features(adapter.tora, tora_flow_latents(adapter, r, trajectory, inference))
     with tora_installed(adapter.denoiser, adapter.tora, features):
-        return denoise(adapter, r, noise, generator, callbacks=callbacks)
+        return denoise_cogvideox(adapter, r, noise, generator, inference, callbacks)
 
 
 def generate_trajectory_video(adapter: FamilyAdapter, r: Resolved, trajectory: Trajectory, *,
-                              callbacks: LoopCallbacks | None = None, control: bool = True) -> torch.Tensor:
+                              callbacks: LoopCallbacks | None = None, control: bool = True,
+                              inference: ToraInference = ToraInference()) -> torch.Tensor:
     """(3, F, H, W) frames in [0, 1] following `trajectory` (already in output pixels)."""
     if adapter.family == "cogvideox":
-        latents = generate_tora(adapter, r, trajectory, callbacks=callbacks, control=control)
+        latents = generate_tora(adapter, r, trajectory, callbacks=callbacks, control=control, inference=inference)
         return adapter.decode(latents)[0, :, :r.frames]
     latents = generate_freetraj(adapter, r, trajectory, callbacks=callbacks, control=control)
     return adapter.decode(latents)[0]
@@ -187,6 +238,7 @@ class TrajectoryPipeline(Pipeline):
     def validate(self, job: JobSpec, registry) -> None:
         self.check_family(job, registry)
         trajectory = request_trajectory(job.params)
+        ToraInference.from_params(job.params)  # refuses unknown sampler/latent/kernel names at Submit
         c = job.common
         check_trajectory_fits(trajectory, c.first_frame if c.first_frame is not None else 1001, c.frames)
         entry = registry.entry(self.model_id(job, registry))
@@ -207,7 +259,8 @@ class TrajectoryPipeline(Pipeline):
         sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
         progress = StepProgress(ctx, [0.85, 0.15])
         callbacks = LoopCallbacks(progress.callback(0, "denoise"), ctx.check_cancel, ctx.latent_preview(adapter))
-        video = generate_trajectory_video(adapter, r, trajectory, callbacks=callbacks)
+        video = generate_trajectory_video(adapter, r, trajectory, callbacks=callbacks,
+                                          inference=ToraInference.from_params(ctx.job.params))
         for i in range(r.frames):
             ctx.check_cancel()
             frame = video[:, i]

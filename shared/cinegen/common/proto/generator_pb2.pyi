@@ -47,7 +47,7 @@ class ImageParams(_message.Message):
     def __init__(self) -> None: ...
 
 class UpscaleParams(_message.Message):
-    __slots__ = ("input", "scale", "strength", "cosine_scale", "dilate_tau", "fast", "stages", "mode", "vae_tile", "lora", "latent_resize", "input_colorspace")
+    __slots__ = ("input", "scale", "strength", "cosine_scale", "dilate_tau", "fast", "stages", "mode", "vae_tile", "lora", "latent_resize", "matte_cosine_scale", "input_colorspace")
     INPUT_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class UpscaleParams(_message.Message):
     VAE_TILE_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
     LATENT_RESIZE_FIELD_NUMBER: _ClassVar[int]
+    MATTE_COSINE_SCALE_FIELD_NUMBER: _ClassVar[int]
     INPUT_COLORSPACE_FIELD_NUMBER: _ClassVar[int]
     input: str
     scale: float
@@ -71,8 +72,9 @@ class UpscaleParams(_message.Message):
     vae_tile: int
     lora: str
     latent_resize: bool
+    matte_cosine_scale: float
     input_colorspace: str
-    def __init__(self, input: _Optional[str] = ..., scale: _Optional[float] = ..., strength: _Optional[float] = ..., cosine_scale: _Optional[float] = ..., dilate_tau: _Optional[int] = ..., fast: _Optional[bool] = ..., stages: _Optional[int] = ..., mode: _Optional[str] = ..., vae_tile: _Optional[int] = ..., lora: _Optional[str] = ..., latent_resize: _Optional[bool] = ..., input_colorspace: _Optional[str] = ...) -> None: ...
+    def __init__(self, input: _Optional[str] = ..., scale: _Optional[float] = ..., strength: _Optional[float] = ..., cosine_scale: _Optional[float] = ..., dilate_tau: _Optional[int] = ..., fast: _Optional[bool] = ..., stages: _Optional[int] = ..., mode: _Optional[str] = ..., vae_tile: _Optional[int] = ..., lora: _Optional[str] = ..., latent_resize: _Optional[bool] = ..., matte_cosine_scale: _Optional[float] = ..., input_colorspace: _Optional[str] = ...) -> None: ...
 
 class PanoramaParams(_message.Message):
     __slots__ = ("projection", "loop", "input", "guidance_scale_down", "early_overlap", "band_prompts", "input_colorspace")
@@ -93,12 +95,20 @@ class PanoramaParams(_message.Message):
     def __init__(self, projection: _Optional[str] = ..., loop: _Optional[bool] = ..., input: _Optional[str] = ..., guidance_scale_down: _Optional[float] = ..., early_overlap: _Optional[bool] = ..., band_prompts: _Optional[_Iterable[str]] = ..., input_colorspace: _Optional[str] = ...) -> None: ...
 
 class TrajectoryParams(_message.Message):
-    __slots__ = ("trajectory", "trajectory_json")
+    __slots__ = ("trajectory", "trajectory_json", "tora_sampler", "dynamic_cfg", "flow_latents", "flow_kernel")
     TRAJECTORY_FIELD_NUMBER: _ClassVar[int]
     TRAJECTORY_JSON_FIELD_NUMBER: _ClassVar[int]
+    TORA_SAMPLER_FIELD_NUMBER: _ClassVar[int]
+    DYNAMIC_CFG_FIELD_NUMBER: _ClassVar[int]
+    FLOW_LATENTS_FIELD_NUMBER: _ClassVar[int]
+    FLOW_KERNEL_FIELD_NUMBER: _ClassVar[int]
     trajectory: str
     trajectory_json: str
-    def __init__(self, trajectory: _Optional[str] = ..., trajectory_json: _Optional[str] = ...) -> None: ...
+    tora_sampler: str
+    dynamic_cfg: bool
+    flow_latents: str
+    flow_kernel: str
+    def __init__(self, trajectory: _Optional[str] = ..., trajectory_json: _Optional[str] = ..., tora_sampler: _Optional[str] = ..., dynamic_cfg: _Optional[bool] = ..., flow_latents: _Optional[str] = ..., flow_kernel: _Optional[str] = ...) -> None: ...
 
 class StoryParams(_message.Message):
     __slots__ = ("story", "story_yaml", "shots", "video_model", "stage")
