@@ -125,9 +125,10 @@ def test_story_stages_run_one_after_another_equal_the_one_box_story(client, tmp_
     assert len(one) == 6 and one.keys() == farm.keys()
     for name in one:
         assert np.array_equal(one[name], farm[name]), name
-    clips = [[(c.name, c.media_reference.target_url_base) for c in otio.adapters.read_from_file(
-        str(root / "Tiny Cut.otio")).find_clips()] for root in (tmp_path / "one", tmp_path / "farm")]
-    assert [name for name, _ in clips[0]] == [name for name, _ in clips[1]] == ["sh010", "sh020", "sh030"]
+    timelines = [list(root.glob("*.otio")) for root in (tmp_path / "one", tmp_path / "farm")]
+    assert [len(t) for t in timelines] == [1, 1]
+    clips = [[c.name for c in otio.adapters.read_from_file(str(t[0])).find_clips()] for t in timelines]
+    assert clips[0] == clips[1] == ["sh010", "sh020", "sh030"]
 
 
 # ---- export-job -------------------------------------------------------------------------------------

@@ -39,6 +39,11 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-root", action="append", default=[], type=Path, metavar="DIR",
                    help="Folder jobs may read plates, trajectories and stories from (repeatable; output roots "
                    "and uploads count too).")
+    p.add_argument("--ray", metavar="ADDRESS|local", default=None,
+                   help="Run jobs' work units on a Ray cluster (its address, or 'local' to start one here); "
+                   "needs the ray extra: pip install 'cinegen[ray]'.")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="Ray workers to start (default: one per GPU of the cluster, 1 without GPUs).")
     defaults = Limits()
     for f in dataclasses.fields(Limits):
         p.add_argument(Limits.flag(f.name), dest=f"limit_{f.name}", type=int, default=getattr(defaults, f.name),
@@ -94,7 +99,8 @@ def server_config(args: argparse.Namespace, host: str = "127.0.0.1", port: int =
     return dataclasses.replace(config, token=read_token(args), state_dir=args.state_dir or default_state_dir(),
                                limits=Limits(**values), output_roots=list(args.output_root),
                                input_roots=list(args.input_root), insecure=args.insecure, tls_cert=args.tls_cert,
-                               tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
+                               tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, ray=args.ray,
+                               ray_workers=args.ray_workers)
 
 
 @contextlib.contextmanager

@@ -267,11 +267,13 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                     info.params.append(_param_spec(desc))
         for e in self.registry.entries():
             m = caps.models.add(id=e.id, family=e.family, source=e.source, path=e.path,
-                                loaded=self.registry.is_loaded(e.id), description=e.description)
+                                loaded=self.registry.is_loaded(e.id), description=e.description, kind=e.kind)
             if self.registry.is_loaded(e.id):
                 a = self.registry.get(e.id)
                 m.native_width, m.native_height = a.native_size
                 m.native_frames = a.native_frames
+        for addon in self.registry.addons():
+            caps.addons.add(id=addon.id, family=addon.base, source="single-file", path=addon.path, kind=addon.kind)
         return caps
 
     def _device_info(self) -> pb.DeviceInfo:
@@ -308,7 +310,10 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             log.info("request refused: %s", exc, exc_info=True)
             raise InvalidArgument(f"The request could not be checked ({type(exc).__name__}); "
                                   "check its paths and values.") from None
-        job, position = self.jobs.submit(Job(id=spec.job_id, request=request, client=client, spec=spec))
+        kept = pb.JobRequest()
+        kept.CopyFrom(request)
+        kept.common.seed = spec.common.seed  # the journal keeps the seed chosen now: a resumed job goes on with it
+        job, position = self.jobs.submit(Job(id=spec.job_id, request=kept, client=client, spec=spec))
         return pb.JobTicket(job_id=job.id, queue_position=position)
 
     def validate(self, request: pb.JobRequest, *, resume: bool = False) -> JobSpec:
@@ -516,11 +521,14 @@ class GeneratorService(pb_grpc.GeneratorServicer):
 
     def Download(self, request, context):
         try:
-            fd, total = self._open_download(request.path, client_key(context))
             self.streams.acquire(self.limits)
         except UserError as exc:
             context.abort(_STATUS[exc.code], exc.message)
         try:
+            try:
+                fd, total = self._open_download(request.path, client_key(context))
+            except UserError as exc:
+                context.abort(_STATUS[exc.code], exc.message)
             with os.fdopen(fd, "rb") as f:
                 offset = 0
                 while True:
@@ -647,6 +655,9 @@ def _same_request(a: pb.JobRequest, b: pb.JobRequest) -> bool:
     a2.CopyFrom(a)
     b2.CopyFrom(b)
     a2.client = b2.client = ""  # the same job resubmitted from another client is still the same job
+    if not (a2.common.HasField("seed") and b2.common.HasField("seed")):
+        a2.common.ClearField("seed")  # "any seed" matches the seed the server chose for the first submit
+        b2.common.ClearField("seed")
     return a2.SerializeToString(deterministic=True) == b2.SerializeToString(deterministic=True)
 
 
