@@ -75,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_options(demo)
 
     bench = sub.add_parser("bench", help="Benchmarks (time and memory), not tests.")
-    bench.add_argument("what", nargs="?", default="image", help="Which benchmark.")
+    bench.add_argument("what", nargs="*", default=["image"],
+                       help="Benchmarks to run (image, panorama, io, latency, gpu, …); several run interleaved.")
+    bench.add_argument("--repeat", type=int, default=3, help="Rounds; figures are medians with their spread.")
+    bench.add_argument("--json", default=None, metavar="FILE", help="Also write all the figures to FILE.")
+    bench.add_argument("--tiny", action="store_true",
+                       help="Shrunken configs and sizes: exercises a benchmark's code path in seconds (no figures).")
     bench.add_argument("--out", default="cinegen-bench", help="Folder for benchmark outputs and reports.")
     bench.add_argument("--real-size", action="store_true",
                        help="Real-size architectures with random weights (needs a GPU).")
