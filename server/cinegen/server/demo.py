@@ -64,7 +64,7 @@ def run_demo(args: argparse.Namespace) -> int:
         for job in demo_jobs(out):
             if job.pipeline not in offered:
                 continue
-            common = CommonParams(**job.common)
+            common = CommonParams(**job.common, overwrite=True)  # a second demo run replaces the samples
             params = PIPELINE_PARAMS[job.pipeline](**job.params)
             request = build_request(job.pipeline, common, params, job_id=new_job_id("demo"), client="cinegen demo")
             result = run_job(client, request, f"demo {job.pipeline}")
