@@ -126,6 +126,10 @@ class GeneratorClient:
     def submit(self, request: pb.JobRequest) -> pb.JobTicket:
         return self._call(self.stub.Submit, request)
 
+    def reorder(self, job_id: str, position: int) -> pb.ReorderReply:
+        """Move a queued job to `position` among the queued ones (0 = next)."""
+        return self._call(self.stub.Reorder, pb.ReorderRequest(job_id=job_id, position=position))
+
     def cancel(self, job_id: str) -> pb.CancelReply:
         return self._call(self.stub.Cancel, pb.CancelRequest(job_id=job_id))
 

@@ -181,14 +181,14 @@ class PanoramaParams:
 class TrajectoryParams:
     trajectory: str = param("", label="Trajectory file", help="Trajectory JSON file (tracks of points over frames).", kind="path")
     trajectory_json: str = param("", label="Trajectory", help="The trajectory JSON itself (instead of a file).", kind="text", cli=False)
-    tora_sampler: str = param("dpm", help="Tora (CogVideoX): dpm = CogVideoX's DPM scheduler with trailing timesteps, "
+    tora_sampler: str = param("dpm", label="Tora sampler", help="Tora (CogVideoX): dpm = CogVideoX's DPM scheduler with trailing timesteps, "
                               "as Tora's reference; ddim = the model folder's DDIM schedule.", choices=("dpm", "ddim"))
-    dynamic_cfg: bool = param(True, help="Tora (CogVideoX): guidance that grows over the steps, as Tora's reference "
-                              "samples with DPM; off = a constant --guidance.")
-    flow_latents: str = param("sample", help="Tora (CogVideoX): the flow video's VAE latents drawn from the posterior "
-                              "(sample, as Tora; seeded by --seed) or its mode (deterministic).",
+    dynamic_cfg: bool = param(True, label="Growing guidance", help="Tora (CogVideoX): guidance that grows over the steps, as Tora's reference "
+                              "samples with DPM; off = a constant Guidance.")
+    flow_latents: str = param("sample", label="Flow latents", help="Tora (CogVideoX): the flow video's VAE latents drawn from the posterior "
+                              "(sample, as Tora; seeded by the Seed) or its mode (deterministic).",
                               choices=("sample", "mode"))
-    flow_kernel: str = param("fixed", help="Tora (CogVideoX): the Gaussian that spreads each track's flow: fixed = "
+    flow_kernel: str = param("fixed", label="Flow spread", help="Tora (CogVideoX): the Gaussian that spreads each track's flow: fixed = "
                              "Tora's 99 px, sigma 10 at any size; scaled = scaled with the frame from 720x480.",
                              choices=("fixed", "scaled"))
 

@@ -8,6 +8,7 @@ bad certificate or an incompatible server are not retried: the artist has to cha
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable
 
 from cinegen.common.client import GeneratorClient, ServerUnavailable
@@ -18,6 +19,7 @@ from ..qt import QtCore, Signal
 from .errors import describe_error
 from .job_runner import JobCallbacks, JobDraft, JobOutcome, run_job
 
+CLOSE_TIMEOUT = 5.0  # seconds close() waits for worker threads (a closed channel ends their calls at once)
 DISCONNECTED, CONNECTING, CONNECTED, RETRYING, FAILED = "disconnected", "connecting", "connected", "retrying", "failed"
 
 
@@ -48,6 +50,7 @@ class ServerSession(QtCore.QObject):
         self._waited = 0.0
         self._closing = False
         self._clients: list[GeneratorClient] = []
+        self._threads: list[threading.Thread] = []
         self._retry = QtCore.QTimer(self)
         self._retry.setSingleShot(True)
         self._retry.timeout.connect(self._reconnect)
@@ -155,6 +158,20 @@ class ServerSession(QtCore.QObject):
             return
         self._spawn(self._cancel_worker, client, job_id)
 
+    def reorder(self, job_id: str, position: int) -> None:
+        """Ask the server to move a queued job to `position` (0 = next); the queued events show the result."""
+        client = self.client
+        if client is None:
+            self.notice.emit("Not connected, so the queue can't be reordered: press Connect, then try again.")
+            return
+        self._spawn(self._reorder_worker, client, job_id, position)
+
+    def _reorder_worker(self, client: GeneratorClient, job_id: str, position: int) -> None:
+        try:
+            client.reorder(job_id, position)
+        except Exception as exc:  # the job started meanwhile, or an older server without Reorder
+            self._emit(self.notice, describe_error(exc, self.settings))
+
     def _cancel_worker(self, client: GeneratorClient, job_id: str) -> None:
         try:
             client.cancel(job_id)
@@ -162,14 +179,20 @@ class ServerSession(QtCore.QObject):
             self._emit(self.notice, describe_error(exc, self.settings))
 
     # ---- lifetime ---------------------------------------------------------------------------
-    def close(self) -> None:
-        """Stop retrying and close every channel (running watches end quietly)."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop retrying, close every channel (running watches end quietly) and wait for the worker threads,
+        so none is still emitting into Qt while the application tears down."""
         self._closing = True
         self._retry.stop()
         for client in self._clients:
             client.close()
         self._clients.clear()
         self.client = None
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = [t for t in self._threads if t.is_alive()]
 
     def _emit(self, signal: Any, *args: Any) -> None:
         if self._closing:
@@ -179,9 +202,9 @@ class ServerSession(QtCore.QObject):
         except RuntimeError:  # the panel was deleted while this thread was still working
             pass
 
-    @staticmethod
-    def _spawn(target: Callable[..., None], *args: Any) -> threading.Thread:
+    def _spawn(self, target: Callable[..., None], *args: Any) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name="cinegen-panel-net", daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
         return thread
 

@@ -22,6 +22,7 @@ MODEL_FIELD = "model"
 OUTPUT_FIELD = "out"
 # Fields a host adapter can fill from its selection, when the pipeline has them.
 PLATE_FIELD = "input"
+PLATE_COLORSPACE_FIELD = "input_colorspace"
 TRAJECTORY_FIELD = "trajectory_json"
 
 

@@ -16,6 +16,7 @@ from cinegen.common.connection import config_dir
 
 HISTORY_FILE = "history.json"
 HISTORY_LIMIT = 500
+THUMBNAILS = "thumbnails"  # beside the history file: <job id>.png, the job's last preview
 
 
 @dataclass
@@ -32,6 +33,7 @@ class HistoryEntry:
     frames: str = ""  # e.g. "1001-1024"
     message: str = ""
     server: str = ""
+    thumbnail: str = ""  # path of a small PNG of the result (its last preview), "" when none came
 
     @property
     def when(self) -> str:
@@ -78,6 +80,7 @@ class History:
 
     def add(self, entry: HistoryEntry) -> HistoryEntry:
         self.entries = [entry] + [e for e in self.entries if e.job_id != entry.job_id]
+        self._forget_thumbnails(self.entries[self.limit:])  # the oldest entries leave with their pictures
         del self.entries[self.limit:]
         self.save()
         return entry
@@ -93,6 +96,23 @@ class History:
                 return self.entries[index]
         return None
 
+    def save_thumbnail(self, job_id: str, png: bytes) -> str:
+        """Keep a job's preview PNG beside the history (atomic) and record it; returns its path."""
+        folder = self.path.parent / THUMBNAILS
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{''.join(c if c.isalnum() or c in '._-' else '_' for c in job_id)}.png"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(png)
+        os.replace(tmp, path)
+        self.update(job_id, thumbnail=str(path))
+        return str(path)
+
+    def _forget_thumbnails(self, entries: list[HistoryEntry]) -> None:
+        for entry in entries:
+            if entry.thumbnail:
+                Path(entry.thumbnail).unlink(missing_ok=True)
+
     def clear(self) -> None:
+        self._forget_thumbnails(self.entries)
         self.entries = []
         self.save()

@@ -250,12 +250,20 @@ def _placeholder(spec: FieldSpec) -> str:
     return "auto" if spec.optional else ""
 
 
-def make_editor(spec: FieldSpec, *, models: Sequence[tuple[str, str]] = ()) -> FieldEditor:
-    """The editor for one field, chosen by its type (the seed and model by their contract names)."""
+def make_editor(spec: FieldSpec, *, models: Sequence[tuple[str, str]] = (),
+                catalogue: Sequence[tuple[str, str, str]] = ()) -> FieldEditor:
+    """The editor for one field, chosen by its type (the seed and model by their contract names).
+
+    `models`: (label, id) of the pipeline's models; `catalogue`: (label, id, family) of every model on the
+    server, for other model-typed options (a picker of the families the option names)."""
     if spec.name == SEED_FIELD and spec.is_common:
         return SeedEditor(spec)
     if spec.name == MODEL_FIELD and spec.is_common:
         return EnumEditor(spec, choices=[("default for this pipeline", "")] + list(models))
+    if spec.type == "model":
+        offered = [(label, model_id) for label, model_id, family in catalogue
+                   if not spec.families or family in spec.families]
+        return EnumEditor(spec, choices=[("server's choice", "")] + offered)
     editor_for_type = {"int": IntEditor, "float": FloatEditor, "bool": BoolEditor, "text": TextEditor,
                        "enum": EnumEditor, "path": PathEditor, "list": ListEditor}
     return editor_for_type.get(spec.type, StringEditor)(spec)

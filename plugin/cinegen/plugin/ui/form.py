@@ -6,6 +6,7 @@ common settings in a collapsible section; numbers and switches sit two to a row.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable, Sequence
 
 from cinegen.common.proto import generator_pb2 as pb
@@ -71,11 +72,14 @@ class ParamForm(QtWidgets.QWidget):
     changed = Signal()
 
     def __init__(self, pipeline: pb.PipelineInfo, models: Sequence[tuple[str, str]] = (),
-                 parent: QtWidgets.QWidget | None = None):
+                 parent: QtWidgets.QWidget | None = None, *, catalogue: Sequence[tuple[str, str, str]] = (),
+                 limits: dict[str, int] | None = None):
         super().__init__(parent)
         self.pipeline = pipeline.name
         self.output_is_folder = pipeline.output_is_folder
-        self.fields: list[FieldSpec] = pipeline_fields(pipeline)
+        self.catalogue = list(catalogue)
+        # the server's own limits (max_width/max_height) bound the widgets, not the options' generic ranges
+        self.fields: list[FieldSpec] = [_bounded(f, (limits or {}).get(f.name)) for f in pipeline_fields(pipeline)]
         self.editors: dict[str, FieldEditor] = {}
         self.labels: dict[str, QtWidgets.QLabel] = {}
         layout = QtWidgets.QVBoxLayout(self)
@@ -103,7 +107,7 @@ class ParamForm(QtWidgets.QWidget):
     def _fill(self, section: Section, specs: Iterable[FieldSpec], models: Sequence[tuple[str, str]],
               compact_types: tuple[str, ...] = _COMPACT_TYPES) -> None:
         for spec in specs:
-            editor = make_editor(spec, models=models)
+            editor = make_editor(spec, models=models, catalogue=self.catalogue)
             label = QtWidgets.QLabel(spec.label)
             label.setToolTip(spec.tooltip)
             label.setBuddy(editor)
@@ -150,6 +154,12 @@ class ParamForm(QtWidgets.QWidget):
     def _marked_widgets(self, name: str) -> list[QtWidgets.QWidget]:
         editor = self.editors[name]
         return [self.labels[name], editor, *editor.findChildren(QtWidgets.QWidget)]
+
+
+def _bounded(spec: FieldSpec, limit: int | None) -> FieldSpec:
+    if not limit or not spec.is_common or (spec.maximum is not None and spec.maximum <= limit):
+        return spec
+    return dataclasses.replace(spec, maximum=float(limit))
 
 
 def _set_invalid(widget: QtWidgets.QWidget, invalid: bool) -> None:

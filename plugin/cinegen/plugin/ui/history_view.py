@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from ..model.history import History, HistoryEntry
-from ..qt import QtCore, QtWidgets, Signal
+from ..qt import QtCore, QtGui, QtWidgets, Signal
 
-COLUMNS = ("When", "Pipeline", "Seed", "Model", "Prompt", "State")
+# The prompt takes what width there is; the short columns keep theirs; the model is in the tooltips.
+COLUMNS = ("", "Prompt", "Pipeline", "Seed", "State", "When")
+THUMBNAIL = 40
+PROMPT_MIN_WIDTH = 120
 
 
 class HistoryView(QtWidgets.QWidget):
@@ -22,10 +25,15 @@ class HistoryView(QtWidgets.QWidget):
         self.tree.setSelectionMode(QtWidgets.QAbstractItemView.SingleSelection)
         self.tree.itemDoubleClicked.connect(lambda *_: self._rerun())
         self.tree.itemSelectionChanged.connect(self._update_buttons)
+        self.tree.setIconSize(QtCore.QSize(THUMBNAIL, THUMBNAIL))
+        self.tree.setTextElideMode(QtCore.Qt.ElideRight)
+        self.tree.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarAlwaysOff)
         header = self.tree.header()
         header.setStretchLastSection(False)
+        header.setMinimumSectionSize(24)
         header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeToContents)
         header.setSectionResizeMode(COLUMNS.index("Prompt"), QtWidgets.QHeaderView.Stretch)
+        header.resizeSection(COLUMNS.index("Prompt"), PROMPT_MIN_WIDTH)
         self.rerun = QtWidgets.QPushButton("Re-run with changes")
         self.rerun.setToolTip("Put this job's settings (and its seed, locked) back in the form: change one thing, "
                               "then press Generate.")
@@ -48,11 +56,15 @@ class HistoryView(QtWidgets.QWidget):
         selected = self.selected_entry()
         self.tree.clear()
         for entry in self.history.entries:
-            prompt = entry.prompt.replace("\n", " ")
-            item = QtWidgets.QTreeWidgetItem([entry.when, entry.pipeline, "" if entry.seed is None else str(entry.seed),
-                                              entry.model, prompt, entry.state])
+            prompt = entry.prompt.replace("\n", " ").strip() or "(no prompt)"
+            seed = "" if entry.seed is None else str(entry.seed)
+            item = QtWidgets.QTreeWidgetItem(["", prompt, entry.pipeline, seed, entry.state, entry.when])
             item.setData(0, QtCore.Qt.UserRole, entry.job_id)
-            item.setToolTip(COLUMNS.index("Prompt"), entry.prompt)
+            icon = _thumbnail(entry.thumbnail)
+            if icon is not None:
+                item.setIcon(0, icon)
+            made = f"{entry.pipeline} · seed {seed or 'random'} · {entry.model or 'default model'}"
+            item.setToolTip(COLUMNS.index("Prompt"), f"{entry.prompt}\n{made}")
             item.setToolTip(COLUMNS.index("State"), entry.message or entry.state)
             self.tree.addTopLevelItem(item)
             if selected is not None and entry.job_id == selected.job_id:
@@ -82,3 +94,12 @@ class HistoryView(QtWidgets.QWidget):
         entry = self.selected_entry()
         if entry is not None:
             self.load_requested.emit(entry)
+
+
+def _thumbnail(path: str) -> QtGui.QIcon | None:
+    if not path:
+        return None
+    pixmap = QtGui.QPixmap(path)
+    if pixmap.isNull():
+        return None  # the picture was removed: the row stays, without it
+    return QtGui.QIcon(pixmap.scaled(THUMBNAIL, THUMBNAIL, QtCore.Qt.KeepAspectRatio, QtCore.Qt.SmoothTransformation))

@@ -21,7 +21,7 @@ from ..backend.job_runner import JobDraft, JobOutcome
 from ..backend.results import results_from_outputs, with_file_colorspace
 from ..backend.session import CONNECTED, ServerSession
 from ..hosts import HostAdapter, HostSelectionError, detect_host
-from ..model.forms import PLATE_FIELD, TRAJECTORY_FIELD
+from ..model.forms import PLATE_COLORSPACE_FIELD, PLATE_FIELD, TRAJECTORY_FIELD
 from ..model.history import History, HistoryEntry
 from ..model.jobs import JobQueue, JobRecord
 from ..model.outputs import ResultSequence, safe_name
@@ -45,7 +45,11 @@ class Panel(PanelView):
         self._claimed: dict[str, str] = {}  # job id -> version folder this panel made for it
         self._plate_source = ""
         self._connection_error_shown = False
+        self._shut_down = False
         self._wire()
+        app = QtWidgets.QApplication.instance()
+        if app is not None:  # a host (or python -m cinegen.plugin) quitting with jobs still streaming
+            app.aboutToQuit.connect(self.shutdown)
         if autoconnect:
             self.session.connect_to_server()
 
@@ -66,6 +70,7 @@ class Panel(PanelView):
         self.plate_button.clicked.connect(self.plate_from_selection)
         self.trajectory_button.clicked.connect(self.trajectory_from_selection)
         self.queue_view.cancel_requested.connect(self.cancel)
+        self.queue_view.move_requested.connect(self.move)
         self.queue_view.clear_requested.connect(self.clear_finished)
         self.history_view.rerun_requested.connect(self.rerun)
         self.history_view.load_requested.connect(self.load_again)
@@ -99,7 +104,9 @@ class Panel(PanelView):
         for info in caps.pipelines:
             models = [(f"{m.id} ({m.family})", m.id) for m in caps.models
                       if not info.families or m.family in info.families]
-            form = ParamForm(info, models)
+            catalogue = [(f"{m.id} ({m.family})", m.id, m.family) for m in caps.models]
+            limits = {"width": caps.max_width, "height": caps.max_height}
+            form = ParamForm(info, models, catalogue=catalogue, limits=limits)
             form.setProperty("description", info.description)
             form.set_values(kept.get(info.name, {}))
             form.changed.connect(self._update_actions)
@@ -194,6 +201,8 @@ class Panel(PanelView):
                 record.outputs, record.fraction, record.stage = outcome.outputs, 1.0, "done"
             self.queue_view.show_record(record)
         if outcome.state == "completed":
+            if record is not None and record.preview_png:
+                self.history.save_thumbnail(job_id, record.preview_png)
             results = self._results(record, outcome, draft.source if draft else "")
             for result in results:
                 self.host.run_on_main_thread(functools.partial(self._deliver, result))
@@ -220,6 +229,8 @@ class Panel(PanelView):
                                      "History → Load result.")
             return
         self.delivered.append(result)
+        for notice in self.host.take_notices():  # e.g. the project's colour config lacks the frames' space
+            self.banner.show_message(notice, "info")
 
     def _on_job_error(self, job_id: str, sentence: str) -> None:
         record = self._record(job_id)
@@ -241,6 +252,12 @@ class Panel(PanelView):
             record.cancel_requested = True
             self.queue_view.show_record(record)
             self.session.cancel(job_id)
+
+    def move(self, job_id: str, delta: int) -> None:
+        """Move a queued job `delta` places in the server's queue (-1 = sooner)."""
+        record = self._record(job_id)
+        if record is not None and record.state == "queued" and record.queue_position > 0:
+            self.session.reorder(job_id, max(0, record.queue_position - 1 + delta))
 
     def clear_finished(self) -> None:
         for job_id in self.jobs.clear_finished():
@@ -281,7 +298,8 @@ class Panel(PanelView):
         except HostSelectionError as exc:
             self.banner.show_message(str(exc))
             return
-        form.set_values({PLATE_FIELD: plate.pattern, "frames": plate.frames.count, "first_frame": plate.frames.first})
+        form.set_values({PLATE_FIELD: plate.pattern, "frames": plate.frames.count, "first_frame": plate.frames.first,
+                         PLATE_COLORSPACE_FIELD: plate.colorspace})  # the server converts from that space
         self._plate_source = plate.source
         self.banner.show_message(f"Plate {plate.pattern} ({plate.frames}, {plate.width}×{plate.height}) set as the "
                                  "input.", "info")
@@ -302,7 +320,10 @@ class Panel(PanelView):
 
     # ---- lifetime -----------------------------------------------------------------------------
     def shutdown(self) -> None:
-        self.session.close()
+        """Close the connection and wait for the network threads (idempotent; also on application quit)."""
+        if not self._shut_down:
+            self._shut_down = True
+            self.session.close()
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt's name)
         self.shutdown()

@@ -1,4 +1,6 @@
-"""The queue: one row per job with its live preview, progress bar, stage text and a cancel button."""
+"""The queue: one row per job with its live preview, progress bar, stage text, cancel and, while it waits,
+move up / move down (the server's Reorder). Rows never get wider than the list: text is elided to the
+row's width, so nothing is cut off once the scroll bar appears."""
 from __future__ import annotations
 
 from ..model.jobs import JobRecord
@@ -7,8 +9,33 @@ from ..qt import QtCore, QtGui, QtWidgets, Signal
 THUMBNAIL = 56
 
 
+class ElidedLabel(QtWidgets.QLabel):
+    """One line of text shortened with "…" to whatever width the layout gives it (never asks for more)."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self._full = ""
+        self.setSizePolicy(QtWidgets.QSizePolicy.Ignored, QtWidgets.QSizePolicy.Preferred)
+        self.setMinimumWidth(1)
+
+    def set_full_text(self, text: str) -> None:
+        self._full = text
+        self._elide()
+
+    def full_text(self) -> str:
+        return self._full
+
+    def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        self.setText(self.fontMetrics().elidedText(self._full, QtCore.Qt.ElideRight, max(self.width(), 1)))
+
+
 class JobRow(QtWidgets.QFrame):
     cancel_requested = Signal(str)
+    move_requested = Signal(str, int)  # job id, -1 = up (sooner), +1 = down
 
     def __init__(self, record: JobRecord, parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
@@ -19,15 +46,27 @@ class JobRow(QtWidgets.QFrame):
         self.thumbnail.setFixedSize(THUMBNAIL, THUMBNAIL)
         self.thumbnail.setAlignment(QtCore.Qt.AlignCenter)
         self.thumbnail.setText(record.pipeline)  # until the first preview arrives
-        self.title = QtWidgets.QLabel()
+        self.title = ElidedLabel()
         self.title.setObjectName("jobTitle")
-        self.prompt = QtWidgets.QLabel()
+        self.prompt = ElidedLabel()
         self.prompt.setObjectName("jobPrompt")
         self.progress = QtWidgets.QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setFixedHeight(14)
-        self.stage = QtWidgets.QLabel()
+        self.progress.setMinimumWidth(1)
+        self.progress.setSizePolicy(QtWidgets.QSizePolicy.Ignored, QtWidgets.QSizePolicy.Fixed)
+        self.stage = ElidedLabel()
         self.stage.setObjectName("jobStage")
+        self.up = QtWidgets.QToolButton()
+        self.up.setText("▲")
+        self.up.setObjectName("moveUp")
+        self.up.setToolTip("Run this job sooner (move it up the server's queue).")
+        self.up.clicked.connect(lambda: self.move_requested.emit(self.job_id, -1))
+        self.down = QtWidgets.QToolButton()
+        self.down.setText("▼")
+        self.down.setObjectName("moveDown")
+        self.down.setToolTip("Run this job later (move it down the server's queue).")
+        self.down.clicked.connect(lambda: self.move_requested.emit(self.job_id, 1))
         self.cancel = QtWidgets.QToolButton()
         self.cancel.setText("✕")
         self.cancel.setObjectName("cancelButton")
@@ -38,6 +77,8 @@ class JobRow(QtWidgets.QFrame):
         text.setSpacing(1)
         header = QtWidgets.QHBoxLayout()
         header.addWidget(self.title, 1)
+        header.addWidget(self.up)
+        header.addWidget(self.down)
         header.addWidget(self.cancel)
         text.addLayout(header)
         text.addWidget(self.prompt)
@@ -52,17 +93,20 @@ class JobRow(QtWidgets.QFrame):
         self.update_from(record)
 
     def update_from(self, record: JobRecord) -> None:
-        self.title.setText(record.title)
-        prompt = record.prompt.replace("\n", " ").strip() or "(no prompt)"
-        self.prompt.setText(self.prompt.fontMetrics().elidedText(prompt, QtCore.Qt.ElideRight, 260))
+        self.title.set_full_text(record.title)
+        self.prompt.set_full_text(record.prompt.replace("\n", " ").strip() or "(no prompt)")
         self.prompt.setToolTip(record.prompt)
+        waiting = record.state == "queued" and not record.cancel_requested
+        self.up.setVisible(waiting)
+        self.down.setVisible(waiting)
+        self.up.setEnabled(waiting and record.queue_position > 1)  # already next: nowhere to go
         self.progress.setValue(int(round(record.fraction * 1000)))
         self.progress.setFormat(f"{record.fraction * 100:.0f}%")
         if self.progress.property("state") != record.state:
             self.progress.setProperty("state", record.state)
             self.progress.style().unpolish(self.progress)
             self.progress.style().polish(self.progress)
-        self.stage.setText(self._stage_text(record))
+        self.stage.set_full_text(self._stage_text(record))
         self.stage.setToolTip(record.message or record.stage)
         self.cancel.setVisible(not record.done)
         self.cancel.setEnabled(not record.cancel_requested)
@@ -93,6 +137,7 @@ class JobRow(QtWidgets.QFrame):
 
 class QueueView(QtWidgets.QWidget):
     cancel_requested = Signal(str)
+    move_requested = Signal(str, int)
     clear_requested = Signal()
 
     def __init__(self, parent: QtWidgets.QWidget | None = None):
@@ -107,8 +152,9 @@ class QueueView(QtWidgets.QWidget):
         self.empty.setAlignment(QtCore.Qt.AlignCenter)
         self.list.addWidget(self.empty)
         self.list.addStretch(1)
-        scroll = QtWidgets.QScrollArea()
+        self.scroll = scroll = QtWidgets.QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarAlwaysOff)  # rows fit the width instead
         scroll.setWidget(self.container)
         clear = QtWidgets.QPushButton("Clear finished")
         clear.setToolTip("Remove finished, failed and cancelled jobs from this list (the history keeps them).")
@@ -127,6 +173,7 @@ class QueueView(QtWidgets.QWidget):
         if row is None:
             row = JobRow(record)
             row.cancel_requested.connect(self.cancel_requested.emit)
+            row.move_requested.connect(self.move_requested.emit)
             self.rows[record.job_id] = row
             self.list.insertWidget(0, row)  # newest on top
             self.empty.hide()
