@@ -29,8 +29,10 @@ BENCHMARKS: dict[str, str] = {
     "quality": "cinegen.server.benchmarks.quality",
     "io": "cinegen.server.benchmarks.io",
     "latency": "cinegen.server.benchmarks.latency",
+    "gpu": "cinegen.server.benchmarks.gpu",
+    "ray-story": "cinegen.server.benchmarks.ray_story",
 }
-REPEATS_ITSELF = {"panorama", "io", "latency"}
+REPEATS_ITSELF = {"panorama", "io", "latency", "ray-story"}
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -13,10 +13,12 @@ Units write their frames straight to the shared output folder, as a farm node wo
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -190,10 +192,11 @@ class RayUnitRunner:
         import ray
 
         if not ray.is_initialized():
-            if address == "local":
-                ray.init(num_cpus=workers or None, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
+            with _signal_handlers_kept():
+                if address == "local":
+                    ray.init(num_cpus=workers or None, include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(address=address, log_to_driver=False)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         count = workers or gpus or 1
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
@@ -352,6 +355,21 @@ class _JobRun:
             return RuntimeError(f"the Ray workers running {item.unit.name} were lost {MAX_ATTEMPTS} times "
                                 f"({result[1]}); check the cluster's nodes and their memory")
         return RuntimeError(f"{item.unit.name} on a Ray worker: {result[1]}")
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Ray's driver installs its own SIGTERM/SIGINT handling; `cinegen serve` keeps its graceful stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def create_workers(config: WorkerConfig, count: int, resources: dict[str, float]) -> list[Any]:
