@@ -120,37 +120,60 @@ def test_trajectory_noise_is_seeded_centred_and_close_to_unit_variance():
 
 
 # ---- attention edits on logits ------------------------------------------------------------------
-def _guide(frames: int = 2, subject: list[int] | None = None) -> FreeTrajGuide:
+def _guide(frames: int = 2, subject: list[int] | None = None, max_logits: int = 1 << 20) -> FreeTrajGuide:
     # track 0's box covers the left half of a 2×2 grid in frame 0 and the right half in frame 1
     boxes = torch.tensor([[[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0]]], dtype=torch.float64)[:, :frames]
-    return FreeTrajGuide(BoxPlan(boxes), latent_size=(2, 2), subject_tokens=[subject or []], batch=1)
+    return FreeTrajGuide(BoxPlan(boxes), latent_size=(2, 2), subject_tokens=[subject or []], batch=1,
+                         config=FreeTrajConfig(max_logits=max_logits))
 
 
-def test_spatial_logits_between_box_and_background_tokens_are_scaled_by_one_hundredth():
-    guide = _guide()
-    logits = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))  # rows = frames
-    probs = FreeTrajAttnProcessor("spatial", guide).edited_probabilities(logits)
+def _qkv(rows: int, queries: int, keys: int, seed: int, heads: int = 2, dim: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, heads, queries, dim, generator=g), torch.randn(rows, heads, keys, dim, generator=g),
+            torch.randn(rows, heads, keys, dim, generator=g))
+
+
+def _logits(q, k):
+    return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+
+
+# The chunked SDPA path and the explicit softmax reference differ by float rounding only.
+@pytest.mark.parametrize("max_logits", [1 << 20, 8])  # one chunk, and one query per SDPA call
+def test_spatial_logits_between_box_and_background_tokens_are_scaled_by_one_hundredth(max_logits):
+    q, k, v = _qkv(2, 4, 4, seed=1)  # rows = frames
+    out = FreeTrajAttnProcessor("spatial", _guide(max_logits=max_logits)).attend(q, k, v)
     inside = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1]], dtype=torch.bool)  # cells in the box, row-major
     scale = torch.where(inside[:, :, None] == inside[:, None, :], 1.0, 0.01)
-    torch.testing.assert_close(probs, (logits * scale[:, None]).softmax(-1))
+    torch.testing.assert_close(out, (_logits(q, k) * scale[:, None]).softmax(-1) @ v, atol=1e-5, rtol=1e-5)
+
+
+def test_an_additive_attention_mask_still_applies_with_the_label_scaling():
+    q, k, v = _qkv(2, 4, 4, seed=4)
+    mask = torch.zeros(2, 2, 1, 4)
+    mask[..., 3] = float("-inf")  # nobody may look at token 3
+    out = FreeTrajAttnProcessor("spatial", _guide(max_logits=16)).attend(q, k, v, mask)
+    inside = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1]], dtype=torch.bool)
+    scale = torch.where(inside[:, :, None] == inside[:, None, :], 1.0, 0.01)
+    expected = ((_logits(q, k) * scale[:, None]) + mask).softmax(-1) @ v
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_temporal_logits_between_frames_inside_and_outside_the_box_are_scaled():
-    guide = _guide()
-    logits = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(2))  # rows = locations
-    probs = FreeTrajAttnProcessor("temporal", guide).edited_probabilities(logits)
+    q, k, v = _qkv(4, 2, 2, seed=2)  # rows = locations, tokens = frames
+    out = FreeTrajAttnProcessor("temporal", _guide(max_logits=8)).attend(q, k, v)
     # every location is inside the box in exactly one of the two frames: off-diagonal pairs differ
     scale = torch.tensor([[1.0, 0.01], [0.01, 1.0]])
-    torch.testing.assert_close(probs, (logits * scale).softmax(-1))
+    torch.testing.assert_close(out, (_logits(q, k) * scale).softmax(-1) @ v, atol=1e-5, rtol=1e-5)
 
 
 def test_cross_attention_keeps_the_subject_out_of_the_background_and_bumps_it_in_the_box():
-    guide = _guide(frames=1, subject=[2])
-    logits = torch.randn(1, 1, 4, 5, generator=torch.Generator().manual_seed(3))
-    probs = FreeTrajAttnProcessor("cross", guide).edited_probabilities(logits)
+    guide = _guide(frames=1, subject=[2], max_logits=5)
+    q, k, _ = _qkv(1, 4, 5, seed=3, heads=1)
+    eye = torch.eye(5)[None, None]  # values = one-hot tokens: the output row *is* the probability row
+    probs = FreeTrajAttnProcessor("cross", guide).attend(q, k, eye)
     inside = torch.tensor([True, False, True, False])
-    assert torch.all(probs[0, 0, ~inside, 2] == 0), "no subject attention outside the box"
-    plain = logits.softmax(-1)[0, 0]
+    assert torch.all(probs[0, 0, ~inside, 2].abs() < 1e-7), "no subject attention outside the box"
+    plain = _logits(q, k).softmax(-1)[0, 0]
     bump = probs[0, 0, inside, 2] - plain[inside, 2]
     assert torch.all(bump > 0)
     torch.testing.assert_close(probs[0, 0, inside][:, [0, 1, 3, 4]], plain[inside][:, [0, 1, 3, 4]])

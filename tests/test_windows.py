@@ -192,3 +192,28 @@ def test_read_and_write_reject_a_latent_of_another_size():
         read_window(torch.zeros(1, 1, 4, 9), window)
     with pytest.raises(ValueError):
         write_window(torch.zeros(1, 1, 4, 8), window, torch.zeros(1, 1, 4, 5))
+
+
+@FAST
+@given(units=st.integers(1, 40), window_units=st.integers(1, 12), multiple=st.integers(2, 4),
+       offset=st.integers(0, 500), boundary=boundaries, overlap=overlaps)
+def test_windows_come_in_whole_patches_and_still_cover_the_axis(units, window_units, multiple, offset, boundary,
+                                                               overlap):
+    """A DiT with 2×2 patches takes only even windows: every span is a multiple of the patch, the ring
+    without overlap still tiles the axis exactly once (80 px of tiny-wan = 10 cells: 4 + 2 + 4 crashed)."""
+    extent, size = units * multiple, window_units * multiple
+    spans = plan_axis(extent, size, offset, boundary, overlap, multiple=multiple)
+    assert all(span.size % multiple == 0 and span.size <= max(size, extent) for span in spans)
+    counts = torch.zeros(extent, dtype=torch.int64)
+    for span in spans:
+        counts[span.indices()] += 1
+    assert bool((counts >= 1).all())
+    if boundary is Boundary.RING and overlap == 0.0:
+        assert torch.equal(counts, torch.ones(extent, dtype=torch.int64))
+
+
+def test_an_odd_ring_of_a_patched_model_gets_even_windows():
+    assert [s.size for s in plan_axis(10, 4, 0, Boundary.RING)] == [3, 3, 4]  # what crashed Wan at 80 px
+    assert [s.size for s in plan_axis(10, 4, 0, Boundary.RING, multiple=2)] == [2, 4, 4]
+    with pytest.raises(ValueError, match="multiples of 2"):
+        plan_axis(9, 4, 0, Boundary.RING, multiple=2)

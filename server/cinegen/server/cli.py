@@ -163,7 +163,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         caps = client.capabilities()
     print(f"device: {caps.device.name} ({caps.device.kind})")
     for m in caps.models:
-        print(f"{m.id:28s} {m.family:12s} {m.source:12s} {'loaded' if m.loaded else '':7s} {m.path or m.description}")
+        print(f"{m.id:28s} {m.family:12s} {m.kind or 'model':13s} {m.source:12s} {'loaded' if m.loaded else '':7s} "
+              f"{m.path or m.description}")
+    for a in caps.addons:  # LoRAs, motion modules, VAEs, embeddings: used with a model, never as one
+        print(f"{a.id:28s} {a.family or '-':12s} {a.kind:13s} {'add-on':12s} {'':7s} {a.path}")
     return 0
 
 

@@ -38,6 +38,7 @@ from torch import nn
 from diffusers.utils.torch_utils import randn_tensor
 
 from .attention_scaffold import attention_inputs, attention_output, swapped_processors  # noqa: F401 (re-exported)
+from .chunked_attention import DEFAULT_MAX_LOGITS, chunked_sdpa, label_scaled_attention, with_additive
 
 DEFAULT_BOX_FRACTION = 0.35  # of the shorter frame side, when a track has no size (FreeTraj uses 0.3–0.4)
 
@@ -171,6 +172,7 @@ class FreeTrajConfig:
     cross_label_logit_scale: float = 0.01
     cross_attention_strength: float = 0.25
     bump_sigma_fraction: float = 1 / 3  # σ of the in-box Gaussian bump, as a fraction of the box side
+    max_logits: int = DEFAULT_MAX_LOGITS  # logits per attention call: bounds memory whatever the size
 
 
 @dataclass
@@ -205,18 +207,6 @@ class FreeTrajGuide:
         if key not in self._cache:
             self._cache[key] = self.plan.labels(*self.grid(tokens)).to(device)
         return self._cache[key]
-
-    def spatial_scale(self, tokens: int, device, dtype) -> torch.Tensor:
-        """(F, N, N): 1 between tokens of one label, `cross_label_logit_scale` between different labels."""
-        lab = self.labels(tokens, device)
-        same = lab[:, :, None] == lab[:, None, :]
-        return torch.where(same, 1.0, self.config.cross_label_logit_scale).to(dtype)
-
-    def temporal_scale(self, tokens: int, device, dtype) -> torch.Tensor:
-        """(N, F, F): at each location, 1 between frames with the same label there, else the small scale."""
-        lab = self.labels(tokens, device).T  # (N, F)
-        same = lab[:, :, None] == lab[:, None, :]
-        return torch.where(same, 1.0, self.config.cross_label_logit_scale).to(dtype)
 
     def cross_edit(self, tokens: int, text_tokens: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(F, N, T) bool of logits to mask out, and (F, N, T) probability bumps for subject tokens."""
@@ -253,7 +243,11 @@ class FreeTrajGuide:
 
 class FreeTrajAttnProcessor:
     """Attention with FreeTraj's edits for one kind ("spatial", "temporal", "cross"); otherwise the
-    same computation as diffusers' `AttnProcessor2_0` (logits at 1/√d, softmax, values, out proj)."""
+    same computation as diffusers' `AttnProcessor2_0` (logits at 1/√d, softmax, values, out proj).
+
+    Memory: no logit matrix is held whole. Queries go through `scaled_dot_product_attention` in
+    chunks of at most `config.max_logits` logits with a boolean mask per chunk (`chunked_attention`);
+    the label masks are built per chunk from the (F, N) labels, so nothing of size N² exists."""
 
     def __init__(self, kind: str, guide: FreeTrajGuide):
         if kind not in ("spatial", "temporal", "cross"):
@@ -266,30 +260,40 @@ class FreeTrajAttnProcessor:
         inputs = attention_inputs(attn, hidden_states, encoder_hidden_states, temb)
         query, key, value = inputs.query, inputs.key, inputs.value
         rows = query.shape[0]
-        logits = (query @ key.transpose(-1, -2)) * inputs.head_dim ** -0.5  # (rows, heads, Nq, Nk)
+        mask = None
         if attention_mask is not None:
             mask = attn.prepare_attention_mask(attention_mask, key.shape[2], rows)
-            logits = logits + mask.view(rows, attn.heads, -1, mask.shape[-1])
-        probs = self.edited_probabilities(logits)  # explicit softmax: the edits act on logits and probabilities
-        return attention_output(attn, probs @ value, inputs)
+            mask = mask.view(rows, attn.heads, -1, mask.shape[-1])
+        return attention_output(attn, self.attend(query, key, value, mask), inputs)
 
-    def edited_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        rows, heads, nq, nk = logits.shape
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(rows, heads, Nq, d) attention output with this kind's edits; `mask` additive, as diffusers prepares it."""
         g = self.guide
+        rows, _, nq, _ = query.shape
+        nk = key.shape[2]
+        limit, small = g.config.max_logits, g.config.cross_label_logit_scale
+
+        def per_row(same: torch.Tensor) -> torch.Tensor:  # (X, c, K) per frame or location → (rows, 1, c, K)
+            return same[None].expand(g.batch, *same.shape).reshape(rows, 1, *same.shape[1:])
+
         if self.kind == "spatial":  # rows = batch × frames (frames inner), tokens = one frame
-            scale = g.spatial_scale(nq, logits.device, logits.dtype)
-            logits = (logits.view(g.batch, -1, heads, nq, nk) * scale[None, :, None]).view_as(logits)
-            return logits.softmax(-1)
+            lab = g.labels(nq, query.device)  # (F, N)
+            return label_scaled_attention(
+                query, key, value, lambda a, b: per_row(lab[:, a:b, None] == lab[:, None, :]), small, limit, mask)
         if self.kind == "temporal":  # rows = batch × locations, tokens = frames
-            scale = g.temporal_scale(rows // g.batch, logits.device, logits.dtype)
-            logits = (logits.view(g.batch, -1, heads, nq, nk) * scale[None, :, None]).view_as(logits)
-            return logits.softmax(-1)
-        masked, bump = g.cross_edit(nq, nk, logits.device, logits.dtype)
-        masked = masked[None, :, None].expand(g.batch, -1, heads, -1, -1).reshape(rows, heads, nq, nk)
-        keep_some = ~masked.all(-1, keepdim=True)  # never mask every token of a row
-        logits = logits.masked_fill(masked & keep_some, torch.finfo(logits.dtype).min)
-        probs = logits.softmax(-1).view(g.batch, -1, heads, nq, nk) + bump[None, :, None]
-        return probs.view(rows, heads, nq, nk)
+            lab = g.labels(rows // g.batch, query.device).T  # (N, F)
+            return label_scaled_attention(
+                query, key, value, lambda a, b: per_row(lab[:, a:b, None] == lab[:, None, :]), small, limit, mask)
+        masked, bump = g.cross_edit(nq, nk, query.device, query.dtype)  # (F, N, T) each
+        masked = masked & ~masked.all(-1, keepdim=True)  # never mask every token of a row
+
+        def visible(a: int, b: int) -> torch.Tensor:
+            return with_additive(per_row(~masked[:, a:b]), mask, a, b)
+
+        out = chunked_sdpa(query, key, value, visible, limit)
+        # probabilities + bump, times V  =  attention output + bump @ V (the bump is linear in N: (F, N, T))
+        return out + per_row(bump) @ value
 
 
 # ------------------------------------------------------------------------------------ installation

@@ -36,6 +36,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import nn
 
 from .attention_scaffold import attention_inputs, attention_output, swapped_processors
+from .chunked_attention import DEFAULT_MAX_LOGITS, chunked_sdpa
 
 GridSize = tuple[int, int]
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -67,9 +68,10 @@ def window_starts(
     return starts
 
 
-def _sdpa(scale: float | None) -> AttentionFn:
+def _sdpa(scale: float | None, max_logits: int = DEFAULT_MAX_LOGITS) -> AttentionFn:
+    # queries in chunks: the global branch over every token of an upscaled stage never holds N² logits
     def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False, scale=scale)
+        return chunked_sdpa(query, key, value, None, max_logits, scale)
 
     return attend
 

@@ -7,7 +7,8 @@ never stay in one place. Each axis has a boundary rule:
 * ``ring``  — windows crossing the far edge continue at index 0 (360° cylinder, loopable video).
   With overlap 0 the windows tile the axis exactly: every index is covered once. When the axis
   length ``N`` is not a multiple of the window size ``n`` the ``ceil(N/n)`` windows get sizes
-  that differ by at most one (all ``<= n``).
+  that differ by at most one (all ``<= n``) — or by one ``multiple`` when the model needs window
+  sizes in whole patches (a DiT with 2×2 patches cannot take an odd window).
 * ``dock``  — no wrap; the shifted grid keeps only the windows that fit, plus windows pinned at 0
   and at ``N − n`` ("padding/docking"; pinned ends → arbitrarily long video). Covers every
   index at least once; the OSD's already-advanced mask makes the doubly covered part harmless.
@@ -154,18 +155,26 @@ def _stride(size: int, overlap: float) -> int:
     return max(1, round(size * (1.0 - overlap)))
 
 
-def plan_axis(extent: int, size: int, offset: int, boundary: Boundary | str, overlap: float = 0.0) -> list[AxisSpan]:
-    """Spans along one axis of length ``extent`` for windows of ``size`` shifted by ``offset``."""
+def plan_axis(extent: int, size: int, offset: int, boundary: Boundary | str, overlap: float = 0.0,
+              multiple: int = 1) -> list[AxisSpan]:
+    """Spans along one axis of length ``extent`` for windows of ``size`` shifted by ``offset``.
+
+    ``multiple``: every span size is a multiple of it (a DiT's patch, in latent cells); ``extent``
+    and ``size`` must then be multiples too."""
     boundary = Boundary(boundary)
     if extent <= 0 or size <= 0:
         raise ValueError(f"extent and window size must be positive, got {extent}, {size}")
+    if multiple < 1 or extent % multiple or size % multiple:
+        raise ValueError(f"axis of {extent} and window of {size} cells must be multiples of {multiple}")
     if size >= extent:
         return [AxisSpan(0, extent, extent)]
     stride = _stride(size, overlap)
     if boundary is Boundary.RING:
-        count = math.ceil(extent / stride)
-        # Evenly spread starts; gaps are at most ceil(extent/count) <= stride <= size.
-        bounds = [(k * extent) // count for k in range(count + 1)]
+        units = extent // multiple
+        count = min(math.ceil(extent / stride), units)  # never two windows at one start
+        # Evenly spread starts in whole multiples; gaps are at most ceil(units/count)·multiple <= size.
+        units = extent // multiple
+        bounds = [(k * units) // count * multiple for k in range(count + 1)]
         spans = []
         for k in range(count):
             # Without overlap the gaps themselves are the sizes, so the ring is tiled exactly once.
@@ -186,11 +195,13 @@ def plan_windows(
     boundary_w: Boundary | str = Boundary.RING,
     boundary_t: Boundary | str = Boundary.DOCK,
     overlap: float = 0.0,
+    multiple: tuple[int, int, int] = (1, 1, 1),
 ) -> list[Window]:
-    """All windows (frames-major, then rows, then columns) covering a ``(F, H, W)`` latent."""
-    frames = plan_axis(latent_size[0], window[0], offset[0], boundary_t, overlap)
-    rows = plan_axis(latent_size[1], window[1], offset[1], boundary_h, overlap)
-    cols = plan_axis(latent_size[2], window[2], offset[2], boundary_w, overlap)
+    """All windows (frames-major, then rows, then columns) covering a ``(F, H, W)`` latent; the
+    sizes along each axis are multiples of ``multiple`` (the denoiser's patch, in latent cells)."""
+    frames = plan_axis(latent_size[0], window[0], offset[0], boundary_t, overlap, multiple[0])
+    rows = plan_axis(latent_size[1], window[1], offset[1], boundary_h, overlap, multiple[1])
+    cols = plan_axis(latent_size[2], window[2], offset[2], boundary_w, overlap, multiple[2])
     return [Window(f, h, w) for f in frames for h in rows for w in cols]
 
 

@@ -79,9 +79,14 @@ class AnimateDiffAdapter(SDAdapter):
 
 
 def load_animatediff(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> AnimateDiffAdapter:
-    from diffusers import AnimateDiffPipeline
+    from diffusers import AnimateDiffPipeline, MotionAdapter
 
-    pipe = AnimateDiffPipeline.from_pretrained(str(Path(entry.path)), dtype=dtype, local_files_only=True)
+    if entry.source == "paired":  # an SD 1.x folder + a MotionAdapter folder, assembled as AnimateDiff ships
+        motion = MotionAdapter.from_pretrained(entry.extra_path, dtype=dtype, local_files_only=True)
+        pipe = AnimateDiffPipeline.from_pretrained(str(Path(entry.path)), motion_adapter=motion, dtype=dtype,
+                                                   local_files_only=True)
+    else:
+        pipe = AnimateDiffPipeline.from_pretrained(str(Path(entry.path)), dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     keep_vae_in_float32(pipe, dtype)

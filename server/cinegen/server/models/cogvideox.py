@@ -165,13 +165,10 @@ class CogVideoXAdapter(FamilyAdapter):
 
     @contextlib.contextmanager
     def vae_tiling(self, latents: torch.Tensor) -> Iterator[None]:
-        """Native-size VAE tiles for frames above twice the native area (the VAE itself decodes time in
+        """`decode_tile()` px VAE tiles for frames with a side above it (the VAE itself decodes time in
         batches of latent frames); the VAE's own settings are restored after."""
-        from ..diffusion.tiled_vae import needs_tiling
-
-        vae, s = self.pipe.vae, self.vae_scale_factor
-        width, height = self.native_size
-        if vae.use_tiling or not needs_tiling(latents.shape[-2] * s, latents.shape[-1] * s, (height, width)):
+        vae, s, tile = self.pipe.vae, self.vae_scale_factor, self.decode_tile()
+        if vae.use_tiling or max(latents.shape[-2:]) * s <= tile:
             yield
             return
         names = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width", "tile_latent_min_height",
@@ -179,7 +176,7 @@ class CogVideoXAdapter(FamilyAdapter):
         saved = {name: getattr(vae, name) for name in names}
         # Tiles of whole quarters (latent cells) and an overlap of a quarter: diffusers' tile stride (in
         # latents) and its crop (in pixels) then agree; otherwise the output comes out a few pixels too big.
-        tile_h, tile_w = (max(4, side // s // 4 * 4) * s for side in (height, width))
+        tile_h = tile_w = max(4, tile // s // 4 * 4) * s
         vae.enable_tiling(tile_sample_min_height=tile_h, tile_sample_min_width=tile_w,
                           tile_overlap_factor_height=0.25, tile_overlap_factor_width=0.25)
         try:

@@ -30,9 +30,20 @@ class ModelEntry:
     """Where a model comes from; loading is lazy."""
     id: str
     family: str
-    source: str  # builtin | folder | hf-cache | single-file
+    source: str  # builtin | folder | hf-cache | single-file | paired
     path: str
     description: str = ""
+    kind: str = "model"  # model, or for a single file its checkpoint kind (sd1, sd2, sdxl, sdxl-refiner)
+    extra_path: str = ""  # paired models: the second folder (an AnimateDiff MotionAdapter beside its SD 1.5)
+
+
+@dataclass(frozen=True)
+class AddOn:
+    """A file that modifies a model instead of being one: a LoRA, motion module, VAE, embedding."""
+    id: str
+    kind: str  # lora | motion-lora | motion-module | vae | textual-inversion
+    base: str  # what it applies to, when its tensor names say so (sd1, sdxl, wan, ...)
+    path: str
 
 
 class FamilyAdapter(ABC):
@@ -57,6 +68,14 @@ class FamilyAdapter(ABC):
     @property
     def native_frames(self) -> int:
         return 1
+
+    decode_tile_px: int | None = None  # None: the family's default tile (set on an instance to change it)
+
+    def decode_tile(self) -> int:
+        """Frames with a side above this many pixels are decoded in tiles of this size: the decoder's
+        memory grows with the frame's area (and its mid-block attention with the square of it), a
+        tile's does not. The native side, at least 512 px (the upscale cascade's VAE tile)."""
+        return self.decode_tile_px or max(512, max(self.native_size))
 
     @property
     def vae_scale_factor(self) -> int:

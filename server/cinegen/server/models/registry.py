@@ -19,7 +19,8 @@ import torch
 
 from ..errors import FailedPrecondition, NotFound, ResourceExhausted
 from .families import all_families
-from .family import Family, FamilyAdapter, ModelEntry, TinyModel
+from .checkpoint_kinds import classify_file
+from .family import AddOn, Family, FamilyAdapter, ModelEntry, TinyModel
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,14 @@ def _model_index_class(folder: Path) -> str | None:
         return None
 
 
+def _config_class(folder: Path) -> str | None:
+    """The `_class_name` of a single-model diffusers folder (config.json), e.g. MotionAdapter."""
+    try:
+        return json.loads((folder / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class ModelRegistry:
     def __init__(self, models_dirs: list[Path] | None = None, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype | None = None, memory_budget: int | None = None,
@@ -90,11 +99,13 @@ class ModelRegistry:
         self._loaded: OrderedDict[str, FamilyAdapter] = OrderedDict()
         self._lock = threading.RLock()
         self._entries: dict[str, ModelEntry] | None = None
+        self._addons: list[AddOn] = []
 
     # ---- discovery ------------------------------------------------------------------------
     def entries(self) -> list[ModelEntry]:
         with self._lock:
             if self._entries is None:
+                self._addons = []
                 self._entries = {e.id: e for e in self._discover()}
             return list(self._entries.values())
 
@@ -129,11 +140,35 @@ class ModelRegistry:
             family = self.family_of_class(_model_index_class(folder))
             if family:
                 out.append(ModelEntry(folder.name, family, "folder", str(folder)))
+        out += self._paired_animatediff(candidates)
         single = [f for f in self.families.values() if f.single_file]
         for ckpt in sorted(root.glob("*.safetensors")):
-            if single:
-                out.append(ModelEntry(ckpt.stem, single[0].name, "single-file", str(ckpt)))
+            kind = classify_file(ckpt)  # from the tensor names, never the file name
+            if kind.is_checkpoint and single:
+                out.append(ModelEntry(ckpt.stem, single[0].name, "single-file", str(ckpt),
+                                      f"{kind.kind} checkpoint ({kind.why})", kind=kind.kind))
+            elif kind.is_addon:
+                self._addons.append(AddOn(ckpt.stem, kind.kind, kind.base, str(ckpt)))
+            else:
+                log.warning("%s is not a model or add-on cinegen knows (%s); skipped", ckpt, kind.why)
         return out
+
+    def _paired_animatediff(self, folders: list[Path]) -> list[ModelEntry]:
+        """AnimateDiff as it ships: an SD 1.x folder + a MotionAdapter folder. With one SD 1.x model
+        in the folder each motion adapter is paired with it (`SD+MOTION`); with several, every pair is
+        offered, so a request names the one it wants."""
+        if "animatediff" not in self.families:
+            return []
+        motion = [f for f in folders if _config_class(f) == "MotionAdapter"]
+        bases = [f for f in folders if _model_index_class(f) == "StableDiffusionPipeline"]
+        return [ModelEntry(f"{base.name}+{adapter.name}", "animatediff", "paired", str(base),
+                           f"{base.name} with the motion adapter {adapter.name}", extra_path=str(adapter))
+                for adapter in motion for base in bases]
+
+    def addons(self) -> list[AddOn]:
+        """LoRAs, motion modules, VAEs and embeddings found beside the models (after discovery)."""
+        self.entries()
+        return list(self._addons)
 
     def _discover_hf_cache(self) -> list[ModelEntry]:
         try:

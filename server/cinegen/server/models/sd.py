@@ -95,9 +95,17 @@ class SDAdapter(FamilyAdapter):
         return (latents * vae.config.scaling_factor).to(self.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Frames with a side above `decode_tile()` px go through the VAE in tiles of that size."""
+        from ..diffusion.tiled_vae import tiled_decode
+
         vae = self.pipe.vae
+        z = latents.to(vae.dtype) / vae.config.scaling_factor
+        tile = self.decode_tile() // self.vae_scale_factor
         with torch.no_grad():
-            images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+            if max(z.shape[-2:]) > tile:
+                images = tiled_decode(vae, z, tile_latent=tile, overlap_latent=tile // 4)
+            else:
+                images = vae.decode(z, return_dict=False)[0]
         return (images / 2 + 0.5).clamp(0, 1)
 
 
@@ -117,8 +125,7 @@ def load_sd(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> SDAd
 
     path = Path(entry.path)
     if entry.source == "single-file":
-        cls = StableDiffusionXLPipeline if "xl" in path.name.lower() else StableDiffusionPipeline
-        pipe = cls.from_single_file(str(path), dtype=dtype, local_files_only=True)
+        pipe = _load_single_file(path, entry.kind, dtype)
     else:
         class_name = _pipeline_class_name(path)
         cls = StableDiffusionXLPipeline if class_name == "StableDiffusionXLPipeline" else StableDiffusionPipeline
@@ -130,6 +137,27 @@ def load_sd(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> SDAd
     pipe.to(device)
     keep_vae_in_float32(pipe, dtype)
     return SDAdapter(pipe, entry, device, dtype)
+
+
+def _load_single_file(path: Path, kind: str, dtype: torch.dtype):
+    """A single-file checkpoint through the pipeline class its tensor names say (never its file name)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    from ..errors import FailedPrecondition
+    from .checkpoint_kinds import classify_file
+
+    if kind not in ("sd1", "sd2", "sdxl", "sdxl-refiner"):
+        kind = classify_file(path).kind
+    cls = {"sdxl": StableDiffusionXLPipeline, "sdxl-refiner": StableDiffusionXLImg2ImgPipeline}.get(
+        kind, StableDiffusionPipeline)
+    try:
+        return cls.from_single_file(str(path), dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise FailedPrecondition(
+            f"'{path.name}' is an {kind} checkpoint, but diffusers needs that architecture's configs and "
+            f"tokenizers to build it, and they are not in the local Hugging Face cache ({exc}). Convert it to a "
+            "diffusers folder once on a machine online (`from_single_file(...).save_pretrained(DIR)`) and put "
+            "the folder under --models.") from exc
 
 
 def keep_vae_in_float32(pipe, dtype: torch.dtype) -> None:

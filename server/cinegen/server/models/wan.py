@@ -258,9 +258,17 @@ class WanAdapter(FamilyAdapter):
         vae = self.pipe.vae
         latents = latents.to(self.device, vae.dtype)
         mean, inverse_std = self._latent_statistics(latents.device, latents.dtype)
-        with torch.no_grad():
+        with torch.no_grad(), self.vae_tiling(self.auto_tile(latents)):
             video = vae.decode(latents / inverse_std + mean, return_dict=False)[0]
         return (video / 2 + 0.5).clamp(0, 1)
+
+    def auto_tile(self, latents: torch.Tensor) -> int | None:
+        """`decode_tile()` px tiles for frames with a side above it, unless the caller tiles already;
+        the causal VAE streams time (one latent frame at a time) on its own."""
+        s, tile = self.vae_scale_factor, self.decode_tile()
+        if getattr(self.pipe.vae, "use_tiling", False) or max(latents.shape[-2:]) * s <= tile:
+            return None
+        return tile
 
     @contextlib.contextmanager
     def vae_tiling(self, tile: int | None) -> Iterator[None]:

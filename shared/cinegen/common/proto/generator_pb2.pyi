@@ -206,7 +206,7 @@ class PipelineInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., params: _Optional[_Iterable[_Union[ParamSpec, _Mapping]]] = ..., families: _Optional[_Iterable[str]] = ..., output_is_folder: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "family", "source", "path", "loaded", "native_width", "native_height", "native_frames", "description")
+    __slots__ = ("id", "family", "source", "path", "loaded", "native_width", "native_height", "native_frames", "description", "kind")
     ID_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +216,7 @@ class ModelInfo(_message.Message):
     NATIVE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     NATIVE_FRAMES_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     id: str
     family: str
     source: str
@@ -225,7 +226,8 @@ class ModelInfo(_message.Message):
     native_height: int
     native_frames: int
     description: str
-    def __init__(self, id: _Optional[str] = ..., family: _Optional[str] = ..., source: _Optional[str] = ..., path: _Optional[str] = ..., loaded: _Optional[bool] = ..., native_width: _Optional[int] = ..., native_height: _Optional[int] = ..., native_frames: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+    kind: str
+    def __init__(self, id: _Optional[str] = ..., family: _Optional[str] = ..., source: _Optional[str] = ..., path: _Optional[str] = ..., loaded: _Optional[bool] = ..., native_width: _Optional[int] = ..., native_height: _Optional[int] = ..., native_frames: _Optional[int] = ..., description: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
     __slots__ = ("name", "kind", "total_memory", "memory_budget")
@@ -244,7 +246,7 @@ class GetCapabilitiesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("server_version", "device", "pipelines", "models", "max_width", "max_height", "protocol_version")
+    __slots__ = ("server_version", "device", "pipelines", "models", "max_width", "max_height", "protocol_version", "addons")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     PIPELINES_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +254,7 @@ class Capabilities(_message.Message):
     MAX_WIDTH_FIELD_NUMBER: _ClassVar[int]
     MAX_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ADDONS_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     device: DeviceInfo
     pipelines: _containers.RepeatedCompositeFieldContainer[PipelineInfo]
@@ -259,7 +262,8 @@ class Capabilities(_message.Message):
     max_width: int
     max_height: int
     protocol_version: int
-    def __init__(self, server_version: _Optional[str] = ..., device: _Optional[_Union[DeviceInfo, _Mapping]] = ..., pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    addons: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, server_version: _Optional[str] = ..., device: _Optional[_Union[DeviceInfo, _Mapping]] = ..., pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., protocol_version: _Optional[int] = ..., addons: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("job_id", "after_seq")
