@@ -118,13 +118,42 @@ def test_keyframes_through_pixels_when_the_models_do_not_share_a_vae(models, key
     assert keyframe_for_video(sd, video, keyframes[0], 32, 32, shared_vae=True).shape == (1, 4, 4, 4)
 
 
-def test_long_shots_chain_clips_through_their_shared_boundary_frame(models, keyframes):
+def test_a_long_shot_is_one_freenoise_clip_whose_windows_overlap_their_neighbours(models, keyframes, monkeypatch):
+    from diffusers.models.attention import FreeNoiseTransformerBlock
+
     _, video = models
-    spans = clip_spans(20, video.native_frames)
-    assert len(spans) == 2
-    latents = generate_motion(video, _resolved(frames=20), keyframes[0], keyframes[1])
-    assert latents.shape == (1, 4, 20, 8, 8)
+    frames = 40  # 2.5 motion-module clips of 16, past the tiny module's 32-position table
+    windows: list = []
+    original = FreeNoiseTransformerBlock.forward
+
+    def spy(self, hidden_states, *args, **kwargs):
+        windows.append(self._get_frame_indices(hidden_states.shape[1]))
+        return original(self, hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(FreeNoiseTransformerBlock, "forward", spy)
+    latents = generate_motion(video, _resolved(frames=frames, steps=2), keyframes[0], keyframes[1])
+    assert latents.shape == (1, 4, frames, 8, 8)
     assert torch.equal(latents[:, :, 0], keyframes[0]) and torch.equal(latents[:, :, -1], keyframes[1])
+    assert windows, "the motion modules ran in FreeNoise windows"
+    for spans in windows:
+        assert all(b - a == video.native_frames for a, b in spans)
+        # each window shares all but the stride with its neighbour; the last one is pinned to the end
+        assert all(b1 - a2 == video.native_frames - 4 for (_, b1), (a2, _) in zip(spans, spans[1:]))
+    assert not any(isinstance(m, FreeNoiseTransformerBlock) for m in video.denoiser.modules()), "restored after"
+
+
+def test_freenoise_reuses_the_first_windows_noise_for_far_frames(models):
+    from cinegen.server.pipelines.long_video import free_noise, free_noise_latents
+
+    _, video = models
+    with free_noise(video, 40) as on:
+        noise = free_noise_latents(video, 64, 64, 40, torch.Generator().manual_seed(0))
+    assert on and noise.shape == (1, 4, 40, 8, 8)
+    first = [noise[:, :, f] for f in range(16)]
+    for f in range(16, 40):  # a shuffled copy of a frame 16 earlier's window: the content stays related
+        assert any(torch.equal(noise[:, :, f], g) for g in first)
+    with free_noise(video, 16) as on:  # a native-length clip is the stock computation
+        assert not on
 
 
 @given(st.integers(1, 500), st.integers(2, 40))

@@ -85,7 +85,11 @@ def test_shot_motion_on_i2v_wan_equals_stock_first_last_frame_pipeline(registry,
     assert torch.equal(ours, stock), "keyframes through pixels, then the stock FLF2V computation bit for bit"
     four = wan_motion(sd, i2v, _resolved(frames=4), keyframes[0], keyframes[1], shared_vae=False,
                       callbacks=LoopCallbacks())
-    assert torch.equal(four, stock[:, :, [0, 1, 3, 4]]), "4 frames: made as 5, an inner one dropped, ends on last"
+    # 4 frames: made as 5 and re-timed to times 0, 4/3, 8/3, 4 — blends of neighbours, none dropped, ends exact
+    expected = torch.stack([stock[:, :, 0], stock[:, :, 1] * (2 / 3) + stock[:, :, 2] / 3,
+                            stock[:, :, 2] / 3 + stock[:, :, 3] * (2 / 3), stock[:, :, 4]], dim=2)
+    torch.testing.assert_close(four, expected, atol=1e-6, rtol=0)  # float weights of the same two frames
+    assert torch.equal(four[:, :, 0], stock[:, :, 0]) and torch.equal(four[:, :, 3], stock[:, :, 4])
 
 
 def test_first_frame_only_clip_equals_stock_image_to_video_latents(registry, sd, keyframes):
@@ -173,11 +177,17 @@ def test_wan_frame_count_is_the_next_4k_plus_1(frames):
 
 
 @given(st.integers(2, 40), st.integers(0, 3), st.booleans())
-def test_cut_keeps_the_first_frame_and_the_last_when_asked(frames, extra, keep_last):
+def test_cut_keeps_the_first_frame_and_retimes_to_keep_the_last_when_asked(frames, extra, keep_last):
     clip = torch.arange(frames + extra, dtype=torch.float32).view(1, 1, -1, 1, 1)
-    cut = cut_to_length(clip, frames, keep_last).flatten().tolist()
-    assert len(cut) == frames and cut[0] == 0 and cut == sorted(set(cut))
-    assert cut[-1] == (frames + extra - 1 if keep_last else frames - 1)
+    cut = cut_to_length(clip, frames, keep_last).flatten()
+    assert len(cut) == frames and cut[0] == 0
+    if keep_last:  # re-timed: a constant-speed ramp stays constant speed (no dropped frame, no jump), ends exact
+        expected = torch.linspace(0, frames + extra - 1, frames, dtype=torch.float64)
+        torch.testing.assert_close(cut.double(), expected, atol=1e-5, rtol=0)
+        if frames > 4:  # every source frame is within one frame of an output time: none is dropped
+            assert all(bool(((expected - k).abs() < 1).any()) for k in range(frames + extra))
+    else:  # the tail is cut, the inside kept frame for frame
+        assert cut.tolist() == list(range(frames))
 
 
 # ------------------------------------------------------------------------------------------ whole run
@@ -193,7 +203,7 @@ def test_story_on_wan_i2v_writes_every_shot_and_the_cut(client, tmp_path):
     for shot, frames in (("sh010", 4), ("sh020", 3)):
         assert sorted(p.name for p in (out / shot).iterdir()) == [f"{shot}.{1001 + i}.exr" for i in range(frames)]
     pixels, meta = read_exr_frame(out / "sh010" / "sh010.1004.exr")
-    assert pixels.shape == (64, 64, 4) and meta["cinegen:model"] == "tiny-wan-i2v"
+    assert pixels.shape == (32, 32, 4) and meta["cinegen:model"] == "tiny-wan-i2v"  # the video model's native size
     timeline = otio.adapters.read_from_file(str(out / "Wan Lighthouse.otio"))
     clips = list(timeline.find_clips())
     assert [c.name for c in clips] == ["sh010", "sh020"] and timeline.duration().value == 7

@@ -198,8 +198,8 @@ class StoryPipeline(Pipeline):
         image_adapter = ctx.registry.get(self.model_id(job, ctx.registry))
         video_adapter = ctx.registry.get(self.video_model_id(job, ctx.registry))
         r_key = replace(self.resolve(job, image_adapter), frames=1, fps=story.fps)
-        r_vid = replace(self.resolve(job, video_adapter), fps=story.fps,
-                        width=job.common.width or r_key.width, height=job.common.height or r_key.height)
+        r_vid = replace(self.resolve(job, video_adapter), fps=story.fps)  # the video model's native size
+        # unless --width/--height: keyframes are resized to it (an SDXL 1024² keyframe into a 512² AnimateDiff)
         if job.common.prompt or job.common.frames:
             ctx.log("story: prompts and lengths come from the story file; --prompt and --frames are ignored")
         cut = StoryRun(ctx, story, Path(job.common.out).expanduser().absolute(), image_adapter, video_adapter)

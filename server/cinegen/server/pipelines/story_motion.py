@@ -5,7 +5,8 @@ keyframe image model, the clip goes out as pixels (1, 3, F, H, W) in [0, 1].
 
 - **animatediff** — latent inpainting of whole frames (`FramePinning`): before every step the pinned
   frames are replaced by their keyframe latent noised to that step's t, after the last step by the
-  clean latent. Shots longer than the model's clip are clips chained by their shared boundary frame.
+  clean latent. A shot longer than the model's clip is still one clip: FreeNoise windows in the motion
+  modules and FreeNoise's re-used noise (long_video.py), so its far end is denoised with its start.
 - **wan, image-to-video model** — Wan 2.1 first-last-frame-to-video, as diffusers'
   `WanImageToVideoPipeline(image=first, last_image=last)`: the pixel clip [first, 0, …, 0, last] is
   VAE-encoded into a conditioning latent and concatenated, with a frame mask (1 on the given frames),
@@ -15,8 +16,11 @@ keyframe image model, the clip goes out as pixels (1, 3, F, H, W) in [0, 1].
   encodes the first pixel frame alone into latent frame 0, so the keyframe's own latent is exactly
   the clip's first latent frame. The last latent frame stands for 4 pixel frames: it is pinned to the
   next keyframe held over them (so a t2v clip ends on a short hold).
-- Wan takes 4k + 1 frames: each clip is made at the next valid count and cut back — frames dropped
-  from the tail, or evenly from the inside when the clip ends on the next keyframe, which must stay last.
+- Wan takes 4k + 1 frames: each clip is made at the next valid count and brought back to the shot's
+  length — frames dropped from the tail, or, when the clip ends on the next keyframe (which must stay
+  last), re-timed: every output frame is the clip at an evenly spaced time, blended between its two
+  nearest frames, so no inner frame is dropped (a jump) and first and last stay exact. Shots longer
+  than Wan's clip are clips chained by their shared boundary frame.
 - The keyframe model (`sd`) and Wan never share a VAE: keyframes go through pixels (decode → resize to
   the video size → condition or encode).
 """
@@ -35,6 +39,7 @@ from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwarg
 from ..errors import InvalidArgument
 from ..models.family import Conditioning, FamilyAdapter
 from .base import Resolved, seeded_generator
+from .long_video import free_noise, free_noise_latents
 
 MOTION_FAMILIES: tuple[str, ...] = ("animatediff", "wan")
 
@@ -119,12 +124,17 @@ def generate_pinned_clip(adapter: FamilyAdapter, r: Resolved, pins: dict[int, to
     cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
     scheduler = adapter.new_scheduler()
     scheduler.set_timesteps(r.steps, device=adapter.device)
-    noise = randn_tensor(adapter.latent_shape(1, r.width, r.height, r.frames), generator=generator,
-                         device=adapter.device, dtype=adapter.dtype)
-    pinning = FramePinning(scheduler, pins, noise, last_index=len(scheduler.timesteps) - 1)
-    loop = DenoiseLoop(scheduler, lambda x, t: adapter.predict(x, t, cond), hooks=(pinning,),
-                       callbacks=callbacks or LoopCallbacks(), step_kwargs=scheduler_step_kwargs(scheduler, generator))
-    return loop.run(noise * scheduler.init_noise_sigma)
+    with free_noise(adapter, r.frames) as long:  # longer than the motion module's clip: FreeNoise windows
+        if long:
+            noise = free_noise_latents(adapter, r.width, r.height, r.frames, generator)
+        else:
+            noise = randn_tensor(adapter.latent_shape(1, r.width, r.height, r.frames), generator=generator,
+                                 device=adapter.device, dtype=adapter.dtype)
+        pinning = FramePinning(scheduler, pins, noise, last_index=len(scheduler.timesteps) - 1)
+        loop = DenoiseLoop(scheduler, lambda x, t: adapter.predict(x, t, cond), hooks=(pinning,),
+                           callbacks=callbacks or LoopCallbacks(),
+                           step_kwargs=scheduler_step_kwargs(scheduler, generator))
+        return loop.run(noise * scheduler.init_noise_sigma)
 
 
 def clip_spans(frames: int, clip_length: int) -> list[tuple[int, int]]:
@@ -150,20 +160,11 @@ def chunk_callbacks(callbacks: LoopCallbacks, chunk: int, chunks: int) -> LoopCa
 def generate_motion(adapter: FamilyAdapter, r: Resolved, first: torch.Tensor, last: torch.Tensor | None, *,
                     on_step: Callable[[int, int], None] | None = None,
                     should_stop: Callable[[], None] | None = None) -> torch.Tensor:
-    """(1, C, r.frames, h, w): frame 0 is `first`, the last frame `last` (when given)."""
+    """(1, C, r.frames, h, w): frame 0 is `first`, the last frame `last` (when given); one clip however long."""
     if r.frames == 1:
         return first.unsqueeze(2)
-    spans = clip_spans(r.frames, min(adapter.native_frames, getattr(adapter, "max_frames", adapter.native_frames)))
-    pieces, start_latent = [], first
-    for c, (a, b) in enumerate(spans):
-        pins = {0: start_latent}
-        if last is not None and b == r.frames:
-            pins[b - a - 1] = last
-        clip = generate_pinned_clip(adapter, replace(r, frames=b - a, seed=r.seed + c), pins,
-                                    callbacks=chunk_callbacks(LoopCallbacks(on_step, should_stop), c, len(spans)))
-        pieces.append(clip if c == 0 else clip[:, :, 1:])
-        start_latent = clip[:, :, -1]
-    return torch.cat(pieces, dim=2)
+    pins = {0: first} if last is None else {0: first, r.frames - 1: last}
+    return generate_pinned_clip(adapter, r, pins, callbacks=LoopCallbacks(on_step, should_stop))
 
 
 def animatediff_motion(image_adapter: FamilyAdapter, video_adapter: FamilyAdapter, r: Resolved, first: torch.Tensor,
@@ -181,12 +182,27 @@ def wan_frame_count(frames: int, temporal: int = 4) -> int:
 
 
 def cut_to_length(clip: torch.Tensor, frames: int, keep_last: bool) -> torch.Tensor:
-    """(B, 3, F', H, W) → F = `frames`: the first ones, or (`keep_last`) evenly spaced from first to last."""
+    """(B, 3, F', H, W) → F = `frames`: the first ones, or (`keep_last`) the clip re-timed to `frames`."""
     if keep_last:
-        index = torch.linspace(0, clip.shape[2] - 1, frames).round().long()  # step ≥ 1: no frame twice
-    else:
-        index = torch.arange(frames)
-    return clip[:, :, index.to(clip.device)]
+        return retime(clip, frames)
+    return clip[:, :, :frames]
+
+
+def retime(clip: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, C, F', H, W) → `frames` frames at evenly spaced times from the first to the last, each the linear
+    blend of the two nearest source frames: first and last exact, constant speed kept (no jump where a frame
+    would be dropped); with at most 3 surplus frames every source frame contributes when frames > 4."""
+    count = clip.shape[2]
+    if frames == count:
+        return clip
+    if frames == 1:
+        return clip[:, :, :1]
+    times = torch.arange(frames, dtype=torch.float64) * (count - 1) / (frames - 1)
+    below = times.floor().long().clamp(max=count - 1)
+    above = (below + 1).clamp(max=count - 1)
+    weight = (times - below.double()).to(clip.dtype).to(clip.device).view(1, 1, -1, 1, 1)
+    below, above = below.to(clip.device), above.to(clip.device)
+    return clip[:, :, below] * (1 - weight) + clip[:, :, above] * weight
 
 
 def _wan_start(adapter, r: Resolved) -> tuple[torch.Generator, Conditioning, Any, torch.Tensor]:
