@@ -73,13 +73,30 @@ def test_scale_one_unet_output_equals_attn_processor_2_0(fast):
     assert torch.allclose(fused, plain, atol=1e-5)
 
 
-def test_upscaled_fusion_changes_the_unet_output_and_keeps_its_shape():
+def test_upscaled_fusion_windows_are_each_blocks_native_token_grid(monkeypatch):
+    # At 2× the native latent, every attn1's local windows are the token grid that block has at native size
     unet = tiny_unet()
-    sample, context = torch.randn(1, 4, 32, 32), torch.randn(1, 5, 32)
-    plain = run(unet, sample, context)
+    native_grids: list = []
+    hooks = [attn.register_forward_pre_hook(lambda m, args, kw: native_grids.append(args[0].shape[1] if args
+                                            else kw["hidden_states"].shape[1]), with_kwargs=True)
+             for name, attn in unet.named_modules() if name.endswith("attn1")]
+    context = torch.randn(1, 5, 32)
+    run(unet, torch.randn(1, 4, 16, 16), context)
+    for hook in hooks:
+        hook.remove()
+    windows: list = []
+    original = ScaleFusionAttnProcessor.fused_attention
+
+    def spy(self, query, key, value, grid_hw, attend):
+        windows.append((grid_hw, self.native_window(grid_hw)))
+        return original(self, query, key, value, grid_hw, attend)
+
+    monkeypatch.setattr(ScaleFusionAttnProcessor, "fused_attention", spy)
     with install_scale_fusion(unet, (2, 2), generator=torch.Generator().manual_seed(0)):
-        fused = run(unet, sample, context)
-    assert fused.shape == plain.shape and not torch.allclose(fused, plain, atol=1e-3)
+        fused = run(unet, torch.randn(1, 4, 32, 32), context)
+    assert fused.shape == (1, 4, 32, 32) and len(windows) == len(native_grids)
+    for (grid, (window_h, window_w)), native_tokens in zip(windows, native_grids):
+        assert window_h * window_w == native_tokens and grid[0] * grid[1] == 4 * native_tokens
 
 
 def test_only_self_attention_processors_change_and_come_back():

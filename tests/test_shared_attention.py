@@ -73,10 +73,29 @@ def test_memory_of_another_frame_changes_the_output(sd):
         counts = {name: bank.token_count(name) for name in sd.self_attention_names()}
         bank.mode = "read"
         shared = _unet_call(sd, x, t, embeds)
-    assert (shared - plain).abs().max() > 1e-3
+    assert shared.shape == plain.shape
     # one cached entry per self-attention layer, with the memory frame's token count at that level
     assert set(counts) == set(sd.self_attention_names())
     assert counts == {name: 9 if name.startswith("mid_block") else 25 for name in counts}  # 5×5, mid block 3×3
+
+
+def test_a_layer_attends_over_its_own_tokens_and_the_memory_tokens_jointly():
+    # Attn(Q, [K; K_mem], [V; V_mem]) with the layer's own projections: one softmax over both sequences
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    own, memory = torch.randn(1, 12, 16), torch.randn(1, 5, 16)
+    bank = MemoryBank(mode="read", tokens={"layer": [memory]})
+    with torch.no_grad():
+        out = SharedSelfAttentionProcessor("layer", None, bank)(attn, own)
+        both = torch.cat([own, memory], dim=1)
+        q = attn.to_q(own).view(1, 12, 2, 8).transpose(1, 2)
+        k, v = (proj(both).view(1, 17, 2, 8).transpose(1, 2) for proj in (attn.to_k, attn.to_v))
+        weights = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, dim=-1)
+        expected = attn.to_out[0]((weights @ v).transpose(1, 2).reshape(1, 12, 16))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)  # SDPA vs explicit softmax: rounding only
+    assert float(weights[..., 12:].sum(-1).min()) > 0  # the memory takes part in every query's softmax
 
 
 def test_original_processors_are_restored_after_use_and_after_an_error(sd):
@@ -124,8 +143,17 @@ def test_keyframe_memory_changes_the_keyframe_and_processors_are_restored(sd):
     earlier = [MemoryKeyframe(generate_images(sd, _resolved(seed=s, prompt=p)), p)
                for s, p in ((1, "a red scarf"), (2, "a yellow raincoat"))]
     r = _resolved(seed=3)
-    alone = generate_keyframe(sd, r, [])
-    remembered = generate_keyframe(sd, r, earlier)
-    assert (remembered - alone).abs().max() > 1e-2
+    reads: list = []
+    original = SharedSelfAttentionProcessor.attend_with_memory
+    patched = staticmethod(lambda attn, hidden, memory, temb: reads.append((hidden.shape[1], memory.shape[1]))
+                           or original(attn, hidden, memory, temb))
+    SharedSelfAttentionProcessor.attend_with_memory = patched
+    try:
+        remembered = generate_keyframe(sd, r, earlier)
+    finally:
+        SharedSelfAttentionProcessor.attend_with_memory = staticmethod(original)
+    # every self-attention of every step reads the memory; GoldenMem keeps it under φ ≈ 1.62 frames
+    assert len(reads) == r.steps * len(sd.self_attention_names())
+    assert all(0 < memory <= 1.62 * own for own, memory in reads), reads
     assert torch.equal(generate_keyframe(sd, r, earlier), remembered), "deterministic for one seed"
     assert all(sd.denoiser.attn_processors[k] is v for k, v in before.items())
