@@ -139,10 +139,10 @@ def test_model_typed_options_pick_from_their_families_and_the_form_takes_the_ser
 def test_queued_jobs_move_up_through_the_reorder_rpc(panel):
     form = panel.forms["story"]
     ids = []
-    for n in range(3):
+    for n in range(3):  # one after the other: each submit runs on its own thread
         form.set_values({"prompt": f"wait {n}"})
         ids.append(panel.generate())
-    wait_until(lambda: all(panel.jobs.get(j).queue_position for j in ids), "three queued jobs")
+        wait_until(lambda: panel.jobs.get(ids[-1]).queue_position == n + 1, f"job {n} queued")
     row = panel.queue_view.rows[ids[2]]
     assert row.up.isVisibleTo(panel) and row.down.isVisibleTo(panel)
     assert not panel.queue_view.rows[ids[0]].up.isEnabled()  # already next

@@ -106,7 +106,7 @@ class CommonParams:
     first_frame: int | None = param(None, label="First frame", help="Number of the first frame written; empty = 1001.",
                                     minimum=0, maximum=10_000_000)
     compression: str = param("zip", label="EXR compression", help="EXR compression.", choices=("zip", "piz", "dwaa", "none"))
-    overwrite: bool = param(False, label="Overwrite existing frames", help="Replace frames that already exist; otherwise a job whose frames exist "
+    overwrite: bool = param(False, label="Overwrite", help="Replace frames that already exist; otherwise a job whose frames exist "
                             "is refused (and a frame that appears meanwhile stops the job).")
     frame_range: str = param("", label="Only frames", help="Only write these frames of the sequence, first-last such as 1001-1010 (a farm "
                              "or cluster chunk); the same seed gives the same frames as a full run; empty = all.")
@@ -145,7 +145,8 @@ class UpscaleParams:
     fast: bool = param(False, label="Fast global attention", help="Dilated-sampling global attention (faster, slightly less coherent).")
     vae_tile: int | None = param(None, label="VAE tile size", help="VAE tile size in pixels for large frames; empty = automatic.",
                                  minimum=64, maximum=8192, step=64)
-    lora: str = param("", label="LoRA weights", help="Optional LoRA weights (path) applied to the model for this job.", kind="path")
+    lora: str = param("", label="LoRA weights", help="LoRA files applied to the model for this job only, PATH[:WEIGHT] "
+                      "each, comma-separated (weight 1 when omitted); SD, AnimateDiff and Wan models.", kind="path")
     input_colorspace: str = param("", label="Plate colour space",
                                   help="The colour space the plate's files are in (a name from the OpenColorIO "
                                   "config, such as ACEScg or ACES2065-1); empty = float files are scene-linear, "
@@ -207,7 +208,9 @@ class StoryParams:
 
 
 # Common options a pipeline does not read (story takes its prompts from the story file): not advertised.
-UNUSED_COMMON: dict[str, tuple[str, ...]] = {"story": ("prompt", "negative_prompt")}
+UNUSED_COMMON: dict[str, tuple[str, ...]] = {"story": ("prompt", "negative_prompt", "frame_range"),
+                                             # whole-sequence pipelines: no --frame-range chunks
+                                             "panorama": ("frame_range",), "trajectory": ("frame_range",)}
 
 PIPELINE_PARAMS: dict[str, type] = {
     "image": ImageParams,

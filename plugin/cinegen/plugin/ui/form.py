@@ -109,6 +109,7 @@ class ParamForm(QtWidgets.QWidget):
         for spec in specs:
             editor = make_editor(spec, models=models, catalogue=self.catalogue)
             label = QtWidgets.QLabel(spec.label)
+            label.setWordWrap(True)  # a long label takes two lines rather than widening the form past the dock
             label.setToolTip(spec.tooltip)
             label.setBuddy(editor)
             editor.changed.connect(self.changed.emit)
