@@ -101,8 +101,9 @@ def test_the_server_refuses_an_unknown_plate_space_and_records_the_transform(cli
                             common=pb.CommonParams(model="tiny-sd", width=64, height=64, steps=2, out=out))
     events = list(client.watch(client.submit(request).job_id))
     assert events[-1].WhichOneof("kind") == "completed", events[-1]
-    _, header = read_exr_frame(events[-1].completed.outputs[0])
+    pixels, header = read_exr_frame(events[-1].completed.outputs[0])
     assert header["cinegen:display_transform"] == "view" and header["cinegen:colorspace"] == "ACEScg"
+    assert pixels[..., :3].max() > 1.0  # the tiny model's brightest pixels come out as light above 1
     plate = pb.JobRequest(job_id="colour-2", pipeline="upscale", common=pb.CommonParams(out=out.replace("img", "up")),
                           upscale=pb.UpscaleParams(mode="plate", input=out, input_colorspace="LogC5"))
     with pytest.raises(RequestRejected, match="no colour space 'LogC5'"):
