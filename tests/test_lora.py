@@ -97,3 +97,22 @@ def test_files_that_are_not_loras_are_refused_with_a_sentence(registry, tmp_path
     with pytest.raises(InvalidArgument, match="not a .safetensors file"):
         with loras_applied(adapter, [LoraSpec(str(tmp_path / "missing.safetensors"))]):
             pass
+
+
+def test_the_unet_upscale_pipeline_takes_loras_for_the_job(registry, tmp_path):
+    """`--lora A:W,B` on an SD upscale: the frames change with the LoRA, and the next job is as before."""
+    from diffusers import StableDiffusionPipeline
+
+    from cinegen.common.params import UpscaleParams
+    from test_upscale_pipeline import run_upscale
+
+    adapter = registry.get("tiny-sd")
+    style = _save_lora(adapter.pipe.unet, StableDiffusionPipeline, tmp_path, "style", ["to_q", "to_v"])
+    other = _save_lora(adapter.pipe.unet, StableDiffusionPipeline, tmp_path, "other", ["to_k"])
+    params = dict(scale=2.0, stages=1)
+    without = run_upscale(registry, params=UpscaleParams(**params), steps=2)
+    with_loras = run_upscale(registry, params=UpscaleParams(lora=f"{style}:0.8,{other}", **params), steps=2)
+    after = run_upscale(registry, params=UpscaleParams(**params), steps=2)
+    frames = lambda ctx: torch.stack([ctx.sink.frames[k] for k in sorted(ctx.sink.frames)])  # noqa: E731
+    assert not torch.allclose(frames(without), frames(with_loras))
+    assert torch.equal(frames(without), frames(after))

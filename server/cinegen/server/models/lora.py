@@ -38,8 +38,13 @@ def parse_lora(text: str) -> LoraSpec:
     return LoraSpec(text)
 
 
-def check_lora(spec: LoraSpec, family: str) -> None:
-    """INVALID_ARGUMENT unless the spec names a LoRA file this family can take."""
+def parse_loras(text: str) -> list[LoraSpec]:
+    """Comma-separated `PATH[:WEIGHT]` specs (the upscale pipeline's --lora); empty → none."""
+    return [parse_lora(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def check_lora(spec: LoraSpec, family: str | None = None) -> None:
+    """INVALID_ARGUMENT unless the spec names a LoRA file (that this family can take, when given)."""
     file = Path(spec.path).expanduser()
     if not file.is_file() or file.suffix.lower() != ".safetensors":
         raise InvalidArgument(f"The LoRA '{spec.path}' is not a .safetensors file on the server.")
@@ -47,7 +52,7 @@ def check_lora(spec: LoraSpec, family: str) -> None:
     if kind.kind not in ("lora", "motion-lora"):
         raise InvalidArgument(f"'{file.name}' is not a LoRA but a {kind.kind} file ({kind.why}); "
                               "give a LoRA with --lora.")
-    if kind.kind == "motion-lora" and family != "animatediff":
+    if kind.kind == "motion-lora" and family not in (None, "animatediff"):
         raise InvalidArgument(f"'{file.name}' is a motion LoRA (it changes AnimateDiff's motion modules); "
                               "use it with an AnimateDiff model.")
 
@@ -80,4 +85,4 @@ def loras_applied(adapter: FamilyAdapter, specs: Sequence[LoraSpec]) -> Iterator
             pipe.unload_lora_weights()
 
 
-__all__ = ["LoraSpec", "check_lora", "loras_applied", "parse_lora"]
+__all__ = ["LoraSpec", "check_lora", "loras_applied", "parse_lora", "parse_loras"]

@@ -31,7 +31,6 @@ from .wan_text import WAN_MAX_SEQUENCE_LENGTH
 
 WAN_PIPELINE_CLASSES = ("WanPipeline", "WanImageToVideoPipeline")
 PROFILE_FILE = "cinegen.json"  # what a folder says about its training size (written for the tiny models)
-JOB_LORA = "cinegen-job-lora"
 
 
 @dataclass(frozen=True)
@@ -287,27 +286,11 @@ class WanAdapter(FamilyAdapter):
                 setattr(vae, name, value)
 
     # ---- LoRA -------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def lora_applied(self, path: str, scale: float = 1.0) -> Iterator[None]:
+    def lora_applied(self, path: str, scale: float = 1.0) -> contextlib.AbstractContextManager[None]:
         """Within the block the LoRA in `path` (.safetensors) is loaded into the transformer; unloaded after."""
-        if not path:
-            yield
-            return
-        file = Path(path).expanduser()
-        if not file.is_file() or file.suffix.lower() != ".safetensors":
-            raise InvalidArgument(f"The LoRA '{path}' is not a .safetensors file on the server. "
-                                  "Give the path of a LoRA saved with diffusers or peft.")
-        try:
-            self.pipe.load_lora_weights(str(file), adapter_name=JOB_LORA)
-            self.pipe.set_adapters([JOB_LORA], [scale])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            self.pipe.unload_lora_weights()
-            raise InvalidArgument(f"The LoRA '{path}' does not fit '{self.entry.id}' ({exc}). "
-                                  "Use a LoRA trained for this Wan model.") from exc
-        try:
-            yield
-        finally:
-            self.pipe.unload_lora_weights()
+        from .lora import LoraSpec, loras_applied
+
+        return loras_applied(self, [LoraSpec(path, scale)] if path else [])
 
 
 def _rows(embeds: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

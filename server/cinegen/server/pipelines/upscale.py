@@ -35,6 +35,7 @@ from ..diffusion.cascade import plan_stages
 from ..diffusion.sampler import LoopCallbacks
 from ..errors import InvalidArgument, NotFound, ResourceExhausted
 from ..models.family import FamilyAdapter
+from ..models.lora import check_lora, loras_applied, parse_loras
 from ..models.registry import ModelRegistry
 from ..output import resize_alpha
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress
@@ -172,9 +173,8 @@ def check_params(params: UpscaleParams, mode: str) -> None:
         raise InvalidArgument(f"Stages must be at least 1 (got {params.stages}).")
     if params.vae_tile is not None and (params.vae_tile < 64 or params.vae_tile % 64):
         raise InvalidArgument(f"VAE tile {params.vae_tile} must be a multiple of 64 px, at least 64.")
-    if params.lora:
-        raise InvalidArgument("LoRA weights are not supported by the upscale pipeline on UNet models yet; "
-                              "leave --lora empty.")
+    for spec in parse_loras(params.lora):  # PATH[:WEIGHT], comma-separated; loaded for the job in run()
+        check_lora(spec)
 
 
 def check_target(mode: str, base: Size, target: Size, model: str) -> None:
@@ -331,11 +331,12 @@ class UpscalePipeline(Pipeline):
         r = self.resolve(ctx.job, adapter)
         plan = plan_upscale(adapter, ctx.job, r.steps)
         r = dataclasses.replace(r, width=plan.target[0], height=plan.target[1])
-        if plan.plate is None:
-            return self._generate(ctx, adapter, r, plan)
-        if ctx.job.common.first_frame is None:
+        if ctx.job.common.first_frame is None and plan.plate is not None:
             r = dataclasses.replace(r, first_frame=plan.plate.frames.first)  # frames keep the plate's numbers
-        return self._from_plate(ctx, adapter, r, plan)
+        with loras_applied(adapter, parse_loras(ctx.job.params.lora)):  # for this job only, removed after
+            if plan.plate is None:
+                return self._generate(ctx, adapter, r, plan)
+            return self._from_plate(ctx, adapter, r, plan)
 
     # ---- generate: text -> native -> cascade --------------------------------------------------
     def _generate(self, ctx: RunContext, adapter: FamilyAdapter, r: Resolved, plan: UpscalePlan) -> list[str]:

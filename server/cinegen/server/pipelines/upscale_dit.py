@@ -46,6 +46,7 @@ from ..diffusion.sampler import DenoiseLoop, LoopCallbacks
 from ..diffusion.temporal_chunks import default_overlap, predict_in_temporal_windows
 from ..errors import InvalidArgument, NotFound
 from ..models.family import Conditioning
+from ..models.lora import check_lora, loras_applied, parse_loras
 from ..models.wan import WanAdapter
 from ..output import resize_alpha
 from .base import JobSpec, Resolved, RunContext, StepProgress, seeded_generator
@@ -337,7 +338,7 @@ def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, pa
         ctx.progress("encode plate", 0, 1, 0.0)
         latent_first = params.fast or getattr(params, "latent_resize", False)
         latents = encode_plate(adapter, clip, plan[0].width, plan[0].height, latent_first, vae_tile)
-    with adapter.lora_applied(params.lora):
+    with loras_applied(adapter, parse_loras(params.lora)):
         for index, stage in enumerate(plan, start=1):
             callbacks = LoopCallbacks(progress.callback(index, stage.label), ctx.check_cancel,
                                       ctx.latent_preview(adapter))
@@ -436,8 +437,7 @@ def validate_dit_upscale(job: JobSpec, registry) -> None:
         if common.frames and common.frames > count:
             raise InvalidArgument(f"The plate has {count} frames; --frames {common.frames} asks for more.")
         check_wan_frames(common.frames or count, "plate")
-    if params.lora:
-        if not Path(params.lora).expanduser().is_file() or not params.lora.lower().endswith(".safetensors"):
-            raise InvalidArgument(f"The LoRA '{params.lora}' is not a .safetensors file on the server.")
+    for spec in parse_loras(params.lora):  # PATH[:WEIGHT], comma-separated
+        check_lora(spec, "wan")
     if params.strength is not None and common.steps:
         start_index_for(common.steps, params.strength)
