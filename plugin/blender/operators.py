@@ -157,7 +157,8 @@ def submit(scene, *, wait: bool) -> runtime.BlenderJob:
     if TRAJECTORY_FIELD in names and not values.get(TRAJECTORY_FILE_FIELD):
         frames = job_frames(scene, values)
         values[TRAJECTORY_FIELD] = to_json(host.selected_trajectory(values.get("width"), values.get("height"), frames))
-    source = props.plate_source if PLATE_FIELD in names and values.get(PLATE_FIELD) else ""
+    # the strip's name only while the input is still the sequence taken from it
+    source = props.plate_source if values.get(PLATE_FIELD) and values[PLATE_FIELD] == props.plate_pattern else ""
     job_id = new_job_id(pipeline)
     place = plan_output(values, settings=settings, output_root=host.output_root(),
                         name=f"{safe_name(host.shot_name())}_{pipeline}", folder_output=form.output_is_folder)
@@ -254,7 +255,7 @@ class CINEGEN_OT_plate_from_strip(bpy.types.Operator):
             self.report({"ERROR"}, f"The '{props.pipeline}' pipeline takes no plate.")
             return {"CANCELLED"}
         setattr(group, PLATE_FIELD, plate.pattern)
-        props.plate_source = plate.source
+        props.plate_source, props.plate_pattern = plate.source, bpy.path.abspath(plate.pattern)
         return {"FINISHED"}
 
 

@@ -37,6 +37,7 @@ class CinegenSettings(bpy.types.PropertyGroup):
         ("both", "Both", "An Image node and a strip")])
     plate_source: bpy.props.StringProperty(name="Plate strip",
                                            description="The strip the plate was taken from (results go next to it)")
+    plate_pattern: bpy.props.StringProperty(name="Plate frames", description="The sequence taken from that strip")
     # what the panel shows
     status: bpy.props.StringProperty(name="Status", default="Not connected")
     job_id: bpy.props.StringProperty(name="Job", description="The job started last")
