@@ -32,7 +32,7 @@ BENCHMARKS: dict[str, str] = {
     "gpu": "cinegen.server.benchmarks.gpu",
     "ray-story": "cinegen.server.benchmarks.ray_story",
 }
-REPEATS_ITSELF = {"panorama", "io", "latency", "ray-story"}
+REPEATS_ITSELF = {"panorama", "io", "latency", "gpu", "ray-story"}
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -49,11 +49,11 @@ def plain_generation(adapter: FamilyAdapter, cond: Conditioning, size: tuple[int
 
 
 def bench_cascade(adapter: FamilyAdapter, cond: Conditioning, target: tuple[int, int], steps: int,
-                  device: torch.device, seed: int = 0) -> dict[str, Any]:
+                  device: torch.device, seed: int = 0, direct: bool = True) -> dict[str, Any]:
     stages = plan_stages(adapter.native_size, target, multiple=pixel_multiple(adapter))
     reference = reference_size(adapter, target)
     settings = CascadeSettings(steps=steps, vae_tile=default_vae_tile(adapter))
-    for size in (stages[0], target):  # first calls pay for kernel selection and allocator growth
+    for size in (stages[0], target) if direct else stages[:1]:  # first calls pay for kernel selection and allocator growth
         plain_generation(adapter, cond, size, 1, seed)
     rows = []
     with measure(device) as m:
@@ -70,27 +70,32 @@ def bench_cascade(adapter: FamilyAdapter, cond: Conditioning, target: tuple[int,
     with measure(device) as m:
         decode_latents(adapter, x0, settings)
     rows.append({"stage": f"decode {target[0]}x{target[1]} (tiles of {settings.vae_tile} px)", **m.as_dict()})
+    denoise_seconds = sum(r["seconds"] for r in rows[:-1])
+    if not direct:  # too slow to run at this size: the cascade alone
+        return {"native": list(adapter.native_size), "target": list(target), "stages": [list(s) for s in stages],
+                "steps": steps, "rows": rows, "direct": "not run", "cascade_denoise_seconds": round(denoise_seconds, 3)}
     with measure(device) as m:
         plain_generation(adapter, cond, target, steps, seed)
-    direct = {"stage": f"direct {target[0]}x{target[1]} plain", "steps": steps, **m.as_dict()}
-    denoise_seconds = sum(r["seconds"] for r in rows[:-1])
+    direct_row = {"stage": f"direct {target[0]}x{target[1]} plain", "steps": steps, **m.as_dict()}
     return {
         "native": list(adapter.native_size), "target": list(target), "stages": [list(s) for s in stages],
-        "steps": steps, "rows": rows, "direct": direct,
-        "time_ratio_cascade_over_direct": round(denoise_seconds / max(direct["seconds"], 1e-9), 3),
+        "steps": steps, "rows": rows, "direct": direct_row,
+        "time_ratio_cascade_over_direct": round(denoise_seconds / max(direct_row["seconds"], 1e-9), 3),
         "pixel_ratio_per_stage": [round(b[0] * b[1] / (a[0] * a[1]), 3) for a, b in zip(stages, stages[1:])],
         "demofusion": DEMOFUSION,
     }
 
 
-def sdxl_random_weights(device: torch.device, dtype: torch.dtype = torch.float16) -> tuple[FamilyAdapter, Conditioning]:
-    """SDXL-size UNet + VAE with random weights on `device`, in an SD adapter; a random prompt embedding."""
+def sdxl_random_weights(device: torch.device, dtype: torch.dtype = torch.float16,
+                        config: dict[str, dict] | None = None) -> tuple[FamilyAdapter, Conditioning]:
+    """SDXL-size UNet + VAE with random weights on `device`, in an SD adapter; a random prompt embedding.
+    `config` (unet/vae/scheduler/profile dicts) replaces the JSON files (`bench gpu --tiny` shrinks them)."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     from ..models.sd import SDAdapter
 
-    config = {name: json.loads((SDXL_CONFIGS / f"{name}.json").read_text())
-              for name in ("unet", "vae", "scheduler", "profile")}
+    config = config or {name: json.loads((SDXL_CONFIGS / f"{name}.json").read_text())
+                        for name in ("unet", "vae", "scheduler", "profile")}
     with torch.device(device):  # weights are made where they run: no 10 GB detour through host memory
         unet = UNet2DConditionModel.from_config(config["unet"]).to(dtype).eval()
         vae = AutoencoderKL.from_config(config["vae"]).to(dtype).eval()
