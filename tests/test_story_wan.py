@@ -101,15 +101,41 @@ def test_first_frame_only_clip_equals_stock_image_to_video_latents(registry, sd,
     assert (with_last - ours).abs().max() > 1e-3, "the last image conditions the clip"
 
 
-def test_long_shot_starts_with_the_short_shot_and_chains_on_its_last_frame(registry, sd, keyframes):
-    i2v = registry.get("tiny-wan-i2v")
-    steps = []
-    short = wan_motion(sd, i2v, _resolved(steps=2), keyframes[0], None, shared_vae=False, callbacks=LoopCallbacks())
-    long = wan_motion(sd, i2v, _resolved(steps=2, frames=7), keyframes[0], keyframes[1], shared_vae=False,
+def test_a_long_shot_is_one_clip_whose_windows_overlap_their_neighbours(registry, sd, keyframes, monkeypatch):
+    i2v = registry.get("tiny-wan-i2v")  # native 5 frames = 2 latent frames; 13 frames = 4 latent frames
+    calls: list = []
+    original = i2v.predict
+    monkeypatch.setattr(i2v, "predict", lambda x, t, cond: calls.append((int(t), x.shape[2],
+                                                                         cond.extra["condition"].shape[2]))
+                        or original(x, t, cond))
+    steps: list = []
+    long = wan_motion(sd, i2v, _resolved(steps=2, frames=13), keyframes[0], keyframes[1], shared_vae=False,
                       callbacks=LoopCallbacks(lambda done, todo: steps.append((done, todo))))
-    assert long.shape == (1, 3, 7, 64, 64)
-    assert torch.equal(long[:, :, :5], short), "the first clip has no end pin: it is the 5-frame shot"
-    assert steps[-1] == (4, 4) and len(steps) == 4, "progress runs over both clips"
+    assert long.shape == (1, 3, 13, 64, 64) and steps == [(1, 2), (2, 2)], "one clip, one progress"
+    # every call is one window of the model's 2 latent frames, with its slice of the image condition;
+    # per step 3 windows (0-1, 1-2, 2-3): each shares a latent frame with its neighbour
+    assert all(frames == 2 and condition == 2 for _, frames, condition in calls)
+    assert len(calls) == 2 * 3
+
+
+def test_temporal_windows_cover_the_clip_overlap_and_average_by_pyramid():
+    from cinegen.server.diffusion.temporal_windows import predict_in_windows, pyramid_weights, window_spans
+
+    spans = window_spans(21 * 3, 21, 10)
+    assert spans[0] == (0, 21) and spans[-1] == (42, 63) and all(b - a == 21 for a, b in spans)
+    assert all(b1 > a2 for (_, b1), (a2, _) in zip(spans, spans[1:])), "neighbours share frames"
+    x = torch.randn(1, 4, 63, 2, 2, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor(500)
+    # a per-frame model is the same in windows as on the whole clip (the seams change nothing)
+    torch.testing.assert_close(predict_in_windows(x, t, lambda p, t, s: 2 * p, spans, 2), 2 * x)
+    one = predict_in_windows(x, t, lambda p, t, s: 2 * p, [(0, 63)], 2)
+    assert torch.equal(one, 2 * x), "one window over the whole clip is the plain call, bit for bit"
+    # windows that disagree are blended by pyramid weight: frame 15 is near the end of window 0 and
+    # near the start of window 1 (10–31)
+    marked = predict_in_windows(x, t, lambda p, t, s: torch.full_like(p, float(s[0])), spans, 2)
+    w = pyramid_weights(21)
+    expected = (0 * w[15] + 10 * w[5]) / (w[15] + w[5])
+    torch.testing.assert_close(marked[0, 0, 15, 0, 0].double(), expected, atol=1e-6, rtol=0)
 
 
 def test_conditioning_images_reach_clip_at_their_true_brightness():

@@ -20,7 +20,8 @@ keyframe image model, the clip goes out as pixels (1, 3, F, H, W) in [0, 1].
   length — frames dropped from the tail, or, when the clip ends on the next keyframe (which must stay
   last), re-timed: every output frame is the clip at an evenly spaced time, blended between its two
   nearest frames, so no inner frame is dropped (a jump) and first and last stay exact. Shots longer
-  than Wan's clip are clips chained by their shared boundary frame.
+  than Wan's clip are one clip too, denoised in overlapping temporal windows of the model's native
+  latent length, pyramid-averaged (`diffusion/temporal_windows.py`).
 - The keyframe model (`sd`) and Wan never share a VAE: keyframes go through pixels (decode → resize to
   the video size → condition or encode).
 """
@@ -36,6 +37,7 @@ from PIL import Image
 
 from ..diffusion.noise_shift import renoise_flow
 from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
+from ..diffusion.temporal_windows import predict_in_windows, window_spans
 from ..errors import InvalidArgument
 from ..models.family import Conditioning, FamilyAdapter
 from .base import Resolved, seeded_generator
@@ -149,14 +151,6 @@ def clip_spans(frames: int, clip_length: int) -> list[tuple[int, int]]:
         start = stop - 1
 
 
-def chunk_callbacks(callbacks: LoopCallbacks, chunk: int, chunks: int) -> LoopCallbacks:
-    """Step progress of clip `chunk` of `chunks` reported as progress over the whole shot."""
-    def on_step(done: int, todo: int) -> None:
-        if callbacks.on_step:
-            callbacks.on_step(chunk * todo + done, chunks * todo)
-    return replace(callbacks, on_step=on_step)  # keeps should_stop and on_latent
-
-
 def generate_motion(adapter: FamilyAdapter, r: Resolved, first: torch.Tensor, last: torch.Tensor | None, *,
                     on_step: Callable[[int, int], None] | None = None,
                     should_stop: Callable[[], None] | None = None) -> torch.Tensor:
@@ -226,14 +220,29 @@ def conditioning_image(pixels: torch.Tensor) -> Image.Image:
     return Image.fromarray(rgb, mode="RGB")
 
 
+def windowed_predict(adapter, cond: Conditioning, latent_frames: int, window: int | None) -> Callable:
+    """`adapter.predict` over the whole latent, or (a clip longer than the model's) over temporal windows
+    of `window` latent frames every `window // 2`, pyramid-averaged; an image condition is cut the same way."""
+    spans = window_spans(latent_frames, window, max(1, window // 2)) if window else [(0, latent_frames)]
+    condition = cond.extra.get("condition")
+
+    def one(x: torch.Tensor, t: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+        if condition is None or span == (0, latent_frames):
+            return adapter.predict(x, t, cond)
+        return adapter.predict(x, t, replace(cond, extra={**cond.extra, "condition": condition[:, :, span[0]:span[1]]}))
+    return lambda x, t: predict_in_windows(x, t, one, spans, frame_dim=2)
+
+
 def wan_flf2v_clip(adapter, r: Resolved, first: torch.Tensor, last: torch.Tensor | None, *,
-                   callbacks: LoopCallbacks | None = None) -> torch.Tensor:
+                   callbacks: LoopCallbacks | None = None, window: int | None = None) -> torch.Tensor:
     """(1, C, F', h, w) latents of an image-to-video Wan clip from pixels first (and last) (1, 3, H, W):
-    `WanImageToVideoPipeline(image=first, last_image=last)` on their 8-bit images, step for step."""
+    `WanImageToVideoPipeline(image=first, last_image=last)` on their 8-bit images, step for step
+    (`window`: latent frames per temporal window for a clip longer than the model's)."""
     _, cond, scheduler, noise = _wan_start(adapter, r)
     cond = adapter.with_image_condition(cond, conditioning_image(first), noise, r.frames, r.width, r.height,
                                         last_image=None if last is None else conditioning_image(last))
-    loop = DenoiseLoop(scheduler, lambda x, t: adapter.predict(x, t, cond), callbacks=callbacks or LoopCallbacks())
+    loop = DenoiseLoop(scheduler, windowed_predict(adapter, cond, noise.shape[2], window),
+                       callbacks=callbacks or LoopCallbacks())
     return loop.run(noise)
 
 
@@ -244,7 +253,7 @@ def held_frame_latent(adapter, frame: torch.Tensor) -> torch.Tensor:
 
 
 def wan_pinned_clip(adapter, r: Resolved, first: torch.Tensor, last: torch.Tensor | None, *,
-                    callbacks: LoopCallbacks | None = None) -> torch.Tensor:
+                    callbacks: LoopCallbacks | None = None, window: int | None = None) -> torch.Tensor:
     """(1, C, F', h, w) latents of a text-to-video Wan clip with latent frame 0 pinned to `first`
     (pixels, encoded alone) and, if given, the last latent frame to `last` held."""
     generator, cond, scheduler, noise = _wan_start(adapter, r)
@@ -252,7 +261,7 @@ def wan_pinned_clip(adapter, r: Resolved, first: torch.Tensor, last: torch.Tenso
     if last is not None:
         pins[noise.shape[2] - 1] = held_frame_latent(adapter, last)
     pinning = FlowFramePinning(scheduler, pins, noise, last_index=len(scheduler.timesteps) - 1)
-    loop = DenoiseLoop(scheduler, lambda x, t: adapter.predict(x, t, cond), hooks=(pinning,),
+    loop = DenoiseLoop(scheduler, windowed_predict(adapter, cond, noise.shape[2], window), hooks=(pinning,),
                        callbacks=callbacks or LoopCallbacks(), step_kwargs=scheduler_step_kwargs(scheduler, generator))
     return loop.run(noise)  # flow matching starts from pure noise (σ = 1)
 
@@ -271,16 +280,11 @@ def wan_motion(image_adapter: FamilyAdapter, video_adapter: FamilyAdapter, r: Re
     temporal = video_adapter.temporal_scale_factor
     longest = max(1 + temporal, (video_adapter.native_frames - 1) // temporal * temporal + 1)
     make_clip = wan_flf2v_clip if video_adapter.is_image_to_video else wan_pinned_clip
-    spans = clip_spans(r.frames, longest)
-    pieces = []
-    for c, (a, b) in enumerate(spans):
-        clip_end = end if b == r.frames else None
-        clip_r = replace(r, frames=wan_frame_count(b - a, temporal), seed=r.seed + c)
-        latents = make_clip(video_adapter, clip_r, start, clip_end, callbacks=chunk_callbacks(callbacks, c, len(spans)))
-        clip = cut_to_length(video_adapter.decode(latents), b - a, keep_last=clip_end is not None)
-        pieces.append(clip if c == 0 else clip[:, :, 1:])
-        start = clip[:, :, -1]  # the next clip starts on this one's last frame
-    return torch.cat(pieces, dim=2)
+    # longer than the model's clip: still one clip, denoised in overlapping windows of its native latent length
+    window = video_adapter.latent_frames(longest) if r.frames > longest else None
+    latents = make_clip(video_adapter, replace(r, frames=wan_frame_count(r.frames, temporal)), start, end,
+                        callbacks=callbacks, window=window)
+    return cut_to_length(video_adapter.decode(latents), r.frames, keep_last=end is not None)
 
 
 def motion_for_family(video_adapter: FamilyAdapter) -> ShotMotion:
