@@ -98,6 +98,12 @@ class RunContext:
                 self.preview(frame, projection(latents).permute(1, 2, 0).cpu().numpy())
         return on_latent
 
+    def frame_written(self, frame: int, path: str, sequence: str) -> None:
+        """A frame is on disk under its final name: an output of the job, and an event (also for frames
+        a cluster worker wrote)."""
+        self.outputs.append(path)
+        self._report_frame(frame, path, sequence)
+
     def frame_sink(self, pattern: SequencePattern, resolved: Resolved, *, sequence: str = "",
                    prompt: str | None = None, seed: int | None = None, envmap_latlong: bool = False) -> FrameSink:
         common = self.job.common
@@ -108,8 +114,7 @@ class RunContext:
                              envmap_latlong=envmap_latlong)
 
         def on_written(frame: int, path: str, seq: str) -> None:
-            self.outputs.append(path)
-            self._report_frame(frame, path, seq)
+            self.frame_written(frame, path, seq)
 
         transform = display_transform_for(common.display_transform, bool(getattr(self.job.params, "input", "")))
         meta = dataclasses.replace(meta, extra={**meta.extra, "display_transform": transform})

@@ -324,9 +324,7 @@ class _JobRun:
                 label = stage if unit.stage or unit.name == "all" else f"{unit.name} {stage}"
                 ctx.progress(label, step, total, overall)
             elif kind == "frame":
-                frame, path, sequence = event[1:]
-                ctx.outputs.append(path)
-                ctx._report_frame(frame, path, sequence)  # written by the worker; the job's list and event
+                ctx.frame_written(*event[1:])
             elif kind == "preview":
                 ctx.preview(event[1], event[2])
             elif kind == "log":
