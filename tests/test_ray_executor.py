@@ -16,6 +16,7 @@ from cinegen.common.client import GeneratorClient, build_request
 from cinegen.common.exr import read_exr_frame
 from cinegen.common.params import CommonParams, ImageParams, StoryParams
 
+pytestmark = pytest.mark.slow  # a local Ray instance and its workers take ~20 s to start
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'cinegen[ray]'); its tests skip")
 
 from cinegen.server.scaleout.ray_executor import RayUnitRunner, WorkerConfig, create_workers  # noqa: E402
