@@ -134,22 +134,42 @@ def overlap_matrix(windows: Sequence[Window]) -> np.ndarray:
 def _advanced_before(
     windows: Sequence[Window], latent_size: tuple[int, int, int], device: torch.device
 ) -> list[Tensor | None]:
-    """For each window, the ``(f, h, w)`` mask of its positions advanced by earlier windows."""
+    """For each window, the ``(f, h, w)`` mask of its positions advanced by earlier windows.
+
+    Which windows have such positions, and whether the windows cover the latent, is geometry: it
+    is decided on the host (`overlap_matrix`), so building the masks never waits on the device."""
+    _check_covered(windows, latent_size)
+    overlaps_earlier = np.triu(overlap_matrix(windows), k=1).any(axis=0) if windows else np.zeros(0, bool)
     advanced = torch.zeros(latent_size, dtype=torch.bool, device=device)
     masks: list[Tensor | None] = []
-    for window in windows:
-        part = read_window(advanced, window)
-        masks.append(part if bool(part.any()) else None)
+    for k, window in enumerate(windows):
+        masks.append(read_window(advanced, window) if overlaps_earlier[k] else None)
         write_window(advanced, window, torch.ones(window.shape, dtype=torch.bool, device=device))
-    if not bool(advanced.all()):
-        raise ValueError(f"the windows leave {int((~advanced).sum())} latent positions uncovered")
     return masks
 
 
+def _check_covered(windows: Sequence[Window], latent_size: tuple[int, int, int]) -> None:
+    covered = np.zeros(latent_size, dtype=bool)
+    for window in windows:
+        f, h, w = ((sp.start + np.arange(sp.size)) % sp.extent for sp in window.spans)
+        covered[np.ix_(f, h, w)] = True
+    if not covered.all():
+        raise ValueError(f"the windows leave {int((~covered).sum())} latent positions uncovered")
+
+
 def _draw_noise(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    if generator is not None and like.device.type not in ("cpu", generator.device.type):
+        generator = _on_device(generator, like.device)
     device = generator.device if generator is not None else like.device
-    # Drawn on the generator's device so a CPU generator gives the same noise for a CUDA latent.
     return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def _on_device(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """A generator on the latent's device, seeded by one draw of ``generator``: the push-back noise is
+    drawn where it is used (no host draw and copy per window), reproducible per seed and device. On a
+    CPU latent the CPU generator draws as before, so CPU results are unchanged."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator(device).manual_seed(seed)
 
 
 def _osd_step(
