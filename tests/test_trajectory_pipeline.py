@@ -189,6 +189,26 @@ def test_the_flow_of_a_reversed_track_points_the_other_way(cog_registry):
     assert float(flow_f[1:, 0].sum()) > 0 > float(flow_b[1:, 0].sum())
 
 
+def test_a_long_tora_clip_is_one_clip_whose_windows_get_their_own_frames_features(cog_registry, monkeypatch):
+    import cinegen.server.pipelines.trajectory as trajectory_module
+
+    adapter = cog_registry.get("tiny-cogvideox")  # native 9 frames = 3 latent frames; 17 frames = 5
+    injected: list = []
+    original = trajectory_module.tora_installed
+    monkeypatch.setattr(trajectory_module, "tora_installed",
+                        lambda transformer, modules, features: injected.append(features) or
+                        original(transformer, modules, features))
+    r = _resolved("tiny-cogvideox", 17, steps=1)
+    track = _line_track(12, 52, 17, 64, 64)
+    latents = generate_tora(adapter, r, track)
+    assert latents.shape[1] == 5
+    full = motion_features(adapter.tora, tora_flow_latents(adapter, r, track))
+    # windows 0–2, 1–3, 2–4: three latent frames each, each sharing two with its neighbour
+    assert len(injected) == 3
+    for start, features in zip((0, 1, 2), injected):
+        assert all(torch.equal(f, whole[start:start + 3]) for f, whole in zip(features, full))
+
+
 def test_the_pipeline_injects_the_features_of_the_requested_track_seeded(cog_registry, monkeypatch):
     import cinegen.server.pipelines.trajectory as trajectory_module
 

@@ -8,7 +8,8 @@ them → generate → write frames. Generation depends on the model family:
   reference inference: `CogVideoXDPMScheduler` (trailing timesteps) with dynamic CFG, flow latents
   sampled from the VAE posterior (seeded from the job's seed), Gaussian 99 px / σ 10 at any size.
   Departures are options (`ToraInference`: --tora-sampler ddim, --no-dynamic-cfg, --flow-latents
-  mode, --flow-kernel scaled).
+  mode, --flow-kernel scaled). Clips longer than the model's are one clip, denoised in overlapping
+  temporal windows, each with its own frames' motion features.
 * `animatediff` (any UNet video model) — **training-free (FreeTraj)**: boxes from the tracks and
   their sizes, trajectory-shaped x_T, and fg/bg attention masks for the first steps
   (diffusion/freetraj.py). A track's name, when it is a word of the prompt, names the subject
@@ -36,6 +37,7 @@ from ..diffusion.flowmap import TORA_GAUSSIAN, flow_video, scaled_gaussian_param
 from ..diffusion.freetraj import (AttentionNames, FreeTrajAttention, FreeTrajConfig, FreeTrajGuide, plan_boxes,
                                   subject_token_indices, trajectory_noise)
 from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
+from ..diffusion.temporal_windows import predict_in_windows, window_spans
 from ..diffusion.tora import motion_features, tora_installed, tora_weight_files
 from ..errors import FailedPrecondition, InvalidArgument
 from ..models.cogvideox import dynamic_guidance
@@ -170,20 +172,30 @@ def tora_flow_latents(adapter: Any, r: Resolved, trajectory: Trajectory,
 
 
 def denoise_cogvideox(adapter: Any, r: Resolved, noise: torch.Tensor, generator: torch.Generator,
-                      inference: ToraInference, callbacks: LoopCallbacks | None = None) -> torch.Tensor:
+                      inference: ToraInference, callbacks: LoopCallbacks | None = None,
+                      features: list[torch.Tensor] | None = None) -> torch.Tensor:
     """`CogVideoXPipeline`'s loop with the sampler and guidance of `inference` (the stock call with
-    `use_dynamic_cfg` and the DPM scheduler, for the defaults)."""
+    `use_dynamic_cfg` and the DPM scheduler, for the defaults), Tora's motion `features` fused when given.
+
+    A clip longer than the model's (49 frames: 13 latent frames) is still one clip: each step predicts
+    windows of the native latent length every half window, each with its frames' motion features,
+    pyramid-averaged (diffusion/temporal_windows.py)."""
     cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
     scheduler = adapter.sampling_scheduler(inference.sampler)
     scheduler.set_timesteps(r.steps, device=adapter.device)
+    window = adapter.latent_frames(adapter.native_frames)
+    spans = window_spans(noise.shape[1], window, max(1, window // 2))
 
-    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if not inference.dynamic_cfg:
-            return adapter.predict(x, t, cond)
-        return adapter.predict(x, t, dataclasses.replace(cond, guidance=dynamic_guidance(r.guidance, t, r.steps)))
+    def window_predict(x: torch.Tensor, t: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+        guided = cond if not inference.dynamic_cfg else dataclasses.replace(
+            cond, guidance=dynamic_guidance(r.guidance, t, r.steps))
+        if features is None:
+            return adapter.predict(x, t, guided)
+        with tora_installed(adapter.denoiser, adapter.tora, [f[span[0]:span[1]] for f in features]):
+            return adapter.predict(x, t, guided)
 
-    loop = DenoiseLoop(scheduler, predict, callbacks=callbacks or LoopCallbacks(),
-                       step_kwargs=dict(eta=0.0, generator=generator))
+    loop = DenoiseLoop(scheduler, lambda x, t: predict_in_windows(x, t, window_predict, spans, frame_dim=1),
+                       callbacks=callbacks or LoopCallbacks(), step_kwargs=dict(eta=0.0, generator=generator))
     return loop.run(noise * scheduler.init_noise_sigma)
 
 
@@ -198,8 +210,7 @@ def generate_tora(adapter: Any, r: Resolved, trajectory: Trajectory, *, callback
         raise FailedPrecondition(f"Model '{adapter.entry.id}' has no Tora weights: put Tora's diffusers transformer "
                                  "(Tora_T2V_diffusers) or a tora/ folder of its weights beside the model.")
     features = motion_features(adapter.tora, tora_flow_latents(adapter, r, trajectory, inference))
-    with tora_installed(adapter.denoiser, adapter.tora, features):
-        return denoise_cogvideox(adapter, r, noise, generator, inference, callbacks)
+    return denoise_cogvideox(adapter, r, noise, generator, inference, callbacks, features)
 
 
 def generate_trajectory_video(adapter: FamilyAdapter, r: Resolved, trajectory: Trajectory, *,
