@@ -30,8 +30,9 @@ def test_repeated_plain_benchmarks_become_medians_with_spreads(monkeypatch, tmp_
 
         def run(args):
             calls.append(name)
-            return {"benchmark": name, "device": "cpu", "rows": [{"case": "x", "size": 64,
-                                                                  "seconds": values[len([c for c in calls if c == name]) - 1]}]}
+            value = values[len([c for c in calls if c == name]) - 1]
+            return {"benchmark": name, "device": "cpu", "ratio": value / 2, "rows": [{"case": "x", "size": 64,
+                                                                                     "seconds": value}]}
         module.run = run
         monkeypatch.setitem(sys.modules, module.__name__, module)
         monkeypatch.setitem(bench.BENCHMARKS, name, module.__name__)
@@ -45,6 +46,7 @@ def test_repeated_plain_benchmarks_become_medians_with_spreads(monkeypatch, tmp_
     report = json.loads(out.read_text())
     assert report["a"]["rows"][0]["seconds"] == stat([3.0, 1.0, 2.0]) and report["a"]["rows"][0]["size"] == 64
     assert report["b"]["rows"][0]["seconds"]["median"] == 5.0 and report["b"]["rows"][0]["seconds"]["spread"] == 4.0
+    assert report["a"]["ratio"]["median"] == 1.0, "top-level figures are aggregated too"
     assert (tmp_path / "reports" / "a.json").exists()
     table = capsys.readouterr().out
     assert "== a on cpu (3 round(s)" in table and "2 ±1" in table

@@ -80,17 +80,25 @@ def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One report from repeated runs: each numeric row figure becomes a median/spread `stat`."""
     report = dict(runs[0])
     report["rounds"] = len(runs)
+    for key, value in runs[0].items():  # top-level figures (e.g. a ratio) too
+        if _is_figure(key, value) and all(_is_figure(key, run.get(key)) for run in runs):
+            report[key] = stat([run[key] for run in runs])
     rows = []
     for i, row in enumerate(runs[0].get("rows", [])):
         merged = {}
         for key, value in row.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("steps", "frames", "size"):
+            if _is_figure(key, value):
                 merged[key] = stat([run["rows"][i][key] for run in runs if i < len(run.get("rows", []))])
             else:
                 merged[key] = value
         rows.append(merged)
     report["rows"] = rows
     return report
+
+
+def _is_figure(key: str, value: Any) -> bool:
+    """A measured number (not a setting such as steps or a size)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("steps", "frames", "size")
 
 
 def format_table(report: dict[str, Any]) -> str:
