@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from cinegen.server.benchmarks.quality import chosen_models, model_info
+from cinegen.server.benchmarks.quality import chosen_models, model_info, settings_for
 from cinegen.server.models.family import ModelEntry
 from cinegen.server.quality.metrics import (SalientParams, colour_histogram, count_objects, find_objects,
                                             follow_error, histogram_intersection, keyframe_consistency,
@@ -179,11 +179,26 @@ QUICK = RunSettings(seeds=(0,), steps=1, keyframes=2, frames=4, scale=2)
 def test_the_experiments_run_and_report_both_sides_on_the_tiny_models(registry):
     image, video = registry.get("tiny-sd"), registry.get("tiny-animatediff")
     repetition = repetition_experiment(image, QUICK).as_dict()
-    assert repetition["target"] == [128, 128] and set(repetition["cases"][0]) >= {"direct", "cascade", "expected"}
-    assert set(seam_experiment(image, QUICK).as_dict()["median_seam_ratio"]) == {"plane", "ring"}
+    assert repetition["target"] == [128, 128] and set(repetition["cases"][0]) >= {
+        "direct", "cascade", "cascade-no-dilation", "cascade-no-fusion", "cascade-neither", "expected"}
+    seam = seam_experiment(image, QUICK).as_dict()
+    assert set(seam["median_seam_ratio"]) == {"plane", "ring", "multidiffusion"}
+    assert seam["multidiffusion_window_stride"] == [8, 1]  # tiny-sd's native 8x8 latents, MultiDiffusion's 1/8
     trajectory = trajectory_experiment(video, QUICK)
     assert len(trajectory.cases[0].videos["on"]) == QUICK.frames
     assert set(consistency_experiment(image, QUICK).as_dict()["mean_colour_consistency"]) == {"off", "on"}
+
+
+def test_the_multidiffusion_peer_refuses_two_rows_of_views_and_paints_one_row(registry):
+    # diffusers' circular padding fails with more than one row of views: refused by name instead
+    from cinegen.server.quality.peers import multidiffusion_ring
+    from cinegen.server.quality.runs import resolved
+
+    image = registry.get("tiny-sd")
+    with pytest.raises(ValueError, match="one row of views"):
+        multidiffusion_ring(image, resolved(image, "a red disc", 0, QUICK, width=128, height=128))
+    panorama = multidiffusion_ring(image, resolved(image, "a red disc", 0, QUICK, width=128, height=64))
+    assert panorama.shape == (64, 128, 3) and 0.0 <= panorama.min() and panorama.max() <= 1.0
 
 
 class FakeRegistry:
@@ -203,9 +218,13 @@ def test_the_bench_prefers_trained_toy_models_and_honours_model():
     assert chosen_models(FakeRegistry(tiny), none) == ("tiny-sd", "tiny-animatediff")
     toys = FakeRegistry({**tiny, "toy-image": "sd", "toy-video": "animatediff"})
     assert chosen_models(toys, none) == ("toy-image", "toy-video")
+    toys16 = FakeRegistry({**tiny, "toy-image": "sd", "toy-image-16": "sd", "toy-video": "animatediff"})
+    assert chosen_models(toys16, none) == ("toy-image-16", "toy-video")  # 16x16 latents, where the methods act
     assert chosen_models(toys, argparse.Namespace(model="tiny-sd")) == ("tiny-sd", "toy-video")
     assert chosen_models(toys, argparse.Namespace(model="tiny-animatediff")) == ("toy-image", "tiny-animatediff")
     assert not model_info("tiny-sd")["trained"] and model_info("toy-image")["trained"]
+    # 4x native for 64 px models, 2x for toy-image-16's 128 px and anything larger
+    assert [settings_for(n).scale for n in (64, 128, 1024)] == [4, 2, 2]
 
 
 # ---- direction of an effect, on the trained toy model ---------------------------------------------

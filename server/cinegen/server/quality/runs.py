@@ -4,8 +4,10 @@ Each experiment runs one method and its baseline on the same seeds and measures 
 `metrics.py` (issue 9 §3):
 
 - repetition: text → 4× the native size directly (`generate_images` at the target) versus the
-  self-cascade (`generate_images` at native, then `run_cascade`); objects counted against the prompt;
-- seam: `generate_panorama` as a 360° ring versus a plane of the same size, seam ratio of each;
+  self-cascade (`generate_images` at native, then `run_cascade`) at the defaults, with dilation off,
+  scale fusion off, both off, and "gentle"; objects counted against the prompt;
+- seam: `generate_panorama` as a 360° ring versus a plane of the same size and versus the peer,
+  MultiDiffusion's `circular_padding` (`peers.py`, same window, steps and seed); seam ratio of each;
 - trajectory: `generate_trajectory_video` with the training-free control on and off, follow error;
 - consistency: story keyframes (`generate_keyframe`) with GoldenMem memory versus without.
 
@@ -34,11 +36,14 @@ from ..pipelines.upscale_unet import (CascadeSettings, decode_latents, default_v
                                       run_cascade)
 from ..toyworld.world import COLOURS, Scene, caption, scene_for
 from .metrics import SalientParams, count_objects, follow_error, keyframe_consistency, seam_report
+from .peers import multidiffusion_ring, multidiffusion_window
 
 EVAL_WORLD_SEED = 9001  # toy-world scenes whose captions are the prompts (apart from any training seed)
-# the cascade at the handbook's defaults, and "gentle": less re-noising and a longer pull towards the
-# upsampled picture (`cinegen upscale --strength 0.4 --cosine-scale 3`), which small models need
-REPETITION_METHODS = ("native", "direct", "cascade", "cascade-gentle")
+# the cascade at the handbook's defaults; its ablation (restrained dilation off, scale fusion off, both
+# off: what is left is the cosine-mixed re-noising alone); and "gentle": less re-noising and a longer pull
+# towards the upsampled picture (`cinegen upscale --strength 0.4 --cosine-scale 3`)
+CASCADE_VARIANTS = ("cascade", "cascade-no-dilation", "cascade-no-fusion", "cascade-neither", "cascade-gentle")
+REPETITION_METHODS = ("native", "direct") + CASCADE_VARIANTS
 GENTLE_STRENGTH, GENTLE_COSINE_SCALE = 0.4, 3.0
 MIN_OBJECT_FRACTION = 0.005  # of the native picture's area: smaller blobs are speckle, not objects
 FIRST_FRAME = 1001
@@ -127,14 +132,22 @@ class RepetitionResult:
                 "cases": [c.as_dict() for c in self.cases]}
 
 
+def cascade_variants(settings: CascadeSettings) -> dict[str, CascadeSettings]:
+    """The cascade at `settings` and its ablations, by CASCADE_VARIANTS name (dilate_tau 0: no step dilated)."""
+    return {"cascade": settings,
+            "cascade-no-dilation": replace(settings, dilate_tau=0),
+            "cascade-no-fusion": replace(settings, scale_fusion=False),
+            "cascade-neither": replace(settings, dilate_tau=0, scale_fusion=False),
+            "cascade-gentle": replace(settings, strength=GENTLE_STRENGTH, cosine_scale=GENTLE_COSINE_SCALE)}
+
+
 def repetition_experiment(adapter: FamilyAdapter, s: RunSettings, log: Log = lambda m: None) -> RepetitionResult:
     native = adapter.native_size
     target = (native[0] * s.scale, native[1] * s.scale)
     stages = plan_stages(native, target, multiple=pixel_multiple(adapter))
     reference = reference_size(adapter, target)
     settings = CascadeSettings(steps=s.steps, vae_tile=default_vae_tile(adapter))
-    variants = {"cascade": settings,
-                "cascade-gentle": replace(settings, strength=GENTLE_STRENGTH, cosine_scale=GENTLE_COSINE_SCALE)}
+    variants = cascade_variants(settings)
     cases = []
     for scene, seed in zip(eval_scenes(len(s.seeds)), s.seeds):
         prompt, expected = caption(scene), len(scene.objects)
@@ -152,12 +165,13 @@ def repetition_experiment(adapter: FamilyAdapter, s: RunSettings, log: Log = lam
     return RepetitionResult(native, target, stages, cases)
 
 
-# ---- seam: ring versus plane panoramas ---------------------------------------------------------
+# ---- seam: ring versus plane panoramas and MultiDiffusion's circular padding --------------------
+SEAM_METHODS = ("plane", "ring", "multidiffusion")
 @dataclass
 class SeamCase:
     prompt: str
     seed: int
-    ratios: dict[str, float]  # plane, ring
+    ratios: dict[str, float]  # SEAM_METHODS
     images: dict[str, np.ndarray] = field(repr=False)
 
     def as_dict(self) -> dict:
@@ -167,16 +181,21 @@ class SeamCase:
 @dataclass
 class SeamResult:
     size: tuple[int, int]
+
+    window: tuple[int, int]  # MultiDiffusion's (window, stride) in latent cells; the ring's window is the same
     cases: list[SeamCase]
 
-    def median_ratio(self, projection: str) -> float:
-        return float(np.median([c.ratios[projection] for c in self.cases]))
+    def median_ratio(self, method: str) -> float:
+        return float(np.median([c.ratios[method] for c in self.cases]))
+
+    def below_share(self, method: str, other: str) -> float:
+        return _mean([float(c.ratios[method] < c.ratios[other]) for c in self.cases])
 
     def as_dict(self) -> dict:
-        return {"size": list(self.size),
-                "median_seam_ratio": {p: round(self.median_ratio(p), 3) for p in ("plane", "ring")},
-                "ring_below_plane_share": round(_mean([float(c.ratios["ring"] < c.ratios["plane"])
-                                                       for c in self.cases]), 3),
+        return {"size": list(self.size), "multidiffusion_window_stride": list(self.window),
+                "median_seam_ratio": {p: round(self.median_ratio(p), 3) for p in SEAM_METHODS},
+                "ring_below_plane_share": round(self.below_share("ring", "plane"), 3),
+                "ring_below_multidiffusion_share": round(self.below_share("ring", "multidiffusion"), 3),
                 "cases": [c.as_dict() for c in self.cases]}
 
 
@@ -192,9 +211,11 @@ def seam_experiment(adapter: FamilyAdapter, s: RunSettings, log: Log = lambda m:
             frame = next(iter(decode_panorama_frames(adapter, latent, wrap=projection == "ring")))
             images[projection] = to_hwc(frame)
             ratios[projection] = seam_report(images[projection]).ratio
+        images["multidiffusion"] = multidiffusion_ring(adapter, r)
+        ratios["multidiffusion"] = seam_report(images["multidiffusion"]).ratio
         cases.append(SeamCase(prompt, seed, ratios, images))
         log(f"seam seed {seed} '{prompt}': {ratios}")
-    return SeamResult(size, cases)
+    return SeamResult(size, multidiffusion_window(adapter), cases)
 
 
 # ---- trajectory: training-free control on versus off ------------------------------------------
