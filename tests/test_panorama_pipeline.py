@@ -327,6 +327,21 @@ def test_input_image_is_kept_in_its_place(registry):
     assert float((free[:, top:top + 32, left:left + 48] - image).abs().mean()) > 0.1
 
 
+def test_an_input_on_wan_is_kept_as_the_latent_of_the_image_held_still(registry):
+    # Wan's causal VAE: latent frame 0 stands for one frame, the others for four each — so the kept latent
+    # is the held clip's, frame by frame, not one frame's latent pasted into every latent frame.
+    adapter = registry.get("tiny-wan")
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    r = _resolved(model="tiny-wan", width=64, height=32, frames=5, steps=2)
+    latent = generate_panorama(adapter, r, PanoramaSettings(projection="ring", **PLAIN), input_image=image)
+    placed, top, left = place_input(image, r.width, r.height, adapter.vae_scale_factor)
+    held = encode_input(adapter, placed, r.frames)
+    cell = adapter.vae_scale_factor
+    assert held.shape[2] == latent.shape[2] == 2 and not torch.equal(held[:, :, 0], held[:, :, 1])
+    region = (..., slice(top // cell, top // cell + 2), slice(left // cell, left // cell + 2))
+    assert torch.equal(latent[region], held.to(latent.dtype))
+
+
 def test_global_motion_guidance_refines_the_upsampled_low_resolution_result(registry):
     adapter = registry.get("tiny-sd")
     seen = []

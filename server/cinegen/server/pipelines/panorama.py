@@ -197,12 +197,16 @@ def place_input(image: torch.Tensor, width: int, height: int, multiple: int = 8)
     return image, (height - new_h) // 2 // multiple * multiple, (width - new_w) // 2 // multiple * multiple
 
 
-def encode_input(adapter: FamilyAdapter, image: torch.Tensor) -> torch.Tensor:
-    """(3, h, w) in [0, 1] → (1, C, 1, h/8, w/8) latent."""
+def encode_input(adapter: FamilyAdapter, image: torch.Tensor, frames: int = 1) -> torch.Tensor:
+    """(3, h, w) in [0, 1] → (1, C, 1, h/8, w/8) latent; on a video VAE that compresses time (Wan) the
+    latent of the image held still over `frames` frames, (1, C, F', h/8, w/8): its first latent frame
+    stands for one frame and the others for four, so one frame's latent would not fit them."""
     batch = image[None].to(adapter.device, adapter.dtype)
-    if adapter.kind == "video":
-        return adapter.encode(batch.unsqueeze(2))
-    return adapter.encode(batch).unsqueeze(2)
+    if adapter.kind != "video":
+        return adapter.encode(batch).unsqueeze(2)
+    if int(getattr(adapter, "temporal_scale_factor", 1)) > 1 and frames > 1:
+        return adapter.encode(batch.unsqueeze(2).expand(-1, -1, frames, -1, -1).contiguous())
+    return adapter.encode(batch.unsqueeze(2))
 
 
 def read_input_image(path: str) -> torch.Tensor:
@@ -232,7 +236,8 @@ def _keep_input(clean: torch.Tensor | None, top: int, left: int, noise: torch.Te
         return []
     if scale != (1.0, 1.0):  # the low-resolution pass keeps a shrunk copy at the shrunk place
         size = (max(1, round(clean.shape[-2] * scale[0])), max(1, round(clean.shape[-1] * scale[1])))
-        clean = F.interpolate(clean[:, :, 0], size=size, mode="area").unsqueeze(2)
+        clean = torch.stack([F.interpolate(clean[:, :, f], size=size, mode="area") for f in range(clean.shape[2])],
+                            dim=2)
         top, left = round(top * scale[0]), round(left * scale[1])
     h, w = clean.shape[-2:]
     top, left = min(top, noise.shape[-2] - h), min(left, noise.shape[-1] - w)
@@ -255,7 +260,7 @@ def generate_panorama(
     if input_image is not None:
         cell = adapter.vae_scale_factor
         placed, top_px, left_px = place_input(input_image, r.width, r.height, cell)
-        clean_input, top, left = encode_input(adapter, placed), top_px // cell, left_px // cell
+        clean_input, top, left = encode_input(adapter, placed, r.frames), top_px // cell, left_px // cell
 
     def run(plan: PanoramaPlan, x: torch.Tensor, start: int, label: str, keep: Callable) -> torch.Tensor:
         scheduler = adapter.new_scheduler()
