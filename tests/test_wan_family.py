@@ -213,3 +213,29 @@ def test_released_architectures_get_their_training_size_without_a_profile_file()
     assert infer_profile(pipe_with(12, 128)) == KNOWN_PROFILES[1536]  # Wan 2.1 1.3B
     assert (infer_profile(pipe_with(12, 128)).native_width, infer_profile(pipe_with(12, 128)).native_height) == (832, 480)
     assert infer_profile(pipe_with(40, 128)).native_height == 720  # 14B
+
+
+def test_wan_2_2_two_experts_take_their_own_guidance_as_stock_guidance_scale_2(tiny_model_cache):
+    # A14B-style: `transformer` above the boundary timestep, `transformer_2` below, each with its own scale
+    from cinegen.server.models.family import ModelEntry
+    from cinegen.server.models.wan import WanAdapter, tiny_wan_transformer
+    from cinegen.server.pipelines.base import seeded_generator
+    from cinegen.server.pipelines.upscale_dit import generate_base_latents
+
+    registry = ModelRegistry(use_hf_cache=False, cache_dir=tiny_model_cache)
+    one = registry.get("tiny-wan")
+    pipe = WanPipeline(**{**one.pipe.components, "transformer_2": tiny_wan_transformer(seed=5)}, boundary_ratio=0.9)
+    pipe.set_progress_bar_config(disable=True)
+    two = WanAdapter(pipe, ModelEntry("tiny-wan-a14b", "wan", "builtin", ""), one.device, one.dtype)
+    scheduler = two.new_scheduler()
+    scheduler.set_timesteps(4)
+    assert any(t < 900 for t in scheduler.timesteps) and any(t >= 900 for t in scheduler.timesteps), "both experts"
+    cond = two.encode_prompt("a red disc", "blue", 5.0, guidance_2=2.0)
+    ours = generate_base_latents(two, cond, 32, 32, 5, 4, seeded_generator(7))
+    stock = pipe("a red disc", negative_prompt="blue", height=32, width=32, num_frames=5, num_inference_steps=4,
+                 guidance_scale=5.0, guidance_scale_2=2.0, generator=torch.Generator().manual_seed(7),
+                 output_type="latent").frames
+    assert torch.equal(ours, stock)
+    same = generate_base_latents(two, two.encode_prompt("a red disc", "blue", 5.0), 32, 32, 5, 4, seeded_generator(7))
+    assert not torch.equal(same, ours), "unset, the low-noise expert takes --guidance (diffusers' default)"
+    assert "guidance_2" not in one.encode_prompt("a red disc", "blue", 5.0, guidance_2=2.0).extra, "one expert"

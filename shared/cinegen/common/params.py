@@ -93,6 +93,9 @@ class CommonParams:
                               minimum=1, maximum=1000)
     guidance: float | None = param(None, label="Guidance", help="Classifier-free guidance scale; empty = the model's default.",
                                    minimum=0.0, maximum=50.0, step=0.5)
+    guidance_2: float | None = param(None, label="Guidance, low noise", help="Wan 2.2 A14B: guidance of the "
+                                     "low-noise expert (diffusers' guidance_scale_2); empty = --guidance.",
+                                     minimum=0.0, maximum=50.0, step=0.5)
     width: int | None = param(None, label="Width", help="Output width in pixels (multiple of 8); empty = native.",
                               minimum=8, maximum=16384, step=8)
     height: int | None = param(None, label="Height", help="Output height in pixels (multiple of 8); empty = native.",

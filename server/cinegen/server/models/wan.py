@@ -150,19 +150,24 @@ class WanAdapter(FamilyAdapter):
         return (batch, self.latent_channels, self.latent_frames(frames), height // s, width // s)
 
     # ---- prompt -----------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float, batch: int = 1) -> Conditioning:
+    def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float, batch: int = 1,
+                      guidance_2: float | None = None) -> Conditioning:
+        """`guidance_2`: the low-noise expert's scale on Wan 2.2 A14B (diffusers' `guidance_scale_2`)."""
         from diffusers import WanPipeline
 
         do_cfg = guidance > 1.0
+        if guidance_2 is not None and self._model_for(torch.tensor(0)) is self.denoiser:
+            guidance_2 = None  # one expert: nothing else to guide (diffusers refuses it there)
         # WanPipeline's T5 encoding for every Wan pipeline: the I2V/V2V modules call ftfy even when it is missing.
         encode = functools.partial(WanPipeline._get_t5_prompt_embeds, self.pipe, num_videos_per_prompt=batch,
                                    max_sequence_length=WAN_MAX_SEQUENCE_LENGTH, device=self.device)
         with torch.no_grad():
             positive = encode(prompt=prompt).to(self.transformer_dtype)
+            extra = {} if guidance_2 is None else {"guidance_2": float(guidance_2)}
             if not do_cfg:
-                return Conditioning(embeds=positive, guidance=guidance, do_cfg=False)
+                return Conditioning(embeds=positive, guidance=guidance, do_cfg=False, extra=extra)
             negative = encode(prompt=negative_prompt or "").to(self.transformer_dtype)
-        return Conditioning(embeds=torch.cat([negative, positive]), guidance=guidance, do_cfg=True)
+        return Conditioning(embeds=torch.cat([negative, positive]), guidance=guidance, do_cfg=True, extra=extra)
 
     def with_image_condition(self, cond: Conditioning, image: Any, latents: torch.Tensor, frames: int,
                              width: int, height: int, last_image: Any | None = None) -> Conditioning:
@@ -195,7 +200,9 @@ class WanAdapter(FamilyAdapter):
     # ---- denoiser ---------------------------------------------------------------------------
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Velocity for float32 latents x at t: conditional pass, then unconditional, as `WanPipeline` does."""
-        model, guidance = self._model_for(t), cond.guidance  # Wan 2.2's guidance_scale_2 defaults to the same
+        model = self._model_for(t)
+        # Wan 2.2 A14B: the low-noise expert takes guidance_scale_2 (unset: the same as the first, as diffusers)
+        guidance = cond.extra.get("guidance_2", cond.guidance) if model is not self.denoiser else cond.guidance
         dtype = model.dtype
         condition = cond.extra.get("condition")
         latent_in = (x if condition is None else torch.cat([x, condition], dim=1)).to(dtype)

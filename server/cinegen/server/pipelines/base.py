@@ -43,6 +43,7 @@ class Resolved:
     frames: int
     fps: float
     first_frame: int
+    guidance_2: float | None = None  # Wan 2.2 A14B: the low-noise expert's guidance; None = guidance
 
 
 @dataclass
@@ -175,7 +176,8 @@ class Pipeline(ABC):
             guidance=c.guidance if c.guidance is not None else adapter.default_guidance,
             width=c.width or w, height=c.height or h,
             frames=c.frames or adapter.native_frames, fps=c.fps or 24.0,
-            first_frame=c.first_frame if c.first_frame is not None else 1001)
+            first_frame=c.first_frame if c.first_frame is not None else 1001,
+            guidance_2=getattr(c, "guidance_2", None))
 
 
 _PROJECTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

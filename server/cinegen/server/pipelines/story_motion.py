@@ -202,7 +202,7 @@ def retime(clip: torch.Tensor, frames: int) -> torch.Tensor:
 def _wan_start(adapter, r: Resolved) -> tuple[torch.Generator, Conditioning, Any, torch.Tensor]:
     """Generator, prompt, scheduler and float32 noise drawn as the stock Wan pipelines draw them."""
     generator = seeded_generator(r.seed)
-    cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
+    cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance, guidance_2=r.guidance_2)
     scheduler = adapter.new_scheduler()
     scheduler.set_timesteps(r.steps, device=adapter.device)
     noise = randn_tensor(adapter.latent_shape(1, r.width, r.height, r.frames), generator=generator,

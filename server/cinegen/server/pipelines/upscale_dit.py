@@ -332,7 +332,8 @@ def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, pa
     weights = [(resolved.steps - s.start_index) * s.width * s.height for s in plan]
     progress = StepProgress(ctx, [0.05 * sum(weights), *weights, 0.15 * sum(weights)])
     ctx.log(f"DiT upscale ({mode}): {' -> '.join(s.label for s in plan)}, {frames} frames, {resolved.steps} steps")
-    cond = adapter.encode_prompt(resolved.prompt, resolved.negative_prompt, resolved.guidance)
+    cond = adapter.encode_prompt(resolved.prompt, resolved.negative_prompt, resolved.guidance,
+                                 guidance_2=resolved.guidance_2)
     latents = None
     if clip is not None:
         ctx.progress("encode plate", 0, 1, 0.0)

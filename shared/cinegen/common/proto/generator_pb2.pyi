@@ -7,13 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CommonParams(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "width", "height", "frames", "fps", "out", "first_frame", "compression", "overwrite", "frame_range", "display_transform")
+    __slots__ = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "guidance_2", "width", "height", "frames", "fps", "out", "first_frame", "compression", "overwrite", "frame_range", "display_transform")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_2_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +31,7 @@ class CommonParams(_message.Message):
     seed: int
     steps: int
     guidance: float
+    guidance_2: float
     width: int
     height: int
     frames: int
@@ -40,7 +42,7 @@ class CommonParams(_message.Message):
     overwrite: bool
     frame_range: str
     display_transform: str
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., out: _Optional[str] = ..., first_frame: _Optional[int] = ..., compression: _Optional[str] = ..., overwrite: _Optional[bool] = ..., frame_range: _Optional[str] = ..., display_transform: _Optional[str] = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., guidance_2: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., out: _Optional[str] = ..., first_frame: _Optional[int] = ..., compression: _Optional[str] = ..., overwrite: _Optional[bool] = ..., frame_range: _Optional[str] = ..., display_transform: _Optional[str] = ...) -> None: ...
 
 class ImageParams(_message.Message):
     __slots__ = ()
