@@ -216,10 +216,10 @@ def test_story_run_writes_shots_sheet_and_timeline_and_reruns_one_shot(client, t
     pixels, meta = read_exr_frame(out / "sh020" / "sh020.1001.exr")
     assert pixels.shape == (64, 64, 4) and meta["cinegen:model"] == "tiny-animatediff"
     assert meta["cinegen:prompt"].endswith("Tom waits at the top.") and meta["cinegen:seed"] == "4"
-    timeline = otio.adapters.read_from_file(str(out / "The Lighthouse.otio"))
+    timeline = otio.adapters.read_from_file(str(out / "The_Lighthouse.otio"))
     assert [c.name for c in timeline.find_clips()] == ["sh010", "sh020", "sh030"]
     assert timeline.duration().value == 11
-    assert str(out / "The Lighthouse.otio") in first.outputs and (out / "The Lighthouse.keyframes.png").is_file()
+    assert str(out / "The_Lighthouse.otio") in first.outputs and (out / "The Lighthouse.keyframes.png").is_file()
     before = _mtimes(out)
     sh020_before = read_exr_frame(out / "sh020" / "sh020.1003.exr")[0]
 
@@ -228,12 +228,12 @@ def test_story_run_writes_shots_sheet_and_timeline_and_reruns_one_shot(client, t
     after = _mtimes(out)
     changed = {k for k in after if after[k] != before.get(k)}
     assert {k for k in changed if not k.startswith("sh020")} == {
-        "The Lighthouse.otio", "The Lighthouse.keyframes.png", ".cinegen/keyframes/sh020.safetensors",
+        "The_Lighthouse.otio", "The Lighthouse.keyframes.png", ".cinegen/keyframes/sh020.safetensors",
         ".cinegen/keyframes/sh020.png", ".cinegen/shots/sh020.json"}
     assert {f"sh020/sh020.{f}.exr" for f in range(1001, 1005)} <= changed
     assert np.array_equal(read_exr_frame(out / "sh020" / "sh020.1003.exr")[0], sh020_before), \
         "the shot is rebuilt from the stored keyframes exactly as before"
-    timeline = otio.adapters.read_from_file(str(out / "The Lighthouse.otio"))
+    timeline = otio.adapters.read_from_file(str(out / "The_Lighthouse.otio"))
     assert [c.metadata["cinegen"]["job"] for c in timeline.find_clips()] == [first.job_id, rerun.job_id, first.job_id]
 
 
@@ -266,7 +266,7 @@ def test_a_failing_shot_keeps_the_earlier_ones_and_the_cut_marks_it_missing(clie
     result = client.run(_story_request(out))
     assert result.state == "failed" and "simulated failure" in result.message
     assert len(list((out / "sh010").iterdir())) == 4 and not (out / "sh030").exists()
-    items = list(otio.adapters.read_from_file(str(out / "The Lighthouse.otio")).tracks[0])
+    items = list(otio.adapters.read_from_file(str(out / "The_Lighthouse.otio")).tracks[0])
     assert [(type(i).__name__, i.name) for i in items] == [("Clip", "sh010"), ("Gap", "sh020"), ("Gap", "sh030")]
     assert items[1].markers[0].name == "missing sh020"
 
@@ -280,5 +280,5 @@ def test_cli_generates_a_story_from_a_file(tmp_path, capsys):
                  "--no-hf-cache"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
-    assert "The Lighthouse.otio" in printed.out and "sh020.####.exr (1001-1002, 2 frames)" in printed.out
+    assert "The_Lighthouse.otio" in printed.out and "sh020.####.exr (1001-1002, 2 frames)" in printed.out
     assert "sh030 motion" in printed.err

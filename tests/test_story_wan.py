@@ -230,7 +230,7 @@ def test_story_on_wan_i2v_writes_every_shot_and_the_cut(client, tmp_path):
         assert sorted(p.name for p in (out / shot).iterdir()) == [f"{shot}.{1001 + i}.exr" for i in range(frames)]
     pixels, meta = read_exr_frame(out / "sh010" / "sh010.1004.exr")
     assert pixels.shape == (32, 32, 4) and meta["cinegen:model"] == "tiny-wan-i2v"  # the video model's native size
-    timeline = otio.adapters.read_from_file(str(out / "Wan Lighthouse.otio"))
+    timeline = otio.adapters.read_from_file(str(out / "Wan_Lighthouse.otio"))
     clips = list(timeline.find_clips())
     assert [c.name for c in clips] == ["sh010", "sh020"] and timeline.duration().value == 7
     marker = [m for m in clips[0].markers if m.metadata["cinegen"]["keyframe"] == "sh020"]
