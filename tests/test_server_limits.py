@@ -141,6 +141,12 @@ def test_story_yaml_without_alias_bombs_or_control_characters(client, tmp_path, 
     assert err.code == "INVALID_ARGUMENT" and words in err.message
 
 
+def test_a_story_counts_its_shots_frames_in_the_pixel_budget(client, tmp_path):
+    err = rejected(client, tiny_request(tmp_path, pipeline="story", out=str(tmp_path / "cut"), params=StoryParams(
+        story_yaml="title: t\nshots:\n  - {id: a, prompt: p, frames: 100000000}\n")))
+    assert err.code == "RESOURCE_EXHAUSTED" and "--max-pixels" in err.message and "100000000 frames" in err.message
+
+
 def test_a_one_line_story_is_never_taken_for_a_server_path(client, tmp_path):
     secret = tmp_path / "notes.yaml"
     secret.write_text("title: TOPSECRET\nshots: []\n")

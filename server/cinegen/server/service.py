@@ -41,7 +41,7 @@ from .errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFoun
                      ResourceExhausted, UserError)
 from .jobs import InProcessExecutor, Job, JobManager, Journal
 from .jobs.queue import TERMINAL
-from .limits import MAX_NAME_CHARS, MAX_PATH_CHARS, Limits, check_job, check_text, over
+from .limits import ASSUMED_SIDE, MAX_NAME_CHARS, MAX_PATH_CHARS, Limits, check_job, check_text, over
 from .models.registry import ModelRegistry
 from .named_values import apply_named_values
 from .plate_colour import check_plate_colorspace, converted_params, remove_converted
@@ -340,7 +340,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         check_plate_colorspace(params)
         check_job(self.limits, common, params, pipeline.name)
         self._validate_common(common, pipeline, resume=resume)
-        self._check_inputs(params)
+        self._check_inputs(params, common)
         if common.seed is None:
             common.seed = secrets.randbelow(2**31)  # chosen now so every event and header reports it
         spec = JobSpec(job_id=job_id, pipeline=pipeline.name, common=common, params=params)
@@ -389,7 +389,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             first = chunk.first if chunk else c.first_frame if c.first_frame is not None else 1001
             _refuse_existing_frames(pattern, first, chunk.count if chunk else c.frames)
 
-    def _check_inputs(self, params: Any) -> None:
+    def _check_inputs(self, params: Any, common: CommonParams) -> None:
         """Input paths inside the roots; story and trajectory documents safe to parse and within limits."""
         for name in ("input", "lora"):
             value = getattr(params, name, "")
@@ -405,14 +405,21 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                 # the checked text, not the path: the pipeline never re-reads a file that may have changed
                 params.trajectory_json, params.trajectory = text, ""
         if hasattr(params, "story_yaml"):
+            story = None
             if params.story_yaml:
-                check_story(params.story_yaml, Origin("the story_yaml document"), self.limits)
+                story = check_story(params.story_yaml, Origin("the story_yaml document"), self.limits)
                 if "\n" not in params.story_yaml:
                     params.story_yaml += "\n"  # one line without a newline would be taken for a file path
             elif params.story:
                 text = self._read_server_document(params.story, "The story file")
-                check_story(text, Origin(f"the story file '{params.story}'", True), self.limits,
-                            name=os.path.basename(params.story))
+                story = check_story(text, Origin(f"the story file '{params.story}'", True), self.limits,
+                                    name=os.path.basename(params.story))
+            if story is not None:  # the story's shots set the frame count, not --frames
+                frames = sum(shot.frames for shot in story.shots)
+                pixels = (common.width or ASSUMED_SIDE) * (common.height or ASSUMED_SIDE) * frames
+                if pixels > self.limits.max_pixels:
+                    raise over(self.limits, "max_pixels", f"The story's pixel budget width × height × frames of "
+                               f"all shots ({frames} frames)", pixels)
 
     def _read_server_document(self, path: str, what: str) -> str:
         resolved = self.paths.input(path, what)
