@@ -167,3 +167,11 @@ def test_the_unchanged_panel_sends_a_new_option_and_a_new_pipeline(newer_server,
     assert second.pipeline == "relight" and second.WhichOneof("params") is None
     assert second.common.prompt == "night"
     assert dict(second.values) == {"sun_angle": "12.5", "mood": '"dawn"'}
+
+
+def test_help_published_to_forms_names_labels_not_cli_options():
+    from cinegen.common.params import plain_help
+    labels = {"guidance": "Guidance", "cosine_scale": "Detail mix"}
+    assert plain_help("empty = --guidance; like `--cosine-scale` where it is 0", labels) == \
+        "empty = Guidance; like Detail mix where it is 0"
+    assert plain_help("a range 1-2 --unknown-thing stays readable", labels) == "a range 1-2 unknown thing stays readable"

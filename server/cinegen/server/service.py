@@ -30,7 +30,7 @@ import torch
 
 from cinegen.common.exr import srgb_preview_png
 from cinegen.common.params import (DISPLAY_TRANSFORMS, UNUSED_COMMON, CommonParams, ParamDescription, describe,
-                                   from_proto)
+                                   from_proto, plain_help)
 from cinegen.common.proto import generator_pb2 as pb
 from cinegen.common.proto import generator_pb2_grpc as pb_grpc
 from cinegen.common.sequence import SequencePattern, SequencePatternError, check_output_writable
@@ -262,9 +262,11 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             info = caps.pipelines.add(name=name, description=pipe.description, families=list(pipe.families),
                                       output_is_folder=pipe.output_is_folder)
             unused = UNUSED_COMMON.get(name, ())
-            for desc in describe(CommonParams, "common") + describe(pipe.params_type, name):
+            descriptions = describe(CommonParams, "common") + describe(pipe.params_type, name)
+            labels = {d.name: d.label for d in descriptions}  # help names labels, not CLI options
+            for desc in descriptions:
                 if desc.name not in unused:
-                    info.params.append(_param_spec(desc))
+                    info.params.append(_param_spec(desc, labels))
         for e in self.registry.entries():
             m = caps.models.add(id=e.id, family=e.family, source=e.source, path=e.path,
                                 loaded=self.registry.is_loaded(e.id), description=e.description, kind=e.kind)
@@ -646,8 +648,9 @@ def _folder_size(folder: Path) -> int:
     return total
 
 
-def _param_spec(d: ParamDescription) -> pb.ParamSpec:
-    spec = pb.ParamSpec(name=d.name, type=d.type, default_json=json.dumps(d.default), help=d.help,
+def _param_spec(d: ParamDescription, labels: dict[str, str] | None = None) -> pb.ParamSpec:
+    spec = pb.ParamSpec(name=d.name, type=d.type, default_json=json.dumps(d.default),
+                        help=plain_help(d.help, labels or {}),
                         group=d.group, label=d.label, step=d.step, choices=list(d.choices),
                         families=list(d.families))
     if d.minimum is not None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, Mapping, get_type_hints
 
 
 def param(default: Any, *, help: str, kind: str | None = None, minimum: float | None = None,
@@ -222,6 +223,18 @@ PIPELINE_PARAMS: dict[str, type] = {
     "trajectory": TrajectoryParams,
     "story": StoryParams,
 }
+
+
+_OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)")
+
+
+def plain_help(text: str, labels: Mapping[str, str]) -> str:
+    """Help as a form shows it: `--steps` becomes the option's label (Steps), backticks go.
+
+    The CLI keeps the option syntax; the panel and Blender show labels, so help there names labels."""
+    def label(match: re.Match) -> str:
+        return labels.get(match.group(1).replace("-", "_"), match.group(1).replace("-", " "))
+    return _OPTION.sub(label, text).replace("`", "")
 
 
 # --------------------------------------------------------------------------------------------
