@@ -94,6 +94,20 @@ def test_trajectory_files_must_be_regular_small_utf8_files(client, tmp_path):
     assert err.code == "RESOURCE_EXHAUSTED" and "--max-text" in err.message
 
 
+def test_a_hung_file_read_gives_the_request_back(monkeypatch, tmp_path):
+    import threading
+
+    from cinegen.server import paths
+
+    release = threading.Event()
+    monkeypatch.setattr(paths, "read_regular_file", lambda *args: release.wait(30))
+    try:
+        with pytest.raises(paths.FailedPrecondition, match="did not finish reading"):
+            paths.read_request_file(tmp_path / "slow.json", 100, "The trajectory file", "--max-text", timeout=0.2)
+    finally:
+        release.set()
+
+
 def test_errors_never_quote_a_server_file(client, tmp_path):
     secret = tmp_path / "secret.json"
     secret.write_text('{"width": 64, "height": 64, "tracks": [{"name": "TOPSECRET-123", "points": "TOPSECRET"}]}')

@@ -72,7 +72,7 @@ def _frames(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # three cold `cinegen serve` starts (torch imports) and four tiny jobs
+@pytest.mark.timeout(900)  # two cold `cinegen serve` starts (torch imports) and four tiny jobs
 def test_kill9_restart_then_sigterm(tmp_path, tiny_model_cache):
     state, out = tmp_path / "state", tmp_path / "out"
     first = ServeProcess(state, tiny_model_cache)

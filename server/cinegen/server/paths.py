@@ -6,16 +6,22 @@ before any look at the file, so a refusal says nothing about what exists outside
 roots (a loopback server for one artist) every path is allowed, as before.
 
 Files named by a request are read only when they are regular files (never a FIFO that would block,
-a device or a folder), up to a size cap, and decoded strictly as UTF-8; errors never quote them.
+a device or a folder), up to a size cap, on a reader thread with a time limit (a hung share never
+holds an RPC thread for long), and decoded strictly as UTF-8; errors never quote them.
 """
 from __future__ import annotations
 
 import os
 import stat
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from .errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+
+READ_TIMEOUT = 10.0  # seconds a file named by a request may take to read (a hung network share, say)
+# a few reader threads, apart from the RPC threads: a read that hangs holds one of these, never a request
+_READERS = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="cinegen-file-reader")
 
 
 @dataclass
@@ -44,6 +50,16 @@ def _inside(path: str, roots: list[Path], what: str, flag: str) -> Path:
                                f"({', '.join(map(str, roots))}); pick a path inside one, or start the server "
                                f"with another {flag}.")
     return resolved
+
+
+def read_request_file(path: Path, max_bytes: int, what: str, flag: str, timeout: float = READ_TIMEOUT) -> bytes:
+    """`read_regular_file` on a reader thread, given up after `timeout` seconds with a sentence."""
+    future = _READERS.submit(read_regular_file, path, max_bytes, what, flag)
+    try:
+        return future.result(timeout)
+    except futures.TimeoutError:
+        raise FailedPrecondition(f"{what} '{path}' did not finish reading within {timeout:.0f} s (a slow or hung "
+                                 "disk or share on the server); try again, or copy it somewhere local.") from None
 
 
 def read_regular_file(path: Path, max_bytes: int, what: str, flag: str) -> bytes:

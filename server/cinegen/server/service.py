@@ -45,7 +45,7 @@ from .limits import ASSUMED_SIDE, MAX_NAME_CHARS, MAX_PATH_CHARS, Limits, check_
 from .models.registry import ModelRegistry
 from .named_values import apply_named_values
 from .plate_colour import check_plate_colorspace, converted_params, remove_converted
-from .paths import PathPolicy, decode_utf8, read_regular_file
+from .paths import PathPolicy, decode_utf8, read_request_file
 from .pipelines import load_pipelines
 from .pipelines.base import JobSpec, Pipeline, RunContext
 from .pipelines.frame_range import check_frame_range, parse_frame_range
@@ -425,7 +425,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
 
     def _read_server_document(self, path: str, what: str) -> str:
         resolved = self.paths.input(path, what)
-        return decode_utf8(read_regular_file(resolved, self.limits.max_text, what, "--max-text"), f"{what} '{path}'")
+        return decode_utf8(read_request_file(resolved, self.limits.max_text, what, "--max-text"), f"{what} '{path}'")
 
     # ---- watch / cancel / list ---------------------------------------------------------------
     def Watch(self, request, context):
