@@ -11,6 +11,7 @@ import pytest
 
 from cinegen.server.benchmarks.quality import chosen_models, model_info, settings_for
 from cinegen.server.models.family import ModelEntry
+from cinegen.server.quality.diagnostics import empty_view_experiment
 from cinegen.server.quality.metrics import (SalientParams, colour_histogram, count_objects, find_objects,
                                             follow_error, histogram_intersection, keyframe_consistency,
                                             seam_report)
@@ -187,6 +188,9 @@ def test_the_experiments_run_and_report_both_sides_on_the_tiny_models(registry):
     trajectory = trajectory_experiment(video, QUICK)
     assert len(trajectory.cases[0].videos["on"]) == QUICK.frames
     assert set(consistency_experiment(image, QUICK).as_dict()["mean_colour_consistency"]) == {"off", "on"}
+    empty = empty_view_experiment(image, QUICK)
+    assert set(empty.as_dict()["views_with_a_new_object"]) == {"defaults", "gentle"}
+    assert float(np.abs(empty.cases[0].images["empty"] - empty.cases[0].images["defaults"]).max()) > 0.0
 
 
 def test_the_multidiffusion_peer_refuses_two_rows_of_views_and_paints_one_row(registry):

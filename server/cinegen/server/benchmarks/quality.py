@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..models.registry import ModelRegistry
+from ..quality.diagnostics import EMPTY_VIEW_METHODS, EmptyViewResult, empty_view_experiment
 from ..quality.figures import Tile, mark_point, rolled_half, save_grid
 from ..quality.runs import (CASCADE_VARIANTS, SEAM_METHODS, ConsistencyResult, RepetitionResult, RunSettings,
                             SeamResult, TrajectoryResult, consistency_experiment, repetition_experiment,
@@ -76,6 +77,12 @@ def repetition_figure(result: RepetitionResult, out: Path) -> Path:
     return save_grid(out / "quality-repetition.png", rows, row_height=result.target[1])
 
 
+def empty_view_figure(result: EmptyViewResult, out: Path) -> Path:
+    rows = [[Tile(c.images["empty"], f"seed {c.seed}: empty view")]
+            + [Tile(c.images[m], f"{m}: {c.counts[m]} objects") for m in EMPTY_VIEW_METHODS] for c in result.cases]
+    return save_grid(out / "quality-empty-view.png", rows, row_height=2 * result.cases[0].images["empty"].shape[0])
+
+
 def seam_figure(result: SeamResult, out: Path) -> Path:
     rows = [[Tile(rolled_half(c.images[p]), f"{p} seed {c.seed}: seam ratio {c.ratios[p]:.2f} (seam at centre)")]
             for c in result.cases for p in SEAM_METHODS]
@@ -121,6 +128,7 @@ def run(args: argparse.Namespace) -> dict:
     image, video = registry.get(image_id), registry.get(video_id)
     pictures, seconds = [], {}
     experiments = (("repetition", repetition_experiment, image, repetition_figure),
+                   ("empty_view", empty_view_experiment, image, empty_view_figure),  # the prior behind repetition
                    ("seam", seam_experiment, image, seam_figure),
                    ("trajectory", trajectory_experiment, video, trajectory_figure),
                    ("consistency", consistency_experiment, image, consistency_figure))
