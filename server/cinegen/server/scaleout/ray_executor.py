@@ -38,9 +38,11 @@ from .units import DEFAULT_CHUNK, WorkUnit, check_order, frame_chunks, single_un
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # a unit whose worker died this many times fails the job
-POLL_S = 0.05  # how often the scheduler looks at cancel and finished units
+POLL_S = 0.05  # how often the scheduler looks at cancel (a unit's end wakes it at once)
 PREVIEW_SIDE = 256  # previews travel from the workers at most this big
 PREVIEW_INTERVAL_S = 0.5
+MAX_BATCH = 64  # events of a unit sent together at most
+ENDINGS = ("done", "cancelled", "user_error", "crash")  # a unit's last event
 _USER_ERRORS = {cls.code: cls for cls in (errors.InvalidArgument, errors.NotFound, errors.FailedPrecondition,
                                            errors.ResourceExhausted, errors.PermissionDenied, errors.AlreadyExists)}
 
@@ -60,9 +62,9 @@ class WorkerConfig:
 class UnitWorker:
     """One Ray actor: a model registry kept resident, the pipelines, one unit at a time.
 
-    `run_unit` is a streaming generator: it yields the unit's events as plain tuples while the
-    pipeline runs in a thread, ending with ("done", outputs), ("cancelled",), ("user_error", code,
-    message) or ("crash", text). `cancel` arrives on a second actor thread while a unit runs."""
+    `run_unit` is a streaming generator: it yields the unit's events, as lists of plain tuples in the
+    order they happened, while the pipeline runs in a thread, ending with ("done", outputs),
+    ("cancelled",), ("user_error", code, message) or ("crash", text). `cancel` arrives on a second actor thread while a unit runs."""
 
     def __init__(self, config: WorkerConfig):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # workers never reach for the network either
@@ -85,7 +87,7 @@ class UnitWorker:
     def cancel(self, key: str) -> None:
         self._cancelled.add(key)
 
-    def run_unit(self, key: str, spec: JobSpec, existing_frames: str) -> Iterator[tuple]:
+    def run_unit(self, key: str, spec: JobSpec, existing_frames: str) -> Iterator[list[tuple]]:
         events: queue.Queue = queue.Queue()
         last_preview = [0.0]
 
@@ -119,9 +121,11 @@ class UnitWorker:
         thread.start()
         try:
             while True:
-                event = events.get()
-                yield event
-                if event[0] in ("done", "cancelled", "user_error", "crash"):
+                batch = [events.get()]
+                while batch[-1][0] not in ENDINGS and not events.empty() and len(batch) < MAX_BATCH:
+                    batch.append(events.get())  # what piled up travels as one object: fewer round trips
+                yield batch
+                if batch[-1][0] in ENDINGS:
                     return
         finally:
             thread.join()
@@ -235,6 +239,7 @@ class _JobRun:
         self.outputs: dict[str, list[str]] = {}
         self.attempts = {u.name: 0 for u in units}
         self.existing_frames = ctx.existing_frames
+        self.unit_ended = threading.Event()  # wakes the scheduler at once instead of at its next poll
 
     def run(self) -> list[str]:
         pending = list(self.units)
@@ -253,8 +258,9 @@ class _JobRun:
                         break
                     pending.remove(unit)
                     running.append(self._start(unit, idle.pop(0)))
-                time.sleep(POLL_S)
-                for item in [r for r in running if not r.thread.is_alive()]:
+                self.unit_ended.wait(POLL_S)
+                self.unit_ended.clear()
+                for item in [r for r in running if r.result is not None]:
                     running.remove(item)
                     idle.append(item.worker)  # a dead worker comes back: Ray restarts the actor
                     outcome = self._finish(item)
@@ -303,16 +309,20 @@ class _JobRun:
         try:
             stream = item.worker.run_unit.options(num_returns="streaming").remote(item.key, spec, existing)
             for ref in stream:
-                event = ray.get(ref)
-                if event[0] in ("done", "cancelled", "user_error", "crash"):
-                    item.result = event
-                    return
-                self._forward(item.unit, event)
+                for event in ray.get(ref):
+                    if event[0] in ENDINGS:
+                        item.result = event
+                        return
+                    self._forward(item.unit, event)
             item.result = ("lost", "the worker ended the unit without a result")
         except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
             item.result = ("lost", type(exc).__name__)
         except Exception as exc:  # a failure of Ray itself is the job's failure, never a hang
             item.result = ("crash", f"{type(exc).__name__}: {exc}")
+        finally:
+            if item.result is None:
+                item.result = ("crash", "the unit's follower thread stopped")
+            self.unit_ended.set()
 
     def _forward(self, unit: WorkUnit, event: tuple) -> None:
         kind, ctx = event[0], self.ctx
