@@ -200,3 +200,29 @@ def test_plate_and_single_unit_templates(tmp_path):
     assert "--frame-range" not in args and "--loop" in args and args[args.index("--projection") + 1] == "ring"
     with pytest.raises(SystemExit, match="frames-out"):
         main(["export-job", "image", "--prompt", "x", "--out", str(tmp_path / "j.yaml")])
+
+
+def test_the_server_plans_a_job_s_units_like_the_farm(registry, tmp_path):
+    from cinegen.server.pipelines import load_pipelines
+    from cinegen.server.pipelines.base import JobSpec
+    from cinegen.server.scaleout.ray_executor import plan_units, unit_spec
+
+    pipelines = load_pipelines()
+    (tmp_path / "in").mkdir()
+    for frame in range(1001, 1007):
+        write_exr_frame(tmp_path / "in" / f"p.{frame}.exr", np.full((8, 8, 3), 0.5, np.float32), metadata=ExrMetadata())
+
+    def names(pipeline, common, params):
+        spec = JobSpec("j", pipeline, CommonParams(out=str(tmp_path / "o.####.exr"), **common), params)
+        return [u.name for u in plan_units(pipelines[pipeline], spec, registry)], spec
+
+    plate, spec = names("upscale", {"first_frame": 1}, UpscaleParams(input=str(tmp_path / "in" / "p.####.exr")))
+    assert plate == ["frames 1-4", "frames 5-6"], "chunks in the output's numbering"
+    assert names("image", {"frames": 5}, ImageParams())[0] == ["frames 1001-1004", "frames 1005-1005"]
+    assert names("image", {"frames": 5, "frame_range": "1001-1002"}, ImageParams())[0] == ["all"]
+    assert names("panorama", {}, PanoramaParams())[0] == ["all"]
+    story, story_spec = names("story", {}, StoryParams(story_yaml=STORY, shots=["sh020", "sh030"]))
+    assert story == ["keyframes", "sh020", "sh030", "timeline"]
+    units = plan_units(pipelines["story"], story_spec, registry)
+    assert unit_spec(story_spec, units[1]).params.stage == "motion" and unit_spec(story_spec, units[1]).params.shots == ["sh020"]
+    assert unit_spec(spec, plan_units(pipelines["upscale"], spec, registry)[1]).common.frame_range == "5-6"
