@@ -23,11 +23,13 @@ import torch
 @dataclass
 class Measurement:
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time: on a shared CPU, the work done (run on one thread)
     peak_gpu_bytes: int = 0
     peak_rss_bytes: int = 0
 
     def as_dict(self) -> dict:
-        return {"seconds": round(self.seconds, 3), "peak_gpu_gib": round(self.peak_gpu_bytes / 2**30, 3),
+        return {"seconds": round(self.seconds, 3), "cpu_seconds": round(self.cpu_seconds, 3),
+                "peak_gpu_gib": round(self.peak_gpu_bytes / 2**30, 3),
                 "peak_rss_gib": round(self.peak_rss_bytes / 2**30, 3)}
 
 
@@ -41,7 +43,7 @@ def measure(device: torch.device) -> Iterator[Measurement]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         yield m
     finally:
@@ -49,6 +51,7 @@ def measure(device: torch.device) -> Iterator[Measurement]:
             torch.cuda.synchronize(device)
             m.peak_gpu_bytes = torch.cuda.max_memory_allocated(device)
         m.seconds = time.perf_counter() - start
+        m.cpu_seconds = time.process_time() - cpu_start
         m.peak_rss_bytes = peak_rss_bytes()
 
 
