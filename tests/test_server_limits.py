@@ -181,6 +181,18 @@ def test_existing_frames_are_not_overwritten_unless_asked(client, tmp_path):
     assert result.state == "completed" and before.stat().st_mtime_ns != stamp
 
 
+def test_a_frame_that_appears_after_submit_is_not_overwritten_either(client, tmp_path):
+    blocker = client.submit(tiny_request(tmp_path / "b", steps=400, width=64, height=64))
+    first = client.submit(tiny_request(tmp_path, out=str(tmp_path / "race.####.exr"), seed=1))
+    second = client.submit(tiny_request(tmp_path, out=str(tmp_path / "race.####.exr"), seed=2))
+    client.cancel(blocker.job_id)
+    assert list(client.watch(first.job_id))[-1].WhichOneof("kind") == "completed"
+    stamp = (tmp_path / "race.1001.exr").stat().st_mtime_ns
+    last = list(client.watch(second.job_id))[-1]
+    assert last.failed.code == "ALREADY_EXISTS" and "overwrite" in last.failed.message
+    assert (tmp_path / "race.1001.exr").stat().st_mtime_ns == stamp
+
+
 def test_uploads_are_capped_named_safely_and_per_client(server, tmp_path):
     with GeneratorClient(server.address, client_id="artist-a") as a, \
             GeneratorClient(server.address, client_id="artist-b") as b:

@@ -72,8 +72,9 @@ def check_numbers(obj: object, group: str) -> None:
         low = desc.minimum if desc.minimum is not None else -math.inf
         high = desc.maximum if desc.maximum is not None else math.inf
         if not low <= value <= high:
-            raise InvalidArgument(f"{desc.label} ({desc.name}) is {_num(value)}; it must be at least "
-                                  f"{_num(desc.minimum)} and at most {_num(desc.maximum)}.")
+            bound = f"at least {_num(desc.minimum)}" if value < low else f"at most {_num(desc.maximum)}"
+            raise InvalidArgument(f"{desc.label} ({desc.name}) is {_num(value)}; it must be {bound} "
+                                  f"(between {_num(desc.minimum)} and {_num(desc.maximum)}).")
 
 
 def check_job(limits: Limits, common: CommonParams, params: object, pipeline: str) -> None:

@@ -629,8 +629,10 @@ def _existing_frames_policy(job: Job, pipeline: Pipeline) -> str:
 
 
 def _refuse_existing_frames(pattern: SequencePattern, first: int, frames: int | None) -> None:
-    last = first + frames - 1 if frames else None
-    clash = [f for f in pattern.glob_existing() if f >= first and (last is None or f <= last)]
+    # without --frames the count is the model's or the plate's, known at run time: the first frame is
+    # checked now, and the frame sink refuses any other existing frame before writing over it
+    last = first + (frames or 1) - 1
+    clash = [f for f in pattern.glob_existing() if first <= f <= last]
     if clash:
         raise AlreadyExists(f"{len(clash)} frame(s) of {pattern.hash_form()} already exist (first: "
                             f"{pattern.file_name_for(clash[0])}); pick another output, delete them, or ask to "
