@@ -29,6 +29,7 @@ TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def workers(tiny_model_cache):
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")  # Ray's 30 s is short on a busy 2-core box
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         # one torch thread each: 2 workers on 2 cores, and the same kernels on every worker

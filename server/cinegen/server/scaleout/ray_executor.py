@@ -37,7 +37,8 @@ from .units import DEFAULT_CHUNK, WorkUnit, check_order, frame_chunks, single_un
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 3  # a unit whose worker died this many times fails the job
+MAX_ATTEMPTS = 4  # a unit whose worker was lost this many times fails the job
+RETRY_DELAY_S = 1.0  # times the attempt: a worker Ray restarts (or that is only unreachable) gets a moment
 POLL_S = 0.05  # how often the scheduler looks at cancel (a unit's end wakes it at once)
 PREVIEW_SIDE = 256  # previews travel from the workers at most this big
 PREVIEW_INTERVAL_S = 0.5
@@ -198,6 +199,7 @@ class RayUnitRunner:
         if not ray.is_initialized():
             with _signal_handlers_kept():
                 if address == "local":
+                    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")  # a busy box starts slowly
                     ray.init(num_cpus=workers or None, include_dashboard=False, log_to_driver=False)
                 else:
                     ray.init(address=address, log_to_driver=False)
@@ -240,6 +242,7 @@ class _JobRun:
         self.attempts = {u.name: 0 for u in units}
         self.existing_frames = ctx.existing_frames
         self.unit_ended = threading.Event()  # wakes the scheduler at once instead of at its next poll
+        self.not_before: dict[str, float] = {}  # a lost unit's next attempt waits until then
 
     def run(self) -> list[str]:
         pending = list(self.units)
@@ -253,7 +256,9 @@ class _JobRun:
                 if failure is not None:
                     pending = []
                     self._cancel(running)
-                for unit in [u for u in pending if all(a in self.outputs for a in u.after)]:
+                now = time.monotonic()
+                for unit in [u for u in pending if all(a in self.outputs for a in u.after)
+                             and self.not_before.get(u.name, 0.0) <= now]:
                     if not idle:
                         break
                     pending.remove(unit)
@@ -357,6 +362,7 @@ class _JobRun:
             if self._cancelled():
                 return JobCancelled()
             if item.attempt < MAX_ATTEMPTS:
+                self.not_before[item.unit.name] = time.monotonic() + RETRY_DELAY_S * item.attempt
                 self.ctx.log(f"ray: the worker running {item.unit.name} was lost ({result[1]}); "
                              f"running it again (attempt {item.attempt + 1} of {MAX_ATTEMPTS})")
                 return "retry"
