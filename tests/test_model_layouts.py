@@ -152,3 +152,17 @@ def test_a_single_file_that_cannot_be_built_offline_says_what_it_is_and_how_to_f
     with pytest.raises(FailedPrecondition, match="is an sd1 checkpoint") as err:
         registry.get("sdxl_dreamshaper")  # "sdxl" in the name, CLIP ViT-L inside: built as SD 1.x
     assert "save_pretrained" in str(err.value)
+
+
+@pytest.mark.parametrize("saved, asked, used", [
+    (torch.bfloat16, torch.float16, torch.bfloat16),  # CogVideoX-5B: bf16 weights stay bf16 on a GPU
+    (torch.float16, torch.float16, torch.float16),    # CogVideoX-2B
+    (torch.bfloat16, torch.float32, torch.float32),   # the CPU asks for float32: it gets it
+])
+def test_cogvideox_keeps_the_half_precision_its_weights_were_saved_in(tmp_path, saved, asked, used):
+    from cinegen.server.models.cogvideox import cogvideox_dtype
+
+    (tmp_path / "transformer").mkdir()
+    save_file({"patch_embed.proj.weight": torch.zeros(2, 2, dtype=saved)},
+              str(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert cogvideox_dtype(tmp_path, asked) == used

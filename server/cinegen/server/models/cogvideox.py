@@ -250,12 +250,32 @@ def _load_components(folder: Path, dtype: torch.dtype):
         scheduler=CogVideoXDDIMScheduler.from_pretrained(str(folder / "scheduler"), **kwargs))
 
 
+def cogvideox_dtype(folder: Path, dtype: torch.dtype) -> torch.dtype:
+    """The half precision the transformer was saved in when a half precision is asked: CogVideoX-5B
+    ships bfloat16 weights (float16 overflows in it), 2B float16. Read from the weights' header only."""
+    from .checkpoint_kinds import read_header
+
+    if dtype not in (torch.float16, torch.bfloat16):
+        return dtype
+    for weights in sorted((folder / "transformer").glob("*.safetensors")):
+        try:
+            saved = {info.get("dtype") for info in read_header(weights).values()}
+        except (OSError, ValueError):
+            continue
+        if "BF16" in saved:
+            return torch.bfloat16
+        if "F16" in saved:
+            return torch.float16
+    return dtype
+
+
 def load_cogvideox(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> CogVideoXAdapter:
     from diffusers import CogVideoXPipeline
 
     from ..diffusion.tora import load_tora_weights
 
     folder = Path(entry.path)
+    dtype = cogvideox_dtype(folder, dtype)
     if _class_name(folder) == "ToraPipeline":
         pipe = _load_components(folder, dtype)
     else:
