@@ -130,3 +130,23 @@ def test_kill9_restart_then_sigterm(tmp_path, tiny_model_cache):
     with sqlite3.connect(state / "jobs.sqlite") as db:
         assert db.execute("SELECT state FROM jobs WHERE id='term-d'").fetchone() == ("queued",)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ctrl_c_during_a_job_is_a_clean_stop(tmp_path, tiny_model_cache):
+    """SIGINT used to abort the process mid-job (`terminate called without an active exception`)."""
+    server = ServeProcess(tmp_path / "state", tiny_model_cache)
+    try:
+        with GeneratorClient(server.address, timeout=30) as c:
+            job = c.submit(tiny_request(tmp_path / "out", job_id="int-a", steps=400, width=64, height=64))
+            sent = False
+            for event in c.watch(job.job_id):  # the same stream carries the terminal event
+                if event.WhichOneof("kind") == "progress" and not sent:
+                    server.proc.send_signal(signal.SIGINT)
+                    sent = True
+            assert sent and event.failed.code == "UNAVAILABLE", event
+        assert server.wait(60) == 0, "".join(server.output)
+        assert "terminate called" not in "".join(server.output)
+    finally:
+        server.kill()
