@@ -48,3 +48,25 @@ def test_jobs_survive_a_stop_and_start_of_the_server(registry, tmp_path):
         assert any("queued again" in e.log.message for e in queued if e.WhichOneof("kind") == "log")
         outside = list(c.watch("j-outside"))
         assert outside[-1].failed.code == "PERMISSION_DENIED" and "restart" in outside[-1].failed.message
+
+
+def test_a_reordered_queue_keeps_its_order_across_a_restart(tmp_path):
+    import threading
+
+    from cinegen.common.proto import generator_pb2 as pb
+    from cinegen.server.jobs import InProcessExecutor, Job, JobManager, Journal
+
+    gate = threading.Event()
+    journal = Journal(tmp_path / "jobs.sqlite")
+    manager = JobManager(InProcessExecutor(lambda job, events: gate.wait(30) and []), journal=journal)
+    for name in ("running", "a", "b", "c"):
+        manager.submit(Job(id=name, request=pb.JobRequest(job_id=name)))
+    deadline = threading.Event()
+    while manager.get("running").state != "running" and not deadline.wait(0.05):
+        pass
+    manager.move("c", 0)
+    manager.submit(Job(id="d", request=pb.JobRequest(job_id="d")))
+    assert [j.id for j in journal.load() if j.state == "queued"] == ["c", "a", "b", "d"]
+    gate.set()
+    manager.stop()
+    journal.close()

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL,
     submitted REAL NOT NULL,
     fraction REAL NOT NULL DEFAULT 0,
-    outputs TEXT NOT NULL DEFAULT '[]'     -- JSON list of paths
+    outputs TEXT NOT NULL DEFAULT '[]',    -- JSON list of paths
+    rank REAL                              -- queue order after a Reorder; NULL = submission order (n)
 );
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
@@ -88,6 +89,16 @@ class Journal:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO events VALUES (?,?,?)", (job_id, seq, data))
 
+    def set_queue_order(self, job_ids: list[str]) -> None:
+        """The queued jobs are now in this order: they keep their set of ranks, redistributed."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            ranks = sorted(row[0] for job_id in job_ids for row in
+                           self._db.execute("SELECT COALESCE(rank, n) FROM jobs WHERE id=?", (job_id,)))
+            for job_id, rank in zip(job_ids, ranks):
+                self._db.execute("UPDATE jobs SET rank=? WHERE id=?", (rank, job_id))
+            self._db.execute("COMMIT")
+
     def forget(self, job_ids: list[str]) -> None:
         with self._lock:
             self._db.execute("BEGIN")
@@ -97,10 +108,11 @@ class Journal:
             self._db.execute("COMMIT")
 
     def load(self) -> list[JournaledJob]:
-        """Every job in submission order, with its events in sequence order."""
+        """Every job in queue order (submission order unless reordered), with its events in sequence order."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, client, request, state, submitted, fraction, outputs FROM jobs ORDER BY n").fetchall()
+                "SELECT id, client, request, state, submitted, fraction, outputs FROM jobs "
+                "ORDER BY COALESCE(rank, n)").fetchall()
             events: dict[str, list[tuple[int, bytes]]] = {}
             for job_id, seq, data in self._db.execute("SELECT job_id, seq, data FROM events ORDER BY job_id, seq"):
                 events.setdefault(job_id, []).append((seq, data))

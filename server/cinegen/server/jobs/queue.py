@@ -128,6 +128,8 @@ class JobManager:
             before = list(self._queue)
             self._queue.remove(job_id)
             self._queue.insert(min(position, len(self._queue)), job_id)
+            if self._journal:  # a restart keeps the new order
+                self._journal.set_queue_order(list(self._queue))
             for index, other_id in enumerate(self._queue):
                 if index >= len(before) or before[index] != other_id:
                     other = self._jobs[other_id]
