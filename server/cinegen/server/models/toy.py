@@ -5,6 +5,10 @@ trained by `python -m cinegen.server.toyworld.train_image`; its weights live in 
 `toyworld/weights/image/` (fp16 safetensors) and "building" it copies them into the model cache, so
 it loads through `StableDiffusionPipeline.from_pretrained` exactly like a downloaded model.
 
+`toy-image-16` is the same model at a 128 px native size (16x16 latents): toy-image's VAE and text encoder
+and its UNet fine-tuned on 128 px scenes by `python -m cinegen.server.toyworld.train_image16`; only that
+UNet is committed (`toyworld/weights/image16/unet/`).
+
 `toy-video` is AnimateDiff on top of it: only a `MotionAdapter` is trained and committed
 (`toyworld/weights/video/motion_adapter/`, by `python -m cinegen.server.toyworld.train_video`), as
 AnimateDiff's motion modules are distributed apart from the image model they plug into. Building it
@@ -24,6 +28,7 @@ from .family import TinyModel
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "toyworld" / "weights"
 TOY_IMAGE_DIR = WEIGHTS_DIR / "image"
 TOY_MOTION_DIR = WEIGHTS_DIR / "video" / "motion_adapter"
+TOY_IMAGE16_UNET_DIR = WEIGHTS_DIR / "image16" / "unet"  # toy-image-16: only its UNet differs from toy-image
 TOY_VIDEO_FRAMES = 8  # the clip length the motion module was trained on
 CINEGEN_SIDECAR = "cinegen.json"  # what diffusers' folders do not say: e.g. {"native_frames": 8}
 
@@ -34,6 +39,16 @@ def build_toy_image(folder: Path) -> None:
         raise FileNotFoundError(f"The toy-image weights are missing from {TOY_IMAGE_DIR}; reinstall cinegen "
                                 "or retrain them with `python -m cinegen.server.toyworld.train_image`.")
     shutil.copytree(TOY_IMAGE_DIR, folder, dirs_exist_ok=True)
+
+
+def build_toy_image16(folder: Path) -> None:
+    """toy-image's folder with the UNet fine-tuned at 128 px (16x16 latents) in place of its own."""
+    if not (TOY_IMAGE16_UNET_DIR / "config.json").exists():
+        raise FileNotFoundError(f"The toy-image-16 weights are missing from {TOY_IMAGE16_UNET_DIR}; reinstall "
+                                "cinegen or retrain them with `python -m cinegen.server.toyworld.train_image16`.")
+    build_toy_image(folder)
+    shutil.rmtree(folder / "unet")
+    shutil.copytree(TOY_IMAGE16_UNET_DIR, folder / "unet")
 
 
 def build_toy_video(folder: Path) -> None:
@@ -65,7 +80,10 @@ def read_sidecar(folder: Path) -> dict:
 def toy_models() -> tuple[TinyModel, ...]:
     """The toy models of the `sd` family, for its `tiny` tuple."""
     return (TinyModel("toy-image", "Toy-world Stable Diffusion (trained on CPU: coloured discs and squares "
-                      "on a sky/ground gradient, 64 px native)", build_toy_image, version=1),)
+                      "on a sky/ground gradient, 64 px native)", build_toy_image, version=1),
+            TinyModel("toy-image-16", "Toy-world Stable Diffusion at 128 px native (16x16 latents, where "
+                      "FreeScale's dilation and scale fusion can act): toy-image's VAE and text encoder, its UNet "
+                      "fine-tuned on 128 px scenes", build_toy_image16, version=1))
 
 
 def toy_video_models() -> tuple[TinyModel, ...]:
