@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import grpc
 import numpy as np
@@ -37,8 +37,7 @@ from cinegen.common.sequence import SequencePattern, SequencePatternError, check
 
 from . import __version__
 from .documents import Origin, check_story, check_trajectory
-from .errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
-                     ResourceExhausted, UserError)
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, UserError
 from .jobs import InProcessExecutor, Job, JobManager, Journal
 from .jobs.queue import TERMINAL
 from .limits import ASSUMED_SIDE, MAX_NAME_CHARS, MAX_PATH_CHARS, Limits, check_job, check_text, over
