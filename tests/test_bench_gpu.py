@@ -3,6 +3,7 @@ CPU (`--tiny`), the budget skips what does not fit, and a CPU without --tiny is 
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import torch
@@ -47,9 +48,15 @@ def test_the_video_cases_run_shrunk_on_a_cpu(case, tiny_model_cache):
         assert figures["steps_timed"] == 2 and figures["seconds_per_step"] > 0
 
 
-def test_cases_that_do_not_fit_the_budget_are_skipped_not_started(monkeypatch):
+def test_cases_that_do_not_fit_the_budget_are_skipped_and_a_broken_case_spares_the_rest(monkeypatch, tmp_path):
     ran = []
+
+    def broken():
+        raise RuntimeError("a case that fails")
+
+    monkeypatch.setenv("OUT", str(tmp_path))
     monkeypatch.setattr(gpu, "cases", lambda device, sizes: [
+        gpu.Case("broken", 1, broken),
         gpu.Case("fits", 1, lambda: ran.append("fits") or {"x": 1}),
         gpu.Case("too long", 10_000, lambda: ran.append("too long") or {})])
     monkeypatch.setattr("cinegen.server.service.resolve_device", lambda name: torch.device("cuda"))
@@ -57,7 +64,10 @@ def test_cases_that_do_not_fit_the_budget_are_skipped_not_started(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 2**30}))
     report = gpu.run(argparse.Namespace(device="cuda", real_size=True, budget_s=60))
     assert ran == ["fits"]
-    assert [r["status"] for r in report["rows"]][0] == "ok" and report["rows"][1]["status"].startswith("skipped")
+    statuses = [r["status"] for r in report["rows"]]
+    assert statuses[0] == "error: RuntimeError: a case that fails" and statuses[1] == "ok"
+    assert statuses[2].startswith("skipped")
+    assert "fits" in json.loads((tmp_path / "bench-gpu.partial.json").read_text())["cases"]
 
 
 def test_real_size_without_a_gpu_says_what_to_do():

@@ -337,5 +337,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except torch.cuda.OutOfMemoryError as error:  # reported, and the next case still runs
             rows.append({"case": case.name, "status": f"out of memory: {str(error).splitlines()[0]}"})
             _free()
+        except Exception as error:  # noqa: BLE001 - one broken case must not cost the others their GPU time
+            rows.append({"case": case.name, "status": f"error: {type(error).__name__}: {error}"[:500]})
+            _free()
         print(rows[-1], flush=True)
+        _save_partial({**report, "rows": rows, "cases": details})
     return {**report, "budget_s": budget.seconds, "rows": rows, "cases": details}
+
+
+def _save_partial(report: dict[str, Any]) -> None:
+    """After every case, what is measured so far under `$OUT`: a run cut short still brings figures back."""
+    import os
+
+    if os.environ.get("OUT"):
+        path = Path(os.environ["OUT"]) / "bench-gpu.partial.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
