@@ -152,7 +152,9 @@ def overlap_for_step(step: int, steps: int, schedule: tuple[float, ...] = OVERLA
 def _stride(size: int, overlap: float) -> int:
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    return max(1, round(size * (1.0 - overlap)))
+    stride = max(1, round(size * (1.0 - overlap)))
+    # an overlap asked for is an overlap had: a 2-cell window at 0.25 would otherwise round to stride 2
+    return min(stride, size - 1) if overlap > 0.0 and size > 1 else stride
 
 
 def plan_axis(extent: int, size: int, offset: int, boundary: Boundary | str, overlap: float = 0.0,
