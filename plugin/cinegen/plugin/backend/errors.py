@@ -25,9 +25,9 @@ def describe_error(exc: BaseException, settings: ConnectionSettings | None = Non
         if exc.code == "UNAUTHENTICATED":
             if settings is not None and not settings.token:
                 return (f"The cinegen server at {address} needs an access token: enter the token it was started "
-                        "with (cinegen serve --token …) in the connection settings.")
+                        "with (its --token-file or $CINEGEN_TOKEN) in the connection settings.")
             return (f"The cinegen server at {address} refused the access token: check that the token in the "
-                    "connection settings is the one the server was started with (cinegen serve --token …).")
+                    "connection settings is the one the server was started with (its --token-file or $CINEGEN_TOKEN).")
         if exc.code == "CANCELLED":
             return "The request was stopped because the panel closed its connection: reconnect and try again."
         sentence = exc.message.strip() or f"The server refused the request ({exc.code})."
