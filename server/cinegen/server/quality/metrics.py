@@ -175,9 +175,11 @@ class ConsistencyReport:
     colour: float  # mean pairwise histogram intersection of the salient pixels, in [0, 1]
     shape: float  # mean pairwise min/max of the largest object's fill ratio, in [0, 1]
     pairs: int
+    with_object: int = 0  # keyframes in which an object was found: empty keyframes agree with each other (1)
 
     def as_dict(self) -> dict:
-        return {"colour": round(self.colour, 3), "shape": round(self.shape, 3), "pairs": self.pairs}
+        return {"colour": round(self.colour, 3), "shape": round(self.shape, 3), "pairs": self.pairs,
+                "with_object": self.with_object}
 
 
 def colour_histogram(image: np.ndarray, mask: np.ndarray | None = None, bins: int = 4) -> np.ndarray:
@@ -212,11 +214,12 @@ def keyframe_consistency(images: Sequence[np.ndarray], params: SalientParams = S
         objects = find_objects(image, params)
         fills.append(objects[0].fill_ratio if objects else None)
     pairs = list(combinations(range(len(images)), 2))
+    found = sum(f is not None for f in fills)
     if not pairs:
-        return ConsistencyReport(1.0, 1.0, 0)
+        return ConsistencyReport(1.0, 1.0, 0, found)
     colour = np.mean([histogram_intersection(histograms[i], histograms[j]) for i, j in pairs])
     shape = np.mean([_ratio_agreement(fills[i], fills[j]) for i, j in pairs])
-    return ConsistencyReport(float(colour), float(shape), len(pairs))
+    return ConsistencyReport(float(colour), float(shape), len(pairs), found)
 
 
 __all__ = ["ConsistencyReport", "ImageObject", "SalientParams", "SeamReport", "as_hwc", "colour_histogram",

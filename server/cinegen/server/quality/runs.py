@@ -295,9 +295,12 @@ class ConsistencyResult:
         return _mean([c.scores[memory][what] for c in self.cases])
 
     def as_dict(self) -> dict:
-        return {"prompt": self.prompt, "keyframes": self.keyframes,
+        return {"prompt": self.prompt, "keyframes_per_story": self.keyframes,
                 "mean_colour_consistency": {m: round(self.mean(m, "colour"), 3) for m in ("off", "on")},
                 "mean_shape_consistency": {m: round(self.mean(m, "shape"), 3) for m in ("off", "on")},
+                "keyframes_with_an_object": {m: sum(c.scores[m]["with_object"] for c in self.cases)
+                                             for m in ("off", "on")},
+                "keyframes_total": self.keyframes * len(self.cases),
                 "cases": [c.as_dict() for c in self.cases]}
 
 
