@@ -316,6 +316,17 @@ def test_tracker_tracks_become_a_bottom_left_trajectory_with_their_keyed_frames(
     assert (half.tracks[0].points[1].x, half.tracks[0].points[1].y) == (150.0, 125.25)
 
 
+def test_tracker_keys_are_taken_over_the_frames_being_generated_only(nuke, host):
+    tracker = nuke.add(Node("Tracker4", "Tracker1", width=1920, height=1080), selected=True)
+    tracker.knobs["tracks"] = TracksKnob(tracker, [{f: (float(f - 1000), 10.0) for f in range(1, 251)},
+                                                   {200: (5.0, 5.0)}])  # keyed only outside the job's frames
+    trajectory = host.selected_trajectory(frames=FrameRange(101, 108))
+    assert [t.name for t in trajectory.tracks] == ["track 1"]
+    assert [p.frame for p in trajectory.tracks[0].points] == list(range(101, 109))
+    with pytest.raises(HostSelectionError, match="no tracked frame in 1001-1008"):
+        host.selected_trajectory(frames=FrameRange(1001, 1008))
+
+
 def test_tracker_without_tracks_is_refused_with_a_sentence(nuke, host):
     tracker = nuke.add(Node("Tracker4", "Tracker1"), selected=True)
     tracker.knobs["tracks"] = TracksKnob(tracker, [{}])

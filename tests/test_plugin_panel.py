@@ -380,3 +380,11 @@ def test_the_settings_dialog_edits_a_copy_of_the_connection_settings(app):
     assert (edited.host, edited.port, edited.token, edited.tls, edited.shared_disk, edited.download_dir) == \
         ("gpu02.studio", 7000, "", True, False, "/renders/here")
     assert edited.backoff == FAST_BACKOFF and original.host == "gpu01"  # the original is untouched
+
+
+def test_the_trajectory_is_taken_over_the_frames_the_job_generates():
+    from cinegen.common.sequence import FrameRange
+    from cinegen.plugin.ui.panel import _job_frames
+
+    assert _job_frames({"frames": 8, "first_frame": 1001}) == FrameRange(1001, 1008)
+    assert _job_frames({"frames": None, "first_frame": 1001}) is None  # the host's own range then

@@ -56,8 +56,10 @@ class HostAdapter(ABC):
         """The selected plate; raises HostSelectionError saying what to select."""
 
     @abstractmethod
-    def selected_trajectory(self, width: int | None = None, height: int | None = None) -> Trajectory:
-        """The selected tracker's / active object's path as a trajectory (pixels of width×height)."""
+    def selected_trajectory(self, width: int | None = None, height: int | None = None,
+                            frames: FrameRange | None = None) -> Trajectory:
+        """The selected tracker's / active object's path as a trajectory (pixels of width×height), over
+        `frames` — the frames the job generates — when given."""
 
     @abstractmethod
     def load_result(self, result: ResultSequence) -> Any:

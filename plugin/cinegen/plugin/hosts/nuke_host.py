@@ -55,7 +55,8 @@ class NukeHost(HostAdapter):
                               height=int(node.height()), source=node.name(),
                               colorspace=_plate_colorspace(node), frame_offset=_frame_offset(node))
 
-    def selected_trajectory(self, width: int | None = None, height: int | None = None) -> Trajectory:
+    def selected_trajectory(self, width: int | None = None, height: int | None = None,
+                            frames: FrameRange | None = None) -> Trajectory:
         node = _selected("Tracker4", "Select a Tracker node (Tracker4) with at least one tracked track.")
         knob = node["tracks"]
         script = knob.toScript()
@@ -69,11 +70,18 @@ class NukeHost(HostAdapter):
             x_column, y_column = index * TRACKER_COLUMNS + x_col, index * TRACKER_COLUMNS + y_col
             if not knob.isAnimated(x_column):
                 continue  # a track never tracked or keyed has no path
-            frames = sorted({int(key.x) for key in knob.animation(x_column).keys()})
-            points = tuple(TrackPoint(f, knob.getValueAt(f, x_column), knob.getValueAt(f, y_column)) for f in frames)
+            keyed = sorted({int(key.x) for key in knob.animation(x_column).keys()})
+            if frames is not None:  # only the frames being generated: the server refuses points outside the clip
+                keyed = [f for f in keyed if frames.first <= f <= frames.last]
+                if not keyed:
+                    continue
+            points = tuple(TrackPoint(f, knob.getValueAt(f, x_column), knob.getValueAt(f, y_column)) for f in keyed)
             row = rows[index] if index < len(rows) else []
             name = row[name_col] if name_col < len(row) and row[name_col] else f"track {index + 1}"
             tracks.append(Track(name=name, points=points))
+        if not tracks and frames is not None:
+            raise HostSelectionError(f"The Tracker '{node.name()}' has no tracked frame in {frames.first}-{frames.last}, "
+                                     "the frames being generated: set First frame and Frames to the tracked range.")
         if not tracks:
             raise HostSelectionError(f"The Tracker '{node.name()}' has no tracked tracks: track a feature first.")
         trajectory = Trajectory(width=int(node.width()), height=int(node.height()), tracks=tuple(tracks),

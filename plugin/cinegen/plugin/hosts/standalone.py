@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from cinegen.common.sequence import FrameRange
 from cinegen.common.trajectory_io import Trajectory
 
 from ..model.outputs import ResultSequence
@@ -28,7 +29,8 @@ class StandaloneHost(HostAdapter):
             raise HostSelectionError("No plate is selected: choose a plate file in the Input field.")
         return self.plate
 
-    def selected_trajectory(self, width: int | None = None, height: int | None = None) -> Trajectory:
+    def selected_trajectory(self, width: int | None = None, height: int | None = None,
+                            frames: FrameRange | None = None) -> Trajectory:
         if self.trajectory is None:
             raise HostSelectionError("No trajectory is selected: load a trajectory JSON file instead.")
         if width and height and (width, height) != (self.trajectory.width, self.trajectory.height):

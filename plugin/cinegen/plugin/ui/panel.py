@@ -310,7 +310,7 @@ class Panel(PanelView):
             return
         values = form.values()
         try:
-            trajectory = self.host.selected_trajectory(values.get("width"), values.get("height"))
+            trajectory = self.host.selected_trajectory(values.get("width"), values.get("height"), _job_frames(values))
         except (HostSelectionError, ValueError) as exc:
             self.banner.show_message(str(exc))
             return
@@ -329,3 +329,10 @@ class Panel(PanelView):
         self.shutdown()
         super().closeEvent(event)
 
+
+def _job_frames(values: dict[str, Any]) -> FrameRange | None:
+    """The frames the job generates (first .. first + frames - 1), or None when Frames is left to the model."""
+    count, first = values.get("frames"), values.get("first_frame")
+    if not count or first is None:
+        return None
+    return FrameRange(int(first), int(first) + int(count) - 1)
