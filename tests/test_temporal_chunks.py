@@ -92,3 +92,55 @@ def test_the_wan_refinement_sees_at_most_its_native_latent_frames(registry):
     finally:
         handle.remove()
     assert seen and max(seen) == 2, seen
+
+
+def test_overlapping_clips_fade_into_each_other_and_every_frame_comes_out_once():
+    """Clip k is the constant k: inside an overlap the frames step evenly from one clip to the next,
+    never jump by a whole clip (the hard cut of independent clips)."""
+    from cinegen.server.diffusion.temporal_chunks import ClipBlend
+
+    blend = ClipBlend(length=21, window=8, overlap=2)
+    out = {}
+    for index, start in enumerate(blend.starts):
+        size = min(8, 21 - start)
+        for frame, image in blend.add(index, torch.full((size, 1), float(index))):
+            assert frame not in out, "each frame is handed out once"
+            out[frame] = float(image)
+    values = [out[f] for f in range(21)]
+    assert sorted(out) == list(range(21))
+    steps = [b - a for a, b in zip(values, values[1:])]
+    assert all(0 <= s < 1 for s in steps), values  # monotone, and no step as big as a clip change
+    assert values[0] == 0 and values[-1] == len(blend.starts) - 1
+
+
+def test_clip_blending_leaves_frames_that_agree_unchanged():
+    from cinegen.server.diffusion.temporal_chunks import ClipBlend
+
+    video = torch.randn(10, 3, 2, 2)
+    blend = ClipBlend(length=10, window=4, overlap=1)
+    out = {}
+    for index, start in enumerate(blend.starts):
+        out.update(blend.add(index, video[start:start + 4]))
+    torch.testing.assert_close(torch.stack([out[f] for f in range(10)]), video)  # float rounding of the weights
+
+
+def test_a_unet_video_plate_is_refined_in_overlapping_clips_and_chunks_agree_with_the_full_run(
+        registry, tmp_path, monkeypatch):
+    from cinegen.common.params import UpscaleParams
+    from test_upscale_pipeline import run_upscale, write_plate
+
+    pattern, _ = write_plate(tmp_path, frames=range(1, 11), size=(32, 32))
+    adapter = registry.get("tiny-animatediff")
+    monkeypatch.setattr(adapter.pipe, "_cinegen_native_frames", 4, raising=False)  # clips of 4: overlap 1
+    clip_frames = []
+    original = adapter.predict
+    monkeypatch.setattr(adapter, "predict", lambda x, t, c: clip_frames.append(x.shape[2]) or original(x, t, c))
+    params = UpscaleParams(mode="plate", input=pattern, scale=2.0, stages=1)
+    full = run_upscale(registry, model="tiny-animatediff", steps=2, first_frame=101, params=params)
+    assert set(clip_frames) == {4}, "the UNet sees clips of its native length only"
+    assert sorted(full.sink.frames) == list(range(101, 111)), "every frame written once"
+    chunk = run_upscale(registry, model="tiny-animatediff", steps=2, first_frame=101, params=params,
+                        frame_range="104-105")  # frames 3 and 4: frame 3 is faded between clips 0 and 1
+    assert sorted(chunk.sink.frames) == [104, 105]
+    for frame in (104, 105):
+        assert torch.equal(chunk.sink.frames[frame], full.sink.frames[frame])

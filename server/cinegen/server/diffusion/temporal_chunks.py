@@ -60,4 +60,34 @@ def predict_in_temporal_windows(predict: Predict, x: torch.Tensor, t: torch.Tens
     return (total / weight.view(shape)).to(out_dtype)
 
 
-__all__ = ["default_overlap", "predict_in_temporal_windows", "temporal_windows"]
+class ClipBlend:
+    """Frames of clips processed one after another (windows of ``window`` frames from
+    ``temporal_windows``) cross-faded across each overlap with the same linear ramps: a frame is
+    handed out, blended, once no later clip covers it. Memory: the overlapped frames only.
+
+    For models that cannot be blended every step (a UNet cascade per clip), this replaces the hard cut
+    between independent clips by a fade over ``overlap`` frames."""
+
+    def __init__(self, length: int, window: int, overlap: int):
+        self.length, self.window, self.overlap = length, min(window, length), overlap
+        self.starts = temporal_windows(length, self.window, overlap)
+        self._held: dict[int, tuple[torch.Tensor, float]] = {}
+
+    def add(self, index: int, frames: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """Clip ``index``'s frames (F, ...) → the (frame, blended image) pairs that are now final."""
+        start = self.starts[index]
+        later = self.starts[index + 1] if index + 1 < len(self.starts) else self.length
+        ramp = _ramp(self.window, self.overlap, index > 0, index < len(self.starts) - 1)
+        ready = []
+        for offset, frame in enumerate(frames):
+            number = start + offset
+            total, weight = self._held.pop(number, (torch.zeros_like(frame, dtype=torch.float32), 0.0))
+            total, weight = total + frame.float() * float(ramp[offset]), weight + float(ramp[offset])
+            if number < later:
+                ready.append((number, (total / weight).to(frame.dtype)))
+            else:
+                self._held[number] = (total, weight)
+        return ready
+
+
+__all__ = ["ClipBlend", "default_overlap", "predict_in_temporal_windows", "temporal_windows"]

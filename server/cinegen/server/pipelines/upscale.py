@@ -33,6 +33,7 @@ from cinegen.common.sequence import FrameRange, SequencePattern, SequencePattern
 
 from ..diffusion.cascade import plan_stages
 from ..diffusion.sampler import LoopCallbacks
+from ..diffusion.temporal_chunks import ClipBlend, default_overlap
 from ..errors import InvalidArgument, NotFound, ResourceExhausted
 from ..models.family import FamilyAdapter
 from ..models.lora import check_lora, loras_applied, parse_loras
@@ -377,31 +378,32 @@ class UpscalePipeline(Pipeline):
         assert plate is not None
         clip_len = adapter.native_frames if adapter.kind == "video" else 1
         count = plate.frames.count
-        clips = -(-count // clip_len)
-        # a --frame-range chunk reads and refines the whole clips holding its frames, as a full run does
+        # video: clips overlap by a quarter and fade into each other (no cut in time every clip_len frames)
+        blend = ClipBlend(count, clip_len, default_overlap(clip_len) if count > clip_len else 0)
+        # a --frame-range chunk refines every clip holding one of its frames, as a full run does
         wanted = wanted_indices(ctx.job, r.first_frame, count)
-        first_clip, last_clip = wanted.start // clip_len, (wanted.stop - 1) // clip_len
-        plate = dataclasses.replace(plate, frames=FrameRange(
-            plate.frames.first + first_clip * clip_len,
-            min(plate.frames.last, plate.frames.first + (last_clip + 1) * clip_len - 1)))
+        needed = [n for n, start in enumerate(blend.starts)
+                  if start < wanted.stop and start + blend.window > wanted.start]
         todo = max(plan.settings.steps - plan.settings.start_index, 0)
-        units = []
-        for n in range(first_clip, last_clip + 1):
-            frames_in_clip = min(clip_len, count - n * clip_len)
-            what = "clip" if clip_len > 1 else "frame"
-            prefix = f"{plan.mode} {what} {n + 1}/{clips} "
-            units += [(_stage_label(k + 1, len(plan.stages), size, prefix), frames_in_clip * size[0] * size[1] * todo)
-                      for k, size in enumerate(plan.stages)]
+        what = "clip" if clip_len > 1 else "frame"
+        units = [(_stage_label(k + 1, len(plan.stages), size, f"{plan.mode} {what} {n + 1}/{len(blend.starts)} "),
+                  blend.window * size[0] * size[1] * todo) for n in needed for k, size in enumerate(plan.stages)]
         progress = CascadeProgress(ctx, units, adapter)
         sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
         cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
         warned = False
-        for n, (frames, pixels, clipped, alphas) in enumerate(plate_clips(plate, clip_len)):
+        mattes: dict[int, np.ndarray] = {}
+        for order, n in enumerate(needed):
+            first = plate.frames.first + blend.starts[n]
+            clip_plate = dataclasses.replace(plate, frames=FrameRange(first, first + blend.window - 1))
+            _, pixels, clipped, alphas = next(plate_clips(clip_plate, clip_len))
             ctx.check_cancel()
             if clipped and not warned:
                 ctx.log("The plate has highlights above display white; the model sees them clipped to 1.")
                 warned = True
-            base_unit = n * len(plan.stages)
+            base_unit = order * len(plan.stages)
+            for offset, alpha in enumerate(alphas):
+                mattes.setdefault(blend.starts[n] + offset, alpha)
 
             matte = torch.from_numpy(np.stack(alphas)) if plan.settings.matte_cosine_scale is not None else None
 
@@ -413,7 +415,12 @@ class UpscalePipeline(Pipeline):
                 return decode_latents(adapter, out, settings)
 
             images = run_with_memory_retry(work, plan.settings, ctx.log)
-            self._write(ctx, sink, images, [frame - plan.plate.frames.first for frame in frames], alphas, wanted)
+            frames = images[0].transpose(0, 1) if images.dim() == 5 else images  # (F, 3, H, W)
+            ready = blend.add(n, frames)
+            if ready:
+                indices = [index for index, _ in ready]
+                self._write(ctx, sink, torch.stack([image for _, image in ready]), indices,
+                            [mattes.pop(index) for index in indices], wanted)
         return list(sink.written)
 
     @staticmethod
