@@ -199,8 +199,10 @@ def plate_scenario(bpy, scene) -> dict:
             refused = [str(exc)]
         scene.sequence_editor.active_strip = strip
         taken = bpy.ops.cinegen.plate_from_strip()
-    return {"refused": sorted(refused), "taken": sorted(taken), "input": scene.cinegen_options.pipeline_upscale.input,
-            "source": props.plate_source, "strip": strip.name, "pattern": props.plate_pattern}
+    group = scene.cinegen_options.pipeline_upscale
+    return {"refused": sorted(refused), "taken": sorted(taken), "input": group.input,
+            "source": props.plate_source, "strip": strip.name, "pattern": props.plate_pattern,
+            "colorspace": group.input_colorspace, "strip_colorspace": strip.colorspace_settings.name}
 
 
 def cancel_scenario(bpy, scene) -> dict:
@@ -373,6 +375,7 @@ def test_the_active_strip_becomes_the_plate_of_a_pipeline_that_takes_one(facts):
     assert "Make an image-sequence strip active" in p["refused"][0] and p["taken"] == ["FINISHED"]
     assert p["input"].endswith("shot010_image_v001.####.exr") and p["source"] == p["strip"]
     assert p["pattern"] == p["input"]  # the strip's name goes with the job only while the input is its sequence
+    assert p["colorspace"] and p["colorspace"] == p["strip_colorspace"]  # the server converts from the strip's space
 
 
 if __name__ == "__main__":

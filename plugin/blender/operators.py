@@ -22,7 +22,7 @@ from cinegen.plugin.backend.errors import describe_error
 from cinegen.plugin.backend.results import results_from_outputs
 from cinegen.plugin.hosts.base import HostSelectionError
 from cinegen.plugin.hosts.blender_host import BlenderHost
-from cinegen.plugin.model.forms import PLATE_FIELD, TRAJECTORY_FIELD
+from cinegen.plugin.model.forms import PLATE_COLORSPACE_FIELD, PLATE_FIELD, TRAJECTORY_FIELD
 from cinegen.plugin.model.history import HistoryEntry
 from cinegen.plugin.model.jobs import JobRecord
 from cinegen.plugin.model.outputs import safe_name
@@ -255,6 +255,8 @@ class CINEGEN_OT_plate_from_strip(bpy.types.Operator):
             self.report({"ERROR"}, f"The '{props.pipeline}' pipeline takes no plate.")
             return {"CANCELLED"}
         setattr(group, PLATE_FIELD, plate.pattern)
+        if plate.colorspace and hasattr(group, PLATE_COLORSPACE_FIELD):
+            setattr(group, PLATE_COLORSPACE_FIELD, plate.colorspace)  # the server converts from that space
         props.plate_source, props.plate_pattern = plate.source, bpy.path.abspath(plate.pattern)
         return {"FINISHED"}
 

@@ -40,7 +40,7 @@ def needs_conversion(params: Any) -> bool:
     if not space or not getattr(params, INPUT_FIELD, ""):
         return False
     config = color.load_config()
-    return config.getColorSpace(space).getName() != color.working_space_name(config)
+    return color.resolve_colorspace(space, config) != color.working_space_name(config)
 
 
 def converted_params(params: Any, folder: Path, log: Callable[[str], None] = lambda text: None) -> Any:

@@ -236,19 +236,51 @@ def scene_linear_to_display(rgb: np.ndarray, transform: str = DISPLAY_VIEW) -> n
     return _apply(_view_processor(config_source(), inverse=False), rgb)
 
 
+# Colour-space names Blender's and Nuke's default configs give plates, and the same space under the names a
+# config of the ACES studio kind (OpenColorIO's built-in one) uses. Only exact equivalents are listed: a space
+# with no equivalent there (Nuke's `rec709` OETF, Blender's Filmic/AgX Log) is refused with a sentence.
+HOST_COLORSPACE_NAMES: dict[str, tuple[str, ...]] = {
+    "linear rec.709": ("Linear Rec.709 (sRGB)", "lin_rec709"),          # Blender
+    "linear": ("Linear Rec.709 (sRGB)", "lin_rec709"),                  # nuke-default
+    "srgb": ("sRGB Encoded Rec.709 (sRGB)", "srgb_tx"),                 # both
+    "linear dci-p3 d65": ("Linear P3-D65", "lin_p3d65"),                # Blender
+    "display p3": ("sRGB Encoded P3-D65", "srgb_p3d65"),                # Blender: sRGB curve, P3-D65 primaries
+    "rec.1886": ("Gamma 2.4 Encoded Rec.709", "g24_rec709"),            # Blender
+    "gamma2.2": ("Gamma 2.2 Encoded Rec.709", "g22_rec709"),            # nuke-default
+    "gamma1.8": ("Gamma 1.8 Encoded Rec.709", "g18_rec709"),            # nuke-default
+    "non-color": ("Raw",),                                              # Blender
+    "raw": ("Raw",),                                                    # nuke-default
+}
+
+
+def resolve_colorspace(name: str, config: OCIO.Config | None = None) -> str | None:
+    """The config's own name for ``name`` (a name, alias or role, or a Blender/Nuke default-config name with an
+    exact equivalent in it); None when the config has no such space."""
+    config = config or load_config()
+    space = config.getColorSpace(name)
+    if space is not None:
+        return space.getName()
+    for candidate in HOST_COLORSPACE_NAMES.get(name.strip().lower(), ()):
+        space = config.getColorSpace(candidate)
+        if space is not None:
+            return space.getName()
+    return None
+
+
 def to_working_space(rgb: np.ndarray, colorspace: str) -> np.ndarray:
-    """Pixels in the config's colour space ``colorspace`` (a name, alias or role) -> the working space."""
+    """Pixels in the config's colour space ``colorspace`` (a name, alias, role or host name) -> the working space."""
     config = load_config()
-    if config.getColorSpace(colorspace) is None:
+    resolved = resolve_colorspace(colorspace, config)
+    if resolved is None:
         raise ColorConfigError(
             f"The OpenColorIO config '{config_source()}' has no colour space '{colorspace}'. Use one of its "
             f"names (for example {', '.join(list(config.getColorSpaceNames())[:6])}) or set $OCIO on the server "
             "to the config the plate was made with.")
-    return convert(rgb, colorspace, working_space_name(config))
+    return convert(rgb, resolved, working_space_name(config))
 
 
 def has_colorspace(name: str) -> bool:
-    return load_config().getColorSpace(name) is not None
+    return resolve_colorspace(name) is not None
 
 
 def _apply(processor: OCIO.CPUProcessor, rgb: np.ndarray) -> np.ndarray:
