@@ -376,9 +376,12 @@ def test_the_settings_dialog_edits_a_copy_of_the_connection_settings(app):
     dialog.tls.setChecked(True)
     dialog.shared_disk.setChecked(False)
     dialog.download_dir.setText("/renders/here")
+    dialog.client_cert.setText("/certs/artist.pem ")
+    dialog.client_key.setText("/certs/artist.key")
     edited = dialog.settings()
     assert (edited.host, edited.port, edited.token, edited.tls, edited.shared_disk, edited.download_dir) == \
         ("gpu02.studio", 7000, "", True, False, "/renders/here")
+    assert (edited.client_cert, edited.client_key) == ("/certs/artist.pem", "/certs/artist.key")  # mutual TLS
     assert edited.backoff == FAST_BACKOFF and original.host == "gpu01"  # the original is untouched
 
 

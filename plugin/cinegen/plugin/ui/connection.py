@@ -110,6 +110,11 @@ class SettingsDialog(QtWidgets.QDialog):
         self.tls.setChecked(settings.tls)
         self.root_cert = QtWidgets.QLineEdit(settings.root_cert)
         self.root_cert.setPlaceholderText("system certificates")
+        # Mutual TLS: a server started with --tls-client-ca only talks to clients with a certificate it signed.
+        self.client_cert = QtWidgets.QLineEdit(settings.client_cert)
+        self.client_cert.setPlaceholderText("none (the server does not ask for one)")
+        self.client_key = QtWidgets.QLineEdit(settings.client_key)
+        self.client_key.setPlaceholderText("the private key of that certificate")
         self.shared_disk = QtWidgets.QCheckBox("The server writes to a disk this machine can read")
         self.shared_disk.setChecked(settings.shared_disk)
         self.shared_disk.setToolTip("Off: plates are uploaded to the server and results downloaded here.")
@@ -121,6 +126,8 @@ class SettingsDialog(QtWidgets.QDialog):
         form.addRow("Access token", self.token)
         form.addRow("", self.tls)
         form.addRow("Root certificate (PEM)", self.root_cert)
+        form.addRow("Client certificate (PEM)", self.client_cert)
+        form.addRow("Client key (PEM)", self.client_key)
         form.addRow("", self.shared_disk)
         form.addRow("Download results to", self.download_dir)
         buttons = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.Ok | QtWidgets.QDialogButtonBox.Cancel)
@@ -134,4 +141,5 @@ class SettingsDialog(QtWidgets.QDialog):
         return dataclasses.replace(
             self._base, host=self.host.text().strip() or "127.0.0.1", port=self.port.value(),
             token=self.token.text().strip(), tls=self.tls.isChecked(), root_cert=self.root_cert.text().strip(),
+            client_cert=self.client_cert.text().strip(), client_key=self.client_key.text().strip(),
             shared_disk=self.shared_disk.isChecked(), download_dir=self.download_dir.text().strip())
