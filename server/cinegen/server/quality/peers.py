@@ -30,15 +30,16 @@ def multidiffusion_ring(adapter: FamilyAdapter, r: Resolved) -> np.ndarray:
     """A 360° panorama (H, W, 3) in [0, 1] by diffusers' MultiDiffusion with circular padding."""
     from diffusers import StableDiffusionPanoramaPipeline
 
-    window, stride = multidiffusion_window(adapter)
-    if r.height // adapter.vae_scale_factor > window:
+    view_window, view_stride = multidiffusion_window(adapter)
+    if r.height // adapter.vae_scale_factor > view_window:
         raise ValueError(f"MultiDiffusion's circular padding takes one row of views: height {r.height} px is more "
-                         f"than the {window * adapter.vae_scale_factor} px window")
+                         f"than the {view_window * adapter.vae_scale_factor} px window")
 
     class WindowedPanorama(StableDiffusionPanoramaPipeline):
-        def get_views(self, panorama_height: int, panorama_width: int, window_size: int = 64, stride_: int = 8,
+        def get_views(self, panorama_height: int, panorama_width: int, window_size: int = 64, stride: int = 8,
                       circular_padding: bool = False) -> list[tuple[int, int, int, int]]:
-            return super().get_views(panorama_height, panorama_width, window, stride, circular_padding)
+            # the pipeline asks with its SD defaults (64, 8): the model's own window and stride instead
+            return super().get_views(panorama_height, panorama_width, view_window, view_stride, circular_padding)
 
     pipe = adapter.pipe
     peer = WindowedPanorama(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,

@@ -58,7 +58,9 @@ class RunSettings:
     scale: int = 4  # repetition: target side over the native side; seam: panorama width over native
     keyframes: int = 4  # consistency: keyframes per story
     frames: int = 8  # trajectory: clip length
-    character: str = "a disc"  # consistency: the character's prompt (colour left open, memory must keep it)
+    # consistency: the character's prompt; "" (the unconditional mode the caption dropout trained) leaves colour,
+    # shape and count open for memory to keep; toy-image-16 draws nothing for "a disc"
+    character: str = ""
 
 
 def resolved(adapter: FamilyAdapter, prompt: str, seed: int, s: RunSettings, *, width: int | None = None,
