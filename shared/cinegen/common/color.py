@@ -135,15 +135,9 @@ def convert(rgb: np.ndarray, src: str, dst: str) -> np.ndarray:
     ``rgb`` is float ``(..., 3)`` or ``(..., 4)`` (alpha passes through); returns a new float32 array.
     """
     rgb = np.asarray(rgb)
-    if rgb.ndim < 1 or rgb.shape[-1] not in (3, 4):
+    if rgb.ndim < 1 or rgb.shape[-1] not in (3, 4):  # checked before the processor: a shape error, not OCIO's
         raise ValueError(f"Expected pixels with 3 or 4 channels in the last axis, got shape {rgb.shape}.")
-    out = np.array(rgb, dtype=np.float32, order="C", copy=True)
-    processor = _cpu_processor(config_source(), src, dst)
-    if out.shape[-1] == 4:
-        processor.applyRGBA(out)
-    else:
-        processor.applyRGB(out)
-    return out
+    return _apply(_cpu_processor(config_source(), src, dst), rgb)
 
 
 @functools.lru_cache(maxsize=64)
