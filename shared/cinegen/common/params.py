@@ -79,6 +79,7 @@ def describe(cls: type, group: str) -> list[ParamDescription]:
 
 
 DISPLAY_TRANSFORMS = ("view", "srgb")  # color.display_to_scene_linear's choices
+OFFLOAD_MODES = ("none", "model", "sequential")  # diffusers' CPU offload modes (models/offload.py)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,6 +120,11 @@ class CommonParams:
                                    "through the inverse of the config's SDR view (ACES), so bright skies and lights "
                                    "rise above 1 and light a scene; srgb: the plain sRGB curve (values stay 0 to 1). "
                                    "Jobs with an input plate always use srgb both ways, so the plate comes back as it was.")
+    offload: str = param("none", label="Offload to CPU", choices=OFFLOAD_MODES,
+                         help="Keep the model's weights in CPU memory and move them to the GPU only while they "
+                         "run, for GPUs too small for the whole model: none (fastest); model: one whole part "
+                         "(text encoder, denoiser, VAE) on the GPU at a time; sequential: one layer at a time "
+                         "(least memory, much slower). A CPU-only server runs the job as it is and says so.")
 
 
 @dataclass

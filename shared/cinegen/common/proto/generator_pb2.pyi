@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CommonParams(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "guidance_2", "width", "height", "frames", "fps", "out", "first_frame", "compression", "overwrite", "frame_range", "display_transform")
+    __slots__ = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "guidance_2", "width", "height", "frames", "fps", "out", "first_frame", "compression", "overwrite", "frame_range", "display_transform", "offload")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class CommonParams(_message.Message):
     OVERWRITE_FIELD_NUMBER: _ClassVar[int]
     FRAME_RANGE_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_TRANSFORM_FIELD_NUMBER: _ClassVar[int]
+    OFFLOAD_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     model: str
@@ -42,7 +43,8 @@ class CommonParams(_message.Message):
     overwrite: bool
     frame_range: str
     display_transform: str
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., guidance_2: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., out: _Optional[str] = ..., first_frame: _Optional[int] = ..., compression: _Optional[str] = ..., overwrite: _Optional[bool] = ..., frame_range: _Optional[str] = ..., display_transform: _Optional[str] = ...) -> None: ...
+    offload: str
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., guidance_2: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., out: _Optional[str] = ..., first_frame: _Optional[int] = ..., compression: _Optional[str] = ..., overwrite: _Optional[bool] = ..., frame_range: _Optional[str] = ..., display_transform: _Optional[str] = ..., offload: _Optional[str] = ...) -> None: ...
 
 class ImageParams(_message.Message):
     __slots__ = ()
@@ -232,16 +234,18 @@ class ModelInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., family: _Optional[str] = ..., source: _Optional[str] = ..., path: _Optional[str] = ..., loaded: _Optional[bool] = ..., native_width: _Optional[int] = ..., native_height: _Optional[int] = ..., native_frames: _Optional[int] = ..., description: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("name", "kind", "total_memory", "memory_budget")
+    __slots__ = ("name", "kind", "total_memory", "memory_budget", "device_memory")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MEMORY_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_MEMORY_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     total_memory: int
     memory_budget: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., total_memory: _Optional[int] = ..., memory_budget: _Optional[int] = ...) -> None: ...
+    device_memory: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., total_memory: _Optional[int] = ..., memory_budget: _Optional[int] = ..., device_memory: _Optional[int] = ...) -> None: ...
 
 class GetCapabilitiesRequest(_message.Message):
     __slots__ = ()
