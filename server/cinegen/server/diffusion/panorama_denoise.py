@@ -42,7 +42,7 @@ from .windows import AxisSpan, Boundary, Window, overlap_for_step, plan_axis, re
 from .windows import step_offset, write_window
 
 __all__ = [
-    "BandRouter", "GridSchedulerState", "LatentLayout", "NoiseLevels", "PanoramaPlan", "ViewRegion",
+    "BandRouter", "GridSchedulerState", "LatentLayout", "NoiseLevels", "PanoramaPlan", "RegionPredict", "ViewRegion",
     "WindowRegion", "axis_spans", "band_of_elevation", "denoise_panorama", "projecting_denoise_step",
     "region_band", "sphere_view_regions", "step_windows", "upsample_latent",
 ]
@@ -254,6 +254,8 @@ class GridSchedulerState:
 
 # ---- latitude bands (a prompt per band of the sphere) ----------------------------------------
 BandPredict = Callable[[Tensor, Tensor, int], Tensor]  # (model input, t, band) → model output
+# (model input, t, the regions of its batch) → model output: per-region conditions (image-to-video)
+RegionPredict = Callable[[Tensor, Tensor, Sequence["Region"]], Tensor]
 
 
 def band_of_elevation(elevation: float) -> int:
@@ -298,7 +300,7 @@ class RegionStepper:
     predict: Callable[[Tensor, Tensor], Tensor]  # model layout in, model output out (CFG applied)
     step_kwargs: dict[str, Any]
     should_stop: Callable[[], None] | None = None
-    bands: BandRouter | None = None  # a prompt per latitude band: replaces ``predict``
+    bands: BandRouter | RegionPredict | None = None  # (x, t, regions) → output: replaces ``predict``
 
     def __call__(self, parts: Sequence[Tensor], regions: Sequence[Region], t: Tensor) -> list[Tensor]:
         if self.should_stop:
@@ -389,21 +391,26 @@ def denoise_panorama(
     plan: PanoramaPlan, generator: torch.Generator | None, *, start_index: int = 0, hooks: Sequence[Any] = (),
     callbacks: LoopCallbacks | None = None, step_kwargs: dict[str, Any] | None = None,
     record_counts: Callable[[int, DenoiseCounts], None] | None = None, band_predict: BandPredict | None = None,
+    region_predict: RegionPredict | None = None,
 ) -> Tensor:
     """Denoise a ``(B, C, F, H, W)`` latent from step ``start_index`` to the end of the schedule.
 
     ``scheduler`` has its timesteps set. ``record_counts(step, counts)`` (tests) receives the
     OSD's per-position tallies of every OSD step. ``band_predict(x, t, band)``, when given, is
     called instead of ``predict`` with each region's latitude band (sphere views: their own;
-    windows: their centre row's), so each band can have its own prompt.
+    windows: their centre row's), so each band can have its own prompt. ``region_predict(x, t,
+    regions)``, when given, is called instead of both with the regions of each model batch (a
+    condition cut per region: image-to-video panoramas); it routes latitude bands itself.
     """
+    if region_predict is not None and band_predict is not None:
+        raise ValueError("give band_predict or region_predict, not both (region_predict routes the bands)")
     callbacks = callbacks or LoopCallbacks()
     timesteps = scheduler.timesteps
     levels = NoiseLevels.for_scheduler(scheduler)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start_index)  # multistep schedulers index their own state
     state = GridSchedulerState(scheduler, layout, tuple(latent.shape))
-    bands = BandRouter(band_predict, latent.shape[-2]) if band_predict else None
+    bands = region_predict or (BandRouter(band_predict, latent.shape[-2]) if band_predict else None)
     stepper = RegionStepper(state, predict, dict(step_kwargs or {}), callbacks.should_stop, bands)
     delta = shift_delta_for(plan.window)
     alphas = getattr(scheduler, "alphas_cumprod", torch.ones(1))  # unused: the push-back is ours
