@@ -184,18 +184,40 @@ class WanAdapter(FamilyAdapter):
         image = as_pil_image(image)
         last_image = None if last_image is None else as_pil_image(last_image)
         extra = dict(cond.extra)
+        embeds = self.clip_image_embeds(image if last_image is None else [image, last_image])
+        if embeds is not None:
+            extra["image_embeds"] = embeds.repeat(latents.shape[0], 1, 1)
+        extra["condition"] = self.image_condition_latent(image, latents, frames, width, height, last_image)
+        return dataclasses.replace(cond, extra=extra)
+
+    @property
+    def takes_clip_image(self) -> bool:
+        """Wan 2.1 I2V also attends to CLIP image tokens; models without an image projection do not."""
+        return self.denoiser.config.image_dim is not None
+
+    def clip_image_embeds(self, images: Any) -> torch.Tensor | None:
+        """The CLIP image tokens of one PIL image (or a list: first and last), as the stock pipeline's
+        `encode_image`; None for a model that takes none."""
+        if not self.takes_clip_image:
+            return None
+        if self.pipe.image_encoder is None:
+            raise InvalidArgument(f"'{self.entry.id}' attends to CLIP image tokens but its folder has no "
+                                  "image_encoder; use the complete model folder.")
         with torch.no_grad():
-            if self.denoiser.config.image_dim is not None:  # Wan 2.1 I2V also attends to CLIP image tokens
-                shown = image if last_image is None else [image, last_image]
-                extra["image_embeds"] = self.pipe.encode_image(shown, self.device).repeat(latents.shape[0], 1, 1)
+            return self.pipe.encode_image(images, self.device)
+
+    def image_condition_latent(self, image: Any, latents: torch.Tensor, frames: int, width: int, height: int,
+                               last_image: Any | None = None) -> torch.Tensor:
+        """[frame mask | VAE latent of (image, 0, …, 0[, last])], (B, 4 + C, F', h, w), as the stock
+        `prepare_latents` builds it from the PIL image(s); B = the rows of `latents`."""
+        with torch.no_grad():
             pixels = self.pipe.video_processor.preprocess(image, height=height, width=width)
             last = None if last_image is None else self.pipe.video_processor.preprocess(
                 last_image, height=height, width=width).to(self.device, torch.float32)
             _, condition = self.pipe.prepare_latents(
                 pixels.to(self.device, torch.float32), latents.shape[0], self.latent_channels, height, width,
                 frames, torch.float32, self.device, None, latents, last)
-        extra["condition"] = condition
-        return dataclasses.replace(cond, extra=extra)
+        return condition
 
     # ---- denoiser ---------------------------------------------------------------------------
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
