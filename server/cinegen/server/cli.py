@@ -40,6 +40,8 @@ def _add_param_options(parser: argparse.ArgumentParser, descs: list[ParamDescrip
             kwargs["choices"] = list(d.choices)
         elif d.type == "list":
             kwargs["type"] = lambda s: [p.strip() for p in s.split(",") if p.strip()]
+        elif d.type == "lora":  # repeatable: --lora A.safetensors:0.8 --lora B.safetensors
+            kwargs.update(action="append", metavar="PATH[:WEIGHT]")
         parser.add_argument(d.option, **kwargs)
 
 

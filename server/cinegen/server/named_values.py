@@ -67,7 +67,7 @@ def checked_value(d: ParamDescription, literal: str) -> Any:
         if (d.minimum is not None and value < d.minimum) or (d.maximum is not None and value > d.maximum):
             raise InvalidArgument(f"{label} must be between {_number(d.minimum)} and {_number(d.maximum)} (got {value}).")
         return value
-    if kind == "list":
+    if kind in ("list", "lora"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InvalidArgument(f"{label} is a list of texts, such as [\"a\", \"b\"].")
         return value

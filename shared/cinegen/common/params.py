@@ -16,10 +16,11 @@ from typing import Any, Mapping, get_type_hints
 
 def param(default: Any, *, help: str, kind: str | None = None, minimum: float | None = None,
           maximum: float | None = None, choices: tuple[str, ...] = (), label: str = "",
-          step: float = 0.0, cli: bool = True, families: tuple[str, ...] = ()) -> Any:
-    """A dataclass field with its form description (`families`: the model families a "model" option takes)."""
+          step: float = 0.0, cli: bool = True, families: tuple[str, ...] = (), deprecated: bool = False) -> Any:
+    """A dataclass field with its form description (`families`: the model families a "model" option takes;
+    `deprecated`: still read from requests, but no longer advertised, offered on the CLI or named in `values`)."""
     meta = dict(help=help, kind=kind, minimum=minimum, maximum=maximum, choices=choices,
-                label=label, step=step, cli=cli, families=families)
+                label=label, step=step, cli=cli, families=families, deprecated=deprecated)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -29,7 +30,7 @@ def param(default: Any, *, help: str, kind: str | None = None, minimum: float | 
 class ParamDescription:
     """What a client needs to build one widget or CLI option."""
     name: str
-    type: str  # int | float | bool | string | text | enum | path | list | model
+    type: str  # int | float | bool | string | text | enum | path | list | model | lora (a list of PATH[:WEIGHT])
     default: Any
     help: str
     group: str
@@ -65,6 +66,8 @@ def describe(cls: type, group: str) -> list[ParamDescription]:
     out = []
     for f in dataclasses.fields(cls):
         meta = f.metadata
+        if meta.get("deprecated"):
+            continue  # an alias kept for old clients (UpscaleParams.lora): read, never offered
         base = _base_type(hints[f.name])
         kind = meta.get("kind") or ("list" if base is list else _PY_TO_KIND.get(base, "string"))
         if meta.get("choices") and not meta.get("kind"):
@@ -125,6 +128,12 @@ class CommonParams:
                          "run, for GPUs too small for the whole model: none (fastest); model: one whole part "
                          "(text encoder, denoiser, VAE) on the GPU at a time; sequential: one layer at a time "
                          "(least memory, much slower). A CPU-only server runs the job as it is and says so.")
+    lora: list[str] = param([], label="LoRAs", kind="lora",
+                            help="LoRA files applied for this job only and removed after it, PATH[:WEIGHT] each "
+                            "(weight 1 when omitted; repeat --lora for several). The server's LoRAs and motion "
+                            "LoRAs are offered as add-ons; a LoRA that does not fit the model is refused at "
+                            "Submit. Story: each goes to the keyframe or the motion model it fits (motion LoRAs "
+                            "to AnimateDiff).")
 
 
 @dataclass
@@ -155,8 +164,9 @@ class UpscaleParams:
     fast: bool = param(False, label="Fast global attention", help="Dilated-sampling global attention (faster, slightly less coherent).")
     vae_tile: int | None = param(None, label="VAE tile size", help="VAE tile size in pixels for large frames; empty = automatic.",
                                  minimum=64, maximum=8192, step=64)
-    lora: str = param("", label="LoRA weights", help="LoRA files applied to the model for this job only, PATH[:WEIGHT] "
-                      "each, comma-separated (weight 1 when omitted); SD, AnimateDiff and Wan models.", kind="path")
+    lora: str = param("", label="LoRA weights", help="Deprecated: use the common --lora (CommonParams.lora). LoRA "
+                      "files for this job, PATH[:WEIGHT] each, comma-separated; still read, and added to --lora.",
+                      kind="path", deprecated=True)
     input_colorspace: str = param("", label="Plate colour space",
                                   help="The colour space the plate's files are in (a name from the OpenColorIO "
                                   "config, such as ACEScg or ACES2065-1); empty = float files are scene-linear, "
@@ -276,5 +286,7 @@ def params_json(*objs: Any) -> str:
     """All parameters of a job as one JSON object (for the EXR header and the history)."""
     merged: dict[str, Any] = {}
     for obj in objs:
-        merged.update(dataclasses.asdict(obj))
+        for key, value in dataclasses.asdict(obj).items():
+            if key not in merged or value not in ("", None, []):  # an unset alias (upscale's lora) keeps --lora
+                merged[key] = value
     return json.dumps(merged, sort_keys=True, default=str)

@@ -30,7 +30,7 @@ TRAJECTORY_FIELD = "trajectory_json"
 class FieldSpec:
     """One form field: what widget to build and how to fill the request."""
     name: str
-    type: str  # int | float | bool | string | text | enum | path | list
+    type: str  # int | float | bool | string | text | enum | path | list | model | lora
     default: Any
     help: str = ""
     group: str = COMMON_GROUP
@@ -118,7 +118,7 @@ def json_literal(spec: FieldSpec, value: Any) -> str:
         return json.dumps(float(value))
     if spec.type == "bool":
         return json.dumps(value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value))
-    if spec.type == "list":
+    if spec.type in ("list", "lora"):
         items = value if isinstance(value, (list, tuple)) else str(value).split(",")
         return json.dumps([str(v).strip() for v in items if str(v).strip()])
     return json.dumps(value if isinstance(value, str) else str(value))

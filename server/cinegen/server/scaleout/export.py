@@ -107,6 +107,15 @@ def _plate_frames(args: argparse.Namespace) -> FrameRange:
     return FrameRange.from_count(_first(args, first), count)
 
 
+def _has_weight(spec: str) -> bool:
+    head, sep, tail = spec.rpartition(":")
+    try:
+        float(tail)
+    except ValueError:
+        return False
+    return bool(sep and head)
+
+
 def base_args(args: argparse.Namespace) -> list[str]:
     """`generate PIPELINE ...` with every option the artist gave (paths made absolute)."""
     name = args.pipeline
@@ -122,6 +131,11 @@ def base_args(args: argparse.Namespace) -> list[str]:
         option = d.option
         if d.type == "bool":
             out.append(option if value else option.replace("--", "--no-", 1))
+            continue
+        if d.type == "lora":  # one --lora per file, the path made absolute (the weight kept)
+            for spec in value:
+                path, sep, weight = spec.rpartition(":") if _has_weight(spec) else (spec, "", "")
+                out += [option, str(Path(path).expanduser().absolute()) + sep + weight]
             continue
         if d.type == "list":
             value = ",".join(value)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CommonParams(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "guidance_2", "width", "height", "frames", "fps", "out", "first_frame", "compression", "overwrite", "frame_range", "display_transform", "offload")
+    __slots__ = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "guidance_2", "width", "height", "frames", "fps", "out", "first_frame", "compression", "overwrite", "frame_range", "display_transform", "offload", "lora")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class CommonParams(_message.Message):
     FRAME_RANGE_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_TRANSFORM_FIELD_NUMBER: _ClassVar[int]
     OFFLOAD_FIELD_NUMBER: _ClassVar[int]
+    LORA_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     model: str
@@ -44,7 +45,8 @@ class CommonParams(_message.Message):
     frame_range: str
     display_transform: str
     offload: str
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., guidance_2: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., out: _Optional[str] = ..., first_frame: _Optional[int] = ..., compression: _Optional[str] = ..., overwrite: _Optional[bool] = ..., frame_range: _Optional[str] = ..., display_transform: _Optional[str] = ..., offload: _Optional[str] = ...) -> None: ...
+    lora: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., guidance_2: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., out: _Optional[str] = ..., first_frame: _Optional[int] = ..., compression: _Optional[str] = ..., overwrite: _Optional[bool] = ..., frame_range: _Optional[str] = ..., display_transform: _Optional[str] = ..., offload: _Optional[str] = ..., lora: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ImageParams(_message.Message):
     __slots__ = ()
