@@ -41,6 +41,8 @@ from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from .jobs import InProcessExecutor, Job, JobManager, Journal
 from .jobs.queue import TERMINAL
 from .limits import ASSUMED_SIDE, MAX_NAME_CHARS, MAX_PATH_CHARS, Limits, check_job, check_text, over
+from .models.job_models import JobModels
+from .models.offload import normalise_mode
 from .models.registry import ModelRegistry
 from .named_values import apply_named_values
 from .plate_colour import check_plate_colorspace, converted_params, remove_converted
@@ -368,6 +370,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             raise InvalidArgument(f"Frames must be between 1 and {cfg.max_frames} (got {c.frames}).")
         if c.guidance is not None and c.guidance < 0:
             raise InvalidArgument(f"Guidance must be 0 or more (got {c.guidance}).")
+        c.offload = normalise_mode(c.offload)  # INVALID_ARGUMENT naming the modes
         if c.compression not in ("", "zip", "piz", "dwaa", "none"):
             raise InvalidArgument(f"Compression '{c.compression[:16]}' is not one of zip, piz, dwaa, none.")
         if not c.out:
@@ -600,7 +603,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
 
         plates = self.state_dir / "plates" / job.id  # working-space copies of a plate in another colour space
         spec = dataclasses.replace(job.spec, params=converted_params(job.spec.params, plates, report_log))
-        ctx = RunContext(job=spec, registry=self.registry, report_progress=report_progress,
+        models = JobModels(self.registry, spec.common.offload, report_log)  # --offload on what the job loads
+        ctx = RunContext(job=spec, registry=models, report_progress=report_progress,
                          report_preview=report_preview, report_frame=report_frame, report_log=report_log,
                          is_cancelled=lambda: manager.is_stopping_or_cancelled(job))
         ctx.existing_frames = _existing_frames_policy(job, pipeline)
@@ -608,6 +612,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             return self.unit_runner.run(pipeline, ctx) if self.unit_runner else pipeline.run(ctx)
         finally:
             self._last_preview.pop(job.id, None)
+            models.close()
             job.outputs = list(ctx.outputs)
             remove_converted(plates)
 

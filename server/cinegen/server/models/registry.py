@@ -21,6 +21,7 @@ from ..errors import FailedPrecondition, NotFound, ResourceExhausted
 from .families import all_families
 from .checkpoint_kinds import classify_file
 from .family import AddOn, Family, FamilyAdapter, ModelEntry, TinyModel
+from .precision import device_supports_bf16, dtype_for
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ class ModelRegistry:
                  dtype: torch.dtype | None = None, memory_budget: int | None = None,
                  cache_dir: Path | None = None, use_hf_cache: bool = True):
         self.device = torch.device(device)
-        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self.dtype = dtype  # None: each family's own (precision.dtype_for); set: every model in it
+        self.bf16_supported = device_supports_bf16(self.device)
         self.cache_dir = cache_dir or default_cache_dir()
         self.models_dirs = [Path(p) for p in (models_dirs or [])]
         env = os.environ.get("CINEGEN_MODELS")
@@ -227,13 +229,16 @@ class ModelRegistry:
                                entry.description)
         log.info("loading %s (%s) from %s", entry.id, entry.family, entry.path)
         try:
-            return fam.load(entry, self.device, self.dtype)
+            return fam.load(entry, self.device, self.dtype_of(entry.family))
         except torch.cuda.OutOfMemoryError as exc:  # type: ignore[attr-defined]
             raise ResourceExhausted(f"Model '{entry.id}' does not fit in GPU memory. Close other GPU programs, "
                                     "or lower --memory-budget so other models are unloaded first.") from exc
         except (OSError, ValueError, KeyError) as exc:
             raise FailedPrecondition(f"Model '{entry.id}' at {entry.path} could not be loaded ({exc}). "
                                      "Check that the folder is a complete diffusers model.") from exc
+
+    def dtype_of(self, family: str) -> torch.dtype:
+        return self.dtype or dtype_for(family, self.device, bf16_supported=self.bf16_supported)
 
     def loaded_bytes(self) -> int:
         return sum(a.parameter_bytes() for a in self._loaded.values())
