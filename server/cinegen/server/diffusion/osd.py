@@ -38,6 +38,8 @@ __all__ = [
     "DenoiseCounts",
     "alpha_bar_at",
     "denoise_windows_batched",
+    "disjoint_groups",
+    "draw_noise",
     "offset_shift_denoise_step",
     "overlap_matrix",
     "plan_waves",
@@ -115,6 +117,28 @@ def plan_waves(windows: Sequence[Window]) -> list[list[int]]:
     return waves
 
 
+def disjoint_groups(overlap: np.ndarray) -> list[list[int]]:
+    """Region indices in groups of pairwise disjoint regions (first fit, in plan order).
+
+    ``overlap`` is the (K, K) bool matrix of which regions share a latent. Going through the groups
+    one after the other is another sequential order of the same regions (every latent still advanced
+    once per step), in which each group can be denoised in one call; in plan order, neighbours that
+    overlap chain every region to the one before it (a ring of overlapping windows, or the sphere's
+    views, give one region per wave)."""
+    groups: list[list[int]] = []
+    members: list[np.ndarray] = []  # per group: which regions overlap one of its members
+    for k in range(len(overlap)):
+        for group, touched in zip(groups, members):
+            if not touched[k]:
+                group.append(k)
+                touched |= overlap[k]
+                break
+        else:
+            groups.append([k])
+            members.append(overlap[k].copy())
+    return groups
+
+
 def overlap_matrix(windows: Sequence[Window]) -> np.ndarray:
     """(K, K) bool: windows j and k share a latent position (`windows_overlap` for every pair at once).
 
@@ -157,7 +181,8 @@ def _check_covered(windows: Sequence[Window], latent_size: tuple[int, int, int])
         raise ValueError(f"the windows leave {int((~covered).sum())} latent positions uncovered")
 
 
-def _draw_noise(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+def draw_noise(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise of ``shape`` on ``like``'s device and dtype, drawn there (see ``_on_device``)."""
     if generator is not None and like.device.type not in ("cpu", generator.device.type):
         generator = _on_device(generator, like.device)
     device = generator.device if generator is not None else like.device
@@ -193,7 +218,7 @@ def _osd_step(
         renoise = lambda x, noise: renoise_to(x, alpha_prev, alpha_t, noise)  # noqa: E731
     leading = tuple(latent.shape[:-3])
     noises = [
-        None if mask is None else _draw_noise(leading + window.shape, latent, generator)
+        None if mask is None else draw_noise(leading + window.shape, latent, generator)
         for window, mask in zip(windows, advanced_before)
     ]
     ratio = blend.ratio(step_index)

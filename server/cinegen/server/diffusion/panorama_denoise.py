@@ -31,21 +31,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .equirect import PITCH_ROWS, perspective_grid, perspective_to_equirect, sample_equirect, sphere_view_plan
-from .osd import BlendSchedule, DenoiseCounts, denoise_windows_batched
+from .osd import BlendSchedule, DenoiseCounts, denoise_windows_batched, disjoint_groups, draw_noise
 from .sampler import LoopCallbacks
-from .windows import AxisSpan, Boundary, Window, overlap_for_step, plan_axis, read_window, shift_delta_for
-from .windows import step_offset, write_window
+from .windows import AxisSpan, Boundary, Window, order_for_batching, overlap_for_step, plan_axis, read_window
+from .windows import shift_delta_for, step_offset, write_window
 
 __all__ = [
     "BandRouter", "GridSchedulerState", "LatentLayout", "NoiseLevels", "PanoramaPlan", "RegionPredict", "ViewRegion",
     "WindowRegion", "axis_spans", "band_of_elevation", "denoise_panorama", "projecting_denoise_step",
-    "region_band", "sphere_view_regions", "step_windows", "upsample_latent",
+    "region_band", "sphere_view_regions", "step_windows", "upsample_latent", "view_overlap",
 ]
+
+REGION_ORDERS = ("plan", "disjoint")
 
 
 # ---- noise levels ---------------------------------------------------------------------------
@@ -133,6 +136,9 @@ class ViewRegion:
     sphere_index: Tensor  # flat equirect pixels the view covers …
     view_index: Tensor  # … and the flat view pixel each one takes its value from
     band: int = -1  # latitude band of the view (index into PITCH_ROWS); -1 = unknown
+    # The covered pixels as a packed bit mask on the host: which views overlap is geometry, decided
+    # without reading anything back from the device.
+    host_mask: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def build(cls, frames: AxisSpan, fov: float, yaw: float, pitch: float, view_hw: tuple[int, int],
@@ -145,7 +151,9 @@ class ViewRegion:
         nearest, mask = perspective_to_equirect(numbers, fov, yaw, pitch, sphere_hw, mode="nearest")
         sphere_index = mask.flatten().nonzero().squeeze(1)
         view_index = nearest.flatten()[sphere_index].round().long()
-        return cls(frames, rows.to(device), cols.to(device), sphere_index.to(device), view_index.to(device), band)
+        host_mask = np.packbits(mask.flatten().numpy().astype(bool))
+        return cls(frames, rows.to(device), cols.to(device), sphere_index.to(device), view_index.to(device), band,
+                   host_mask)
 
     def read(self, full: Tensor) -> Tensor:
         return full.index_select(-3, self.frames.indices(full.device))[..., self.rows, self.cols]
@@ -329,6 +337,12 @@ class PanoramaPlan:
     explicit_overlap: bool = False  # 0.75 → 0.5 → 0.25 → 0 overlap (costs up to 16× the windows early on)
     blend: BlendSchedule = field(default_factory=BlendSchedule)
     max_batch: int | None = 8  # windows per model call: bounds the denoiser's memory whatever the width
+    view_batch: int | None = None  # sphere views per model call (None: max_batch); results do not depend on it
+    # Sequential order of the regions of a step: "plan" as planned (raster windows; sphere views by
+    # pitch row, then yaw), "disjoint" in groups of pairwise disjoint regions, one model call per group
+    # (``disjoint_groups``). Both advance every latent once per step; they differ where regions overlap.
+    window_order: str = "plan"
+    view_order: str = "disjoint"  # in plan order every view overlaps the one before it: 44 calls a step
     fov: float = 120.0
     multiple: tuple[int, int, int] = (1, 1, 1)  # window sizes in whole denoiser patches (latent cells per patch)
 
@@ -350,30 +364,89 @@ def step_windows(plan: PanoramaPlan, offset: tuple[int, int, int], overlap: floa
     return [Window(f, h, w) for f in frames for h in rows for w in cols]
 
 
+def view_overlap(regions: Sequence[Region]) -> np.ndarray:
+    """(K, K) bool: views j and k share a latent (frames and sphere pixels), from host geometry."""
+    count = len(regions)
+    masks = [getattr(r, "host_mask", None) for r in regions]
+    if any(m is None for m in masks):  # regions of unknown extent: each one after the one before it
+        return np.ones((count, count), dtype=bool)
+    frames = [set(r.frames.indices().tolist()) for r in regions]  # type: ignore[attr-defined]
+    pixels = np.stack(masks)
+    overlap = np.zeros((count, count), dtype=bool)
+    for j in range(count):
+        shared = (pixels[j][None, :] & pixels).any(axis=1)
+        overlap[j] = shared & np.array([bool(frames[j] & f) for f in frames])
+    return overlap
+
+
+def _check_views_cover(regions: Sequence[Region], size: tuple[int, ...]) -> None:
+    """The views must cover every latent (frames × sphere pixels); checked on host geometry, not the device."""
+    masks = [getattr(r, "host_mask", None) for r in regions]
+    if not regions or any(m is None for m in masks):
+        return
+    frames = set().union(*(set(r.frames.indices().tolist()) for r in regions))  # type: ignore[attr-defined]
+    covered = np.unpackbits(np.bitwise_or.reduce(np.stack(masks)), count=size[-2] * size[-1]).astype(bool)
+    missing = (size[0] - len(frames)) * covered.size + len(frames) * int((~covered).sum())
+    if missing:
+        raise ValueError(f"the sphere views leave {missing} latent positions undenoised")
+
+
+def _region_shape(region: Region, latent: Tensor) -> tuple[int, ...]:
+    if isinstance(region, ViewRegion):  # known without gathering anything
+        return (*latent.shape[:-3], region.frames.size, *region.rows.shape)
+    return tuple(region.read(latent).shape)
+
+
 def projecting_denoise_step(
-    latent: Tensor, regions: Sequence[Region], denoise: Callable[[Tensor, int], Tensor], levels: NoiseLevels,
-    step_index: int, blend: BlendSchedule, generator: torch.Generator | None,
+    latent: Tensor, regions: Sequence[Region], denoise: Callable[[Tensor, int], Tensor] | None, levels: NoiseLevels,
+    step_index: int, blend: BlendSchedule, generator: torch.Generator | None, *,
+    denoise_views: Callable[[list[Tensor], list[int]], list[Tensor]] | None = None,
+    view_batch: int | None = 1, order: str = "plan",
 ) -> Tensor:
-    """One PPD step: each view read, its already-advanced part pushed back, denoised, written back."""
+    """One PPD step: each view read, its already-advanced part pushed back, denoised, written back.
+
+    ``order="disjoint"`` takes the views in groups of pairwise disjoint views (``disjoint_groups``);
+    ``denoise_views(parts, indices)`` then gets up to ``view_batch`` views of one group in one call
+    (``denoise(x, k)``: one view a call). Which views overlap is host geometry, and the push-back
+    noise is drawn up front on the latent's device in view order, so the step never waits on the
+    device, and the result does not depend on ``view_batch`` (batching only reorders the sums inside
+    the model) as long as the scheduler draws no noise of its own.
+    """
+    if order not in REGION_ORDERS:
+        raise ValueError(f"region order must be one of {REGION_ORDERS}, got {order!r}")
+    if view_batch is not None and view_batch < 1:
+        raise ValueError(f"view_batch must be >= 1, got {view_batch}")
+    if denoise_views is None:
+        if denoise is None:
+            raise ValueError("give denoise or denoise_views")
+        denoise_views, view_batch = (lambda parts, ks: [denoise(parts[0], ks[0])]), 1
     size = tuple(latent.shape[-3:])
+    _check_views_cover(regions, size)
+    overlap = view_overlap(regions)
+    groups = disjoint_groups(overlap) if order == "disjoint" else [[k] for k in range(len(regions))]
+    sequence = [k for group in groups for k in group]
+    position = {k: i for i, k in enumerate(sequence)}
+    pushed_back = {k: any(position[j] < position[k] for j in np.flatnonzero(overlap[k]) if j != k) for k in sequence}
+    noise = {k: draw_noise(_region_shape(regions[k], latent), latent, generator) for k in sequence if pushed_back[k]}
     advanced = torch.zeros(size, dtype=torch.bool, device=latent.device)
     ratio = blend.ratio(step_index)
     out = latent.clone()
-    for k, region in enumerate(regions):
-        x = region.read(out)
-        done = region.read(advanced)
-        if bool(done.any()):
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator
-                                else x.device).to(x.device)
-            x_new = denoise(torch.where(done, levels.push_back(x, noise, step_index), x), k)
-            if ratio > 0.0:
-                x_new = torch.where(done, (1.0 - ratio) * x_new + ratio * x, x_new)
-        else:
-            x_new = denoise(x, k)
-        region.write(out, x_new)
-        region.write(advanced, torch.ones_like(done))
-    if not bool(advanced.all()):
-        raise ValueError(f"the sphere views leave {int((~advanced).sum())} latent positions undenoised")
+    for group in groups:
+        for begin in range(0, len(group), view_batch or len(group)):
+            chunk = group[begin:begin + (view_batch or len(group))]
+            inputs, earlier, done = [], [], []
+            for k in chunk:
+                x = regions[k].read(out)
+                mask = regions[k].read(advanced) if pushed_back[k] else None
+                inputs.append(x if mask is None else torch.where(mask, levels.push_back(x, noise[k], step_index), x))
+                earlier.append(x)
+                done.append(mask)
+            outputs = denoise_views(inputs, list(chunk))
+            for k, x_new, x, mask in zip(chunk, outputs, earlier, done):
+                if mask is not None and ratio > 0.0:
+                    x_new = torch.where(mask, (1.0 - ratio) * x_new + ratio * x, x_new)
+                regions[k].write(out, x_new)
+                regions[k].write(advanced, torch.ones(x.shape[-3:], dtype=torch.bool, device=latent.device))
     return out
 
 
@@ -427,10 +500,14 @@ def denoise_panorama(
         if index < plan.projecting_steps:
             views = sphere_view_regions(plan, index, offset[0], latent.device)
             latent = projecting_denoise_step(
-                latent, views, lambda x, k: stepper([x], [views[k]], t)[0], levels, index, plan.blend, generator)
+                latent, views, None, levels, index, plan.blend, generator,
+                denoise_views=lambda parts, ks: stepper(parts, [views[k] for k in ks], t),
+                view_batch=plan.view_batch or plan.max_batch, order=plan.view_order)
         else:
             overlap = overlap_for_step(index, len(timesteps)) if plan.explicit_overlap else 0.0
             windows = step_windows(plan, offset, overlap)
+            if plan.window_order == "disjoint":
+                windows = order_for_batching(windows)
             regions = [WindowRegion(w) for w in windows]
             counts = DenoiseCounts.zeros(plan.latent_size, latent.device) if record_counts else None
 
