@@ -51,10 +51,10 @@ def _native_window(adapter: Any) -> tuple[int, int]:
 
 
 def _view_batch(adapter: Any, device: torch.device) -> int:
-    from ..pipelines.panorama import CELLS_PER_CALL
+    from ..pipelines.panorama import cells_per_call
 
     wh, ww = _native_window(adapter)
-    return max(1, CELLS_PER_CALL.get(device.type, CELLS_PER_CALL["cpu"]) // (wh * ww))
+    return max(1, cells_per_call(device) // (wh * ww))
 
 
 def multidiffusion_latent(adapter: Any, height: int, width: int, steps: int, circular: bool, seed: int,

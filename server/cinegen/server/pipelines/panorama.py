@@ -56,9 +56,11 @@ GMG_SCALE_DOWN = 2.0  # the reference's upscale_factor: the low-resolution pass 
 MAX_BAND_PROMPTS = len(PITCH_ROWS)  # one per pitch row of the sphere views, as the reference's phi_prompt_dict
 BLEND_FRACTION = 0.4  # K of the OSD blend r_i = r_max(1 − i/K): 20 of 50 steps in the reference
 WRAP_PAD_CELLS = 8  # latent columns borrowed from across the seam when decoding 360° panoramas
-# Latent cells (frames × rows × columns) per denoiser call: batches of windows stay bounded whatever
-# the panorama's width (one SD 1.5 window on a CPU, 16 on a GPU; at least one window).
+# Latent cells (frames × rows × columns) per denoiser call: batches of windows and sphere views stay
+# bounded whatever the panorama's width (one SD 1.5 window on a CPU, where bigger batches gain little;
+# on a GPU 16 per 24 GiB of free memory, see `cells_per_call`; at least one window).
 CELLS_PER_CALL = {"cpu": 64 * 64, "cuda": 16 * 64 * 64}
+GPU_GIB_PER_BUDGET = 24  # free GPU memory that `CELLS_PER_CALL["cuda"]` is sized for (SD 1.5, half, with CFG)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,15 @@ def patch_cells(adapter: FamilyAdapter) -> int:
     return max(1, int(getattr(adapter, "size_multiple", adapter.vae_scale_factor)) // adapter.vae_scale_factor)
 
 
+def cells_per_call(device: torch.device) -> int:
+    """Latent cells per denoiser call on ``device``: fixed on a CPU, scaled by free memory on a GPU.
+    The results do not depend on it (batches only group regions already in their sequential order)."""
+    if device.type != "cuda":
+        return CELLS_PER_CALL.get(device.type, CELLS_PER_CALL["cpu"])
+    free, _total = torch.cuda.mem_get_info(device)
+    return max(CELLS_PER_CALL["cpu"], int(CELLS_PER_CALL["cuda"] * free / (GPU_GIB_PER_BUDGET << 30)))
+
+
 def panorama_plan(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings, *, width: int | None = None,
                   height: int | None = None) -> PanoramaPlan:
     """Windows, boundaries and schedule for a panorama of ``width × height`` px (default: ``r``'s)."""
@@ -148,14 +159,14 @@ def panorama_plan(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings, *, w
     frames = latent_frames(adapter, r.frames)
     window_frames = min(latent_frames(adapter, adapter.native_frames), frames) if adapter.kind == "video" else 1
     window = (window_frames, adapter.native_size[1] // scale, adapter.native_size[0] // scale)
-    budget = CELLS_PER_CALL.get(adapter.device.type, CELLS_PER_CALL["cpu"])
+    budget = cells_per_call(adapter.device)
     return PanoramaPlan(
         latent_size=(frames, (height or r.height) // scale, (width or r.width) // scale), window=window,
         boundary_t=Boundary.RING if s.loop else Boundary.DOCK, boundary_h=Boundary.DOCK,
         boundary_w=Boundary.RING if s.wraps else Boundary.DOCK,
         projecting_steps=round(r.steps * PROJECTING_FRACTION) if s.projection == "sphere" else 0,
         explicit_overlap=s.early_overlap, blend=BlendSchedule(steps=max(1, round(r.steps * BLEND_FRACTION))),
-        max_batch=max(1, budget // math.prod(window)),
+        max_batch=max(1, budget // math.prod(window)), view_batch=max(1, budget // math.prod(window)),
         multiple=(1, patch_cells(adapter), patch_cells(adapter)))
 
 
