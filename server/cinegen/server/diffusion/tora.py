@@ -145,7 +145,9 @@ class MotionGuidanceFuser(nn.Module):
         """h, feature: (B·T, ·, H, W) → h + GroupNorm(h)·γ + β (the norm in float32, as Tora's)."""
         gamma = self._modulation(self.gamma_spatial, self.gamma_temporal, feature, frames)
         beta = self._modulation(self.beta_spatial, self.beta_temporal, feature, frames)
-        normed = F.group_norm(h.float(), self.norm.num_groups, self.norm.weight.float(), self.norm.bias.float(),
+        # contiguous: the tokens arrive as a channels-last view, and torch's channels-last GroupNorm
+        # backward crashes (SIGSEGV, torch 2.13 CPU) when the input itself needs no gradient (a frozen DiT)
+        normed = F.group_norm(h.float().contiguous(), self.norm.num_groups, self.norm.weight.float(), self.norm.bias.float(),
                               self.norm.eps).to(h.dtype)
         return h + normed * gamma + beta
 
