@@ -140,24 +140,27 @@ def load_sd(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> SDAd
 
 
 def _load_single_file(path: Path, kind: str, dtype: torch.dtype):
-    """A single-file checkpoint through the pipeline class its tensor names say (never its file name)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+    """A single-file checkpoint through the pipeline class its tensor names say (never its file name),
+    built from the configs shipped for that kind (`single_file.py`): nothing is fetched."""
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     from ..errors import FailedPrecondition
-    from .checkpoint_kinds import classify_file
+    from .checkpoint_kinds import CHECKPOINT_KINDS, classify_file
+    from .single_file import CONFIG_SUFFIX, load_single_file, override_folder
 
-    if kind not in ("sd1", "sd2", "sdxl", "sdxl-refiner"):
+    if kind not in CHECKPOINT_KINDS:
         kind = classify_file(path).kind
-    cls = {"sdxl": StableDiffusionXLPipeline, "sdxl-refiner": StableDiffusionXLImg2ImgPipeline}.get(
-        kind, StableDiffusionPipeline)
+    if kind not in CHECKPOINT_KINDS:
+        raise FailedPrecondition(f"'{path.name}' is not a Stable Diffusion checkpoint ({classify_file(path).why}).")
     try:
-        return cls.from_single_file(str(path), dtype=dtype, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
+        return load_single_file(path, kind, dtype)
+    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as exc:
+        which = f"its own '{path.stem}{CONFIG_SUFFIX}' folder" if override_folder(path) else f"the {kind} configuration cinegen ships"
         raise FailedPrecondition(
-            f"'{path.name}' is an {kind} checkpoint, but diffusers needs that architecture's configs and "
-            f"tokenizers to build it, and they are not in the local Hugging Face cache ({exc}). Convert it to a "
-            "diffusers folder once on a machine online (`from_single_file(...).save_pretrained(DIR)`) and put "
-            "the folder under --models.") from exc
+            f"'{path.name}' is an {kind} checkpoint, but its tensors do not fit {which} ({exc}). Put the diffusers "
+            f"config folder of its architecture beside it as '{path.stem}{CONFIG_SUFFIX}/' (model_index.json and "
+            "each part's config, tokenizer files included), or convert it to a diffusers folder once "
+            "(`from_single_file(...).save_pretrained(DIR)`) and put the folder under --models.") from exc
 
 
 def keep_vae_in_float32(pipe, dtype: torch.dtype) -> None:
