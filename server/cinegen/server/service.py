@@ -43,6 +43,7 @@ from .jobs.queue import TERMINAL
 from .limits import ASSUMED_SIDE, MAX_NAME_CHARS, MAX_PATH_CHARS, Limits, check_job, check_text, over
 from .models.job_models import JobModels
 from .models.offload import normalise_mode
+from .models.lora import job_loras
 from .models.registry import ModelRegistry
 from .named_values import apply_named_values
 from .plate_colour import check_plate_colorspace, converted_params, remove_converted
@@ -350,6 +351,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if common.model:
             self.registry.entry(common.model)  # NOT_FOUND with the list of models
         pipeline.validate(spec, self.registry)
+        pipeline.check_loras(spec, self.registry)  # every LoRA fits a model of the job, or a sentence why not
         check_frame_range(spec, pipeline.name, pipeline.frame_ranges)
         return spec
 
@@ -395,11 +397,13 @@ class GeneratorService(pb_grpc.GeneratorServicer):
 
     def _check_inputs(self, params: Any, common: CommonParams) -> None:
         """Input paths inside the roots; story and trajectory documents safe to parse and within limits."""
-        for name in ("input", "lora"):
+        for name in ("input",):
             value = getattr(params, name, "")
             if value:
                 self.paths.input(os.path.dirname(value) if "#" in value or "%" in value else value,
                                  f"The {name} path")
+        for lora in job_loras(common, params):  # --lora, and upscale's deprecated comma-separated lora
+            self.paths.input(lora.path, "The LoRA path")
         if hasattr(params, "trajectory_json"):
             if params.trajectory_json.strip():
                 check_trajectory(params.trajectory_json, Origin("the trajectory_json document"), self.limits)

@@ -1,5 +1,8 @@
 """The `animatediff` family: SD image UNets with a motion module (`UNetMotionModel`).
 
+SD 1.5 + motion adapter runs through `AnimateDiffPipeline`, SDXL + an SDXL motion adapter through
+`AnimateDiffSDXLPipeline` (its two text encoders' pooled embeds and time ids per clip, as stock).
+
 Latents are (B, C, F, H, W). The adapter mirrors `AnimateDiffPipeline.__call__` (prompt encoding,
 `randn_tensor` latents, guidance, frame-wise VAE decode) so the stock pipeline is the reference.
 """
@@ -14,7 +17,7 @@ from .family import ModelEntry
 from .sd import SDAdapter, _repeat_halves, keep_vae_in_float32
 from .toy import read_sidecar
 
-ANIMATEDIFF_PIPELINE_CLASSES = ("AnimateDiffPipeline",)
+ANIMATEDIFF_PIPELINE_CLASSES = ("AnimateDiffPipeline", "AnimateDiffSDXLPipeline")
 
 
 class AnimateDiffAdapter(SDAdapter):
@@ -25,7 +28,7 @@ class AnimateDiffAdapter(SDAdapter):
 
     @property
     def is_xl(self) -> bool:
-        return False
+        return type(self.pipe).__name__ == "AnimateDiffSDXLPipeline"
 
     @property
     def native_frames(self) -> int:
@@ -54,11 +57,31 @@ class AnimateDiffAdapter(SDAdapter):
         embeds = embeds.repeat_interleave(repeats=x.shape[2], dim=0)
         with torch.no_grad():
             out = self.pipe.unet(latent_in, t, encoder_hidden_states=embeds, cross_attention_kwargs=None,
-                                 added_cond_kwargs=None, return_dict=False)[0]
+                                 added_cond_kwargs=self._added_cond(x, latent_in.shape[0], cond), return_dict=False)[0]
         if cond.do_cfg:
             uncond, text = out.chunk(2)
             out = uncond + cond.guidance * (text - uncond)
         return out
+
+    def _added_cond(self, x: torch.Tensor, rows: int, cond) -> dict | None:
+        """AnimateDiff-SDXL: pooled text embeds and time ids, one row per clip (the UNet repeats them per frame)."""
+        if not self.is_xl:
+            return None
+        text_embeds = cond.extra["text_embeds"]
+        if text_embeds.shape[0] != rows:
+            text_embeds = _repeat_halves(text_embeds, rows, cond.do_cfg)
+        h, w = x.shape[-2] * self.vae_scale_factor, x.shape[-1] * self.vae_scale_factor
+        return {"text_embeds": text_embeds, "time_ids": self._xl_time_ids(h, w, rows)}
+
+    def _encode_prompt_xl(self, prompt: str, negative_prompt: str, guidance: float, batch: int, do_cfg: bool):
+        from .family import Conditioning
+
+        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+            prompt=prompt, device=self.device, num_videos_per_prompt=batch,
+            do_classifier_free_guidance=do_cfg, negative_prompt=negative_prompt or None)
+        embeds = torch.cat([neg, pos]) if do_cfg else pos
+        text_embeds = torch.cat([neg_pooled, pooled]) if do_cfg else pooled
+        return Conditioning(embeds=embeds, guidance=guidance, do_cfg=do_cfg, extra={"text_embeds": text_embeds})
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 3, F, H, W) or (F, 3, H, W) in [0, 1] -> (B, C, F, h, w) scaled latents."""
@@ -78,15 +101,29 @@ class AnimateDiffAdapter(SDAdapter):
         return frames.reshape(b, f, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
-def load_animatediff(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> AnimateDiffAdapter:
-    from diffusers import AnimateDiffPipeline, MotionAdapter
+def animatediff_pipeline_class(folder: Path):
+    """AnimateDiffSDXLPipeline for an SDXL base or a saved AnimateDiff-SDXL folder, else AnimateDiffPipeline."""
+    import json
 
-    if entry.source == "paired":  # an SD 1.x folder + a MotionAdapter folder, assembled as AnimateDiff ships
+    from diffusers import AnimateDiffPipeline, AnimateDiffSDXLPipeline
+
+    try:
+        name = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError):
+        name = ""
+    return AnimateDiffSDXLPipeline if name in ("StableDiffusionXLPipeline", "AnimateDiffSDXLPipeline") \
+        else AnimateDiffPipeline
+
+
+def load_animatediff(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> AnimateDiffAdapter:
+    from diffusers import MotionAdapter
+
+    cls = animatediff_pipeline_class(Path(entry.path))
+    if entry.source == "paired":  # an SD 1.x/SDXL folder + a MotionAdapter folder, assembled as AnimateDiff ships
         motion = MotionAdapter.from_pretrained(entry.extra_path, dtype=dtype, local_files_only=True)
-        pipe = AnimateDiffPipeline.from_pretrained(str(Path(entry.path)), motion_adapter=motion, dtype=dtype,
-                                                   local_files_only=True)
+        pipe = cls.from_pretrained(str(Path(entry.path)), motion_adapter=motion, dtype=dtype, local_files_only=True)
     else:
-        pipe = AnimateDiffPipeline.from_pretrained(str(Path(entry.path)), dtype=dtype, local_files_only=True)
+        pipe = cls.from_pretrained(str(Path(entry.path)), dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     keep_vae_in_float32(pipe, dtype)

@@ -82,6 +82,15 @@ def _config_class(folder: Path) -> str | None:
         return None
 
 
+def _motion_fits(adapter: Path, base: Path) -> bool:
+    """A MotionAdapter fits a base UNet with the same block widths (unreadable configs: offered anyway)."""
+    try:
+        widths = json.loads((adapter / "config.json").read_text())["block_out_channels"]
+        return list(widths) == list(json.loads((base / "unet" / "config.json").read_text())["block_out_channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+
+
 class ModelRegistry:
     def __init__(self, models_dirs: list[Path] | None = None, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype | None = None, memory_budget: int | None = None,
@@ -156,16 +165,19 @@ class ModelRegistry:
         return out
 
     def _paired_animatediff(self, folders: list[Path]) -> list[ModelEntry]:
-        """AnimateDiff as it ships: an SD 1.x folder + a MotionAdapter folder. With one SD 1.x model
-        in the folder each motion adapter is paired with it (`SD+MOTION`); with several, every pair is
-        offered, so a request names the one it wants."""
+        """AnimateDiff as it ships: an SD 1.x (or SDXL) folder + a MotionAdapter folder. Each motion adapter
+        is paired with every base whose UNet it fits (same block widths: SD 1.5 adapters have four blocks,
+        SDXL ones three), as `BASE+MOTION`; with several bases every fitting pair is offered, so a request
+        names the one it wants. An SDXL pair runs through AnimateDiffSDXLPipeline."""
         if "animatediff" not in self.families:
             return []
         motion = [f for f in folders if _config_class(f) == "MotionAdapter"]
-        bases = [f for f in folders if _model_index_class(f) == "StableDiffusionPipeline"]
+        bases = [f for f in folders if _model_index_class(f) in ("StableDiffusionPipeline", "StableDiffusionXLPipeline")]
         return [ModelEntry(f"{base.name}+{adapter.name}", "animatediff", "paired", str(base),
-                           f"{base.name} with the motion adapter {adapter.name}", extra_path=str(adapter))
-                for adapter in motion for base in bases]
+                           f"{base.name} with the motion adapter {adapter.name}"
+                           + (" (AnimateDiff-SDXL)" if _model_index_class(base) == "StableDiffusionXLPipeline" else ""),
+                           extra_path=str(adapter))
+                for adapter in motion for base in bases if _motion_fits(adapter, base)]
 
     def addons(self) -> list[AddOn]:
         """LoRAs, motion modules, VAEs and embeddings found beside the models (after discovery)."""

@@ -5,12 +5,15 @@ with the method's hooks, hand frames to the sink. It knows nothing about gRPC.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import random
 import time
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -22,6 +25,7 @@ from cinegen.common.sequence import SequencePattern
 from ..diffusion.latent_rgb import LatentToRGB, fit_latent_to_rgb
 from ..errors import InvalidArgument, JobCancelled
 from ..models.family import FamilyAdapter
+from ..models.lora import job_loras, loras_applied, route_loras
 from ..models.registry import ModelRegistry
 from ..output import FrameSink, base_metadata
 from ..output.frames import display_transform_for
@@ -73,6 +77,36 @@ class RunContext:
         self.outputs: list[str] = []
         self._last_preview_at = -PREVIEW_INTERVAL_S
         self.existing_frames = "write"  # write | keep (a resumed job) | refuse (never overwrite): see FrameSink
+        self._job_models = contextlib.ExitStack()  # the job's LoRAs, removed when the pipeline's run ends
+        self._with_loras: set[str] = set()
+        self._runs = 0
+
+    # ---- the job's models (the one place LoRAs go on and come off) ----------------------------
+    def models(self, ids: dict[str, str]) -> dict[str, FamilyAdapter]:
+        """The job's models by role ({"keyframes": id, "motion": id}), each with the job's LoRAs that fit it
+        (the first role a LoRA fits; motion LoRAs to AnimateDiff) until the pipeline's `run` returns."""
+        adapters = {role: self.registry.get(model_id) for role, model_id in ids.items()}
+        specs = job_loras(self.job.common, self.job.params)
+        if specs and any(a.entry.id not in self._with_loras for a in adapters.values()):
+            for role, routed in route_loras(specs, adapters).items():
+                adapter = adapters[role]
+                if adapter.entry.id in self._with_loras:  # asked for again in the same job: already on
+                    continue
+                self._with_loras.add(adapter.entry.id)
+                if routed:
+                    self.log(f"LoRA on {role} model {adapter.entry.id}: "
+                             + ", ".join(f"{Path(s.path).name} x{s.weight:g}" for s in routed))
+                    self._job_models.enter_context(loras_applied(adapter, routed))
+        return adapters
+
+    def model(self, model_id: str) -> FamilyAdapter:
+        """The job's model, with the job's LoRAs on it (see `models`)."""
+        return self.models({"model": model_id})["model"]
+
+    def release_models(self) -> None:
+        """Take the job's LoRAs off again: the resident models are as they were before the job, bit for bit."""
+        self._with_loras.clear()
+        self._job_models.close()
 
     def check_cancel(self) -> None:
         if self._is_cancelled():
@@ -140,6 +174,23 @@ class StepProgress:
         return on_step
 
 
+def _releasing_job_models(run: Callable) -> Callable:
+    """`run` that takes the job's LoRAs off when it ends, however it ends (outermost run only)."""
+    @functools.wraps(run)
+    def wrapper(self: "Pipeline", ctx: RunContext) -> list[str]:
+        if not hasattr(ctx, "release_models"):  # a stand-in context (tests): nothing to release
+            return run(self, ctx)
+        ctx._runs += 1
+        try:
+            return run(self, ctx)
+        finally:
+            ctx._runs -= 1
+            if ctx._runs == 0:
+                ctx.release_models()
+    wrapper._releases_job_models = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class Pipeline(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
@@ -148,8 +199,25 @@ class Pipeline(ABC):
     output_is_folder: ClassVar[bool] = False  # story writes DIR, the others DIR/NAME.####.exr
     frame_ranges: ClassVar[bool] = False  # can write part of its sequence (--frame-range)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # every pipeline's run, whoever calls it (service, Ray worker, test), ends with the job's LoRAs off
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None and not getattr(run, "_releases_job_models", False):
+            cls.run = _releasing_job_models(run)  # type: ignore[method-assign]
+
     def validate(self, job: JobSpec, registry: ModelRegistry) -> None:
         """Raise a UserError for anything wrong with the request that can be seen before running."""
+
+    def lora_models(self, job: JobSpec, registry: ModelRegistry) -> dict[str, str]:
+        """The models the job's LoRAs may go on, by role, in the order they are tried."""
+        return {"model": self.model_id(job, registry)}
+
+    def check_loras(self, job: JobSpec, registry: ModelRegistry) -> None:
+        """At Submit: every LoRA is a LoRA file that fits one of the job's models (which are loaded for it)."""
+        specs = job_loras(job.common, job.params)
+        if specs:
+            route_loras(specs, {role: registry.get(m) for role, m in self.lora_models(job, registry).items()})
 
     @abstractmethod
     def run(self, ctx: RunContext) -> list[str]:

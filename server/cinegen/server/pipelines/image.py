@@ -61,7 +61,7 @@ class ImagePipeline(Pipeline):
         requested_range(job)  # a malformed --frame-range fails at submit
 
     def run(self, ctx: RunContext) -> list[str]:
-        adapter = ctx.registry.get(self.model_id(ctx.job, ctx.registry))
+        adapter = ctx.model(self.model_id(ctx.job, ctx.registry))  # with the job's LoRAs, off after run
         r = self.resolve(ctx.job, adapter)
         sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
         progress = StepProgress(ctx, [0.9, 0.1])

@@ -390,7 +390,7 @@ class PanoramaPipeline(Pipeline):
             check_request(adapter, self.resolve(job, adapter), settings)
 
     def run(self, ctx: RunContext) -> list[str]:
-        adapter = ctx.registry.get(self.model_id(ctx.job, ctx.registry))
+        adapter = ctx.model(self.model_id(ctx.job, ctx.registry))  # with the job's LoRAs, off after run
         r = self.resolve(ctx.job, adapter)
         s = PanoramaSettings.from_params(ctx.job.params)
         check_request(adapter, r, s)

@@ -181,6 +181,10 @@ class StoryPipeline(Pipeline):
     def video_model_id(self, job: JobSpec, registry) -> str:
         return job.params.video_model or registry.default_model(MOTION_FAMILIES)
 
+    def lora_models(self, job: JobSpec, registry) -> dict[str, str]:
+        # a LoRA goes on the keyframe model when it fits it, else on the motion model (motion LoRAs: AnimateDiff)
+        return {"keyframes": self.model_id(job, registry), "motion": self.video_model_id(job, registry)}
+
     def validate(self, job: JobSpec, registry) -> None:
         if job.params.stage not in STAGES:
             raise InvalidArgument(f"Story stage '{job.params.stage}' is not one of {', '.join(STAGES)}.")
@@ -195,8 +199,8 @@ class StoryPipeline(Pipeline):
     def run(self, ctx: RunContext) -> list[str]:
         job = ctx.job
         story, selected = self.story_and_shots(job.params)
-        image_adapter = ctx.registry.get(self.model_id(job, ctx.registry))
-        video_adapter = ctx.registry.get(self.video_model_id(job, ctx.registry))
+        models = ctx.models(self.lora_models(job, ctx.registry))  # each LoRA on the model it fits
+        image_adapter, video_adapter = models["keyframes"], models["motion"]
         r_key = replace(self.resolve(job, image_adapter), frames=1, fps=story.fps)
         r_vid = replace(self.resolve(job, video_adapter), fps=story.fps)  # the video model's native size
         # unless --width/--height: keyframes are resized to it (an SDXL 1024² keyframe into a 512² AnimateDiff)

@@ -258,7 +258,7 @@ class TrajectoryPipeline(Pipeline):
                                      "(Tora_T2V_diffusers) or a tora/ folder of its weights beside the model.")
 
     def run(self, ctx: RunContext) -> list[str]:
-        adapter = ctx.registry.get(self.model_id(ctx.job, ctx.registry))
+        adapter = ctx.model(self.model_id(ctx.job, ctx.registry))  # with the job's LoRAs, off after run
         r = self.resolve(ctx.job, adapter)
         trajectory = request_trajectory(ctx.job.params)
         check_trajectory_fits(trajectory, r.first_frame, r.frames)

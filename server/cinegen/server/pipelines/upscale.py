@@ -36,7 +36,6 @@ from ..diffusion.sampler import LoopCallbacks
 from ..diffusion.temporal_chunks import ClipBlend, default_overlap
 from ..errors import InvalidArgument, NotFound, ResourceExhausted
 from ..models.family import FamilyAdapter
-from ..models.lora import check_lora, loras_applied, parse_loras
 from ..models.registry import ModelRegistry
 from ..output import resize_alpha
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress
@@ -174,8 +173,6 @@ def check_params(params: UpscaleParams, mode: str) -> None:
         raise InvalidArgument(f"Stages must be at least 1 (got {params.stages}).")
     if params.vae_tile is not None and (params.vae_tile < 64 or params.vae_tile % 64):
         raise InvalidArgument(f"VAE tile {params.vae_tile} must be a multiple of 64 px, at least 64.")
-    for spec in parse_loras(params.lora):  # PATH[:WEIGHT], comma-separated; loaded for the job in run()
-        check_lora(spec)
 
 
 def check_target(mode: str, base: Size, target: Size, model: str) -> None:
@@ -324,7 +321,7 @@ class UpscalePipeline(Pipeline):
         return r
 
     def run(self, ctx: RunContext) -> list[str]:
-        adapter = ctx.registry.get(self.model_id(ctx.job, ctx.registry))
+        adapter = ctx.model(self.model_id(ctx.job, ctx.registry))  # with the job's LoRAs, off after run
         if adapter.family == "wan":
             from .upscale_dit import run_dit_upscale
 
@@ -334,10 +331,9 @@ class UpscalePipeline(Pipeline):
         r = dataclasses.replace(r, width=plan.target[0], height=plan.target[1])
         if ctx.job.common.first_frame is None and plan.plate is not None:
             r = dataclasses.replace(r, first_frame=plan.plate.frames.first)  # frames keep the plate's numbers
-        with loras_applied(adapter, parse_loras(ctx.job.params.lora)):  # for this job only, removed after
-            if plan.plate is None:
-                return self._generate(ctx, adapter, r, plan)
-            return self._from_plate(ctx, adapter, r, plan)
+        if plan.plate is None:
+            return self._generate(ctx, adapter, r, plan)
+        return self._from_plate(ctx, adapter, r, plan)
 
     # ---- generate: text -> native -> cascade --------------------------------------------------
     def _generate(self, ctx: RunContext, adapter: FamilyAdapter, r: Resolved, plan: UpscalePlan) -> list[str]:

@@ -46,7 +46,6 @@ from ..diffusion.sampler import DenoiseLoop, LoopCallbacks
 from ..diffusion.temporal_chunks import default_overlap, predict_in_temporal_windows
 from ..errors import InvalidArgument, NotFound
 from ..models.family import Conditioning
-from ..models.lora import check_lora, loras_applied, parse_loras
 from ..models.wan import WanAdapter
 from ..output import resize_alpha
 from .base import JobSpec, Resolved, RunContext, StepProgress, seeded_generator
@@ -339,15 +338,14 @@ def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, pa
         ctx.progress("encode plate", 0, 1, 0.0)
         latent_first = params.fast or getattr(params, "latent_resize", False)
         latents = encode_plate(adapter, clip, plan[0].width, plan[0].height, latent_first, vae_tile)
-    with loras_applied(adapter, parse_loras(params.lora)):
-        for index, stage in enumerate(plan, start=1):
-            callbacks = LoopCallbacks(progress.callback(index, stage.label), ctx.check_cancel,
-                                      ctx.latent_preview(adapter))
-            if stage.refine is None:
-                latents = generate_base_latents(adapter, cond, stage.width, stage.height, frames, resolved.steps,
-                                                generator, callbacks, options.base_shift)
-            else:
-                latents = refine_latents(adapter, cond, latents, stage, resolved.steps, generator, callbacks)
+    for index, stage in enumerate(plan, start=1):  # the job's LoRAs are on: the adapter came from ctx.model
+        callbacks = LoopCallbacks(progress.callback(index, stage.label), ctx.check_cancel,
+                                  ctx.latent_preview(adapter))
+        if stage.refine is None:
+            latents = generate_base_latents(adapter, cond, stage.width, stage.height, frames, resolved.steps,
+                                            generator, callbacks, options.base_shift)
+        else:
+            latents = refine_latents(adapter, cond, latents, stage, resolved.steps, generator, callbacks)
     return write_video(ctx, adapter, latents, resolved, vae_tile, progress, len(plan) + 1, alphas)
 
 
@@ -438,7 +436,5 @@ def validate_dit_upscale(job: JobSpec, registry) -> None:
         if common.frames and common.frames > count:
             raise InvalidArgument(f"The plate has {count} frames; --frames {common.frames} asks for more.")
         check_wan_frames(common.frames or count, "plate")
-    for spec in parse_loras(params.lora):  # PATH[:WEIGHT], comma-separated
-        check_lora(spec, "wan")
     if params.strength is not None and common.steps:
         start_index_for(common.steps, params.strength)
