@@ -225,6 +225,12 @@ class StoryParams:
     stage: str = param("all", label="Farm stage", help="What this run makes (farm steps): all; keyframes (and the cut); motion of the "
                        "selected shots from keyframes on disk; timeline (the contact sheet and cut only).",
                        choices=("all", "keyframes", "motion", "timeline"))
+    keyframe_motion: str = param("auto", label="Keyframe motion", help="AnimateDiff: how a shot's clip follows its keyframes: "
+                                 "sparsectrl = SparseCtrl RGB conditions at the keyframes' frames; pinning = the keyframe "
+                                 "latents pinned (inpainted); auto = sparsectrl when a SparseCtrl model is installed.",
+                                 choices=("auto", "sparsectrl", "pinning"))
+    sparsectrl: str = param("", label="SparseCtrl model", help="AnimateDiff: the SparseCtrl RGB model (an add-on in "
+                            "`cinegen models`); empty = the first one installed.")
 
 
 # Common options a pipeline does not read (story takes its prompts from the story file): not advertised.

@@ -117,18 +117,22 @@ class TrajectoryParams(_message.Message):
     def __init__(self, trajectory: _Optional[str] = ..., trajectory_json: _Optional[str] = ..., tora_sampler: _Optional[str] = ..., dynamic_cfg: _Optional[bool] = ..., flow_latents: _Optional[str] = ..., flow_kernel: _Optional[str] = ...) -> None: ...
 
 class StoryParams(_message.Message):
-    __slots__ = ("story", "story_yaml", "shots", "video_model", "stage")
+    __slots__ = ("story", "story_yaml", "shots", "video_model", "stage", "keyframe_motion", "sparsectrl")
     STORY_FIELD_NUMBER: _ClassVar[int]
     STORY_YAML_FIELD_NUMBER: _ClassVar[int]
     SHOTS_FIELD_NUMBER: _ClassVar[int]
     VIDEO_MODEL_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
+    KEYFRAME_MOTION_FIELD_NUMBER: _ClassVar[int]
+    SPARSECTRL_FIELD_NUMBER: _ClassVar[int]
     story: str
     story_yaml: str
     shots: _containers.RepeatedScalarFieldContainer[str]
     video_model: str
     stage: str
-    def __init__(self, story: _Optional[str] = ..., story_yaml: _Optional[str] = ..., shots: _Optional[_Iterable[str]] = ..., video_model: _Optional[str] = ..., stage: _Optional[str] = ...) -> None: ...
+    keyframe_motion: str
+    sparsectrl: str
+    def __init__(self, story: _Optional[str] = ..., story_yaml: _Optional[str] = ..., shots: _Optional[_Iterable[str]] = ..., video_model: _Optional[str] = ..., stage: _Optional[str] = ..., keyframe_motion: _Optional[str] = ..., sparsectrl: _Optional[str] = ...) -> None: ...
 
 class JobRequest(_message.Message):
     __slots__ = ("job_id", "pipeline", "common", "image", "upscale", "panorama", "trajectory", "story", "client", "values")
