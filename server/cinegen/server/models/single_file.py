@@ -58,7 +58,7 @@ def assemble_config(name: str, dest: Path) -> Path:
 
     shutil.copytree(SHIPPED_CONFIGS / name, dest, dirs_exist_ok=True)
     for tokenizer in sorted(dest.glob("tokenizer*")):
-        if not (tokenizer / "vocab.json").exists():
+        if not any((tokenizer / f).exists() for f in ("vocab.json", "tokenizer.json")):
             write_clip_tokenizer_files(tokenizer)
     return dest
 
@@ -70,10 +70,22 @@ def load_single_file(path: Path, kind: str, dtype: torch.dtype):
     cls = getattr(diffusers, PIPELINE_CLASSES[kind])
     own = override_folder(path)
     if own is not None:
-        return cls.from_single_file(str(path), config=str(own), local_files_only=True, dtype=dtype)
-    with tempfile.TemporaryDirectory(prefix="cinegen-config-") as tmp:
-        config = assemble_config(shipped_config_name(path, kind), Path(tmp) / "config")
-        return cls.from_single_file(str(path), config=str(config), local_files_only=True, dtype=dtype)
+        pipe = cls.from_single_file(str(path), config=str(own), local_files_only=True, dtype=dtype)
+    else:
+        with tempfile.TemporaryDirectory(prefix="cinegen-config-") as tmp:
+            config = assemble_config(shipped_config_name(path, kind), Path(tmp) / "config")
+            pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True, dtype=dtype)
+    check_complete(pipe)
+    return pipe
+
+
+def check_complete(pipe) -> None:
+    """diffusers leaves a tensor the file lacks on the meta device (it fails only when moved): say which."""
+    for name, part in pipe.components.items():
+        if isinstance(part, torch.nn.Module):
+            missing = [n for n, t in list(part.named_parameters()) + list(part.named_buffers()) if t.is_meta]
+            if missing:
+                raise ValueError(f"the file lacks {len(missing)} tensors of the {name}, such as {missing[0]}")
 
 
 __all__ = ["CONFIG_SUFFIX", "PIPELINE_CLASSES", "SHIPPED_CONFIGS", "assemble_config", "load_single_file",
