@@ -48,6 +48,7 @@ from ..errors import InvalidArgument
 from ..models.family import FamilyAdapter
 from ..models.registry import ModelRegistry
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, seeded_generator
+from .panorama_i2v import WanImagePanorama, is_wan_image_to_video
 
 PROJECTIONS = ("plane", "ring", "sphere")
 PROJECTING_FRACTION = 15 / 48  # PPD steps of the sphere, as in the reference schedule
@@ -73,6 +74,7 @@ class PanoramaSettings:
     input_path: str = ""
     early_overlap: bool = True  # explicit window overlap 0.75 → 0.5 → 0.25 → 0 over the schedule
     band_prompts: tuple[str, ...] = ()  # sphere: prompts from the zenith down to the nadir ("-" = the prompt)
+    keep_first_frame: bool = False  # Wan I2V: latent frame 0 pinned to the input's (panorama_i2v.py)
 
     @classmethod
     def from_params(cls, params: PanoramaParams) -> PanoramaSettings:
@@ -91,7 +93,7 @@ class PanoramaSettings:
             raise InvalidArgument(f"--band-prompts takes at most {MAX_BAND_PROMPTS} prompts (one per latitude "
                                   f"row of the sphere views, zenith first); got {len(bands)}.")
         return cls(projection, bool(params.loop), scale if scale and scale > 1.0 else None, params.input,
-                   bool(params.early_overlap), bands)
+                   bool(params.early_overlap), bands, bool(getattr(params, "keep_first_frame", False)))
 
     @property
     def wraps(self) -> bool:
@@ -125,6 +127,12 @@ def check_request(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings) -> N
     if s.loop and r.frames < native_frames:
         raise InvalidArgument(f"A looping video needs at least one window of {native_frames} frames (this model's "
                               f"clip length); got {r.frames}. Ask for --frames {native_frames} or more.")
+    if is_wan_image_to_video(adapter) and not s.input_path:
+        raise InvalidArgument(f"'{adapter.entry.id}' is an image-to-video model: give the panorama's first frame "
+                              "with --input, or pick a text-to-video model with --model.")
+    if s.keep_first_frame and not is_wan_image_to_video(adapter):
+        raise InvalidArgument("--keep-first-frame keeps the first frame of a Wan image-to-video panorama; pick a "
+                              "Wan image-to-video model with --model, or drop --keep-first-frame.")
     if s.input_path and not Path(s.input_path).is_file():
         raise InvalidArgument(f"There is no input image '{s.input_path}'. Give the path of an image the server "
                               "can read (upload it first when the server is remote).")
@@ -267,8 +275,11 @@ def generate_panorama(
     band_predict = _band_predict(adapter, r, s) if s.band_prompts else None
     plan = panorama_plan(adapter, r, s)
     noise = _initial_noise(adapter, layout, r.frames, r.width, r.height, generator)
-    clean_input, top, left = None, 0, 0
-    if input_image is not None:
+    clean_input, top, left, i2v = None, 0, 0, None
+    if input_image is not None and is_wan_image_to_video(adapter):  # the I2V model's condition, per window
+        i2v = WanImagePanorama(adapter, input_image, r.frames, _band_conditions(adapter, r, s, cond),
+                               bool(s.band_prompts))
+    elif input_image is not None:
         cell = adapter.vae_scale_factor
         placed, top_px, left_px = place_input(input_image, r.width, r.height, cell)
         clean_input, top, left = encode_input(adapter, placed, r.frames), top_px // cell, left_px // cell
@@ -282,23 +293,50 @@ def generate_panorama(
         else:
             x = levels.noised(x, noise, start)
         step = (lambda done, todo: on_step(label, done, todo)) if on_step else None
+        region_predict = i2v.at(*_pixel_size(adapter, plan)) if i2v is not None else None
         return denoise_panorama(
             x, scheduler, lambda z, t: adapter.predict(z, t, cond), layout, plan, generator, start_index=start,
             hooks=(*keep(levels), *hooks), callbacks=LoopCallbacks(step, should_stop),
             step_kwargs=scheduler_step_kwargs(scheduler, generator), record_counts=record_counts,
-            band_predict=band_predict)
+            band_predict=None if region_predict else band_predict, region_predict=region_predict)
+
+    def keeping(at: PanoramaPlan, own_noise: torch.Tensor, ratio: tuple[float, float] = (1.0, 1.0)) -> Callable:
+        """The hooks that keep the input at one size: pasted, or on Wan I2V (asked for) its frame 0."""
+        if i2v is None:
+            return lambda lv: _keep_input(clean_input, top, left, own_noise, lv, ratio)
+        if not s.keep_first_frame:
+            return lambda lv: []
+        return lambda lv: [i2v.keep_first_frame(*_pixel_size(adapter, at), own_noise, lv)]
 
     low_plan = global_motion_plan(adapter, r, s)
     if low_plan is None:
-        return run(plan, noise, 0, "denoise", lambda lv: _keep_input(clean_input, top, left, noise, lv))
+        return run(plan, noise, 0, "denoise", keeping(plan, noise))
     low_noise = _initial_noise(adapter, layout, r.frames, low_plan.latent_size[2] * adapter.vae_scale_factor,
                                low_plan.latent_size[1] * adapter.vae_scale_factor, generator)
     ratio = (low_plan.latent_size[1] / plan.latent_size[1], low_plan.latent_size[2] / plan.latent_size[2])
-    low = run(low_plan, low_noise, 0, "global motion (low resolution)",
-              lambda lv: _keep_input(clean_input, top, left, low_noise, lv, ratio))
+    low = run(low_plan, low_noise, 0, "global motion (low resolution)", keeping(low_plan, low_noise, ratio))
     upsampled = upsample_latent(low, plan.latent_size[1:], wrap_width=s.wraps)
     start = min(r.steps - 1, int(r.steps * GMG_START_FRACTION))
-    return run(plan, upsampled, start, "denoise", lambda lv: _keep_input(clean_input, top, left, noise, lv))
+    return run(plan, upsampled, start, "denoise", keeping(plan, noise))
+
+
+def _pixel_size(adapter: FamilyAdapter, plan: PanoramaPlan) -> tuple[int, int]:
+    """(width, height) in px of a plan's latent."""
+    return plan.latent_size[2] * adapter.vae_scale_factor, plan.latent_size[1] * adapter.vae_scale_factor
+
+
+def _band_conditions(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings, cond: Any) -> Callable:
+    """``band → Conditioning``: each latitude band's prompt encoded once (``cond`` without bands)."""
+    encoded: dict[str, Any] = {}
+
+    def conditioning(band: int) -> Any:
+        if not s.band_prompts:
+            return cond
+        prompt = s.band_prompt(band, r.prompt)
+        if prompt not in encoded:
+            encoded[prompt] = adapter.encode_prompt(prompt, r.negative_prompt, r.guidance)
+        return encoded[prompt]
+    return conditioning
 
 
 def _band_predict(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings) -> Callable:

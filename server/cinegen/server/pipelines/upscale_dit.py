@@ -49,6 +49,7 @@ from ..models.family import Conditioning
 from ..models.wan import WanAdapter
 from ..output import resize_alpha
 from .base import JobSpec, Resolved, RunContext, StepProgress, seeded_generator
+from .upscale_dit_i2v import condition_windows_predict, entry_is_image_to_video, stage_condition
 
 WAN_TEMPORAL_FACTOR = 4  # frames per latent frame of the causal Wan VAE (plus the first)
 DEFAULT_STRENGTH = {"generate": 0.7, "plate": 0.7, "refine": 0.6}
@@ -219,6 +220,8 @@ def temporal_windows_predict(adapter: WanAdapter, cond: Conditioning):
     frames, blended every step (no seam in time, one window's activations in memory)."""
     window = adapter.latent_frames(adapter.native_frames)
     overlap = default_overlap(window)
+    if "condition" in cond.extra:  # image-to-video: each window takes its own frames of the condition
+        return condition_windows_predict(adapter, cond, window, overlap)
     return lambda v, t: predict_in_temporal_windows(lambda z, u: adapter.predict(z, u, cond), v, t, window, overlap)
 
 
@@ -276,10 +279,11 @@ def dit_target_size(adapter: WanAdapter, common, params: UpscaleParams, base: tu
     return max(m, round(base[0] * scale / m) * m), max(m, round(base[1] * scale / m) * m)
 
 
-def dit_mode(params: UpscaleParams) -> str:
-    """The mode asked for; a plate given with the default mode means plate mode (as on UNet models)."""
+def dit_mode(params: UpscaleParams, image_to_video: bool = False) -> str:
+    """The mode asked for; a plate given with the default mode means plate mode (as on UNet models),
+    except on an image-to-video model, where generate starts from the input's first frame."""
     mode = params.mode or "generate"
-    return "plate" if mode == "generate" and params.input else mode
+    return "plate" if mode == "generate" and params.input and not image_to_video else mode
 
 
 def is_wan_2_2(adapter: WanAdapter) -> bool:
@@ -307,10 +311,8 @@ def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, pa
                     options: CineScaleOptions | None = None) -> list[str]:
     """Generate or refine a Wan video at the target size and write its frames; returns the written paths."""
     options = options or CineScaleOptions()
-    if adapter.is_image_to_video:
-        raise InvalidArgument(f"'{adapter.entry.id}' is an image-to-video model; "
-                              "upscale runs on text-to-video Wan models.")
-    mode = dit_mode(params)
+    i2v = adapter.is_image_to_video  # the first frame conditions every stage (upscale_dit_i2v.py)
+    mode = dit_mode(params, i2v)
     alphas: list[np.ndarray] = []  # the plate's mattes, carried to the output frames
     strength = params.strength if params.strength is not None else default_strength(adapter, mode)
     start_index = start_index_for(resolved.steps, strength)
@@ -318,9 +320,11 @@ def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, pa
     if mode == "generate":
         frames, clip = resolved.frames, None
         start = adapter.native_size
+        first = read_plate_clip(params.input, 1)[0, :, 0] if i2v else None
     else:
         clip = read_plate_clip(params.input, ctx.job.common.frames, alphas)
         frames, start = clip.shape[2], (clip.shape[-1], clip.shape[-2])
+        first = clip[0, :, 0] if i2v else None
     check_wan_frames(frames, "video" if clip is None else "plate")
     target = dit_target_size(adapter, ctx.job.common, params, start)
     stages = params.stages or (2 if mode == "generate" else 1)
@@ -343,9 +347,10 @@ def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, pa
                                   ctx.latent_preview(adapter))
         if stage.refine is None:
             latents = generate_base_latents(adapter, cond, stage.width, stage.height, frames, resolved.steps,
-                                            generator, callbacks, options.base_shift)
+                                            generator, callbacks, options.base_shift, image=first)
         else:
-            latents = refine_latents(adapter, cond, latents, stage, resolved.steps, generator, callbacks)
+            own = cond if first is None else stage_condition(adapter, cond, first, frames, stage.width, stage.height)
+            latents = refine_latents(adapter, own, latents, stage, resolved.steps, generator, callbacks)
     return write_video(ctx, adapter, latents, resolved, vae_tile, progress, len(plan) + 1, alphas)
 
 
@@ -417,13 +422,19 @@ def validate_dit_upscale(job: JobSpec, registry) -> None:
     entry = registry.entry(common.model or registry.default_model(("wan",)))
     if entry.family != "wan":
         raise InvalidArgument(f"The DiT upscale path runs on Wan models; '{entry.id}' is a {entry.family} model.")
-    mode = dit_mode(params)
+    i2v = entry_is_image_to_video(registry, entry)
+    mode = dit_mode(params, i2v)
     if mode not in DEFAULT_STRENGTH:
         raise InvalidArgument(f"Unknown upscale mode '{mode}': use generate, plate or refine.")
     if params.scale is not None and (common.width or common.height):
         raise InvalidArgument("Give either --scale or --width/--height as the target, not both.")
     check_wan_size(common.width, common.height, _size_multiple_of(entry.path) if entry.path else 16)
     if mode == "generate":
+        if i2v and not params.input:
+            raise InvalidArgument(f"'{entry.id}' is an image-to-video model: give the video's first frame with "
+                                  "--input FRAME.####.exr (an image sequence; its first frame is used).")
+        if i2v:
+            plate_frame_count(params.input)  # NOT_FOUND with the fix when the image is not there
         if common.frames is not None:
             check_wan_frames(common.frames)
         if params.stages == 1 and not (common.width or common.height) and (params.scale or 2.0) > 1.0:
