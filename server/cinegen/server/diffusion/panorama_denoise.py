@@ -370,7 +370,7 @@ def view_overlap(regions: Sequence[Region]) -> np.ndarray:
     masks = [getattr(r, "host_mask", None) for r in regions]
     if any(m is None for m in masks):  # regions of unknown extent: each one after the one before it
         return np.ones((count, count), dtype=bool)
-    frames = [set(r.frames.indices().tolist()) for r in regions]  # type: ignore[attr-defined]
+    frames = [_span_set(r.frames) for r in regions]  # type: ignore[attr-defined]
     pixels = np.stack(masks)
     overlap = np.zeros((count, count), dtype=bool)
     for j in range(count):
@@ -379,12 +379,16 @@ def view_overlap(regions: Sequence[Region]) -> np.ndarray:
     return overlap
 
 
+def _span_set(span: AxisSpan) -> set[int]:
+    return {(span.start + i) % span.extent for i in range(span.size)}
+
+
 def _check_views_cover(regions: Sequence[Region], size: tuple[int, ...]) -> None:
     """The views must cover every latent (frames × sphere pixels); checked on host geometry, not the device."""
     masks = [getattr(r, "host_mask", None) for r in regions]
     if not regions or any(m is None for m in masks):
         return
-    frames = set().union(*(set(r.frames.indices().tolist()) for r in regions))  # type: ignore[attr-defined]
+    frames = set().union(*(_span_set(r.frames) for r in regions))  # type: ignore[attr-defined]
     covered = np.unpackbits(np.bitwise_or.reduce(np.stack(masks)), count=size[-2] * size[-1]).astype(bool)
     missing = (size[0] - len(frames)) * covered.size + len(frames) * int((~covered).sum())
     if missing:
