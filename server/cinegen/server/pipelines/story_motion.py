@@ -94,7 +94,8 @@ class FramePinning:
         self.scheduler, self.pins, self.noise, self.last_index = scheduler, pins, noise, last_index
 
     def noised(self, latent: torch.Tensor, noise: torch.Tensor, index: int, t: torch.Tensor) -> torch.Tensor:
-        return self.scheduler.add_noise(latent, noise, t)
+        # a 1-D batch of one timestep: Euler-type schedulers (AnimateDiff-SDXL's) index it; DDIM broadcasts it
+        return self.scheduler.add_noise(latent, noise, torch.as_tensor(t).reshape(1))
 
     def before_step(self, index: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
