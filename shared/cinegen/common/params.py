@@ -185,7 +185,8 @@ class PanoramaParams:
     projection: str = param("plane", label="Projection", help="plane: wide picture; ring: seamless 360° cylinder; "
                             "sphere: full 360°×180° equirectangular (2:1).", choices=("plane", "ring", "sphere"))
     loop: bool = param(False, label="Seamless loop", help="Make the video loop seamlessly (video models).")
-    input: str = param("", label="Input plate", help="Optional image that fills its place in the panorama and is kept.", kind="path")
+    input: str = param("", label="Input plate", help="Optional image that fills its place in the panorama and is kept; on a Wan "
+                       "image-to-video model, the panorama's first frame (resized to the panorama).", kind="path")
     input_colorspace: str = param("", label="Input colour space",
                                   help="The colour space of the input image (a name from the OpenColorIO config); "
                                   "empty = float files are scene-linear, 8- and 16-bit files sRGB.")
@@ -196,6 +197,9 @@ class PanoramaParams:
                                 "the schedule, as DynamicScaler); off = plain offset shifting (faster).")
     band_prompts: list[str] = param([], label="Band prompts", help="Sphere: a prompt per latitude band, zenith first, comma separated "
                                     "(3 = sky, horizon, ground; up to 9, one per view row); '-' = the prompt.")
+    keep_first_frame: bool = param(False, label="Keep the first frame", help="Wan image-to-video: frame 0 stays the input "
+                                   "image (as the VAE draws it) instead of the model's redrawing of it; off = as the stock "
+                                   "image-to-video pipeline.")
 
 
 @dataclass
