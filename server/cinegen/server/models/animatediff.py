@@ -18,6 +18,7 @@ from .sd import SDAdapter, _repeat_halves, keep_vae_in_float32
 from .toy import read_sidecar
 
 ANIMATEDIFF_PIPELINE_CLASSES = ("AnimateDiffPipeline", "AnimateDiffSDXLPipeline")
+NATIVE_FRAMES = 16  # AnimateDiff's motion modules are trained on 16-frame clips (a sidecar may say otherwise)
 
 
 class AnimateDiffAdapter(SDAdapter):
@@ -33,7 +34,7 @@ class AnimateDiffAdapter(SDAdapter):
     @property
     def native_frames(self) -> int:
         # the motion module's training length; its position table allows at most motion_max_seq_length
-        return int(getattr(self.pipe, "_cinegen_native_frames", 16))
+        return int(getattr(self.pipe, "_cinegen_native_frames", NATIVE_FRAMES))
 
     @property
     def max_frames(self) -> int:
@@ -55,9 +56,14 @@ class AnimateDiffAdapter(SDAdapter):
         if embeds.shape[0] != rows:  # several clips (windows) over one encoded prompt
             embeds = _repeat_halves(embeds, rows, cond.do_cfg)
         embeds = embeds.repeat_interleave(repeats=x.shape[2], dim=0)
+        control = cond.extra.get("control")  # SparseCtrl (models/sparsectrl.py): residuals for the skips
+        residuals = {}
+        if control is not None:
+            down, mid = control(latent_in, t, embeds)
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         with torch.no_grad():
             out = self.pipe.unet(latent_in, t, encoder_hidden_states=embeds, cross_attention_kwargs=None,
-                                 added_cond_kwargs=self._added_cond(x, latent_in.shape[0], cond), return_dict=False)[0]
+                                 added_cond_kwargs=self._added_cond(x, latent_in.shape[0], cond), return_dict=False, **residuals)[0]
         if cond.do_cfg:
             uncond, text = out.chunk(2)
             out = uncond + cond.guidance * (text - uncond)

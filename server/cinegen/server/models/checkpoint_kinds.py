@@ -12,6 +12,8 @@ Kinds and the names that tell them apart (single-file = the original, LDM layout
   (CLIP ViT-L) and ``.1`` (OpenCLIP bigG), the SDXL refiner ``conditioner.embedders.0.model.*`` only;
 - ``lora``: ``lora_up``/``lora_down`` (kohya), ``lora_A``/``lora_B`` (peft), ``.lora.up`` (diffusers),
   ``to_q_lora.down`` (AnimateDiff motion LoRAs);
+- ``sparsectrl``: ``controlnet_cond_embedding`` with ``motion_modules`` (a SparseCtrl encoder; cinegen
+  loads it as a diffusers folder, see models/sparsectrl.py);
 - ``motion-lora``: such LoRA weights inside ``motion_modules``; ``motion-module``: ``motion_modules``
   without them (AnimateDiff v1/v2/v3 files);
 - ``vae``: ``encoder.*`` and ``decoder.*`` (LDM or diffusers names) and no denoiser;
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHECKPOINT_KINDS = ("sd1", "sd2", "sdxl", "sdxl-refiner")
-ADDON_KINDS = ("lora", "motion-lora", "motion-module", "vae", "textual-inversion")
+ADDON_KINDS = ("lora", "motion-lora", "motion-module", "vae", "textual-inversion", "sparsectrl")
 MAX_HEADER_BYTES = 100 << 20  # a header larger than this is not a safetensors file we can read
 
 
@@ -65,6 +67,8 @@ def classify_names(table: dict[str, dict]) -> FileKind:
     has = lambda part: any(part in n for n in names)  # noqa: E731
     starts = lambda prefix: any(n.startswith(prefix) for n in names)  # noqa: E731
     lora = any(has(p) for p in ("lora_up", "lora_down", "lora_A", "lora_B", ".lora.", "_lora."))
+    if has("motion_modules") and has("controlnet_cond_embedding"):  # before motion modules: it holds them too
+        return FileKind("sparsectrl", "sd1", "controlnet_cond_embedding and motion_modules")
     if has("motion_modules"):
         return FileKind("motion-lora" if lora else "motion-module", "sd1", "motion_modules")
     if lora:

@@ -21,6 +21,7 @@ from ..errors import FailedPrecondition, NotFound, ResourceExhausted
 from .families import all_families
 from .checkpoint_kinds import classify_file
 from .family import AddOn, Family, FamilyAdapter, ModelEntry, TinyModel
+from .sparsectrl import SPARSECTRL_KIND, is_sparsectrl_folder
 from .precision import device_supports_bf16, dtype_for
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,8 @@ class ModelRegistry:
             if family:
                 out.append(ModelEntry(folder.name, family, "folder", str(folder)))
         out += self._paired_animatediff(candidates)
+        # SparseCtrl RGB encoders (diffusers folders) condition AnimateDiff (SD 1.x) on keyframes: add-ons
+        self._addons += [AddOn(f.name, SPARSECTRL_KIND, "sd1", str(f)) for f in candidates if is_sparsectrl_folder(f)]
         single = [f for f in self.families.values() if f.single_file]
         for ckpt in sorted(root.glob("*.safetensors")):
             kind = classify_file(ckpt)  # from the tensor names, never the file name

@@ -12,9 +12,10 @@ a native-length clip stays the stock computation.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
+from torch import nn
 
 from ..models.family import FamilyAdapter
 
@@ -27,17 +28,53 @@ def needs_free_noise(adapter: FamilyAdapter, frames: int) -> bool:
 
 
 @contextlib.contextmanager
-def free_noise(adapter: FamilyAdapter, frames: int, stride: int = FREE_NOISE_STRIDE) -> Iterator[bool]:
+def free_noise(adapter: FamilyAdapter, frames: int, stride: int = FREE_NOISE_STRIDE,
+               also: Sequence[nn.Module] = ()) -> Iterator[bool]:
     """FreeNoise windows in the motion modules while a long clip is denoised; the plain blocks come back
-    after (also on error or cancel). Yields whether it is on."""
+    after (also on error or cancel). Yields whether it is on. `also`: other models with motion modules
+    that see the same clip (a SparseCtrl encoder), windowed alike."""
     if not needs_free_noise(adapter, frames):
         yield False
         return
-    adapter.pipe.enable_free_noise(context_length=adapter.native_frames, context_stride=stride)
+    pipe = adapter.pipe
+    pipe.enable_free_noise(context_length=adapter.native_frames, context_stride=stride)
+    extra = [block for model in also for block in motion_blocks(model)]
     try:
+        for block in extra:
+            pipe._enable_free_noise_in_block(block)  # the pipe's context length and stride, set just above
+            _single_attention_fix(block)
         yield True
     finally:
-        _disable_free_noise(adapter.pipe)
+        for block in extra:
+            pipe._disable_free_noise_in_block(block)
+        _disable_free_noise(pipe)
+
+
+def _single_attention_fix(block: nn.Module) -> None:
+    """diffusers' FreeNoiseTransformerBlock never sets `attn2` when a block has one attention (SparseCtrl's
+    motion modules: no double self-attention), then reads it; None is what BasicTransformerBlock holds."""
+    for module in block.modules():
+        if type(module).__name__ == "FreeNoiseTransformerBlock" and "attn2" not in module._modules \
+                and not hasattr(module, "attn2"):
+            module.attn2 = None
+
+
+def motion_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks of a UNet-like model that hold motion modules."""
+    blocks = [*getattr(model, "down_blocks", []), getattr(model, "mid_block", None), *getattr(model, "up_blocks", [])]
+    return [b for b in blocks if b is not None and getattr(b, "motion_modules", None) is not None]
+
+
+def free_noise_spans(frames: int, length: int, stride: int = FREE_NOISE_STRIDE) -> list[tuple[int, int]]:
+    """[start, stop) of the frames each FreeNoise window covers, in the order diffusers'
+    `FreeNoiseTransformerBlock` runs them: every `stride` from 0, plus one ending at the last frame
+    when they do not reach it."""
+    if frames <= length:
+        return [(0, frames)]
+    spans = [(s, min(frames, s + length)) for s in range(0, frames - length + 1, stride)]
+    if spans[-1][1] != frames:
+        spans.append((frames - length, frames))
+    return spans
 
 
 def _disable_free_noise(pipe) -> None:
@@ -58,4 +95,5 @@ def free_noise_latents(adapter: FamilyAdapter, width: int, height: int, frames: 
                                                     adapter.device, generator)
 
 
-__all__ = ["FREE_NOISE_STRIDE", "free_noise", "free_noise_latents", "needs_free_noise"]
+__all__ = ["FREE_NOISE_STRIDE", "free_noise", "free_noise_latents", "free_noise_spans", "motion_blocks",
+           "needs_free_noise"]

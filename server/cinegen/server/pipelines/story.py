@@ -6,8 +6,9 @@ Stages, as the method reads:
    of all earlier keyframes (`diffusion/goldenmem.py`: the k-th most recent at 1/φ^k of the size),
    so characters and places persist. With no earlier keyframe this is exactly the image pipeline.
 2. **Motion, bottom-up** (video model, `story_motion.py`): a clip per shot that starts on its keyframe
-   and, with `continuity: true`, ends on the next shot's keyframe: latent pinning of those frames on
-   `animatediff`, Wan 2.1 first-last-frame-to-video on Wan image-to-video models, flow-matching
+   and, with `continuity: true`, ends on the next shot's keyframe: on `animatediff` SparseCtrl RGB
+   conditions at those frames when a SparseCtrl model is installed (`--keyframe-motion`), else latent
+   pinning of those frames; Wan 2.1 first-last-frame-to-video on Wan image-to-video models, flow-matching
    pinning on Wan text-to-video ones. Shots longer than the motion model's clip are made of clips
    chained by their shared boundary frame.
 3. **Outputs**: `OUT/<shot>/<shot>.####.exr`, `OUT/<title>.keyframes.png` (contact sheet) and
@@ -27,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -44,10 +45,12 @@ from ..output.contact_sheet import ContactTile, write_contact_sheet
 from ..diffusion.goldenmem import build_memory_latents
 from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
 from ..diffusion.shared_attention import MemoryWriteHook, shared_self_attention
-from ..errors import InvalidArgument
+from ..errors import FailedPrecondition, InvalidArgument
 from ..models.family import FamilyAdapter
+from ..models.sparsectrl import pick_sparsectrl, sparsectrl_for
 from ..output.otio_cut import (STATE_DIR, MissingShot, ShotRecord, forget_shot_record, load_shot_record,
                            safe_file_stem, save_shot_record, shot_folder, write_story_timeline)
+from ..scaleout.units import single_unit, story_units
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, log_duration, seeded_generator
 from .story_motion import MOTION_FAMILIES, motion_for_family, same_vae
 # the motion building blocks live in story_motion; they stay importable from here
@@ -178,6 +181,13 @@ class StoryPipeline(Pipeline):
         except StoryError as exc:
             raise InvalidArgument(str(exc)) from exc
 
+    def work_units(self, job: JobSpec, registry, *, chunk: int, workers: int):
+        # keyframes are sequential (GoldenMem), then each shot needs only the keyframes on disk
+        if job.params.stage != "all":  # a farm-style single stage is one unit already
+            return single_unit()
+        story, _ = self.story_and_shots(job.params)
+        return story_units(story, job.params.shots)
+
     def video_model_id(self, job: JobSpec, registry) -> str:
         return job.params.video_model or registry.default_model(MOTION_FAMILIES)
 
@@ -194,6 +204,22 @@ class StoryPipeline(Pipeline):
         if entry.family not in MOTION_FAMILIES:
             raise InvalidArgument(f"--video-model '{entry.id}' is a {entry.family} model; the story pipeline makes "
                                   f"motion on {' or '.join(MOTION_FAMILIES)} models.")
+        pick_sparsectrl(registry.addons(), job.params.keyframe_motion, job.params.sparsectrl, entry.family)
+
+    def sparsectrl(self, job: JobSpec, registry, video_adapter: FamilyAdapter, log: Callable[[str], None]):
+        """The SparseCtrl model AnimateDiff motion is conditioned with, or None (pinning); `auto` falls back
+        to pinning, with a log line, when the installed one does not fit the video model."""
+        p = job.params
+        addon = pick_sparsectrl(registry.addons(), p.keyframe_motion, p.sparsectrl, video_adapter.family)
+        if addon is None:
+            return None
+        try:
+            return sparsectrl_for(video_adapter, addon.id, addon.path)
+        except FailedPrecondition as exc:
+            if (p.keyframe_motion or "auto") != "auto" or p.sparsectrl:
+                raise
+            log(f"story: {exc} Keyframes are pinned instead.")
+            return None
 
     # ---- run ---------------------------------------------------------------------------------
     def run(self, ctx: RunContext) -> list[str]:
@@ -206,7 +232,9 @@ class StoryPipeline(Pipeline):
         # unless --width/--height: keyframes are resized to it (an SDXL 1024² keyframe into a 512² AnimateDiff)
         if job.common.prompt or job.common.frames:
             ctx.log("story: prompts and lengths come from the story file; --prompt and --frames are ignored")
-        cut = StoryRun(ctx, story, Path(job.common.out).expanduser().absolute(), image_adapter, video_adapter)
+        moves = job.params.stage in ("all", "motion")
+        cut = StoryRun(ctx, story, Path(job.common.out).expanduser().absolute(), image_adapter, video_adapter,
+                       self.sparsectrl(job, ctx.registry, video_adapter, ctx.log) if moves else None)
         seeds = {shot.id: shot.seed if shot.seed is not None else (r_key.seed + k) % 2**63
                  for k, shot in enumerate(story.shots)}
         stage = job.params.stage
@@ -246,6 +274,7 @@ class StoryRun:
     out: Path
     image_adapter: FamilyAdapter
     video_adapter: FamilyAdapter
+    sparsectrl: Any = None  # AnimateDiff: the SparseCtrl model the keyframes condition (None: pinned)
 
     def __post_init__(self) -> None:
         self.store = KeyframeStore(self.out)
@@ -291,7 +320,7 @@ class StoryRun:
             raise InvalidArgument(f"{shot.id}: a keyframe it needs is missing from {self.store.root}; "
                                   "run all shots again.")
         last = following_key[0] if following_key is not None and shot.frames > 1 else None
-        frames = motion_for_family(self.video_adapter)(
+        frames = motion_for_family(self.video_adapter, self.sparsectrl)(
             self.image_adapter, self.video_adapter, r, own[0], last, shared_vae=self.shared_vae,
             callbacks=LoopCallbacks(on_step, self.ctx.check_cancel,
                                     self.ctx.latent_preview(self.video_adapter)))[0]  # (3, F, H, W)

@@ -3,10 +3,17 @@
 Every family's generator has one signature (`ShotMotion`): the keyframes come as latents of the
 keyframe image model, the clip goes out as pixels (1, 3, F, H, W) in [0, 1].
 
-- **animatediff** — latent inpainting of whole frames (`FramePinning`): before every step the pinned
-  frames are replaced by their keyframe latent noised to that step's t, after the last step by the
-  clean latent. A shot longer than the model's clip is still one clip: FreeNoise windows in the motion
-  modules and FreeNoise's re-used noise (long_video.py), so its far end is denoised with its start.
+- **animatediff with SparseCtrl** (a SparseCtrl RGB model installed beside it, models/sparsectrl.py):
+  the keyframes are SparseCtrl conditions at their frame indices (frame 0; the last frame for
+  continuity), as `AnimateDiffSparseControlNetPipeline`: a clip-long latent holding each keyframe's
+  latent at its index, zeros elsewhere, and a mask that is 1 on exactly those frames; the encoder's
+  residuals go into the UNet's skips on every step. Nothing is pinned: the model draws the keyframes.
+- **animatediff without SparseCtrl** (or `--keyframe-motion pinning`) — latent inpainting of whole
+  frames (`FramePinning`): before every step the pinned frames are replaced by their keyframe latent
+  noised to that step's t, after the last step by the clean latent.
+- A shot longer than AnimateDiff's clip is still one clip: FreeNoise windows in the motion modules (the
+  SparseCtrl encoder's too) and FreeNoise's re-used noise (long_video.py), so its far end is denoised
+  with its start.
 - **wan, image-to-video model** — Wan 2.1 first-last-frame-to-video, as diffusers'
   `WanImageToVideoPipeline(image=first, last_image=last)`: the pixel clip [first, 0, …, 0, last] is
   VAE-encoded into a conditioning latent and concatenated, with a frame mask (1 on the given frames),
@@ -28,18 +35,22 @@ keyframe image model, the clip goes out as pixels (1, 3, F, H, W) in [0, 1].
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ..diffusion.noise_shift import renoise_flow
 from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
+from ..diffusion.sparse_condition import sparse_condition
 from ..diffusion.temporal_windows import predict_in_windows, window_spans
 from ..errors import InvalidArgument
 from ..models.family import Conditioning, FamilyAdapter
+from ..models.sparsectrl import SparseControl
 from .base import Resolved, seeded_generator
 from .long_video import free_noise, free_noise_latents
 
@@ -121,20 +132,28 @@ class FlowFramePinning(FramePinning):
 
 
 def generate_pinned_clip(adapter: FamilyAdapter, r: Resolved, pins: dict[int, torch.Tensor], *,
-                         callbacks: LoopCallbacks | None = None) -> torch.Tensor:
-    """(1, C, F, h, w) latents of an `r.frames` clip (AnimateDiff-style video UNet) with frames pinned."""
+                         callbacks: LoopCallbacks | None = None, sparsectrl: nn.Module | None = None) -> torch.Tensor:
+    """(1, C, F, h, w) latents of an `r.frames` clip (AnimateDiff-style video UNet) that follows `pins`
+    (frame → (1, C, h, w) latent): pinned frames, or with `sparsectrl` SparseCtrl conditions at those
+    frames (no pinning). Noise, prompt and steps as the stock AnimateDiff pipeline draws them."""
     generator = seeded_generator(r.seed)
     cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
     scheduler = adapter.new_scheduler()
     scheduler.set_timesteps(r.steps, device=adapter.device)
-    with free_noise(adapter, r.frames) as long:  # longer than the motion module's clip: FreeNoise windows
+    also = (sparsectrl,) if sparsectrl is not None else ()
+    with free_noise(adapter, r.frames, also=also) as long:  # longer than the motion module's clip: FreeNoise
         if long:
             noise = free_noise_latents(adapter, r.width, r.height, r.frames, generator)
         else:
             noise = randn_tensor(adapter.latent_shape(1, r.width, r.height, r.frames), generator=generator,
                                  device=adapter.device, dtype=adapter.dtype)
-        pinning = FramePinning(scheduler, pins, noise, last_index=len(scheduler.timesteps) - 1)
-        loop = DenoiseLoop(scheduler, lambda x, t: adapter.predict(x, t, cond), hooks=(pinning,),
+        hooks: tuple = ()
+        if sparsectrl is None:
+            hooks = (FramePinning(scheduler, pins, noise, last_index=len(scheduler.timesteps) - 1),)
+        else:
+            condition, mask = sparse_condition(pins, r.frames)
+            cond = replace(cond, extra={**cond.extra, "control": SparseControl(sparsectrl, condition, mask)})
+        loop = DenoiseLoop(scheduler, lambda x, t: adapter.predict(x, t, cond), hooks=hooks,
                            callbacks=callbacks or LoopCallbacks(),
                            step_kwargs=scheduler_step_kwargs(scheduler, generator))
         return loop.run(noise * scheduler.init_noise_sigma)
@@ -154,19 +173,23 @@ def clip_spans(frames: int, clip_length: int) -> list[tuple[int, int]]:
 
 def generate_motion(adapter: FamilyAdapter, r: Resolved, first: torch.Tensor, last: torch.Tensor | None, *,
                     on_step: Callable[[int, int], None] | None = None,
-                    should_stop: Callable[[], None] | None = None) -> torch.Tensor:
-    """(1, C, r.frames, h, w): frame 0 is `first`, the last frame `last` (when given); one clip however long."""
+                    should_stop: Callable[[], None] | None = None,
+                    sparsectrl: nn.Module | None = None) -> torch.Tensor:
+    """(1, C, r.frames, h, w): frame 0 follows `first`, the last frame `last` (when given) — pinned, or
+    SparseCtrl-conditioned with `sparsectrl`; one clip however long."""
     if r.frames == 1:
         return first.unsqueeze(2)
     pins = {0: first} if last is None else {0: first, r.frames - 1: last}
-    return generate_pinned_clip(adapter, r, pins, callbacks=LoopCallbacks(on_step, should_stop))
+    return generate_pinned_clip(adapter, r, pins, callbacks=LoopCallbacks(on_step, should_stop),
+                                sparsectrl=sparsectrl)
 
 
 def animatediff_motion(image_adapter: FamilyAdapter, video_adapter: FamilyAdapter, r: Resolved, first: torch.Tensor,
-                       last: torch.Tensor | None, *, shared_vae: bool, callbacks: LoopCallbacks) -> torch.Tensor:
+                       last: torch.Tensor | None, *, shared_vae: bool, callbacks: LoopCallbacks,
+                       sparsectrl: nn.Module | None = None) -> torch.Tensor:
     to_video = lambda latent: keyframe_for_video(image_adapter, video_adapter, latent, r.width, r.height, shared_vae)
     latents = generate_motion(video_adapter, r, to_video(first), None if last is None else to_video(last),
-                              on_step=callbacks.on_step, should_stop=callbacks.should_stop)
+                              on_step=callbacks.on_step, should_stop=callbacks.should_stop, sparsectrl=sparsectrl)
     return video_adapter.decode(latents)
 
 
@@ -288,10 +311,11 @@ def wan_motion(image_adapter: FamilyAdapter, video_adapter: FamilyAdapter, r: Re
     return cut_to_length(video_adapter.decode(latents), r.frames, keep_last=end is not None)
 
 
-def motion_for_family(video_adapter: FamilyAdapter) -> ShotMotion:
-    """The first/last-frame motion generator of a video family."""
+def motion_for_family(video_adapter: FamilyAdapter, sparsectrl: nn.Module | None = None) -> ShotMotion:
+    """The first/last-frame motion generator of a video family (`sparsectrl`: AnimateDiff's keyframes as
+    SparseCtrl conditions instead of pinned latents)."""
     if video_adapter.family == "animatediff":
-        return animatediff_motion
+        return partial(animatediff_motion, sparsectrl=sparsectrl)
     if video_adapter.family == "wan":
         return wan_motion
     raise InvalidArgument(f"The story pipeline cannot make motion on '{video_adapter.entry.id}' "
