@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from diffusers import WanPipeline
@@ -180,3 +181,19 @@ def test_the_first_frame_is_the_input_resized_to_the_panorama_in_8_bit_values():
     assert torch.equal(frame * 255, (frame * 255).round())
     same = _image(96, 32)
     assert torch.equal(first_frame(same, 96, 32), same)
+
+
+def test_cli_animates_a_ring_from_its_first_frame_kept(tmp_path):
+    from cinegen.common.exr import ExrMetadata, read_exr_frame, write_exr_frame
+    from cinegen.server.cli import main
+
+    first = tmp_path / "first.exr"
+    write_exr_frame(first, np.concatenate([np.full((32, 64, 3), 0.18, np.float32), np.ones((32, 64, 1), np.float32)],
+                                          -1), metadata=ExrMetadata())
+    out = tmp_path / "pano" / "ring.####.exr"
+    code = main(["generate", "panorama", "--model", "tiny-wan-i2v", "--projection", "ring", "--width", "64",
+                 "--height", "32", "--frames", "5", "--steps", "2", "--input", str(first), "--keep-first-frame",
+                 "--out", str(out), "--no-hf-cache"])
+    assert code == 0
+    frames = [read_exr_frame(tmp_path / "pano" / f"ring.{1001 + i}.exr")[0] for i in range(5)]
+    assert all(f.shape == (32, 64, 4) for f in frames)
