@@ -213,6 +213,11 @@ def loras_applied(adapter: FamilyAdapter, specs: Sequence[LoraSpec]) -> Iterator
     finally:
         if names:
             pipe.unload_lora_weights()
+            for part in pipe.components.values():  # unload leaves peft's adapter table behind; the next job
+                if isinstance(part, nn.Module) and hasattr(part, "peft_config"):  # would warn of "multiple adapters"
+                    del part.peft_config
+                    if getattr(part, "_hf_peft_config_loaded", False):
+                        part._hf_peft_config_loaded = False
 
 
 __all__ = ["LoraSpec", "check_lora", "check_lora_fits", "job_loras", "lora_fit_problem", "loras_applied", "parse_lora",
