@@ -49,8 +49,12 @@ class CommonParams(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., guidance_2: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., out: _Optional[str] = ..., first_frame: _Optional[int] = ..., compression: _Optional[str] = ..., overwrite: _Optional[bool] = ..., frame_range: _Optional[str] = ..., display_transform: _Optional[str] = ..., offload: _Optional[str] = ..., lora: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ImageParams(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("refiner", "refiner_split")
+    REFINER_FIELD_NUMBER: _ClassVar[int]
+    REFINER_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    refiner: str
+    refiner_split: float
+    def __init__(self, refiner: _Optional[str] = ..., refiner_split: _Optional[float] = ...) -> None: ...
 
 class UpscaleParams(_message.Message):
     __slots__ = ("input", "scale", "strength", "cosine_scale", "dilate_tau", "fast", "stages", "mode", "vae_tile", "lora", "latent_resize", "matte_cosine_scale", "input_colorspace")
