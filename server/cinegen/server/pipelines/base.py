@@ -29,6 +29,7 @@ from ..models.lora import job_loras, loras_applied, route_loras
 from ..models.registry import ModelRegistry
 from ..output import FrameSink, base_metadata
 from ..output.frames import display_transform_for
+from ..scaleout.units import WorkUnit, single_unit
 
 PREVIEW_INTERVAL_S = 0.5  # as the service's own limit: previews are for the eye, not the pipeline
 PROJECTION_FIT_CELLS = 16  # latent cells a side of the random latents the preview map is fitted on
@@ -56,6 +57,9 @@ class JobSpec:
     pipeline: str
     common: CommonParams
     params: Any
+    # a work unit of a larger job (scaleout): the whole job's options, which its frames' headers record,
+    # so a frame reads the same whichever unit made it; "" = this spec's own
+    recorded_params: str = ""
 
 
 class RunContext:
@@ -145,7 +149,8 @@ class RunContext:
         meta = base_metadata(pipeline=self.job.pipeline, model=resolved.model,
                              seed=resolved.seed if seed is None else seed,
                              prompt=resolved.prompt if prompt is None else prompt, job=self.job.job_id,
-                             params_json=params_json(common, self.job.params), fps=resolved.fps,
+                             params_json=self.job.recorded_params or params_json(common, self.job.params),
+                             fps=resolved.fps,
                              envmap_latlong=envmap_latlong)
 
         def on_written(frame: int, path: str, seq: str) -> None:
@@ -222,6 +227,12 @@ class Pipeline(ABC):
     @abstractmethod
     def run(self, ctx: RunContext) -> list[str]:
         """Generate; return the output paths (frames, timelines)."""
+
+    def work_units(self, job: JobSpec, registry: ModelRegistry, *, chunk: int, workers: int) -> list[WorkUnit]:
+        """How the job splits into independent units for a cluster (scaleout/units.py): each unit run
+        alone gives its frames exactly as the whole job does. `chunk` frames per chunk where frames are
+        independent, `workers` to split among. One unit unless the pipeline knows better."""
+        return single_unit()
 
     # ---- helpers most pipelines share -------------------------------------------------------
     def model_id(self, job: JobSpec, registry: ModelRegistry) -> str:

@@ -11,12 +11,15 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from cinegen.common.params import ImageParams
-from cinegen.common.sequence import SequencePattern
+from cinegen.common.sequence import FrameRange, SequencePattern
 
 from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
 from ..models.family import FamilyAdapter
+from ..scaleout.units import frame_chunks
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, seeded_generator
 from .frame_range import requested_range, wanted_indices
+
+BATCH = 4  # images denoised together; a chunk of whole batches computes nothing twice
 
 
 def generate_images(adapter: FamilyAdapter, r: Resolved, *, callbacks: LoopCallbacks | None = None,
@@ -60,6 +63,12 @@ class ImagePipeline(Pipeline):
         self.check_family(job, registry)
         requested_range(job)  # a malformed --frame-range fails at submit
 
+    def work_units(self, job: JobSpec, registry, *, chunk: int, workers: int):
+        # every image sees its own slice of one noise draw: chunks of frames give the full run's numbers
+        c = job.common
+        return frame_chunks(FrameRange.from_count(c.first_frame if c.first_frame is not None else 1001, c.frames or 1),
+                            chunk)
+
     def run(self, ctx: RunContext) -> list[str]:
         adapter = ctx.model(self.model_id(ctx.job, ctx.registry))  # with the job's LoRAs, off after run
         r = self.resolve(ctx.job, adapter)
@@ -69,7 +78,7 @@ class ImagePipeline(Pipeline):
         wanted = wanted_indices(ctx.job, r.first_frame, r.frames)
         latents = generate_images(adapter, r, callbacks=LoopCallbacks(progress.callback(0, "denoise"), cancel,
                                                                          ctx.latent_preview(adapter)),
-                                  batch_size=4, only=wanted)
+                                  batch_size=BATCH, only=wanted)
         for n, i in enumerate(wanted):
             ctx.check_cancel()
             image = adapter.decode(latents[n:n + 1])[0]

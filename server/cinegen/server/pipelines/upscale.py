@@ -38,6 +38,7 @@ from ..errors import InvalidArgument, NotFound, ResourceExhausted
 from ..models.family import FamilyAdapter
 from ..models.registry import ModelRegistry
 from ..output import resize_alpha
+from ..scaleout.units import WorkUnit, clip_chunks, frame_chunks, single_unit
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress
 from .frame_range import check_frame_range, wanted_indices
 from .upscale_unet import (CascadeSettings, decode_latents, default_vae_tile, generate_native, pixel_multiple,
@@ -140,6 +141,21 @@ def native_size_hint(registry: ModelRegistry, model_id: str) -> Size | None:
         return side, side
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def plate_clip_length(registry: ModelRegistry, model_id: str) -> int:
+    """Plate frames refined together: 1 on image models, the motion module's clip on video models
+    (from the model folder's sidecar, without loading a real model)."""
+    entry = registry.entry(model_id)
+    if registry.is_loaded(model_id) or entry.source == "builtin":
+        adapter = registry.get(model_id)
+        return adapter.native_frames if adapter.kind == "video" else 1
+    if entry.family != "animatediff":
+        return 1
+    from ..models.animatediff import NATIVE_FRAMES
+    from ..models.toy import read_sidecar
+
+    return int(read_sidecar(Path(entry.path)).get("native_frames") or NATIVE_FRAMES)
 
 
 @dataclass(frozen=True)
@@ -278,6 +294,12 @@ def plate_clips(plate: PlateInfo, clip_len: int) -> Iterator[tuple[list[int], to
         yield frames, _stack(images, clip_len), clipped, alphas
 
 
+def plate_blend(count: int, clip_len: int) -> ClipBlend:
+    """The clips a plate is refined in: video clips overlap by a quarter and fade into each other (no cut
+    in time every clip_len frames); image models take one frame at a time."""
+    return ClipBlend(count, clip_len, default_overlap(clip_len) if count > clip_len else 0)
+
+
 def _stack(images: list[torch.Tensor], clip_len: int) -> torch.Tensor:
     return images[0] if clip_len == 1 else torch.stack(images, dim=2)
 
@@ -313,6 +335,28 @@ class UpscalePipeline(Pipeline):
         if native is not None:
             check_target(mode, native, resolve_target(native, p.scale, job.common.width, job.common.height),
                          model_id)
+
+    def work_units(self, job: JobSpec, registry: ModelRegistry, *, chunk: int, workers: int) -> list[WorkUnit]:
+        """Plates: frame chunks on image models (each frame refined alone), chunks of whole clips at clip
+        starts on video models (units.clip_chunks); generate mode and DiT (wan) plates: one unit.
+
+        A DiT plate cannot be cut and stay the same numbers: its windows are blended every step, so a
+        frame's value after K steps depends on latents up to K·(window − overlap) frames away; Wan's VAE
+        is causal in time (a latent frame depends on every frame before it); the windows' positions and
+        the noise are drawn for the whole clip. A chunk would have to compute the whole clip."""
+        p: UpscaleParams = job.params
+        model_id = self.model_id(job, registry)
+        if registry.entry(model_id).family == "wan" or effective_mode(p) == "generate":
+            return single_unit()
+        plate = inspect_plate(p.input, job.common.frames)
+        first = job.common.first_frame if job.common.first_frame is not None else plate.frames.first
+        frames = FrameRange.from_count(first, plate.frames.count)
+        clip_len = plate_clip_length(registry, model_id)
+        if clip_len <= 1:
+            return frame_chunks(frames, chunk)
+        # the clips of _from_plate; a plan from a wrong clip length would still be exact, only slower
+        blend = plate_blend(frames.count, clip_len)
+        return clip_chunks(frames, blend.starts, blend.window, workers)
 
     def resolve(self, job: JobSpec, adapter: FamilyAdapter) -> Resolved:
         r = super().resolve(job, adapter)
@@ -374,8 +418,7 @@ class UpscalePipeline(Pipeline):
         assert plate is not None
         clip_len = adapter.native_frames if adapter.kind == "video" else 1
         count = plate.frames.count
-        # video: clips overlap by a quarter and fade into each other (no cut in time every clip_len frames)
-        blend = ClipBlend(count, clip_len, default_overlap(clip_len) if count > clip_len else 0)
+        blend = plate_blend(count, clip_len)
         # a --frame-range chunk refines every clip holding one of its frames, as a full run does
         wanted = wanted_indices(ctx.job, r.first_frame, count)
         needed = [n for n, start in enumerate(blend.starts)

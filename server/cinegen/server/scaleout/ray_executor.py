@@ -2,7 +2,8 @@
 
 The service, its queue, journal and event log stay as they are; only `pipeline.run(ctx)` is replaced
 by `RayUnitRunner.run(pipeline, ctx)`, which
-- splits the job into units (story: keyframes, a unit per shot, the cut; frame chunks; or one unit),
+- splits the job into the units its pipeline declares (story: keyframes, a unit per shot, the cut;
+  frame chunks; plates in chunks of whole clips, one per worker; or one unit),
 - runs each unit, once the units it waits for are done, on an idle `UnitWorker` actor (one per GPU,
   `num_gpus=1`; on a CPU cluster `num_cpus=1`), which keeps its models resident in its own registry,
 - forwards the unit's events (progress, previews, frames, log lines), in the order the unit made
@@ -28,12 +29,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from cinegen.common.sequence import FrameRange
+from cinegen.common.params import params_json
 
 from .. import errors
 from ..errors import JobCancelled, UserError
 from ..pipelines.base import JobSpec, Pipeline, RunContext
-from .units import DEFAULT_CHUNK, WorkUnit, check_order, frame_chunks, single_unit, story_units
+from .units import DEFAULT_CHUNK, WorkUnit, check_order, single_unit
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ RETRY_DELAY_S = 1.0  # times the attempt: a worker Ray restarts (or that is only
 POLL_S = 0.05  # how often the scheduler looks at cancel (a unit's end wakes it at once)
 PREVIEW_SIDE = 256  # previews travel from the workers at most this big
 PREVIEW_INTERVAL_S = 0.5
+WORKER_START_S = 300  # workers that cannot be placed (a busy cluster) fail the start instead of hanging
 MAX_BATCH = 64  # events of a unit sent together at most
 ENDINGS = ("done", "cancelled", "user_error", "crash")  # a unit's last event
 _USER_ERRORS = {cls.code: cls for cls in (errors.InvalidArgument, errors.NotFound, errors.FailedPrecondition,
@@ -76,7 +78,10 @@ class UnitWorker:
         from ..models.registry import ModelRegistry
         from ..pipelines import load_pipelines
 
-        self.registry = ModelRegistry([Path(p) for p in config.models_dirs], device=config.device,
+        self.device, self.note = worker_device(config.device)
+        if self.note:
+            log.warning(self.note)
+        self.registry = ModelRegistry([Path(p) for p in config.models_dirs], device=self.device,
                                       memory_budget=config.memory_budget, use_hf_cache=config.use_hf_cache,
                                       cache_dir=Path(config.cache_dir) if config.cache_dir else None)
         self.pipelines = load_pipelines()
@@ -84,6 +89,17 @@ class UnitWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def placement(self) -> dict[str, Any]:
+        """Where Ray put this worker: its process, node, the GPUs Ray gave it (CUDA_VISIBLE_DEVICES is
+        set to them, so `cuda` is the first of them), the device it runs on and why when not the GPU."""
+        import ray
+
+        context = ray.get_runtime_context()
+        return {"pid": os.getpid(), "node": context.get_node_id(),
+                "gpus": [str(g) for g in context.get_accelerator_ids().get("GPU", [])],
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": self.device,
+                "note": self.note}
 
     def cancel(self, key: str) -> None:
         self._cancelled.add(key)
@@ -133,37 +149,40 @@ class UnitWorker:
             self._cancelled.discard(key)
 
 
-# ------------------------------------------------------------------------------------------ planning
-def plan_units(pipeline: Pipeline, spec: JobSpec, registry: Any, chunk: int = DEFAULT_CHUNK) -> list[WorkUnit]:
-    """The job's units, from what the server knows at run time (story file, plate on disk)."""
-    c, p = spec.common, spec.params
-    if spec.pipeline == "story":
-        story, _ = pipeline.story_and_shots(p)  # type: ignore[attr-defined]
-        if p.stage != "all":  # a farm-style single stage is one unit already
-            return single_unit()
-        return story_units(story, p.shots)
-    if c.frame_range:  # already a chunk
-        return single_unit()
-    if spec.pipeline == "image":
-        return frame_chunks(FrameRange.from_count(c.first_frame if c.first_frame is not None else 1001,
-                                                  c.frames or 1), chunk)
-    if spec.pipeline == "upscale" and p.input and registry.entry(pipeline.model_id(spec, registry)).family != "wan":
-        from ..pipelines.upscale import effective_mode, inspect_plate
+def worker_device(requested: str) -> tuple[str, str]:
+    """The device a worker runs on, and a sentence when it is not the one asked for: a worker Ray gave a
+    GPU (its resources may be declared, `ray start --num-gpus`) where torch sees no CUDA runs on the CPU."""
+    if requested != "cuda":
+        return requested, ""
+    import torch
 
-        if effective_mode(p) != "generate":
-            plate = inspect_plate(p.input, c.frames)
-            first = c.first_frame if c.first_frame is not None else plate.frames.first
-            return frame_chunks(FrameRange.from_count(first, plate.frames.count), chunk)
-    return single_unit()
+    if torch.cuda.is_available():
+        return "cuda", ""
+    why = "torch here is built without CUDA" if torch.version.cuda is None else "no CUDA device or driver is usable"
+    return "cpu", (f"Ray gave this worker GPU(s) {os.environ.get('CUDA_VISIBLE_DEVICES', '?')} (CUDA_VISIBLE_DEVICES) "
+                   f"but {why} (torch {torch.__version__}); it runs on the CPU")
+
+
+# ------------------------------------------------------------------------------------------ planning
+def plan_units(pipeline: Pipeline, spec: JobSpec, registry: Any, chunk: int = DEFAULT_CHUNK,
+               workers: int = 1) -> list[WorkUnit]:
+    """The job's units, as its pipeline declares them from what the server knows at run time (story
+    file, plate on disk), for `workers` workers."""
+    if spec.common.frame_range:  # already a chunk
+        return single_unit()
+    return pipeline.work_units(spec, registry, chunk=chunk, workers=max(1, workers))
 
 
 def unit_spec(spec: JobSpec, unit: WorkUnit) -> JobSpec:
-    """The job with the unit's options: a story stage and its shots, or a frame range."""
+    """The job with the unit's options: a story stage and its shots, or a frame range (the frames'
+    headers keep the whole job's options: the files equal a single-box run's)."""
+    recorded = spec.recorded_params or params_json(spec.common, spec.params)
     if unit.stage:
         params = dataclasses.replace(spec.params, stage=unit.stage, shots=list(unit.shots))
-        return dataclasses.replace(spec, params=params)
+        return dataclasses.replace(spec, params=params, recorded_params=recorded)
     if unit.frame_range:
-        return dataclasses.replace(spec, common=dataclasses.replace(spec.common, frame_range=unit.frame_range))
+        return dataclasses.replace(spec, common=dataclasses.replace(spec.common, frame_range=unit.frame_range),
+                                   recorded_params=recorded)
     return spec
 
 
@@ -182,12 +201,15 @@ class _Running:
 class RayUnitRunner:
     """Runs jobs' units on Ray actors; `run(pipeline, ctx)` stands in for `pipeline.run(ctx)`."""
 
-    def __init__(self, workers: list[Any], *, chunk: int = DEFAULT_CHUNK):
+    def __init__(self, workers: list[Any], *, chunk: int = DEFAULT_CHUNK, placements: list[dict] | None = None):
         if not workers:
             raise ValueError("a Ray runner needs at least one worker")
         self.workers = list(workers)
         self.chunk = chunk
         self._serial = 0
+        # "worker 2 (GPU 1)": who ran a unit, in the job's log; a restarted actor may sit elsewhere since
+        self.labels = {id(w): f"worker {k + 1}" + (f" (GPU {','.join(p['gpus'])})" if p and p.get("gpus") else "")
+                       for k, (w, p) in enumerate(zip(self.workers, placements or [None] * len(self.workers)))}
 
     @classmethod
     def start(cls, address: str, config: WorkerConfig, *, workers: int | None = None,
@@ -200,14 +222,26 @@ class RayUnitRunner:
             with _signal_handlers_kept():
                 if address == "local":
                     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")  # a busy box starts slowly
-                    ray.init(num_cpus=workers or None, include_dashboard=False, log_to_driver=False)
+                    # "local" always starts its own, never joins a cluster another `ray start` left on this machine
+                    ray.init(address="local", num_cpus=workers or None, include_dashboard=False, log_to_driver=False)
                 else:
                     ray.init(address=address, log_to_driver=False)
         gpus = int(ray.cluster_resources().get("GPU", 0))
+        if gpus and workers and workers > gpus:
+            raise SystemExit(f"--ray-workers {workers} is more than the cluster's {gpus} GPU(s): each worker holds "
+                             f"one GPU; give at most {gpus}, or leave --ray-workers out for one per GPU.")
         count = workers or gpus or 1
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
         config = dataclasses.replace(config, device="cuda" if gpus else "cpu")
-        return cls(create_workers(config, count, resources), chunk=chunk)
+        pool = create_workers(config, count, resources)
+        placements = ray.get([w.placement.remote() for w in pool])
+        for k, where in enumerate(placements):
+            log.info("ray: worker %d: pid %s on node %s, GPU %s (CUDA_VISIBLE_DEVICES=%s), runs on %s", k + 1,
+                     where["pid"], where["node"][:12], ",".join(where["gpus"]) or "none",
+                     where["cuda_visible_devices"], where["device"])
+            if where["note"]:
+                log.warning("ray: worker %d: %s", k + 1, where["note"])
+        return cls(pool, chunk=chunk, placements=placements)
 
     def close(self) -> None:
         import ray
@@ -218,7 +252,7 @@ class RayUnitRunner:
 
     # ---- one job -------------------------------------------------------------------------------
     def run(self, pipeline: Pipeline, ctx: RunContext) -> list[str]:
-        units = plan_units(pipeline, ctx.job, ctx.registry, self.chunk)
+        units = plan_units(pipeline, ctx.job, ctx.registry, self.chunk, len(self.workers))
         check_order(units)
         if len(units) > 1:
             ctx.log(f"ray: {len(units)} units on {len(self.workers)} worker(s): "
@@ -300,6 +334,9 @@ class _JobRun:
         self.attempts[unit.name] += 1
         attempt = self.attempts[unit.name]
         key = self.runner.next_key(self.ctx.job.job_id, unit)
+        if len(self.units) > 1:
+            self.ctx.log(f"ray: {unit.name} on {self.runner.labels.get(id(worker), 'a worker')}"
+                         + (f" (attempt {attempt})" if attempt > 1 else ""))
         # a retried unit keeps the frames its lost attempt finished (they are whole: written, then renamed)
         existing = "keep" if attempt > 1 and self.existing_frames == "refuse" else self.existing_frames
         item = _Running(unit, worker, key, threading.Thread(), attempt)
@@ -392,7 +429,13 @@ def create_workers(config: WorkerConfig, count: int, resources: dict[str, float]
 
     actor = ray.remote(UnitWorker).options(max_restarts=-1, max_task_retries=0, max_concurrency=2, **resources)
     workers = [actor.remote(config) for _ in range(count)]
-    ray.get([w.pid.remote() for w in workers])  # each built its registry: ready for work
+    try:
+        ray.get([w.pid.remote() for w in workers], timeout=WORKER_START_S)  # each built its registry: ready
+    except ray.exceptions.GetTimeoutError:
+        for worker in workers:
+            ray.kill(worker, no_restart=True)
+        raise SystemExit(f"Ray could not start {count} worker(s) with {resources} each within {WORKER_START_S} s: "
+                         "the cluster lacks the free CPUs/GPUs (see `ray status`); ask for fewer workers.") from None
     return workers
 
 
