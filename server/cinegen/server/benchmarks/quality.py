@@ -4,12 +4,14 @@ Four experiments (`quality/runs.py`), each a method against its baseline on the 
 repetition (objects at 4× native: direct versus the cascade at its defaults, and the cascade's
 ablation rows: dilation off, scale fusion off, both off), seam (ring versus plane panoramas and
 versus MultiDiffusion's circular padding),
-trajectory error (training-free control on versus off) and consistency (story keyframes with
+trajectory error (training-free control on versus off; and Tora's trained extractor and fusers on
+versus off on a CogVideoX model, over 8 seeds) and consistency (story keyframes with
 GoldenMem memory versus without). Side-by-side pictures go to `OUT/quality-*.png`.
 
 Models: `--model` (an `sd` model; an `animatediff` one is taken as the video model) and
-`--video-model` when the parser has them; otherwise the trained toy models `toy-image` / `toy-video`
-when registered, else the random-weight `tiny-sd` / `tiny-animatediff`. Random weights prove nothing
+`--video-model` when the parser has them (a `cogvideox` `--model` is taken as Tora's model); otherwise the
+trained toy models `toy-image` / `toy-video` / `toy-cogvideox` when registered, else the random-weight
+`tiny-sd` / `tiny-animatediff` / `tiny-cogvideox`. Random weights prove nothing
 about quality: the report says which kind ran (`trained`).
 """
 from __future__ import annotations
@@ -26,12 +28,12 @@ from ..quality.diagnostics import EMPTY_VIEW_METHODS, EmptyViewResult, empty_vie
 from ..quality.figures import Tile, mark_point, rolled_half, save_grid
 from ..quality.runs import (CASCADE_VARIANTS, SEAM_METHODS, ConsistencyResult, RepetitionResult, RunSettings,
                             SeamResult, TrajectoryResult, consistency_experiment, repetition_experiment,
-                            seam_experiment, trajectory_experiment)
+                            seam_experiment, tora_experiment, trajectory_experiment)
 from ..service import resolve_device
 
 # toy-image-16 (16x16 latents) where registered: at toy-image's 8x8 the methods' parts have nothing to act on
-TRAINED_DEFAULTS = {"sd": ("toy-image-16", "toy-image"), "animatediff": ("toy-video",)}
-RANDOM_DEFAULTS = {"sd": "tiny-sd", "animatediff": "tiny-animatediff"}
+TRAINED_DEFAULTS = {"sd": ("toy-image-16", "toy-image"), "animatediff": ("toy-video",), "cogvideox": ("toy-cogvideox",)}
+RANDOM_DEFAULTS = {"sd": "tiny-sd", "animatediff": "tiny-animatediff", "cogvideox": "tiny-cogvideox"}
 RANDOM_WEIGHT_PREFIX = "tiny-"  # the built-in models with seeded random weights
 TRAJECTORY_FIGURE_FRAMES = 4
 LARGEST_CPU_TARGET = 256  # px: 4x of a 64 px model, 2x of toy-image-16's 128 (what two CPU cores can measure)
@@ -55,11 +57,20 @@ def chosen_models(registry: ModelRegistry, args: argparse.Namespace) -> tuple[st
     video = getattr(args, "video_model", None)
     image = None
     if requested:
-        if registry.entry(requested).family == "animatediff":
+        family = registry.entry(requested).family
+        if family == "animatediff":
             video = video or requested
-        else:
+        elif family != "cogvideox":  # a CogVideoX model is Tora's (`tora_model`)
             image = requested
     return pick_model(registry, "sd", image), pick_model(registry, "animatediff", video)
+
+
+def tora_model(registry: ModelRegistry, args: argparse.Namespace) -> str:
+    """The CogVideoX model Tora is measured on: a `cogvideox` `--model`, else toy-cogvideox, else tiny-cogvideox."""
+    requested = getattr(args, "model", None)
+    if requested and registry.entry(requested).family != "cogvideox":
+        requested = None
+    return pick_model(registry, "cogvideox", requested)
 
 
 def model_info(model_id: str) -> dict[str, Any]:
@@ -89,7 +100,7 @@ def seam_figure(result: SeamResult, out: Path) -> Path:
     return save_grid(out / "quality-seam.png", rows, row_height=2 * result.size[1])
 
 
-def trajectory_figure(result: TrajectoryResult, out: Path) -> Path:
+def trajectory_figure(result: TrajectoryResult, out: Path, name: str = "quality-trajectory.png") -> Path:
     step = max(1, result.frames // TRAJECTORY_FIGURE_FRAMES)
     rows = []
     for c in result.cases[:2]:
@@ -98,7 +109,11 @@ def trajectory_figure(result: TrajectoryResult, out: Path) -> Path:
                           f"{label}: {c.errors[label]:.1f}px")
                      for f, frame in enumerate(c.videos[label]) if f % step == 0]
             rows.append(tiles)
-    return save_grid(out / "quality-trajectory.png", rows, row_height=2 * result.size[1])
+    return save_grid(out / name, rows, row_height=2 * result.size[1])
+
+
+def tora_figure(result: TrajectoryResult, out: Path) -> Path:
+    return trajectory_figure(result, out, "quality-tora.png")
 
 
 def consistency_figure(result: ConsistencyResult, out: Path) -> Path:
@@ -119,18 +134,21 @@ def run(args: argparse.Namespace) -> dict:
     registry = ModelRegistry([Path(p) for p in getattr(args, "models", [])], device=device,
                              use_hf_cache=not getattr(args, "no_hf_cache", False))
     image_id, video_id = chosen_models(registry, args)
+    tora_id = tora_model(registry, args)
     out = Path(getattr(args, "out", "cinegen-bench"))
     settings = settings_for(max(registry.get(image_id).native_size))
     report: dict[str, Any] = {"benchmark": "quality", "device": str(device), "torch": torch.__version__,
                               "image_model": model_info(image_id), "video_model": model_info(video_id),
+                              "tora_model": model_info(tora_id),
                               "seeds": list(settings.seeds), "steps": settings.steps, "guidance": settings.guidance,
                               "scale": settings.scale}
-    image, video = registry.get(image_id), registry.get(video_id)
+    image, video, tora = registry.get(image_id), registry.get(video_id), registry.get(tora_id)
     pictures, seconds = [], {}
     experiments = (("repetition", repetition_experiment, image, repetition_figure),
                    ("empty_view", empty_view_experiment, image, empty_view_figure),  # the prior behind repetition
                    ("seam", seam_experiment, image, seam_figure),
                    ("trajectory", trajectory_experiment, video, trajectory_figure),
+                   ("tora", tora_experiment, tora, tora_figure),  # trained extractor + fusers on vs off
                    ("consistency", consistency_experiment, image, consistency_figure))
     for name, experiment, adapter, figure in experiments:
         started = time.perf_counter()
@@ -140,7 +158,7 @@ def run(args: argparse.Namespace) -> dict:
         pictures.append(str(figure(result, out)))
     report["pictures"] = pictures
     report["seconds"] = seconds
-    if not (report["image_model"]["trained"] and report["video_model"]["trained"]):
+    if not all(report[m]["trained"] for m in ("image_model", "video_model", "tora_model")):
         report["note"] = ("random-weight models measure the plumbing, not the methods: their pictures are noise, "
                           "so object counts, seams, errors and consistency say nothing about quality")
     return report

@@ -58,6 +58,7 @@ class RunSettings:
     scale: int = 4  # repetition: target side over the native side; seam: panorama width over native
     keyframes: int = 4  # consistency: keyframes per story
     frames: int = 8  # trajectory: clip length
+    tora_seeds: tuple[int, ...] = tuple(range(8))  # Tora on a trained CogVideoX: at least 8 seeds
     # consistency: the character's prompt; "" (the unconditional mode the caption dropout trained) leaves colour,
     # shape and count open for memory to keep; toy-image-16 draws nothing for "a disc"
     character: str = ""
@@ -276,6 +277,12 @@ def trajectory_experiment(adapter: FamilyAdapter, s: RunSettings, log: Log = lam
     return TrajectoryResult((width, height), s.frames, requested, cases)
 
 
+def tora_experiment(adapter: FamilyAdapter, s: RunSettings, log: Log = lambda m: None) -> TrajectoryResult:
+    """Tora on a CogVideoX model (its trained extractor and fusers on versus off, the same DiT, seeds and
+    noise): the trajectory experiment at the model's own clip length, over `s.tora_seeds`."""
+    return trajectory_experiment(adapter, replace(s, seeds=s.tora_seeds, frames=adapter.native_frames), log)
+
+
 # ---- consistency: story keyframes with and without memory --------------------------------------
 @dataclass
 class ConsistencyCase:
@@ -336,4 +343,4 @@ def consistency_experiment(adapter: FamilyAdapter, s: RunSettings, log: Log = la
 
 __all__ = ["ConsistencyResult", "RepetitionResult", "RunSettings", "SeamResult", "TrajectoryResult",
            "consistency_experiment", "diagonal_track", "eval_prompts", "eval_scenes", "repetition_experiment",
-           "seam_experiment", "story_keyframes", "trajectory_experiment"]
+           "seam_experiment", "story_keyframes", "tora_experiment", "trajectory_experiment"]

@@ -242,7 +242,7 @@ def train_transformer(pipe, cfg: CogTrainConfig, deadline: float) -> None:
 
 def set_latent_scale(vae, cfg: CogTrainConfig) -> float:
     """1/std of the encoded clips' latents, so the DiT sees unit-variance latents (as CogVideoX's 0.7 / 1.15)."""
-    means, stds = encode_pool(vae, CogTrainConfig(out=cfg.out, seed=cfg.seed, clip_pool=128))
+    means, stds = encode_pool(vae, CogTrainConfig(out=cfg.out, seed=cfg.seed, clip_pool=min(128, cfg.clip_pool)))
     z = means + stds * torch.randn_like(means)
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     return float(vae.config.scaling_factor)
