@@ -21,6 +21,9 @@ Qiu et al., "FreeTraj: Tuning-Free Trajectory Control in Video Diffusion Models"
      subject tokens) is added to their attention probabilities, as in the reference code. (The
      reference also masks every other token inside the box, which leaves those rows uniform; we keep
      their plain softmax there — our choice.)
+   A clip longer than the motion module's runs its temporal attention in FreeNoise windows
+   (pipelines/long_video.py): each window's mask is built from its own frames' labels, so each window
+   follows its own slice of the track and the overlap it shares with its neighbours.
    The processors are swapped in per step by a DenoiseLoop hook's `step_context` and the originals
    are always put back on exit, also on error or cancel. Batch rows (CFG halves) all get the masks,
    as in the reference; the negative prompt's tokens at the subject positions are masked alike.
@@ -154,10 +157,12 @@ def paste_shared_patches(noise: torch.Tensor, plan: BoxPlan, patches: list[torch
 
 def trajectory_noise(shape: tuple[int, ...], plan: BoxPlan, generator: torch.Generator | None,
                      device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                     params: ButterworthParams = ButterworthParams()) -> torch.Tensor:
-    """x_T of `shape` (B, C, F, h, w) for a box plan: base draw (the stock one), one patch per track,
-    then fresh noise for the high frequencies — all from `generator`, in that order."""
-    base = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
+                     params: ButterworthParams = ButterworthParams(), base: torch.Tensor | None = None) -> torch.Tensor:
+    """x_T of `shape` (B, C, F, h, w) for a box plan: base draw (the stock one, or `base` — a long clip's
+    FreeNoise draw), one patch per track, then fresh noise for the high frequencies — all from
+    `generator`, in that order."""
+    if base is None:
+        base = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
     batch, channels, _, h, w = shape
     patches = [randn_tensor((batch, channels, track[0][2], track[0][3]), generator=generator,
                             device=torch.device(device), dtype=dtype) for track in plan.cell_boxes(h, w)]
@@ -191,7 +196,23 @@ class FreeTrajGuide:
     subject_tokens: list[list[int]]  # per track, indices into the text tokens
     config: FreeTrajConfig = field(default_factory=FreeTrajConfig)
     batch: int = 1  # latent batch of the current denoiser call (CFG rows included); set by a pre-hook
+    # a clip longer than the motion module's: the FreeNoise windows [start, stop) its temporal attention
+    # runs over, in the order it runs them (pipelines/long_video.free_noise_spans); None = the whole clip
+    temporal_windows: list[tuple[int, int]] | None = None
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def temporal_span(self, call: int, frames: int) -> tuple[int, int]:
+        """The frames the `call`-th temporal attention call of one layer (counted over a step) sees, when it
+        sees `frames` of them: the whole clip, or FreeNoise window `call` mod the number of windows."""
+        if frames == self.plan.frames:
+            return 0, frames
+        windows = self.temporal_windows or []
+        if not windows:
+            raise ValueError(f"temporal attention over {frames} of {self.plan.frames} frames, but no windows are set")
+        span = windows[call % len(windows)]
+        if span[1] - span[0] != frames:
+            raise ValueError(f"FreeNoise window {span} does not hold the {frames} frames the attention sees")
+        return span
 
     def grid(self, tokens: int) -> tuple[int, int]:
         """(h, w) of a UNet level with `tokens` tokens: the latent grid halved (rounding up) k times."""
@@ -254,6 +275,7 @@ class FreeTrajAttnProcessor:
             raise ValueError(f"unknown attention kind {kind!r}")
         self.kind = kind
         self.guide = guide
+        self.calls = 0  # temporal calls so far (this processor lives one step): FreeNoise runs windows in order
 
     def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs):
@@ -281,8 +303,10 @@ class FreeTrajAttnProcessor:
             lab = g.labels(nq, query.device)  # (F, N)
             return label_scaled_attention(
                 query, key, value, lambda a, b: per_row(lab[:, a:b, None] == lab[:, None, :]), small, limit, mask)
-        if self.kind == "temporal":  # rows = batch × locations, tokens = frames
-            lab = g.labels(rows // g.batch, query.device).T  # (N, F)
+        if self.kind == "temporal":  # rows = batch × locations, tokens = frames (of one FreeNoise window)
+            start, stop = g.temporal_span(self.calls, nk)
+            self.calls += 1
+            lab = g.labels(rows // g.batch, query.device)[start:stop].T  # (N, window frames): its own slice
             return label_scaled_attention(
                 query, key, value, lambda a, b: per_row(lab[:, a:b, None] == lab[:, None, :]), small, limit, mask)
         masked, bump = g.cross_edit(nq, nk, query.device, query.dtype)  # (F, N, T) each

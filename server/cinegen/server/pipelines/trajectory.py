@@ -13,7 +13,9 @@ them → generate → write frames. Generation depends on the model family:
 * `animatediff` (any UNet video model) — **training-free (FreeTraj)**: boxes from the tracks and
   their sizes, trajectory-shaped x_T, and fg/bg attention masks for the first steps
   (diffusion/freetraj.py). A track's name, when it is a word of the prompt, names the subject
-  whose cross-attention is pushed into the box.
+  whose cross-attention is pushed into the box. A clip longer than the motion module's 16 frames is
+  one clip: FreeNoise windows (16 frames every 4) in the motion modules, FreeNoise's re-used noise
+  under the track patches, and each window's temporal masks from its own slice of the track.
 
 Track frame numbers are output frame numbers: frame `first_frame + i` is the i-th generated frame.
 """
@@ -43,6 +45,7 @@ from ..errors import FailedPrecondition, InvalidArgument
 from ..models.cogvideox import dynamic_guidance
 from ..models.family import FamilyAdapter
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, seeded_generator
+from .long_video import FREE_NOISE_STRIDE, free_noise, free_noise_latents, free_noise_spans, needs_free_noise
 
 PREVIEW_SIDE = 256
 FLOW_SEED_OFFSET = 3  # the flow latents' posterior sample gets its own stream, apart from x_T's
@@ -148,16 +151,25 @@ def generate_freetraj(adapter: FamilyAdapter, r: Resolved, trajectory: Trajector
     """Latents (1, C, F, h, w) on a UNet video model; `control=False` is the stock AnimateDiff run."""
     generator = seeded_generator(r.seed)
     if not control:
-        return denoise(adapter, r, stock_noise(adapter, r, generator), generator, callbacks=callbacks)
+        with free_noise(adapter, r.frames) as long:
+            noise = free_noise_latents(adapter, r.width, r.height, r.frames, generator) if long else \
+                stock_noise(adapter, r, generator)
+            return denoise(adapter, r, noise, generator, callbacks=callbacks)
     plan = plan_boxes(track_positions(trajectory, r.first_frame, r.frames), r.width, r.height,
                       [t.size for t in trajectory.tracks])
     shape = adapter.latent_shape(1, r.width, r.height, r.frames)
-    noise = trajectory_noise(shape, plan, generator, adapter.device, adapter.dtype)
-    guide = FreeTrajGuide(plan, (shape[-2], shape[-1]), subject_tokens(adapter, r.prompt, trajectory), config)
-    names = AttentionNames(adapter.self_attention_names(), adapter.temporal_attention_names(),
-                           adapter.cross_attention_names())
-    hook = FreeTrajAttention(adapter.denoiser, guide, names)
-    return denoise(adapter, r, noise, generator, hooks=(hook,), callbacks=callbacks)
+    # longer than the motion module's clip: one clip in FreeNoise windows, each window's temporal masks from
+    # its own frames of the track; x_T's base is FreeNoise's re-used noise, the track patches go over it
+    with free_noise(adapter, r.frames) as long:
+        base = free_noise_latents(adapter, r.width, r.height, r.frames, generator) if long else None
+        noise = trajectory_noise(shape, plan, generator, adapter.device, adapter.dtype, base=base)
+        windows = free_noise_spans(r.frames, adapter.native_frames, FREE_NOISE_STRIDE) if long else None
+        guide = FreeTrajGuide(plan, (shape[-2], shape[-1]), subject_tokens(adapter, r.prompt, trajectory), config,
+                              temporal_windows=windows)
+        names = AttentionNames(adapter.self_attention_names(), adapter.temporal_attention_names(),
+                               adapter.cross_attention_names())
+        hook = FreeTrajAttention(adapter.denoiser, guide, names)
+        return denoise(adapter, r, noise, generator, hooks=(hook,), callbacks=callbacks)
 
 
 def tora_flow_latents(adapter: Any, r: Resolved, trajectory: Trajectory,
@@ -233,7 +245,7 @@ def check_geometry(adapter: FamilyAdapter, r: Resolved) -> None:
                                   f"(got {r.width}×{r.height}); try {w}×{h}.")
         return
     limit = getattr(adapter, "max_frames", None)
-    if limit is not None and r.frames > limit:
+    if limit is not None and r.frames > limit and not needs_free_noise(adapter, r.frames):
         raise InvalidArgument(f"'{adapter.entry.id}' makes at most {limit} frames in one clip (asked {r.frames}); "
                               f"lower --frames.")
 
