@@ -15,6 +15,9 @@ from torch import nn
 from .family import Conditioning, FamilyAdapter, ModelEntry
 
 
+AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5  # StableDiffusionXLImg2ImgPipeline's defaults
+
+
 class SDAdapter(FamilyAdapter):
     family: ClassVar[str] = "sd"
     kind: ClassVar[str] = "image"
@@ -60,7 +63,13 @@ class SDAdapter(FamilyAdapter):
         text_embeds = torch.cat([neg_pooled, pooled]) if do_cfg else pooled
         return Conditioning(embeds=embeds, guidance=guidance, do_cfg=do_cfg, extra={"text_embeds": text_embeds})
 
-    def _xl_time_ids(self, height: int, width: int, rows: int) -> torch.Tensor:
+    def _xl_time_ids(self, height: int, width: int, rows: int, do_cfg: bool = False) -> torch.Tensor:
+        if getattr(self.pipe.config, "requires_aesthetics_score", False):
+            # the refiner: (original size, crop top-left, aesthetic score); its negative rows carry the low
+            # score, as the stock img2img pipeline's defaults (6.0 / 2.5)
+            pos, neg = [height, width, 0, 0, AESTHETIC_SCORE], [height, width, 0, 0, NEGATIVE_AESTHETIC_SCORE]
+            ids = torch.tensor([neg, pos] if do_cfg else [pos], dtype=self.dtype, device=self.device)
+            return ids.repeat_interleave(rows // ids.shape[0], dim=0)
         # (original size, crop top-left, target size) as SDXL's micro-conditioning expects
         ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype, device=self.device)
         return ids.repeat(rows, 1)
@@ -77,7 +86,7 @@ class SDAdapter(FamilyAdapter):
             if text_embeds.shape[0] != latent_in.shape[0]:
                 text_embeds = _repeat_halves(text_embeds, latent_in.shape[0], cond.do_cfg)
             h, w = x.shape[-2] * self.vae_scale_factor, x.shape[-1] * self.vae_scale_factor
-            added = {"text_embeds": text_embeds, "time_ids": self._xl_time_ids(h, w, latent_in.shape[0])}
+            added = {"text_embeds": text_embeds, "time_ids": self._xl_time_ids(h, w, latent_in.shape[0], cond.do_cfg)}
         with torch.no_grad():
             out = self.pipe.unet(latent_in, t, encoder_hidden_states=embeds, timestep_cond=None,
                                  cross_attention_kwargs=None, added_cond_kwargs=added, return_dict=False)[0]
@@ -117,18 +126,20 @@ def _repeat_halves(t: torch.Tensor, rows: int, do_cfg: bool) -> torch.Tensor:
 
 
 # ---- loading ----------------------------------------------------------------------------------
-SD_PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+# the SDXL refiner (an img2img pipeline) loads here too; it runs as `--refiner` after an SDXL base
+SD_PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
 
 
 def load_sd(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> SDAdapter:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
+    from diffusers import StableDiffusionPipeline
 
     path = Path(entry.path)
     if entry.source == "single-file":
         pipe = _load_single_file(path, entry.kind, dtype)
     else:
         class_name = _pipeline_class_name(path)
-        cls = StableDiffusionXLPipeline if class_name == "StableDiffusionXLPipeline" else StableDiffusionPipeline
+        cls = getattr(diffusers, class_name) if class_name in SD_PIPELINE_CLASSES else StableDiffusionPipeline
         kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=True)
         if cls is StableDiffusionPipeline:
             kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)

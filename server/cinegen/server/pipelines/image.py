@@ -18,13 +18,17 @@ from ..models.family import FamilyAdapter
 from ..scaleout.units import frame_chunks
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, seeded_generator
 from .frame_range import requested_range, wanted_indices
+from .refiner import DEFAULT_SPLIT, RefinerStage, check_refiner_request
 
 BATCH = 4  # images denoised together; a chunk of whole batches computes nothing twice
 
 
 def generate_images(adapter: FamilyAdapter, r: Resolved, *, callbacks: LoopCallbacks | None = None,
-                    hooks: tuple = (), batch_size: int | None = None, only: range | None = None) -> torch.Tensor:
+                    hooks: tuple = (), batch_size: int | None = None, only: range | None = None,
+                    refiner: RefinerStage | None = None, refiner_callbacks: LoopCallbacks | None = None) -> torch.Tensor:
     """Latents for `r.frames` images at (r.width, r.height), denoised like the stock pipeline.
+
+    With `refiner` (SDXL), the base runs the schedule down to the split and the refiner the rest, per batch.
 
     With `only` (frame indices), just the batches holding those frames are denoised and the latents of
     `only` are returned: the same numbers as in a full run, since every batch sees the same noise slice
@@ -48,7 +52,9 @@ def generate_images(adapter: FamilyAdapter, r: Resolved, *, callbacks: LoopCallb
         loop = DenoiseLoop(sched, lambda x, t: adapter.predict(x, t, cond), hooks=hooks,
                            callbacks=callbacks or LoopCallbacks(),
                            step_kwargs=scheduler_step_kwargs(sched, generator))
-        out.append(loop.run(latents[start:start + batch_size]))
+        base_timesteps = None if refiner is None else sched.timesteps[:refiner.base_steps(sched)]
+        x = loop.run(latents[start:start + batch_size], timesteps=base_timesteps)
+        out.append(x if refiner is None else refiner.run(x, generator, refiner_callbacks).to(x.dtype))
     return torch.cat(out)[wanted.start - first_batch:wanted.stop - first_batch]
 
 
@@ -62,6 +68,8 @@ class ImagePipeline(Pipeline):
     def validate(self, job: JobSpec, registry) -> None:
         self.check_family(job, registry)
         requested_range(job)  # a malformed --frame-range fails at submit
+        check_refiner_request(registry, self.model_id(job, registry), getattr(job.params, "refiner", ""),
+                              getattr(job.params, "refiner_split", None))
 
     def work_units(self, job: JobSpec, registry, *, chunk: int, workers: int):
         # every image sees its own slice of one noise draw: chunks of frames give the full run's numbers
@@ -73,16 +81,23 @@ class ImagePipeline(Pipeline):
         adapter = ctx.model(self.model_id(ctx.job, ctx.registry))  # with the job's LoRAs, off after run
         r = self.resolve(ctx.job, adapter)
         sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
-        progress = StepProgress(ctx, [0.9, 0.1])
         cancel = ctx.check_cancel
         wanted = wanted_indices(ctx.job, r.first_frame, r.frames)
+        refiner, split = None, 1.0
+        if getattr(ctx.job.params, "refiner", ""):
+            split = ctx.job.params.refiner_split if ctx.job.params.refiner_split is not None else DEFAULT_SPLIT
+            refiner = RefinerStage.prepare(ctx.registry.get(ctx.job.params.refiner), r.prompt, r.negative_prompt,
+                                           r.guidance, split, r.steps)
+        progress = StepProgress(ctx, [0.9 * split, 0.9 * (1 - split), 0.1])
         latents = generate_images(adapter, r, callbacks=LoopCallbacks(progress.callback(0, "denoise"), cancel,
                                                                          ctx.latent_preview(adapter)),
-                                  batch_size=BATCH, only=wanted)
+                                  batch_size=BATCH, only=wanted, refiner=refiner,
+                                  refiner_callbacks=LoopCallbacks(progress.callback(1, "refine"), cancel,
+                                                                  ctx.latent_preview(adapter)))
         for n, i in enumerate(wanted):
             ctx.check_cancel()
             image = adapter.decode(latents[n:n + 1])[0]
             ctx.preview(i, image.permute(1, 2, 0).float().cpu().numpy())
             sink.write(i, image)
-            ctx.progress("write frames", n + 1, len(wanted), 0.9 + 0.1 * (n + 1) / len(wanted))
+            progress.callback(2, "write frames")(n + 1, len(wanted))
         return list(sink.written)
