@@ -95,23 +95,32 @@ def test_split_schedule_matches_a_second_order_scheduler_rule():
 # ---- the job: CLI, refusals -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
+    """The pair twice: as original single files and as diffusers folders."""
     root = tmp_path_factory.mktemp("refiner-models")
-    write_single_file(tiny_sdxl(0), "sdxl", root / "tiny-sdxl.safetensors")
-    write_single_file(tiny_refiner(100), "sdxl-refiner", root / "tiny-refiner.safetensors")
+    base, refiner = tiny_sdxl(0), tiny_refiner(100)
+    write_single_file(base, "sdxl", root / "tiny-sdxl.safetensors")
+    write_single_file(refiner, "sdxl-refiner", root / "tiny-refiner.safetensors")
+    base.save_pretrained(str(root / "folder-sdxl"))
+    refiner.save_pretrained(str(root / "folder-refiner"))
     return root
 
 
-def test_generate_image_with_a_refiner_from_the_command_line(models_dir, tmp_path, capsys):
+@pytest.mark.parametrize("model, refiner", [("tiny-sdxl", "tiny-refiner"), ("folder-sdxl", "folder-refiner")])
+def test_generate_image_with_a_refiner_from_the_command_line(models_dir, tmp_path, capsys, model, refiner):
     from cinegen.common.exr import read_exr_frame
     from cinegen.server.cli import main
 
-    out = tmp_path / "ref.####.exr"
-    code = main(["generate", "image", "--model", "tiny-sdxl", "--refiner", "tiny-refiner", "--refiner-split", "0.5",
-                 "--steps", "4", "--seed", "5", "--out", str(out), "--models", str(models_dir), "--no-hf-cache"])
-    assert code == 0, capsys.readouterr().err
+    def run(name, *extra):
+        code = main(["generate", "image", "--model", model, "--steps", "4", "--seed", "5", "--out",
+                     str(tmp_path / f"{name}.####.exr"), "--models", str(models_dir), "--no-hf-cache", *extra])
+        assert code == 0, capsys.readouterr().err
+        return read_exr_frame(tmp_path / f"{name}.1001.exr")[0]
+
+    alone = run("alone")
+    refined = run("refined", "--refiner", refiner, "--refiner-split", "0.5")
     assert "refine" in capsys.readouterr().err  # the refiner's steps are a stage of their own
-    pixels, _ = read_exr_frame(tmp_path / "ref.1001.exr")
-    assert pixels.shape[:2] == (64, 64)
+    assert refined.shape[:2] == (64, 64)
+    assert (refined != alone).any()  # the last half of the steps came from the other model
 
 
 @pytest.mark.parametrize("model, refiner, says", [
