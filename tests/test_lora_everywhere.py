@@ -311,3 +311,26 @@ def test_a_lora_that_fits_no_model_of_the_job_is_refused_at_submit(case, pipelin
     assert err.value.code == "INVALID_ARGUMENT"
     for fragment in expected:
         assert fragment in err.value.message, err.value.message
+
+
+def test_the_panels_lora_picker_offers_the_servers_loras_and_motion_loras_and_fills_the_request():
+    from cinegen.common.proto import generator_pb2 as pb
+    from cinegen.plugin.model.forms import FieldSpec, lora_addons, request_from_values
+    from cinegen.plugin.qt import QtWidgets
+    from cinegen.plugin.ui.fields import LoraEditor, make_editor
+
+    QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    caps = pb.Capabilities()
+    caps.addons.add(id="style", kind="lora", family="sd1", path="/m/style.safetensors")
+    caps.addons.add(id="zoom", kind="motion-lora", family="sd1", path="/m/zoom.safetensors")
+    caps.addons.add(id="vae", kind="vae", path="/m/vae.safetensors")
+    addons = lora_addons(caps)
+    assert [path for _, path in addons] == ["/m/style.safetensors", "/m/zoom.safetensors"], "no VAE in a LoRA picker"
+    spec = FieldSpec(name="lora", type="lora", default=[], label="LoRAs")
+    editor = make_editor(spec, addons=addons)
+    assert isinstance(editor, LoraEditor) and editor.picker.count() == 3
+    editor._pick(1)
+    editor.weight.setValue(0.5)
+    editor._pick(2)
+    assert editor.value() == ["/m/style.safetensors", "/m/zoom.safetensors:0.5"]
+    assert list(request_from_values("story", [spec], {"lora": editor.value()}).common.lora) == editor.value()

@@ -69,6 +69,9 @@ def field_properties(field: FieldSpec) -> dict[str, Any]:
                                                      **common)
     elif kind == "path":
         props[field.name] = bpy.props.StringProperty(default=str(default or ""), subtype="FILE_PATH", **common)
+    elif kind == "lora":  # PATH[:WEIGHT], comma-separated, with the server's LoRAs as suggestions
+        props[field.name] = bpy.props.StringProperty(default="", search=_lora_search, **{
+            **common, "description": field.tooltip + "\nComma separated; pick the server's LoRAs from the list."})
     elif kind == "list":
         text = ", ".join(str(v) for v in default) if isinstance(default, list) else ""
         props[field.name] = bpy.props.StringProperty(default=text, **{**common, "description": field.tooltip
@@ -96,6 +99,23 @@ def _model_search(field: FieldSpec):
     def search(self, context, edit_text):
         return model_suggestions(field, context.scene.cinegen.pipeline, edit_text)
     return search
+
+
+def lora_suggestions(text: str) -> list[str]:
+    """The text with one of the connected server's LoRAs (or motion LoRAs) added after its last comma."""
+    from cinegen.plugin.model.forms import lora_addons
+
+    from . import runtime
+
+    capabilities = runtime.STATE.capabilities
+    head, _, tail = text.rpartition(",")
+    prefix = f"{head.strip()}, " if head.strip() else ""
+    paths = [path for _, path in lora_addons(capabilities)] if capabilities is not None else []
+    return [prefix + path for path in paths if tail.strip().lower() in path.lower()]
+
+
+def _lora_search(self, context, edit_text):
+    return lora_suggestions(edit_text)
 
 
 def _group_class(key: str, fields: Iterable[FieldSpec]) -> type:
@@ -171,7 +191,7 @@ def write_values(group: Any, fields: Iterable[FieldSpec], values: dict[str, Any]
             setattr(group, toggle, value is not None)
         if value is None:
             continue
-        if field.type == "list" and isinstance(value, (list, tuple)):
+        if field.type in ("list", "lora") and isinstance(value, (list, tuple)):
             value = ", ".join(str(v) for v in value)
         try:
             setattr(group, field.name, value)

@@ -79,6 +79,15 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+LORA_KINDS = ("lora", "motion-lora")  # the add-ons a "lora" option takes
+
+
+def lora_addons(capabilities: pb.Capabilities) -> list[tuple[str, str]]:
+    """(label, server path) of the server's LoRAs and motion LoRAs, for a LoRA picker."""
+    return [(f"{a.id} ({a.kind}{', ' + a.family if a.family else ''})", a.path)
+            for a in capabilities.addons if a.kind in LORA_KINDS]
+
+
 def pipeline_fields(info: pb.PipelineInfo) -> list[FieldSpec]:
     return [FieldSpec.from_proto(spec) for spec in info.params]
 

@@ -1,4 +1,4 @@
-"""One editor widget per parameter type (int, float, bool, string, text, enum, path, list).
+"""One editor widget per parameter type (int, float, bool, string, text, enum, path, list, lora).
 
 Every editor has `value()`, `set_value(v)` and a `changed` signal; an optional number shows "auto"
 at the bottom of its range and reads back as None (the server decides). The seed and the model get
@@ -130,6 +130,39 @@ class ListEditor(StringEditor):
         self.edit.setText(", ".join(value) if isinstance(value, (list, tuple)) else str(value or ""))
 
 
+class LoraEditor(ListEditor):
+    """LoRAs as PATH[:WEIGHT], comma-separated, with a picker of the server's LoRAs and motion LoRAs
+    (the capabilities' add-ons): picking one adds it at the weight beside the picker."""
+
+    def __init__(self, spec: FieldSpec, parent=None, addons: Sequence[tuple[str, str]] = ()):
+        super().__init__(spec, parent)
+        self.edit.setPlaceholderText("PATH[:WEIGHT], …")
+        self.picker = QtWidgets.QComboBox()
+        self.picker.setObjectName("loraPicker")
+        self.picker.addItem("add a LoRA…", "")
+        for label, path in addons:
+            self.picker.addItem(label, path)
+        self.picker.setEnabled(bool(addons))
+        self.picker.setToolTip("LoRAs found beside the server's models." if addons else
+                               "The server has no LoRAs beside its models; type a path on the server.")
+        self.weight = QtWidgets.QDoubleSpinBox()
+        self.weight.setObjectName("loraWeight")
+        self.weight.setRange(-4.0, 4.0)
+        self.weight.setSingleStep(0.1)
+        self.weight.setValue(1.0)
+        self.weight.setToolTip("Weight of the LoRA picked next (1 = as trained, 0 = off).")
+        self.picker.activated.connect(self._pick)
+        self._layout.addWidget(self.picker)
+        self._layout.addWidget(self.weight)
+
+    def _pick(self, index: int) -> None:
+        path = self.picker.itemData(index)
+        if path:
+            weight = self.weight.value()
+            self.set_value(self.value() + [path if weight == 1.0 else f"{path}:{weight:g}"])
+        self.picker.setCurrentIndex(0)
+
+
 class TextEditor(FieldEditor):
     """Several lines (prompts, inline documents)."""
 
@@ -251,11 +284,12 @@ def _placeholder(spec: FieldSpec) -> str:
 
 
 def make_editor(spec: FieldSpec, *, models: Sequence[tuple[str, str]] = (),
-                catalogue: Sequence[tuple[str, str, str]] = ()) -> FieldEditor:
+                catalogue: Sequence[tuple[str, str, str]] = (), addons: Sequence[tuple[str, str]] = ()) -> FieldEditor:
     """The editor for one field, chosen by its type (the seed and model by their contract names).
 
     `models`: (label, id) of the pipeline's models; `catalogue`: (label, id, family) of every model on the
-    server, for other model-typed options (a picker of the families the option names)."""
+    server, for other model-typed options (a picker of the families the option names); `addons`: (label,
+    path) of the server's LoRAs and motion LoRAs, for the LoRA picker."""
     if spec.name == SEED_FIELD and spec.is_common:
         return SeedEditor(spec)
     if spec.name == MODEL_FIELD and spec.is_common:
@@ -264,6 +298,8 @@ def make_editor(spec: FieldSpec, *, models: Sequence[tuple[str, str]] = (),
         offered = [(label, model_id) for label, model_id, family in catalogue
                    if not spec.families or family in spec.families]
         return EnumEditor(spec, choices=[("server's choice", "")] + offered)
+    if spec.type == "lora":
+        return LoraEditor(spec, addons=addons)
     editor_for_type = {"int": IntEditor, "float": FloatEditor, "bool": BoolEditor, "text": TextEditor,
                        "enum": EnumEditor, "path": PathEditor, "list": ListEditor}
     return editor_for_type.get(spec.type, StringEditor)(spec)
