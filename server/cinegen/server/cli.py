@@ -100,7 +100,21 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-size", type=int, default=8192, help="Largest width/height the server accepts.")
     p.add_argument("--memory-budget", type=float, default=None, help="GB the model cache may use.")
+    p.add_argument("--device-memory", type=memory_size, default=None, metavar="SIZE",
+                   help="Device memory a job may use at its peak, such as 24GB or 512MB (default: the GPU's free "
+                   "memory; unchecked on a CPU); Submit refuses a job whose estimate is larger, naming what to lower.")
     p.add_argument("--no-hf-cache", action="store_true", help="Ignore the local Hugging Face cache.")
+
+
+def memory_size(text: str) -> int:
+    """'24GB', '24 GiB', '512MB' or a plain number of GB -> bytes (GB and GiB both 2^30: what GPUs are sold as)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?)?\s*", text.lower())
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a memory size such as 24GB or 512MB")
+    unit = (match.group(2) or "g")[0]
+    return int(float(match.group(1)) * {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[unit])
 
 
 # ---- commands ---------------------------------------------------------------------------------

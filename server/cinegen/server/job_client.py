@@ -89,6 +89,7 @@ def server_config(args: argparse.Namespace, host: str = "127.0.0.1", port: int =
     config = ServerConfig(host=host, port=port, models_dirs=[Path(p) for p in args.models], device=args.device,
                           max_width=args.max_size, max_height=args.max_size,
                           memory_budget=int(args.memory_budget * (1 << 30)) if args.memory_budget else None,
+                          device_memory=getattr(args, "device_memory", None),
                           use_hf_cache=not args.no_hf_cache)
     if getattr(args, "command", None) != "serve":
         return config  # an in-process server for one command: loopback, temporary state, default limits

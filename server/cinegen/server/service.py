@@ -41,6 +41,7 @@ from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from .jobs import InProcessExecutor, Job, JobManager, Journal
 from .jobs.queue import TERMINAL
 from .limits import ASSUMED_SIDE, MAX_NAME_CHARS, MAX_PATH_CHARS, Limits, check_job, check_text, over
+from .memory_check import check_fits, device_budget
 from .models.job_models import JobModels
 from .models.offload import normalise_mode
 from .models.lora import job_loras
@@ -88,6 +89,7 @@ class ServerConfig:
     tls_client_ca: Path | None = None  # clients must present a certificate signed by this CA
     ray: str | None = None  # a Ray cluster address, or "local": jobs' work units run on its workers
     ray_workers: int | None = None  # Ray workers to start; default one per GPU of the cluster (1 on CPU)
+    device_memory: int | None = None  # bytes a job may use at its peak; None = the GPU's free memory (CPU: unchecked)
 
 
 class Unavailable(UserError):
@@ -284,8 +286,10 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if self.device.type == "cuda":
             props = torch.cuda.get_device_properties(self.device)
             return pb.DeviceInfo(name=props.name, kind="cuda", total_memory=props.total_memory,
-                                 memory_budget=self.registry.memory_budget)
-        return pb.DeviceInfo(name="cpu", kind=self.device.type, memory_budget=self.registry.memory_budget)
+                                 memory_budget=self.registry.memory_budget,
+                                 device_memory=device_budget(self.device, self.config.device_memory) or 0)
+        return pb.DeviceInfo(name="cpu", kind=self.device.type, memory_budget=self.registry.memory_budget,
+                             device_memory=self.config.device_memory or 0)
 
     # ---- submit -----------------------------------------------------------------------------
     @_unary
@@ -353,6 +357,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         pipeline.validate(spec, self.registry)
         pipeline.check_loras(spec, self.registry)  # every LoRA fits a model of the job, or a sentence why not
         check_frame_range(spec, pipeline.name, pipeline.frame_ranges)
+        if not resume:  # a journaled job was accepted once: it is not refused on restart
+            check_fits(pipeline, spec, self.registry, device_budget(self.device, self.config.device_memory), self.device)
         return spec
 
     def _validate_common(self, c: CommonParams, pipeline: Pipeline, *, resume: bool) -> None:
