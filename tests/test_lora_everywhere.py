@@ -356,3 +356,13 @@ def test_a_kohya_lora_is_converted_with_its_alpha_and_merges_as_weight_times_alp
         merged = _predict(adapter, inputs)
     assert (merged - before).abs().max() > 1e-3
     torch.testing.assert_close(with_lora, merged, **TOLERANCE)
+
+
+@pytest.mark.parametrize("text, fragment", [("a\x00b.safetensors", "control character"),
+                                            ("{style}:nan", "give a number"),
+                                            ("{folder}/missing.safetensors", "not a .safetensors file")])
+def test_a_malformed_lora_option_is_refused_with_a_sentence(text, fragment, client, loras, tmp_path):
+    text = text.format(style=loras["style"], folder=tmp_path)
+    with pytest.raises(RequestRejected) as err:
+        client.submit(build_request("image", _common(tmp_path, "tiny-sd", [text]), ImageParams()))
+    assert err.value.code == "INVALID_ARGUMENT" and fragment in err.value.message, err.value.message

@@ -44,7 +44,7 @@ from .limits import ASSUMED_SIDE, MAX_NAME_CHARS, MAX_PATH_CHARS, Limits, check_
 from .memory_check import check_fits, device_budget
 from .models.job_models import JobModels
 from .models.offload import normalise_mode
-from .models.lora import job_loras
+from .models.lora import MAX_LORAS, job_loras
 from .models.registry import ModelRegistry
 from .named_values import apply_named_values
 from .plate_colour import check_plate_colorspace, converted_params, remove_converted
@@ -408,6 +408,10 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             if value:
                 self.paths.input(os.path.dirname(value) if "#" in value or "%" in value else value,
                                  f"The {name} path")
+        if len(common.lora) > MAX_LORAS:
+            raise InvalidArgument(f"The job names {len(common.lora)} LoRAs; at most {MAX_LORAS} are taken.")
+        for item in common.lora:
+            check_text("A LoRA path", item, MAX_PATH_CHARS)
         for lora in job_loras(common, params):  # --lora, and upscale's deprecated comma-separated lora
             self.paths.input(lora.path, "The LoRA path")
         if hasattr(params, "trajectory_json"):

@@ -17,6 +17,7 @@ each LoRA to the first model it fits, motion LoRAs to AnimateDiff (`route_loras`
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -28,6 +29,7 @@ from .checkpoint_kinds import classify_file
 from .family import FamilyAdapter
 
 JOB_ADAPTER_PREFIX = "cinegen-job-lora"
+MAX_LORAS = 32  # LoRAs one job may name: far more than anyone stacks
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,9 @@ def route_loras(specs: Sequence[LoraSpec], adapters: dict[str, FamilyAdapter]) -
 
 def check_lora(spec: LoraSpec, family: str | None = None) -> None:
     """INVALID_ARGUMENT unless the spec names a LoRA file (that this family can take, when given)."""
+    if not math.isfinite(spec.weight):
+        raise InvalidArgument(f"The weight of the LoRA '{Path(spec.path).name}' is {spec.weight}; give a number "
+                              "such as 0.8 after the colon.")
     file = Path(spec.path).expanduser()
     if not file.is_file() or file.suffix.lower() != ".safetensors":
         raise InvalidArgument(f"The LoRA '{spec.path}' is not a .safetensors file on the server.")
