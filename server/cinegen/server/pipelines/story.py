@@ -1,7 +1,8 @@
 """`story`: a story file in, a cut of generated shots out (ALGORITHMS.md §4, Captain Cinema).
 
 Stages, as the method reads:
-1. **Keyframes, top-down** (image model, `sd` family): one keyframe per shot in story order. Each
+1. **Keyframes, top-down** (image model: `sd` family, or a Wan text-to-video model drawing one frame,
+   `story_wan_keyframes.py`): one keyframe per shot in story order. Each
    attends, through shared self-attention (`diffusion/shared_attention.py`), to the GoldenMem memory
    of all earlier keyframes (`diffusion/goldenmem.py`: the k-th most recent at 1/φ^k of the size),
    so characters and places persist. With no earlier keyframe this is exactly the image pipeline.
@@ -52,7 +53,9 @@ from ..output.otio_cut import (STATE_DIR, MissingShot, ShotRecord, forget_shot_r
                            safe_file_stem, save_shot_record, shot_folder, write_story_timeline)
 from ..scaleout.units import single_unit, story_units
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, log_duration, seeded_generator
+from .upscale_dit_i2v import entry_is_image_to_video
 from .story_motion import MOTION_FAMILIES, motion_for_family, same_vae
+from .story_wan_keyframes import generate_wan_keyframe, keyframe_display
 # the motion building blocks live in story_motion; they stay importable from here
 from .story_motion import FramePinning, clip_spans, generate_motion, keyframe_for_video  # noqa: F401
 
@@ -70,7 +73,10 @@ class MemoryKeyframe:
 def generate_keyframe(adapter: FamilyAdapter, r: Resolved, memory: list[MemoryKeyframe], *,
                       callbacks: LoopCallbacks | None = None) -> torch.Tensor:
     """(1, C, h, w) latent of one keyframe: the stock image loop (as `generate_images` with one frame)
-    with every self-attention also attending to the GoldenMem memory of `memory` (oldest → newest)."""
+    with every self-attention also attending to the GoldenMem memory of `memory` (oldest → newest).
+    Wan text-to-video models draw one-frame keyframes (story_wan_keyframes.py): (1, C, 1, h, w)."""
+    if adapter.family == "wan":
+        return generate_wan_keyframe(adapter, r, memory, callbacks=callbacks)
     generator = seeded_generator(r.seed)
     cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
     scheduler = adapter.new_scheduler()
@@ -165,7 +171,7 @@ class StoryPipeline(Pipeline):
     description: ClassVar[str] = ("Story file to a cut: consistent keyframes (GoldenMem shared attention), motion "
                                   "between them, one EXR sequence per shot, a contact sheet and an .otio timeline.")
     params_type: ClassVar[type] = StoryParams
-    families: ClassVar[tuple[str, ...]] = ("sd",)
+    families: ClassVar[tuple[str, ...]] = ("sd", "wan")  # wan: text-to-video run for one frame
     output_is_folder: ClassVar[bool] = True
 
     # ---- submit time -------------------------------------------------------------------------
@@ -188,6 +194,10 @@ class StoryPipeline(Pipeline):
         story, _ = self.story_and_shots(job.params)
         return story_units(story, job.params.shots)
 
+    def model_id(self, job: JobSpec, registry) -> str:
+        # keyframes from an SD-family model unless --model names a Wan one (as before Wan keyframes)
+        return job.common.model or registry.default_model(("sd",))
+
     def video_model_id(self, job: JobSpec, registry) -> str:
         return job.params.video_model or registry.default_model(MOTION_FAMILIES)
 
@@ -200,6 +210,10 @@ class StoryPipeline(Pipeline):
             raise InvalidArgument(f"Story stage '{job.params.stage}' is not one of {', '.join(STAGES)}.")
         self.story_and_shots(job.params)
         self.check_family(job, registry)
+        keyframes = registry.entry(self.model_id(job, registry))
+        if keyframes.family == "wan" and entry_is_image_to_video(registry, keyframes):
+            raise InvalidArgument(f"'{keyframes.id}' is an image-to-video model and keyframes are drawn from text: "
+                                  "use a Wan text-to-video model or an SD-family model with --model.")
         entry = registry.entry(self.video_model_id(job, registry))
         if entry.family not in MOTION_FAMILIES:
             raise InvalidArgument(f"--video-model '{entry.id}' is a {entry.family} model; the story pipeline makes "
@@ -303,7 +317,7 @@ class StoryRun:
             memory.append(MemoryKeyframe(found[0].to(adapter.device, adapter.dtype), found[1].prompt))
         latent = generate_keyframe(adapter, r, memory, callbacks=LoopCallbacks(on_step, self.ctx.check_cancel,
                                                                                      self.ctx.latent_preview(adapter)))
-        image = adapter.decode(latent)[0].permute(1, 2, 0).float().cpu().numpy()
+        image = keyframe_display(adapter, latent).float().cpu().numpy()
         self.store.save(KeyframeInfo(shot.id, r.prompt, r.negative_prompt, r.seed, r.model, r.width, r.height),
                         latent, (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
         self.ctx.preview(index, image)

@@ -78,6 +78,8 @@ def same_vae(a: FamilyAdapter, b: FamilyAdapter) -> bool:
 def keyframe_pixels(image_adapter: FamilyAdapter, latent: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """A keyframe latent of the image model as float pixels (1, 3, height, width) in [0, 1]."""
     image = image_adapter.decode(latent.to(image_adapter.device, image_adapter.dtype)).float()
+    if image.dim() == 5:  # a one-frame keyframe of a video model (Wan keyframes)
+        image = image[:, :, 0]
     if tuple(image.shape[-2:]) != (height, width):
         image = F.interpolate(image, size=(height, width), mode="bicubic", antialias=True).clamp(0, 1)
     return image
