@@ -203,8 +203,7 @@ def estimate(arch: Architecture, work: Workload) -> Estimate:
 # ---- what to lower -------------------------------------------------------------------------------------
 def gb(n: int) -> str:
     """GB as GPUs are sold and --device-memory is read: 2^30 bytes."""
-    value = n / GiB
-    return f"{value:.0f} GB" if value >= 10 else f"{value:.1f} GB"
+    return f"{n / GiB:.1f} GB"  # one decimal: 24.2 against 24.0 must not read as 24 against 24
 
 
 def advice(arch: Architecture, work: Workload, budget: int, *, video: bool, device: str = "this GPU") -> str | None:
