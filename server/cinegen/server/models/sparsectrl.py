@@ -89,10 +89,13 @@ class SparseControl:
         return SparseControl(self.controlnet, crop(self.condition), crop(self.mask), self.scale)
 
     def __call__(self, latent_in: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor):
-        with torch.no_grad():
-            return self.controlnet(latent_in, t, encoder_hidden_states=embeds,
-                                   controlnet_cond=self.condition.to(latent_in.dtype),
-                                   conditioning_mask=self.mask.to(latent_in.dtype), conditioning_scale=self.scale,
+        condition, mask = self.condition.to(latent_in.dtype), self.mask.to(latent_in.dtype)
+        rows, own = latent_in.shape[0], condition.shape[0]
+        if own not in (1, rows):  # one condition per window, the batch its CFG halves [windows; windows]
+            condition, mask = torch.cat([condition] * (rows // own)), torch.cat([mask] * (rows // own))
+        with torch.no_grad():  # a batch-1 condition broadcasts over the rows, as in the stock pipeline
+            return self.controlnet(latent_in, t, encoder_hidden_states=embeds, controlnet_cond=condition,
+                                   conditioning_mask=mask, conditioning_scale=self.scale,
                                    guess_mode=False, return_dict=False)
 
 

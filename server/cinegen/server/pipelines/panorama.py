@@ -15,7 +15,9 @@ ALGORITHMS.md §2. The method, stage by stage:
    (``diffusion/panorama_denoise.py``), with explicit window overlap 0.75 → 0.5 → 0.25 → 0 over four
    equal parts of the schedule (``--no-early-overlap`` turns it off). A sphere may have a prompt per
    latitude band (``--band-prompts``, zenith first): each view of the projecting steps and each
-   window after them is denoised with the prompt of its band. An ``--input`` image is encoded, placed at the centre
+   window after them is denoised with the prompt of its band. On AnimateDiff with a SparseCtrl RGB
+   model installed, an ``--input`` image is the first frame as a SparseCtrl condition, each window
+   given its crop (panorama_sparsectrl.py). Otherwise an ``--input`` image is encoded, placed at the centre
    (shrunk to fit), and kept: before each step its latent is re-noised to the step's level and
    pasted; after the last, the clean latent is pasted.
 4. **Decode** frame by frame; for 360° the latent is padded with the columns from across the seam
@@ -49,6 +51,7 @@ from ..models.family import FamilyAdapter
 from ..models.registry import ModelRegistry
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, seeded_generator
 from .panorama_i2v import WanImagePanorama, is_wan_image_to_video
+from .panorama_sparsectrl import SparseCtrlPanorama, input_sparsectrl
 
 PROJECTIONS = ("plane", "ring", "sphere")
 PROJECTING_FRACTION = 15 / 48  # PPD steps of the sphere, as in the reference schedule
@@ -75,6 +78,9 @@ class PanoramaSettings:
     early_overlap: bool = True  # explicit window overlap 0.75 → 0.5 → 0.25 → 0 over the schedule
     band_prompts: tuple[str, ...] = ()  # sphere: prompts from the zenith down to the nadir ("-" = the prompt)
     keep_first_frame: bool = False  # Wan I2V: latent frame 0 pinned to the input's (panorama_i2v.py)
+    # OSD window order: "plan" (the reference's raster order) or "disjoint" (overlapping windows
+    # regrouped into disjoint sets, each one model call; see PanoramaPlan.window_order)
+    window_order: str = "plan"
 
     @classmethod
     def from_params(cls, params: PanoramaParams) -> PanoramaSettings:
@@ -93,7 +99,7 @@ class PanoramaSettings:
             raise InvalidArgument(f"--band-prompts takes at most {MAX_BAND_PROMPTS} prompts (one per latitude "
                                   f"row of the sphere views, zenith first); got {len(bands)}.")
         return cls(projection, bool(params.loop), scale if scale and scale > 1.0 else None, params.input,
-                   bool(params.early_overlap), bands, bool(getattr(params, "keep_first_frame", False)))
+                   bool(params.early_overlap), bands, bool(params.keep_first_frame))
 
     @property
     def wraps(self) -> bool:
@@ -174,6 +180,7 @@ def panorama_plan(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings, *, w
         boundary_w=Boundary.RING if s.wraps else Boundary.DOCK,
         projecting_steps=round(r.steps * PROJECTING_FRACTION) if s.projection == "sphere" else 0,
         explicit_overlap=s.early_overlap, blend=BlendSchedule(steps=max(1, round(r.steps * BLEND_FRACTION))),
+        window_order=s.window_order,
         max_batch=max(1, budget // math.prod(window)), view_batch=max(1, budget // math.prod(window)),
         multiple=(1, patch_cells(adapter), patch_cells(adapter)))
 
@@ -266,9 +273,10 @@ def _keep_input(clean: torch.Tensor | None, top: int, left: int, noise: torch.Te
 def generate_panorama(
     adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings, *, input_image: torch.Tensor | None = None,
     on_step: StageStep | None = None, should_stop: Callable[[], None] | None = None, hooks: tuple = (),
-    record_counts: Callable[[int, DenoiseCounts], None] | None = None,
+    record_counts: Callable[[int, DenoiseCounts], None] | None = None, sparsectrl: Any = None,
 ) -> torch.Tensor:
-    """The denoised panorama latent, (1, C, F, h, w)."""
+    """The denoised panorama latent, (1, C, F, h, w). ``sparsectrl``: on AnimateDiff, a SparseCtrl RGB
+    model the input conditions (frame 0, per window) instead of being pasted (panorama_sparsectrl.py)."""
     generator = seeded_generator(r.seed)
     layout = LatentLayout(video=adapter.kind == "video")
     cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
@@ -279,6 +287,9 @@ def generate_panorama(
     if input_image is not None and is_wan_image_to_video(adapter):  # the I2V model's condition, per window
         i2v = WanImagePanorama(adapter, input_image, r.frames, _band_conditions(adapter, r, s, cond),
                                bool(s.band_prompts))
+    elif input_image is not None and sparsectrl is not None and adapter.family == "animatediff":
+        i2v = SparseCtrlPanorama(adapter, sparsectrl, input_image, r.frames, _band_conditions(adapter, r, s, cond),
+                                 bool(s.band_prompts))
     elif input_image is not None:
         cell = adapter.vae_scale_factor
         placed, top_px, left_px = place_input(input_image, r.width, r.height, cell)
@@ -433,13 +444,15 @@ class PanoramaPipeline(Pipeline):
         s = PanoramaSettings.from_params(ctx.job.params)
         check_request(adapter, r, s)
         image = read_input_image(s.input_path) if s.input_path else None
+        sparsectrl = input_sparsectrl(ctx, adapter) if image is not None else None
         weights = [0.3, 0.6, 0.1] if global_motion_plan(adapter, r, s) else [0.0, 0.9, 0.1]
         progress = StepProgress(ctx, weights)
         stages = {"global motion (low resolution)": progress.callback(0, "global motion (low resolution)"),
                   "denoise": progress.callback(1, "denoise")}
         preview = LatentPreview(ctx.latent_preview(adapter))
         latent = generate_panorama(adapter, r, s, input_image=image, should_stop=ctx.check_cancel,
-                                   on_step=lambda label, done, todo: stages[label](done, todo), hooks=(preview,))
+                                   on_step=lambda label, done, todo: stages[label](done, todo), hooks=(preview,),
+                                   sparsectrl=sparsectrl)
         sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r,
                               envmap_latlong=s.projection == "sphere")
         for frame, image_out in enumerate(decode_panorama_frames(adapter, latent, wrap=s.wraps)):
