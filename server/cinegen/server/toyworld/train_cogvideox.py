@@ -13,8 +13,11 @@ with z0 (B, F'=3, C, h, w) and one t per clip. diffusers' CogVideoX fine-tuning 
 as an x0 error weighted by 1/(1 - a_t), which equals this one term for term. Captions are dropped to ""
 10 % of the time so classifier-free guidance works. The whole pipeline folder is saved every
 `checkpoint_minutes`, so a usable model exists before the budget ends.
+Stage 3 (`--stage decoder`, optional): the decoder alone fine-tuned on the frozen encoder's mean latents,
+as toy-image's decoder was; the latent space the DiT and Tora learned on does not move.
 
-    python -m cinegen.server.toyworld.train_cogvideox --out DIR --minutes 40 --seed 0 --threads 2
+    python -m cinegen.server.toyworld.train_cogvideox --out DIR --minutes 40 --seed 0 --threads 1
+    python -m cinegen.server.toyworld.train_cogvideox --out DIR --stage decoder --minutes 12 --threads 1
 """
 from __future__ import annotations
 
@@ -240,6 +243,33 @@ def train_transformer(pipe, cfg: CogTrainConfig, deadline: float) -> None:
     transformer.eval()
 
 
+def train_decoder(vae, cfg: CogTrainConfig, deadline: float) -> None:
+    """Stage 3: the decoder alone on the frozen encoder's mean latents (as Stability's ft-MSE VAE was made):
+    sharper frames without moving the latent space the DiT (and Tora) were trained on."""
+    torch.manual_seed(cfg.seed + 9)
+    rng = np.random.default_rng(cfg.seed + 10)
+    vae.requires_grad_(False)
+    params = list(vae.decoder.parameters())
+    for param in params:
+        param.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.vae_lr / 2, weight_decay=0.0)
+    log = LossLog(cfg.out / "decoder_loss.csv")
+    vae.eval()  # no dropout or batch statistics in this VAE: eval only keeps the encoder out of training
+    step = 0
+    while time.time() < deadline and step < cfg.vae_steps:
+        clips = [clip_for(cfg.seed + 1, int(rng.integers(0, 10 ** 9)), CLIP_PARAMS) for _ in range(cfg.vae_batch)]
+        x = torch.stack([clip_video(c, NATIVE) for c in clips])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        y = vae.decode(z).sample
+        loss = (y - x).abs().mean() + (y - x).pow(2).mean()
+        take_step(opt, loss, params)
+        log.add(step, loss.item())
+        step += 1
+    log.close()
+    vae.requires_grad_(False)
+
+
 def set_latent_scale(vae, cfg: CogTrainConfig) -> float:
     """1/std of the encoded clips' latents, so the DiT sees unit-variance latents (as CogVideoX's 0.7 / 1.15)."""
     means, stds = encode_pool(vae, CogTrainConfig(out=cfg.out, seed=cfg.seed, clip_pool=min(128, cfg.clip_pool)))
@@ -257,12 +287,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clip-pool", type=int, default=CogTrainConfig.clip_pool)
     p.add_argument("--vae-steps", type=int, default=CogTrainConfig.vae_steps)
     p.add_argument("--steps", type=int, default=CogTrainConfig.steps)
+    p.add_argument("--stage", choices=("all", "decoder"), default="all",
+                   help="decoder: fine-tune the decoder of OUT/model for --minutes (the latent space stays)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)  # the machine is shared
     cfg = CogTrainConfig(out=a.out, seed=a.seed, minutes=a.minutes, clip_pool=a.clip_pool,
                          vae_steps=a.vae_steps, steps=a.steps)
     cfg.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    if a.stage == "decoder":
+        from diffusers import CogVideoXPipeline
+
+        pipe = CogVideoXPipeline.from_pretrained(str(cfg.out / "model"), dtype=torch.float32, local_files_only=True)
+        train_decoder(pipe.vae, cfg, start + 60 * cfg.minutes)
+        save_checkpoint(pipe, cfg.out / "model")
+        print(f"saved {cfg.out / 'model'} after {(time.time() - start) / 60:.1f} min", flush=True)
+        return
     pipe = build_pipeline(cfg.seed)
     train_vae(pipe.vae, cfg, start + 60 * cfg.minutes * cfg.vae_fraction)
     print(f"VAE trained; latent scale {set_latent_scale(pipe.vae, cfg):.4f}", flush=True)
