@@ -91,18 +91,20 @@ def _widths(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def _component(pipe, path: str, default: nn.Module) -> tuple[nn.Module, str, str]:
-    """(module tree, path inside it, its name) for a layer path such as `unet.down_blocks.0...`."""
+def _component(pipe, path: str) -> tuple[nn.Module | None, str]:
+    """(module tree, path inside it) for a layer path such as `unet.down_blocks.0...`; diffusers loads a
+    layer only under its component's prefix (unet., transformer., text_encoder.), so no prefix = no layer."""
     head, _, rest = path.partition(".")
     part = getattr(pipe, head, None) if rest else None
-    if isinstance(part, nn.Module):
-        return part, rest, head
-    return default, path, "denoiser"
+    return (part, rest) if isinstance(part, nn.Module) else (None, path)
 
 
 def lora_state_dict(adapter: FamilyAdapter, spec: LoraSpec) -> dict:
     """The LoRA's tensors with the names diffusers gives them for this pipeline (read-only: the model is untouched)."""
-    out = type(adapter.pipe).lora_state_dict(str(Path(spec.path).expanduser()))
+    unet = getattr(adapter.pipe, "unet", None)
+    # SDXL kohya block numbers are remapped from the UNet's config, as load_lora_weights does
+    extra = {"unet_config": unet.config} if unet is not None else {}
+    out = type(adapter.pipe).lora_state_dict(str(Path(spec.path).expanduser()), **extra)
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -123,8 +125,10 @@ def lora_fit_problem(adapter: FamilyAdapter, spec: LoraSpec) -> str | None:
         if layer is None or not hasattr(tensor, "shape") or tensor.dim() < 2:
             continue
         path, matrix = layer
-        tree, inner, _ = _component(adapter.pipe, path, adapter.denoiser)
+        tree, inner = _component(adapter.pipe, path)
         try:
+            if tree is None:
+                raise AttributeError(path)
             widths = _widths(tree.get_submodule(inner))
         except AttributeError:
             missing += 1
@@ -137,7 +141,9 @@ def lora_fit_problem(adapter: FamilyAdapter, spec: LoraSpec) -> str | None:
             return f"its layer {path} has {want} {side} where the model's has {have}"
         found += 1
     if missing and not found:
-        return f"none of its {missing} layers is a layer of this model"
+        hint = (" (an original AnimateDiff motion LoRA? diffusers' scripts/convert_animatediff_motion_lora_to_"
+                "diffusers.py converts it)" if kind.kind == "motion-lora" else "")
+        return f"none of its {missing} layers is a layer of this model{hint}"
     return None
 
 
@@ -213,6 +219,9 @@ def loras_applied(adapter: FamilyAdapter, specs: Sequence[LoraSpec]) -> Iterator
                 raise InvalidArgument(f"The LoRA '{spec.path}' does not fit '{adapter.entry.id}' ({exc}). "
                                       f"Use a LoRA trained for this {adapter.family} model.") from exc
             names.append(name)
+            if not any(name in getattr(part, "peft_config", {}) for part in pipe.components.values()):
+                raise InvalidArgument(f"The LoRA '{Path(spec.path).name}' put none of its layers on "
+                                      f"'{adapter.entry.id}'. Use a LoRA trained for this model.")
         pipe.set_adapters(names, [spec.weight for spec in specs])
         yield
     finally:
