@@ -31,8 +31,9 @@ BENCHMARKS: dict[str, str] = {
     "latency": "cinegen.server.benchmarks.latency",
     "gpu": "cinegen.server.benchmarks.gpu",
     "ray-story": "cinegen.server.benchmarks.ray_story",
+    "ray-plate": "cinegen.server.benchmarks.ray_plate",
 }
-REPEATS_ITSELF = {"panorama", "io", "latency", "gpu", "ray-story"}
+REPEATS_ITSELF = {"panorama", "io", "latency", "gpu", "ray-story", "ray-plate"}
 
 
 def run_bench(args: argparse.Namespace) -> int:
