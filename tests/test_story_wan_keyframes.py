@@ -136,10 +136,24 @@ def test_i2v_models_and_off_patch_sizes_are_refused(registry, wan):
         check_wan_keyframes(wan, 40, 32)
 
 
-def _request(out, **common):
+SHORT = """\
+title: Two Keys
+fps: 24
+shots:
+  - id: sh010
+    prompt: a red lighthouse
+    frames: 2
+    continuity: true
+  - id: sh020
+    prompt: a blue boat
+    frames: 1
+"""
+
+
+def _request(out, video_model="tiny-wan", story=STORY, **common):
     base = dict(seed=3, steps=2, model="tiny-wan", out=str(out))
     base.update(common)
-    return build_request("story", CommonParams(**base), StoryParams(story_yaml=STORY, video_model="tiny-wan"),
+    return build_request("story", CommonParams(**base), StoryParams(story_yaml=story, video_model=video_model),
                          job_id=f"story-wan-keys-{uuid.uuid4().hex[:8]}")
 
 
@@ -154,6 +168,13 @@ def test_a_story_with_wan_keyframes_and_wan_motion_through_the_server(client, tm
         assert np.asarray(store.image(shot)).shape == (32, 32, 3)
     assert sorted(p.name for p in (out / "sh020").iterdir()) == [f"sh020.{1001 + i}.exr" for i in range(5)]
     assert (out / "Wan Keys.keyframes.png").is_file() and (out / "Wan_Keys.otio").is_file()
+
+
+def test_wan_keyframes_reach_animatediff_motion_through_pixels(client, tmp_path):
+    out = tmp_path / "cut"
+    result = client.run(_request(out, video_model="tiny-animatediff", story=SHORT))
+    assert result.state == "completed", result.message
+    assert sorted(p.name for p in (out / "sh010").iterdir()) == ["sh010.1001.exr", "sh010.1002.exr"]
 
 
 def test_an_i2v_keyframe_model_is_refused_at_submit(client, tmp_path):
