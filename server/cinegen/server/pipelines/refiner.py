@@ -28,6 +28,8 @@ def sd_kind(entry) -> str:
     """sd1 | sd2 | sdxl | sdxl-refiner for a single file (its tensor names), sdxl | sdxl-refiner | sd for a folder."""
     if entry.source == "single-file":
         return entry.kind
+    if not entry.path:  # a built-in tiny model (SD 1.x layout), built on first use
+        return "sd"
     try:
         name = json.loads((Path(entry.path) / "model_index.json").read_text()).get("_class_name", "")
     except (OSError, ValueError, TypeError):
