@@ -15,16 +15,20 @@ from .report import grid, plot_losses, read_losses
 
 PROMPTS = ("a red disc", "a blue square", "a yellow disc", "a black square")
 LOSSES = (("vae_loss.csv", "toy-cogvideox VAE reconstruction (L1 + MSE)", "cogvideox_vae_loss"),
+          ("decoder_loss.csv", "toy-cogvideox decoder fine-tune (L1 + MSE)", "cogvideox_decoder_loss"),
           ("transformer_loss.csv", "toy-cogvideox DiT v-prediction loss", "cogvideox_dit_loss"))
 TORA_LOSS = ("tora_loss.csv", "Tora extractor + fusers, v-prediction loss (DiT frozen)", "tora_loss")
 
 
-def export_model(model: Path, tora_weights: Path, dest: Path) -> None:
-    """The pipeline folder saved again in fp16, and Tora's weights (published names) in fp16 under `tora/`."""
-    from diffusers import CogVideoXPipeline
+def export_model(model: Path, tora_weights: Path, dest: Path, vae: Path | None = None) -> None:
+    """The pipeline folder saved again in fp16 (with the decoder-tuned `vae` when given), and Tora's weights
+    (published names) in fp16 under `tora/`."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline
     from safetensors.torch import load_file, save_file
 
     pipe = CogVideoXPipeline.from_pretrained(str(model), dtype=torch.float32, local_files_only=True)
+    if vae is not None:
+        pipe.vae = AutoencoderKLCogVideoX.from_pretrained(str(vae), dtype=torch.float32, local_files_only=True)
     pipe.to(torch.float16)
     if dest.exists():
         shutil.rmtree(dest)
@@ -81,12 +85,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     a.docs.mkdir(parents=True, exist_ok=True)
     for run, (csv_name, title, stem) in [(a.run, loss) for loss in LOSSES] + [(a.tora, TORA_LOSS)]:
+        if not (run / csv_name).exists():  # the decoder stage is optional
+            continue
         plot_losses(read_losses(run / csv_name), title, a.docs / f"{stem}.png")
         shutil.copy(run / csv_name, a.docs / f"{stem}.csv")
     from ..models.toy import TOY_COGVIDEOX_DIR
 
+    from .train_cogvideox import DECODER_DIR
+
     if a.export:
-        export_model(a.run / "model", a.tora / "tora" / "diffusion_pytorch_model.safetensors", TOY_COGVIDEOX_DIR)
+        decoder = a.run / DECODER_DIR
+        export_model(a.run / "model", a.tora / "tora" / "diffusion_pytorch_model.safetensors", TOY_COGVIDEOX_DIR,
+                     vae=decoder if decoder.is_dir() else None)
     adapter = load_adapter(TOY_COGVIDEOX_DIR)
     grid(reconstructions(adapter), 2).save(a.docs / "cogvideox_vae_reconstructions.png")
     grid([sample_clip(adapter, prompt, seed) for prompt in PROMPTS for seed in (0, 1)], 2).save(

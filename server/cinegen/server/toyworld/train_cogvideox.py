@@ -13,8 +13,9 @@ with z0 (B, F'=3, C, h, w) and one t per clip. diffusers' CogVideoX fine-tuning 
 as an x0 error weighted by 1/(1 - a_t), which equals this one term for term. Captions are dropped to ""
 10 % of the time so classifier-free guidance works. The whole pipeline folder is saved every
 `checkpoint_minutes`, so a usable model exists before the budget ends.
-Stage 3 (`--stage decoder`, optional): the decoder alone fine-tuned on the frozen encoder's mean latents,
-as toy-image's decoder was; the latent space the DiT and Tora learned on does not move.
+Stage 3 (`--stage decoder`, optional, may run beside stage 2): the decoder alone fine-tuned on the frozen
+encoder's mean latents, as toy-image's decoder was; the latent space the DiT and Tora learned on does not
+move. It writes `OUT/vae_decoder/`, which the export (report_cogvideox.py) puts in place of the VAE.
 
     python -m cinegen.server.toyworld.train_cogvideox --out DIR --minutes 40 --seed 0 --threads 1
     python -m cinegen.server.toyworld.train_cogvideox --out DIR --stage decoder --minutes 12 --threads 1
@@ -39,6 +40,7 @@ FRAMES = 9  # 4k + 1: three latent frames
 LATENT_CHANNELS = 8
 TEXT_LENGTH = 48  # T5 tokens: the longest toy caption is 34 characters
 CLIP_PARAMS = ClipParams(frames=FRAMES)
+DECODER_DIR = "vae_decoder"  # stage 3's VAE (the same encoder, the fine-tuned decoder)
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ def v_loss(pipe, z0: torch.Tensor, embeds: torch.Tensor, noise: torch.Tensor | N
 
 
 def save_checkpoint(pipe, folder: Path) -> None:
-    """Write the pipeline folder beside `folder` and swap it in, so a reader never sees half a model."""
+    """Write the pipeline (or model) folder beside `folder` and swap it in, so a reader never sees half a model."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
@@ -295,13 +297,14 @@ def main(argv: list[str] | None = None) -> None:
                          vae_steps=a.vae_steps, steps=a.steps)
     cfg.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    if a.stage == "decoder":
-        from diffusers import CogVideoXPipeline
+    if a.stage == "decoder":  # may run beside the DiT stage: it reads OUT/model/vae and writes OUT/vae_decoder
+        from diffusers import AutoencoderKLCogVideoX
 
-        pipe = CogVideoXPipeline.from_pretrained(str(cfg.out / "model"), dtype=torch.float32, local_files_only=True)
-        train_decoder(pipe.vae, cfg, start + 60 * cfg.minutes)
-        save_checkpoint(pipe, cfg.out / "model")
-        print(f"saved {cfg.out / 'model'} after {(time.time() - start) / 60:.1f} min", flush=True)
+        vae = AutoencoderKLCogVideoX.from_pretrained(str(cfg.out / "model" / "vae"), dtype=torch.float32,
+                                                     local_files_only=True)
+        train_decoder(vae, cfg, start + 60 * cfg.minutes)
+        save_checkpoint(vae, cfg.out / DECODER_DIR)
+        print(f"saved {cfg.out / DECODER_DIR} after {(time.time() - start) / 60:.1f} min", flush=True)
         return
     pipe = build_pipeline(cfg.seed)
     train_vae(pipe.vae, cfg, start + 60 * cfg.minutes * cfg.vae_fraction)
