@@ -110,3 +110,30 @@ def test_device_memory_flag_reads_sizes_as_gpus_are_sold():
     assert memory_size("512MB") == 512 << 20
     with pytest.raises(Exception, match="not a memory size"):
         memory_size("lots")
+
+
+def test_variant_weights_beside_the_plain_ones_are_counted_once(tmp_path):
+    from safetensors.torch import save_file
+
+    from cinegen.server.models.architecture import architecture_of
+    from cinegen.server.models.family import ModelEntry
+
+    unet = tmp_path / "m" / "unet"
+    unet.mkdir(parents=True)
+    (unet / "config.json").write_text(json.dumps({"block_out_channels": [8, 16], "layers_per_block": 1}))
+    save_file({"conv.weight": torch.zeros(10, 10)}, str(unet / "diffusion_pytorch_model.safetensors"))
+    save_file({"conv.weight": torch.zeros(10, 10, dtype=torch.float16)},
+              str(unet / "diffusion_pytorch_model.fp16.safetensors"))
+    arch = architecture_of(ModelEntry("m", "sd", "folder", str(tmp_path / "m")), "sd", torch.float32)
+    assert [(c.name, c.parameter_bytes) for c in arch.components] == [("unet", 100 * 4)]
+
+
+def test_a_model_the_estimate_cannot_read_is_accepted_unchecked(registry, monkeypatch):
+    import cinegen.server.memory_check as memory_check
+
+    def broken(*_a, **_k):
+        raise KeyError("a config key the estimate does not know")
+
+    monkeypatch.setattr(memory_check, "job_estimate", broken)
+    spec = JobSpec("m", "image", CommonParams(prompt="a", model="tiny-sd", out="/tmp/x.####.exr"), None)
+    memory_check.check_fits(load_pipelines()["image"], spec, registry, 1, torch.device("cpu"))  # no refusal

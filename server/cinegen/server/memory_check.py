@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import ResourceExhausted
+from .errors import ResourceExhausted, UserError
 from .models.architecture import architecture_of
 from .diffusion.chunked_attention import DEFAULT_MAX_LOGITS as CHUNKED_ATTENTION_LOGITS
 from .models.memory_estimate import Architecture, Estimate, Workload, advice, estimate
 from .models.registry import ensure_tiny_model
+
+log = logging.getLogger(__name__)
 
 IMAGE_BATCH = 4  # pipelines/image.py BATCH
 STORY_KEYFRAME_FAMILIES = ("sd",)
@@ -120,7 +123,13 @@ def check_fits(pipeline: Any, job: Any, registry: Any, budget: int | None, devic
     """RESOURCE_EXHAUSTED with the settings to lower when the job's estimate is over the budget."""
     if budget is None:
         return
-    arch, work, _ = job_estimate(pipeline, job, registry)
+    try:
+        arch, work, _ = job_estimate(pipeline, job, registry)
+    except UserError:
+        raise  # the model is unknown or the request wrong: the sentence says so
+    except Exception:  # a folder the estimate cannot read must not block jobs that ran before it existed
+        log.warning("no memory estimate for job %s; accepted unchecked", job.job_id, exc_info=True)
+        return
     where = "this GPU" if device.type == "cuda" else "this server (--device-memory)"
     message = advice(arch, work, budget, video=arch.family != "sd", device=where)
     if message:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
@@ -48,13 +49,27 @@ def _counts(table: dict[str, dict], strip: str = "") -> tuple[int, int, str]:
     return sum(modules.values()), max(modules.values(), default=0), max(saved, key=saved.get, default="F32")
 
 
+VARIANT = re.compile(r"\.(fp16|bf16|fp32|ema|non_ema)\.")  # diffusers' variant files beside the plain ones
+
+
+def _weight_files(folder: Path, pattern: str) -> list[Path]:
+    files = sorted(folder.glob(pattern))
+    plain = [f for f in files if not VARIANT.search(f.name)]
+    return plain or files  # what diffusers loads without `variant=`: the plain files when both exist
+
+
 @lru_cache(maxsize=64)
 def _folder_component(folder: str, _mtime: float) -> tuple[int, int, str, dict]:
     total = largest = 0
     saved = "F32"
-    for weights in sorted(Path(folder).glob("*.safetensors")):
+    for weights in _weight_files(Path(folder), "*.safetensors"):
         n, big, saved = _counts(read_header(weights))
         total, largest = total + n, max(largest, big)
+    if not total:  # pickled weights only: their size on disk over the element size the name says
+        for weights in _weight_files(Path(folder), "*.bin"):
+            element = 2 if "16" in weights.name else 4
+            n = weights.stat().st_size // element
+            total, largest, saved = total + n, max(largest, n), ("F16" if element == 2 else "F32")
     config_file = Path(folder) / "config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     return total, largest, saved, config
