@@ -138,3 +138,17 @@ def test_keyframe_motion_picks_sparsectrl_when_installed_and_pins_otherwise(regi
     model = StoryPipeline().sparsectrl(job, beside, adapter, print)
     assert type(model).__name__ == "SparseControlNetModel"
     assert StoryPipeline().sparsectrl(job, registry, adapter, print) is None  # the plain registry: none there
+
+
+def test_sparsectrl_asked_for_and_not_installed_is_refused_at_submit(client, tmp_path):
+    import pytest
+
+    from cinegen.common.client import RequestRejected, build_request
+    from cinegen.common.params import CommonParams, StoryParams
+
+    story = ("title: T\nfps: 24\nshots:\n  - id: sh010\n    prompt: a red disc\n    frames: 4\n")
+    request = build_request("story", CommonParams(seed=1, steps=1, out=str(tmp_path / "cut")),
+                            StoryParams(story_yaml=story, keyframe_motion="sparsectrl"), job_id="sc-missing")
+    with pytest.raises(RequestRejected) as info:
+        client.submit(request)
+    assert info.value.code == "FAILED_PRECONDITION" and "--keyframe-motion pinning" in info.value.message

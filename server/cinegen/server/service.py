@@ -279,7 +279,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                 m.native_width, m.native_height = a.native_size
                 m.native_frames = a.native_frames
         for addon in self.registry.addons():
-            caps.addons.add(id=addon.id, family=addon.base, source="single-file", path=addon.path, kind=addon.kind)
+            source = "folder" if os.path.isdir(addon.path) else "single-file"  # SparseCtrl: a diffusers folder
+            caps.addons.add(id=addon.id, family=addon.base, source=source, path=addon.path, kind=addon.kind)
         return caps
 
     def _device_info(self) -> pb.DeviceInfo:
