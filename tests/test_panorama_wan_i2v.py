@@ -197,3 +197,32 @@ def test_cli_animates_a_ring_from_its_first_frame_kept(tmp_path):
     assert code == 0
     frames = [read_exr_frame(tmp_path / "pano" / f"ring.{1001 + i}.exr")[0] for i in range(5)]
     assert all(f.shape == (32, 64, 4) for f in frames)
+
+
+def test_band_prompts_reach_only_their_bands_regions_each_with_its_crop(plain_i2v, monkeypatch):
+    from cinegen.server.diffusion.panorama_denoise import region_band
+
+    recording = Recording(plain_i2v)
+    embeds = []
+    original = recording.predict
+
+    def predict(x, t, cond):
+        embeds.append(cond.embeds)
+        return original(x, t, cond)
+    recording.predict = predict
+    monkeypatch.setattr(RegionImageCondition, "__call__", recording.spy)
+    settings = PanoramaSettings(projection="sphere", band_prompts=("sky", "-", "ground"), **PLAIN)
+    r = _resolved(64, 32, steps=2)
+    generate_panorama(recording, r, settings, input_image=_image(64, 32))
+    encoded = {p: plain_i2v.encode_prompt(p, r.negative_prompt, r.guidance).embeds for p in ("sky", r.prompt, "ground")}
+    calls = iter(zip(recording.calls, embeds))
+    seen_bands = set()
+    for predictor, regions in recording.regions:
+        bands = [region_band(region, predictor.condition.shape[-2]) for region in regions]
+        for band in sorted(set(bands)):
+            (condition, _), prompt_embeds = next(calls)
+            own = [region for region, b in zip(regions, bands) if b == band]
+            assert torch.equal(condition, torch.cat([region.read(predictor.condition) for region in own]))
+            assert torch.equal(prompt_embeds, encoded[settings.band_prompt(band, r.prompt)])
+            seen_bands.add(settings.band_prompt(band, r.prompt))
+    assert next(calls, None) is None and seen_bands == {"sky", r.prompt, "ground"}
