@@ -154,7 +154,8 @@ class UpscaleParams:
                       "made larger with detail added; refine: an upsampled clip re-noised and denoised.",
                       choices=("generate", "plate", "refine"))
     input: str = param("", label="Input plate", help="The image sequence to upscale, its frame number written as #### (plate and "
-                       "refine modes; with the default mode an input means plate).", kind="path")
+                       "refine modes; with the default mode an input means plate, except on a Wan image-to-video model, "
+                       "where generate starts from its first frame).", kind="path")
     scale: float | None = param(None, label="Scale", help="Upscale factor over native/plate size; empty = use width/height, "
                                 "or 2 when neither is given.",
                                 minimum=1.0, maximum=16.0, step=0.5)
