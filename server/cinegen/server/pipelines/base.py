@@ -107,6 +107,21 @@ class RunContext:
         """The job's model, with the job's LoRAs on it (see `models`)."""
         return self.models({"model": model_id})["model"]
 
+    @contextlib.contextmanager
+    def loras_on(self, adapter: FamilyAdapter):
+        """The job's LoRAs on `adapter` for the block, for code handed a model directly (tests, helpers);
+        a no-op when the job already put them on through `model`/`models` (they come off after run)."""
+        if adapter.entry.id in self._with_loras:
+            yield
+            return
+        self._with_loras.add(adapter.entry.id)
+        try:
+            with loras_applied(adapter, route_loras(job_loras(self.job.common, self.job.params),
+                                                    {"model": adapter})["model"]):
+                yield
+        finally:
+            self._with_loras.discard(adapter.entry.id)
+
     def release_models(self) -> None:
         """Take the job's LoRAs off again: the resident models are as they were before the job, bit for bit."""
         self._with_loras.clear()

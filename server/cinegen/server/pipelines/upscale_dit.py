@@ -46,6 +46,7 @@ from ..diffusion.sampler import DenoiseLoop, LoopCallbacks
 from ..diffusion.temporal_chunks import default_overlap, predict_in_temporal_windows
 from ..errors import InvalidArgument, NotFound
 from ..models.family import Conditioning
+from ..models.lora import check_lora, job_loras
 from ..models.wan import WanAdapter
 from ..output import resize_alpha
 from .base import JobSpec, Resolved, RunContext, StepProgress, seeded_generator
@@ -310,6 +311,12 @@ def start_index_for(steps: int, strength: float) -> int:
 def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, params: UpscaleParams,
                     options: CineScaleOptions | None = None) -> list[str]:
     """Generate or refine a Wan video at the target size and write its frames; returns the written paths."""
+    with ctx.loras_on(adapter):  # the job's LoRAs (already on when the pipeline got the model from ctx.model)
+        return _run_dit_upscale(ctx, adapter, resolved, params, options)
+
+
+def _run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, params: UpscaleParams,
+                     options: CineScaleOptions | None) -> list[str]:
     options = options or CineScaleOptions()
     i2v = adapter.is_image_to_video  # the first frame conditions every stage (upscale_dit_i2v.py)
     mode = dit_mode(params, i2v)
@@ -342,7 +349,7 @@ def run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, pa
         ctx.progress("encode plate", 0, 1, 0.0)
         latent_first = params.fast or getattr(params, "latent_resize", False)
         latents = encode_plate(adapter, clip, plan[0].width, plan[0].height, latent_first, vae_tile)
-    for index, stage in enumerate(plan, start=1):  # the job's LoRAs are on: the adapter came from ctx.model
+    for index, stage in enumerate(plan, start=1):
         callbacks = LoopCallbacks(progress.callback(index, stage.label), ctx.check_cancel,
                                   ctx.latent_preview(adapter))
         if stage.refine is None:
@@ -447,5 +454,7 @@ def validate_dit_upscale(job: JobSpec, registry) -> None:
         if common.frames and common.frames > count:
             raise InvalidArgument(f"The plate has {count} frames; --frames {common.frames} asks for more.")
         check_wan_frames(common.frames or count, "plate")
+    for spec in job_loras(common, params):  # files now; whether they fit the model: Pipeline.check_loras
+        check_lora(spec, "wan")
     if params.strength is not None and common.steps:
         start_index_for(common.steps, params.strength)
