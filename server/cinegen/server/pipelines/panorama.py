@@ -17,7 +17,9 @@ ALGORITHMS.md §2. The method, stage by stage:
    latitude band (``--band-prompts``, zenith first): each view of the projecting steps and each
    window after them is denoised with the prompt of its band. On AnimateDiff with a SparseCtrl RGB
    model installed, an ``--input`` image is the first frame as a SparseCtrl condition, each window
-   given its crop (panorama_sparsectrl.py). Otherwise an ``--input`` image is encoded, placed at the centre
+   given its crop (panorama_sparsectrl.py). On a Wan image-to-video model it is the panorama's first
+   frame, given as the I2V condition, each window and view its crop (panorama_i2v.py). Otherwise an
+   ``--input`` image is encoded, placed at the centre
    (shrunk to fit), and kept: before each step its latent is re-noised to the step's level and
    pasted; after the last, the clean latent is pasted.
 4. **Decode** frame by frame; for 360° the latent is padded with the columns from across the seam
