@@ -137,3 +137,11 @@ def test_a_refiner_request_that_cannot_work_is_refused_with_a_sentence(models_di
     err = capsys.readouterr().err
     assert "INVALID_ARGUMENT" in err and says in err
     assert not list(tmp_path.iterdir())
+
+
+def test_cinegen_models_shows_both_refiners_as_refiners(models_dir, tmp_path):
+    from cinegen.server.models.registry import ModelRegistry
+
+    kinds = {e.id: e.kind for e in ModelRegistry([models_dir], use_hf_cache=False, cache_dir=tmp_path).entries()}
+    assert kinds["tiny-refiner"] == kinds["folder-refiner"] == "sdxl-refiner"
+    assert kinds["tiny-sdxl"] == "sdxl" and kinds["folder-sdxl"] == "model"

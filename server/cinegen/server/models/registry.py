@@ -23,6 +23,7 @@ from .checkpoint_kinds import classify_file
 from .family import AddOn, Family, FamilyAdapter, ModelEntry, TinyModel
 from .sparsectrl import SPARSECTRL_KIND, is_sparsectrl_folder
 from .precision import device_supports_bf16, dtype_for
+from .speedups import Speedups
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,11 @@ def _model_index_class(folder: Path) -> str | None:
         return None
 
 
+def _folder_kind(folder: Path) -> str:
+    """`sdxl-refiner` for an SDXL refiner folder (it runs only as --refiner), else `model`."""
+    return "sdxl-refiner" if _model_index_class(folder) == "StableDiffusionXLImg2ImgPipeline" else "model"
+
+
 def _config_class(folder: Path) -> str | None:
     """The `_class_name` of a single-model diffusers folder (config.json), e.g. MotionAdapter."""
     try:
@@ -95,8 +101,9 @@ def _motion_fits(adapter: Path, base: Path) -> bool:
 class ModelRegistry:
     def __init__(self, models_dirs: list[Path] | None = None, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype | None = None, memory_budget: int | None = None,
-                 cache_dir: Path | None = None, use_hf_cache: bool = True):
+                 cache_dir: Path | None = None, use_hf_cache: bool = True, speedups: Speedups | None = None):
         self.device = torch.device(device)
+        self.speedups = speedups or Speedups()  # channels-last / torch.compile on each denoiser loaded
         self.dtype = dtype  # None: each family's own (precision.dtype_for); set: every model in it
         self.bf16_supported = device_supports_bf16(self.device)
         self.cache_dir = cache_dir or default_cache_dir()
@@ -153,7 +160,7 @@ class ModelRegistry:
         for folder in candidates:
             family = self.family_of_class(_model_index_class(folder))
             if family:
-                out.append(ModelEntry(folder.name, family, "folder", str(folder)))
+                out.append(ModelEntry(folder.name, family, "folder", str(folder), kind=_folder_kind(folder)))
         out += self._paired_animatediff(candidates)
         # SparseCtrl RGB encoders (diffusers folders) condition AnimateDiff (SD 1.x) on keyframes: add-ons
         self._addons += [AddOn(f.name, SPARSECTRL_KIND, "sd1", str(f)) for f in candidates if is_sparsectrl_folder(f)]
@@ -202,7 +209,8 @@ class ModelRegistry:
             for rev in sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True):
                 family = self.family_of_class(_model_index_class(Path(rev.snapshot_path)))
                 if family:
-                    out.append(ModelEntry(repo.repo_id, family, "hf-cache", str(rev.snapshot_path)))
+                    out.append(ModelEntry(repo.repo_id, family, "hf-cache", str(rev.snapshot_path),
+                                          kind=_folder_kind(Path(rev.snapshot_path))))
                     break
         return out
 
@@ -234,6 +242,7 @@ class ModelRegistry:
                 return self._loaded[model_id]
             entry = self.entry(model_id)
             adapter = self._load(entry)
+            self.speedups.apply(adapter)
             self._loaded[model_id] = adapter
             self._enforce_budget(keep=model_id)
             return adapter
