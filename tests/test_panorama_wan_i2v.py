@@ -226,3 +226,18 @@ def test_band_prompts_reach_only_their_bands_regions_each_with_its_crop(plain_i2
             assert torch.equal(prompt_embeds, encoded[settings.band_prompt(band, r.prompt)])
             seen_bands.add(settings.band_prompt(band, r.prompt))
     assert next(calls, None) is None and seen_bands == {"sky", r.prompt, "ground"}
+
+
+def test_the_clip_token_cache_is_bounded_and_changes_nothing(clip_i2v, monkeypatch):
+    from cinegen.server.pipelines import panorama_i2v
+
+    r, image = _resolved(64, 32, steps=2), _image(64, 32, seed=5)
+    settings = PanoramaSettings(projection="sphere", **PLAIN)
+    unbounded = generate_panorama(clip_i2v, r, settings, input_image=image)
+    monkeypatch.setattr(panorama_i2v, "CLIP_CACHE_ENTRIES", 2)
+    kept = []
+    original = RegionImageCondition.clip_tokens
+    monkeypatch.setattr(RegionImageCondition, "clip_tokens",
+                        lambda self, region: (kept.append(len(self._tokens)), original(self, region))[1])
+    assert torch.equal(generate_panorama(clip_i2v, r, settings, input_image=image), unbounded)
+    assert kept and max(kept) <= 2

@@ -23,6 +23,7 @@ result is then the VAE's image of the input (as Wan 2.2 TI2V keeps it), not what
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,10 @@ from ..models.family import Conditioning, FamilyAdapter
 from ..models.wan import as_pil_image
 
 __all__ = ["KeepFirstFrame", "WanImagePanorama", "first_frame", "is_wan_image_to_video"]
+
+# CLIP tokens kept per distinct crop: OSD windows repeat as the offsets cycle (16 steps); sphere views
+# change every projecting step. Wan 2.1's 257×1280 tokens are 1.3 MB each: at most ~170 MB kept.
+CLIP_CACHE_ENTRIES = 128
 
 
 def is_wan_image_to_video(adapter: FamilyAdapter) -> bool:
@@ -88,7 +93,7 @@ class RegionImageCondition:
     prompt_for_band: Callable[[int], Conditioning]
     banded: bool
     layout: LatentLayout = field(default_factory=lambda: LatentLayout(video=True))
-    _tokens: dict[tuple, Tensor] = field(default_factory=dict)
+    _tokens: OrderedDict[tuple, Tensor] = field(default_factory=OrderedDict)
 
     def region_condition(self, regions: Sequence[Any]) -> Tensor:
         return region_condition(self.condition, regions, self.layout)
@@ -101,9 +106,13 @@ class RegionImageCondition:
     def clip_tokens(self, region: Any) -> Tensor:
         image = self.region_image(region)
         key = (image.size, image.tobytes())  # windows repeat as the offsets cycle: one encoding per crop
-        if key not in self._tokens:
-            self._tokens[key] = self.adapter.clip_image_embeds(image)
-        return self._tokens[key]
+        if key in self._tokens:
+            self._tokens.move_to_end(key)
+            return self._tokens[key]
+        tokens = self._tokens[key] = self.adapter.clip_image_embeds(image)
+        if len(self._tokens) > CLIP_CACHE_ENTRIES:
+            self._tokens.popitem(last=False)  # the least recently used crop
+        return tokens
 
     def __call__(self, x: Tensor, t: Tensor, regions: Sequence[Any]) -> Tensor:
         condition = self.region_condition(regions)
