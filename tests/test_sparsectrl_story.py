@@ -152,3 +152,33 @@ def test_sparsectrl_asked_for_and_not_installed_is_refused_at_submit(client, tmp
     with pytest.raises(RequestRejected) as info:
         client.submit(request)
     assert info.value.code == "FAILED_PRECONDITION" and "--keyframe-motion pinning" in info.value.message
+
+
+def test_a_story_job_conditions_its_shots_with_the_installed_sparsectrl(registry, tmp_path):
+    """End to end: a server whose models folder holds a SparseCtrl folder makes the story's AnimateDiff motion
+    through it (--keyframe-motion auto), once per denoising step of each shot."""
+    from cinegen.common.client import GeneratorClient, build_request
+    from cinegen.common.params import CommonParams, StoryParams
+    from cinegen.server.server import start_server
+    from cinegen.server.service import GeneratorService, ServerConfig
+
+    models = tmp_path / "models"
+    build_tiny_sparsectrl(models / "sparsectrl-rgb", seed=1)
+    beside = ModelRegistry([models], use_hf_cache=False, cache_dir=registry.cache_dir)
+    adapter = beside.get("tiny-animatediff")
+    calls = []
+    sparsectrl_for(adapter, "sparsectrl-rgb", str(models / "sparsectrl-rgb")).register_forward_pre_hook(
+        lambda m, a, kw: calls.append(kw["conditioning_mask"][0, 0, :, 0, 0].tolist()), with_kwargs=True)
+    config = ServerConfig(port=0, use_hf_cache=False, max_width=256, max_height=256)
+    running = start_server(config, GeneratorService(config, registry=beside))
+    story = ("title: T\nfps: 24\nshots:\n  - id: sh010\n    prompt: a red disc\n    frames: 4\n    continuity: true\n"
+             "  - id: sh020\n    prompt: a blue square\n    frames: 3\n")
+    try:
+        with GeneratorClient(running.address, timeout=60) as client:
+            done = client.run(build_request("story", CommonParams(seed=1, steps=2, out=str(tmp_path / "cut")),
+                                            StoryParams(story_yaml=story), job_id="sc-story"))
+    finally:
+        running.stop()
+    assert done.state == "completed", done.message
+    # sh010 ends on sh020's keyframe (frames 0 and 3 conditioned), sh020 starts on its own (frame 0)
+    assert calls == [[1.0, 0.0, 0.0, 1.0]] * 2 + [[1.0, 0.0, 0.0]] * 2
