@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from diffusers import WanPipeline
 
 from cinegen.common.client import RequestRejected, build_request
 from cinegen.common.params import CommonParams, StoryParams

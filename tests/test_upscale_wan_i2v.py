@@ -19,8 +19,7 @@ from cinegen.common.params import CommonParams, UpscaleParams
 from cinegen.server.errors import InvalidArgument
 from cinegen.server.models.wan import as_pil_image
 from cinegen.server.pipelines.base import JobSpec
-from cinegen.server.pipelines.upscale_dit import (CineScaleOptions, read_plate_clip, run_dit_upscale,
-                                                  validate_dit_upscale)
+from cinegen.server.pipelines.upscale_dit import read_plate_clip, run_dit_upscale, validate_dit_upscale
 from cinegen.server.pipelines.upscale_dit_i2v import condition_windows_predict
 from test_upscale_dit import IDENTITY, TestContext, _Upscale
 from tiny_wan_i2v import tiny_wan_i2v_with_clip

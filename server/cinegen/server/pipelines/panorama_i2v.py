@@ -131,7 +131,8 @@ class RegionImageCondition:
             part = self.adapter.predict(pick(x), t, dataclasses.replace(cond, extra=extra))
             if whole:
                 return part
-            out = torch.empty((x.shape[0], *part.shape[1:]), dtype=part.dtype, device=part.device) if out is None else out
+            if out is None:
+                out = torch.empty((x.shape[0], *part.shape[1:]), dtype=part.dtype, device=part.device)
             out[rows] = part
         return out  # type: ignore[return-value]
 
