@@ -102,3 +102,16 @@ def test_story_motion_on_animatediff_sdxl_starts_and_ends_on_the_keyframes(xl_re
     torch.testing.assert_close(frames[:, 0], images[0], atol=1e-4, rtol=0)
     torch.testing.assert_close(frames[:, 4], images[1], atol=1e-4, rtol=0)
     assert (frames[:, 2] - images[0]).abs().mean() > 1e-2, "inner frames are generated, not copies"
+
+
+def test_a_one_window_video_panorama_on_animatediff_sdxl_is_the_stock_pipeline_bit_for_bit(xl_registry):
+    """The panorama pipeline's window denoiser on the pair (one window, offset shifting alone) = stock latents:
+    pooled embeds and time ids go with each window's rows."""
+    from cinegen.server.pipelines.panorama import PanoramaSettings, generate_panorama
+
+    adapter = xl_registry.get(PAIR)
+    r = _resolved(4)
+    plain = PanoramaSettings(projection="plane", scale_down=None, early_overlap=False)
+    assert torch.equal(generate_panorama(adapter, r, plain), _stock(adapter, r))
+    wide = generate_panorama(adapter, _resolved(4, width=128), plain)  # two windows in one batch
+    assert wide.shape == (1, 4, 4, 8, 16) and torch.isfinite(wide).all()
