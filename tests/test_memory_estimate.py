@@ -1,7 +1,7 @@
 """The memory estimate: conservative but not absurd against the measured peak on tiny models, and a
 job that cannot fit is refused at Submit with the settings that would make it fit.
 
-Measured = the peak of live tensor bytes during the phase (tests/live_memory.py: what a CUDA
+Measured = the peak of live tensor bytes during the phase (server/cinegen/server/benchmarks/live_memory.py: what a CUDA
 allocator would hold for the same ops, weights apart). Band: the estimate of each phase's
 activations is at least the measured peak and at most 2.5x it (the multipliers in
 models/memory_estimate.py were measured on these models; 2.5x leaves room for the fixed costs that
@@ -23,7 +23,7 @@ from cinegen.server.models.memory_estimate import GiB, Workload, advice, estimat
 from cinegen.server.pipelines.base import JobSpec
 from cinegen.server.pipelines import load_pipelines
 
-from live_memory import live_peak
+from cinegen.server.benchmarks.live_memory import live_peak
 from server_kit import private_server, stub
 
 BAND = (1.0, 2.5)

@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, str] = {
     "gpu": "cinegen.server.benchmarks.gpu",
     "ray-story": "cinegen.server.benchmarks.ray_story",
     "ray-plate": "cinegen.server.benchmarks.ray_plate",
+    "memory": "cinegen.server.benchmarks.memory",
 }
 REPEATS_ITSELF = {"panorama", "io", "latency", "gpu", "ray-story", "ray-plate"}
 
