@@ -21,7 +21,7 @@ from cinegen.server.pipelines.base import Resolved
 from cinegen.server.pipelines.panorama import (PanoramaSettings, check_request, decode_panorama_frames,
                                                generate_panorama)
 from cinegen.server.pipelines.panorama_i2v import RegionImageCondition, first_frame
-from tiny_wan_i2v import tiny_wan_i2v_with_clip
+from tiny_wan_i2v import pixel_world_wan_i2v, tiny_wan_i2v_with_clip
 
 PLAIN = dict(scale_down=None, early_overlap=False)
 
@@ -164,6 +164,19 @@ def test_kept_first_frame_is_the_vae_image_of_the_input(plain_i2v):
     free = next(decode_panorama_frames(plain_i2v, generate_panorama(
         plain_i2v, r, dataclasses.replace(settings, keep_first_frame=False), input_image=image), wrap=True))
     assert float((free - kept).abs().max()) > 1e-2, "without the pin the model redraws frame 0"
+
+
+def test_kept_first_frame_is_the_input_on_a_vae_that_reconstructs(plain_i2v):
+    adapter = pixel_world_wan_i2v(plain_i2v)  # a latent cell = the mean of its 8×8 pixels
+    blocks = torch.rand(3, 4, 8, generator=torch.Generator().manual_seed(0))
+    image = (blocks.repeat_interleave(8, 1).repeat_interleave(8, 2) * 255).round() / 255  # 8×8 blocks: exact cells
+    r = _resolved(64, 32, steps=2)
+    settings = PanoramaSettings(projection="ring", keep_first_frame=True)  # GMG and early overlap on
+    kept = next(decode_panorama_frames(adapter, generate_panorama(adapter, r, settings, input_image=image), wrap=True))
+    torch.testing.assert_close(kept, image, rtol=0, atol=1e-5)  # float pooling and the latent statistics
+    free = next(decode_panorama_frames(adapter, generate_panorama(
+        adapter, r, dataclasses.replace(settings, keep_first_frame=False), input_image=image), wrap=True))
+    assert float((free - image).abs().mean()) > 0.05, "without the pin the random model redraws frame 0"
 
 
 def test_an_i2v_model_needs_the_first_frame_and_only_it_keeps_one(plain_i2v, registry):

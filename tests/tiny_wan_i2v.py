@@ -27,3 +27,55 @@ def tiny_wan_i2v_with_clip(base: WanAdapter) -> WanAdapter:
     pipe.set_progress_bar_config(disable=True)
     return WanAdapter(pipe, ModelEntry("tiny-wan-i2v-clip", "wan", "builtin", ""), base.device, base.dtype,
                       TINY_PROFILE)
+
+
+class PixelVAE(torch.nn.Module):
+    """A causal stand-in for Wan's VAE whose latent cell is the mean colour of its 8×8 pixels: latent frame 0
+    is frame 0 alone, each later one the mean of the next 4 frames (as the causal VAE groups them). The
+    tiny random VAE does not reconstruct (round trip error ~0.26), so "frame 0 is the input" needs one
+    that can say so; the rest (condition, windows, pinning, decoding) is the pipeline's."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        super().__init__()
+        self.register_buffer("anchor", torch.zeros(1))  # a device for diffusers' execution-device lookup
+        self.config = SimpleNamespace(z_dim=4, latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+                                      scale_factor_temporal=4, scale_factor_spatial=8)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def encode(self, video: torch.Tensor):
+        from types import SimpleNamespace
+
+        import torch.nn.functional as F
+
+        groups = [video[:, :, :1]] + [video[:, :, k:k + 4].mean(2, keepdim=True) for k in range(1, video.shape[2], 4)]
+        frames = torch.cat(groups, 2)
+        b, c, f, h, w = frames.shape
+        pooled = F.avg_pool2d(frames.transpose(1, 2).reshape(b * f, c, h, w), 8)
+        pooled = pooled.reshape(b, f, c, h // 8, w // 8).transpose(1, 2)
+        z = torch.cat([pooled, torch.zeros_like(pooled[:, :1])], 1)
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: z))
+
+    def decode(self, z: torch.Tensor, return_dict: bool = False):
+        import torch.nn.functional as F
+
+        b, _, f, h, w = z.shape
+        up = F.interpolate(z[:, :3].transpose(1, 2).reshape(b * f, 3, h, w), scale_factor=8, mode="nearest")
+        up = up.reshape(b, f, 3, h * 8, w * 8).transpose(1, 2)
+        return (torch.cat([up[:, :, :1]] + [up[:, :, k:k + 1].expand(-1, -1, 4, -1, -1) for k in range(1, f)], 2),)
+
+
+def pixel_world_wan_i2v(base: WanAdapter) -> WanAdapter:
+    """tiny-wan-i2v with `PixelVAE` in place of its VAE."""
+    from diffusers import WanImageToVideoPipeline
+
+    parts = {k: base.pipe.components[k] for k in ("tokenizer", "text_encoder", "transformer", "scheduler", "vae")}
+    pipe = WanImageToVideoPipeline(image_encoder=None, image_processor=None, **parts)
+    pipe.vae = PixelVAE()  # after construction: the scale factors were read from the real VAE (8, 4)
+    pipe.set_progress_bar_config(disable=True)
+    return WanAdapter(pipe, ModelEntry("tiny-wan-i2v-pixel-world", "wan", "builtin", ""), base.device, base.dtype,
+                      TINY_PROFILE)
