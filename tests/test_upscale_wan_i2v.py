@@ -152,3 +152,15 @@ def test_an_i2v_model_in_generate_mode_needs_its_first_frame(registry, tmp_path)
     with pytest.raises(InvalidArgument, match="image-to-video model: give the video's first frame"):
         validate_dit_upscale(job, registry)
     validate_dit_upscale(_job(UpscaleParams(mode="generate", scale=2.0), "tiny-wan"), registry)  # t2v: no image
+
+
+def test_cli_upscales_a_video_from_its_first_frame(still, tmp_path):
+    from cinegen.common.exr import read_exr_frame
+    from cinegen.server.cli import main
+
+    out = tmp_path / "up" / "v.####.exr"
+    code = main(["generate", "upscale", "--model", "tiny-wan-i2v", "--input", still, "--scale", "2", "--frames", "5",
+                 "--steps", "2", "--out", str(out), "--no-hf-cache"])
+    assert code == 0
+    pixels, meta = read_exr_frame(tmp_path / "up" / "v.1005.exr")
+    assert pixels.shape == (64, 64, 4) and meta["cinegen:model"] == "tiny-wan-i2v"
