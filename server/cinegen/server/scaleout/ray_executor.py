@@ -115,7 +115,10 @@ class UnitWorker:
                 step = max(1, -(-max(rgb.shape[:2]) // PREVIEW_SIDE))
                 events.put(("preview", frame, np.ascontiguousarray(rgb[::step, ::step])))
 
-        ctx = RunContext(job=spec, registry=self.registry,
+        from ..models.job_models import JobModels
+
+        models = JobModels(self.registry, spec.common.offload, lambda message: events.put(("log", message)))
+        ctx = RunContext(job=spec, registry=models,
                          report_progress=lambda *a: events.put(("progress", *a)),
                          report_preview=preview,
                          report_frame=lambda *a: events.put(("frame", *a)),
@@ -133,6 +136,8 @@ class UnitWorker:
             except Exception as exc:  # reported to the job like an in-process crash, with the worker's trace
                 log.error("unit %s failed:\n%s", key, traceback.format_exc())
                 events.put(("crash", f"{type(exc).__name__}: {exc}"))
+            finally:
+                models.close()  # model-offloaded weights back to CPU memory between units
 
         thread = threading.Thread(target=work, name=f"cinegen-unit-{key}", daemon=True)
         thread.start()
