@@ -366,3 +366,16 @@ def test_a_malformed_lora_option_is_refused_with_a_sentence(text, fragment, clie
     with pytest.raises(RequestRejected) as err:
         client.submit(build_request("image", _common(tmp_path, "tiny-sd", [text]), ImageParams()))
     assert err.value.code == "INVALID_ARGUMENT" and fragment in err.value.message, err.value.message
+
+
+def test_a_farm_job_passes_each_lora_on_with_its_path_made_absolute_and_its_weight_kept(tmp_path, monkeypatch):
+    from cinegen.server.cli import build_parser
+    from cinegen.server.scaleout.export import base_args
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["export-job", "image", "--lora", "loras/a.safetensors:0.5", "--lora",
+                                      "b.safetensors", "--frames-out", str(tmp_path / "f.####.exr"),
+                                      "--out", str(tmp_path / "job.yaml")])
+    out = base_args(args)
+    loras = [out[i + 1] for i, word in enumerate(out) if word == "--lora"]
+    assert loras == [f"{tmp_path}/loras/a.safetensors:0.5", f"{tmp_path}/b.safetensors"]
