@@ -104,6 +104,12 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
                    help="Device memory a job may use at its peak, such as 24GB or 512MB (default: the GPU's free "
                    "memory; unchecked on a CPU); Submit refuses a job whose estimate is larger, naming what to lower.")
     p.add_argument("--no-hf-cache", action="store_true", help="Ignore the local Hugging Face cache.")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   choices=("inductor", "eager", "aot_eager", "cudagraphs"),
+                   help="torch.compile each model's UNet/transformer (default backend inductor; the first step "
+                   "of each new size compiles, later ones run faster on a GPU).")
+    p.add_argument("--channels-last", action="store_true",
+                   help="UNet weights in channels-last memory format (faster convolutions in half precision on a GPU).")
 
 
 def memory_size(text: str) -> int:

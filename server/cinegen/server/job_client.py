@@ -90,7 +90,8 @@ def server_config(args: argparse.Namespace, host: str = "127.0.0.1", port: int =
                           max_width=args.max_size, max_height=args.max_size,
                           memory_budget=int(args.memory_budget * (1 << 30)) if args.memory_budget else None,
                           device_memory=getattr(args, "device_memory", None),
-                          use_hf_cache=not args.no_hf_cache)
+                          use_hf_cache=not args.no_hf_cache, compile=getattr(args, "compile", None),
+                          channels_last=bool(getattr(args, "channels_last", False)))
     if getattr(args, "command", None) != "serve":
         return config  # an in-process server for one command: loopback, temporary state, default limits
     values = {f.name: getattr(args, f"limit_{f.name}") for f in dataclasses.fields(Limits)}

@@ -46,6 +46,7 @@ from .models.job_models import JobModels
 from .models.offload import normalise_mode
 from .models.lora import MAX_LORAS, job_loras
 from .models.registry import ModelRegistry
+from .models.speedups import Speedups
 from .named_values import apply_named_values
 from .plate_colour import check_plate_colorspace, converted_params, remove_converted
 from .paths import PathPolicy, decode_utf8, read_request_file
@@ -90,6 +91,8 @@ class ServerConfig:
     ray: str | None = None  # a Ray cluster address, or "local": jobs' work units run on its workers
     ray_workers: int | None = None  # Ray workers to start; default one per GPU of the cluster (1 on CPU)
     device_memory: int | None = None  # bytes a job may use at its peak; None = the GPU's free memory (CPU: unchecked)
+    compile: str | None = None  # torch.compile backend for every denoiser loaded (models/speedups.py); None = off
+    channels_last: bool = False  # UNet weights in channels-last memory format
 
 
 class Unavailable(UserError):
@@ -172,7 +175,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         self.device = resolve_device(config.device)
         self.registry = registry or ModelRegistry(config.models_dirs, device=self.device,
                                                   memory_budget=config.memory_budget,
-                                                  use_hf_cache=config.use_hf_cache)
+                                                  use_hf_cache=config.use_hf_cache,
+                                                  speedups=Speedups(config.compile, None, config.channels_last))
         self.pipelines: dict[str, Pipeline] = load_pipelines()
         self._owns_state_dir = config.state_dir is None  # a temporary folder is removed on close()
         self.state_dir = Path(config.state_dir or tempfile.mkdtemp(prefix="cinegen-server-"))

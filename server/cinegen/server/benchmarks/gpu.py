@@ -6,7 +6,8 @@ seconds per step and peak `torch.cuda.max_memory_allocated` of:
 
   1. SDXL cascade 1024² → 4096² against direct generation at 4096² (same 4 steps); 8192² (cascade alone)
      when the budget has room;
-  2. panorama 512×4096 on SD 1.5: OSD against MultiDiffusion (native 64² window, stride 8);
+  2. panorama 512×4096 on SD 1.5: OSD (raster and disjoint window order) against MultiDiffusion (native
+     64² window, stride 8), and an OSD sphere 1024×2048 (its 44 views a projecting step batched);
   3. AnimateDiff (SD 1.5 + motion adapter) 16 frames at 512²: seconds per step;
   4. Wan 2.1 1.3B plate refine 480p → 1080p: frames per minute (2 steps timed, the schedule extrapolated);
   5. CogVideoX 5B + Tora, 49 frames at 720×480 with one track: seconds per step (2 steps timed).
@@ -15,6 +16,8 @@ Cases run in that order within `BUDGET_S` (8 minutes): one whose estimate does n
 reported as skipped, never half run. Models are freed between cases. The prompts are random embeddings
 (SDXL, SD 1.5) or tiny text encoders (Wan, CogVideoX): text encoding is not what is measured. The JSON
 goes to `$OUT/bench-gpu.json` when `$OUT` is set (the device machine brings `$OUT` back).
+
+`--compile [BACKEND]` and `--channels-last` apply `models/speedups.py` to every case's denoiser.
 
 `--tiny` shrinks every config (`TINY_OVERRIDES`) and every size so the whole path runs on a CPU in
 about a minute: it proves the code, not the figures.
@@ -32,6 +35,7 @@ from typing import Any, Callable
 import torch
 
 from ..models.family import Conditioning, ModelEntry
+from ..models.speedups import Speedups
 from .measure import device_peak, reset_peak, synchronize
 
 CONFIGS = Path(__file__).resolve().parents[1] / "models" / "configs"
@@ -82,8 +86,9 @@ class Budget:
 
 @dataclass(frozen=True)
 class Sizes:
-    """Every size the cases use: real, or shrunk with `--tiny`."""
+    """Every size the cases use: real, or shrunk with `--tiny`; and the denoiser speed-ups asked for."""
     tiny: bool
+    speedups: Speedups = field(default_factory=Speedups)  # --compile / --channels-last, on every case's denoiser
 
     def pick(self, real: Any, tiny: Any) -> Any:
         return tiny if self.tiny else real
@@ -174,6 +179,7 @@ def sdxl_cascade(device: torch.device, sizes: Sizes, target_side: int, direct: b
 
     config = {name: load_config("sdxl", name, sizes.tiny) for name in ("unet", "vae", "scheduler", "profile")}
     adapter, cond = sdxl_random_weights(device, torch.float16 if device.type == "cuda" else torch.float32, config)
+    sizes.speedups.apply(adapter)
     steps = sizes.pick(4, 2)  # per-step figures: a few steps say it; the 8-minute budget has four more cases
     report = bench_cascade(adapter, cond, (target_side, target_side), steps=steps, device=device, direct=direct)
     return report
@@ -184,27 +190,34 @@ def panorama_osd_vs_multidiffusion(device: torch.device, sizes: Sizes, dtype: to
     from .panorama import multidiffusion_latent, osd_latent
 
     adapter = sd15_random_weights(device, dtype, sizes.tiny)
+    sizes.speedups.apply(adapter)
     work = count_denoiser_work(adapter)
     height, width = sizes.pick((512, 4096), (64, 192))
+    sphere = sizes.pick((1024, 2048), (64, 128))  # 44 views of one window each a projecting step
     steps = sizes.pick(8, 2)
-    runs: dict[str, Callable[[int, int, int], torch.Tensor]] = {
-        "OSD plane": lambda h, w, n: osd_latent(adapter, h, w, n, "plane", seed=0),
-        "MultiDiffusion plane": lambda h, w, n: multidiffusion_latent(adapter, h, w, n, False, 0, device),
+    runs: dict[str, tuple[tuple[int, int], Callable[[int, int, int], torch.Tensor]]] = {
+        "OSD plane": ((height, width), lambda h, w, n: osd_latent(adapter, h, w, n, "plane", seed=0)),
+        "MultiDiffusion plane": ((height, width),
+                                 lambda h, w, n: multidiffusion_latent(adapter, h, w, n, False, 0, device)),
+        "OSD disjoint plane": ((height, width),
+                               lambda h, w, n: osd_latent(adapter, h, w, n, "plane", seed=0, window_order="disjoint")),
+        "OSD sphere": (sphere, lambda h, w, n: osd_latent(adapter, h, w, n, "sphere", seed=0)),
     }
     rows = []
-    for name, run in runs.items():
+    for name, ((h, w), run) in runs.items():
         run(*sizes.pick((512, 1024), (64, 128)), 1)  # warm-up
         work.reset()
         reset_peak(device)
         start = time.perf_counter()
-        run(height, width, steps)
+        run(h, w, steps)
         synchronize(device)
         seconds = time.perf_counter() - start
-        rows.append({"case": name, "size": f"{height}x{width}", "steps": steps,
+        rows.append({"case": name, "size": f"{h}x{w}", "steps": steps,
                      "seconds_per_step": round(seconds / steps, 3), "denoiser_calls_per_step": work.calls / steps,
                      "latent_cells_per_step": work.cells / steps, **device_peak(device)})
-    osd, md = rows
+    osd, md, disjoint = rows[:3]
     return {"rows": rows, "ratio_multidiffusion_over_osd": round(md["seconds_per_step"] / osd["seconds_per_step"], 3),
+            "ratio_multidiffusion_over_osd_disjoint": round(md["seconds_per_step"] / disjoint["seconds_per_step"], 3),
             "physical_ratio": round(md["latent_cells_per_step"] / osd["latent_cells_per_step"], 3)}
 
 
@@ -213,6 +226,7 @@ def animatediff_steps(device: torch.device, sizes: Sizes, dtype: torch.dtype) ->
     from .upscale_dit import StepClock, _StopAfter
 
     adapter = animatediff_random_weights(device, dtype, sizes.tiny)
+    sizes.speedups.apply(adapter)
     frames, side, steps = sizes.pick((16, 512, 25), (4, 64, 3))
     cond = adapter.encode_prompt("", "", 7.5)
     scheduler = adapter.new_scheduler()
@@ -243,6 +257,7 @@ def wan_refine(device: torch.device, sizes: Sizes) -> dict[str, Any]:
         for name in ("transformer", "vae", "scheduler", "profile"):
             (folder / f"{name}.json").write_text(json.dumps(load_config("wan2.1-1.3b", name, sizes.tiny)))
         adapter = random_weight_wan(folder, device, wan_dtype(torch.float16) if device.type == "cuda" else torch.float32)
+    sizes.speedups.apply(adapter)
     plate, target = sizes.pick(((848, 480), (1920, 1088)), ((32, 32), (64, 48)))
     frames = sizes.pick(17, 5)
     row = plate_upscale_rows(adapter, plate, target, frames=frames, steps=sizes.pick(50, 4), measured_steps=sizes.pick(2, 1),
@@ -259,6 +274,7 @@ def tora_steps(device: torch.device, sizes: Sizes, dtype: torch.dtype) -> dict[s
     from .upscale_dit import StepClock, _StopAfter
 
     adapter = cogvideox_tora_random_weights(device, dtype, sizes.tiny)
+    sizes.speedups.apply(adapter)
     width, height, frames = sizes.pick((720, 480, 49), (64, 64, 9))
     steps = sizes.pick(50, 3)
     document = {"origin": "top-left", "width": width, "height": height,
@@ -322,7 +338,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["gpu"] = torch.cuda.get_device_name(device)
         report["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
     budget = Budget(getattr(args, "budget_s", None) or BUDGET_S)
-    sizes = Sizes(tiny)
+    speedups = Speedups(getattr(args, "compile", None), None, bool(getattr(args, "channels_last", False)))
+    report["speedups"] = {"compile": speedups.compile, "channels_last": speedups.channels_last}
+    sizes = Sizes(tiny, speedups)
     rows, details = [], {}
     for case in cases(device, sizes):
         if not tiny and budget.left() < case.estimate_s:

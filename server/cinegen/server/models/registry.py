@@ -23,6 +23,7 @@ from .checkpoint_kinds import classify_file
 from .family import AddOn, Family, FamilyAdapter, ModelEntry, TinyModel
 from .sparsectrl import SPARSECTRL_KIND, is_sparsectrl_folder
 from .precision import device_supports_bf16, dtype_for
+from .speedups import Speedups
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,9 @@ def _motion_fits(adapter: Path, base: Path) -> bool:
 class ModelRegistry:
     def __init__(self, models_dirs: list[Path] | None = None, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype | None = None, memory_budget: int | None = None,
-                 cache_dir: Path | None = None, use_hf_cache: bool = True):
+                 cache_dir: Path | None = None, use_hf_cache: bool = True, speedups: Speedups | None = None):
         self.device = torch.device(device)
+        self.speedups = speedups or Speedups()  # channels-last / torch.compile on each denoiser loaded
         self.dtype = dtype  # None: each family's own (precision.dtype_for); set: every model in it
         self.bf16_supported = device_supports_bf16(self.device)
         self.cache_dir = cache_dir or default_cache_dir()
@@ -240,6 +242,7 @@ class ModelRegistry:
                 return self._loaded[model_id]
             entry = self.entry(model_id)
             adapter = self._load(entry)
+            self.speedups.apply(adapter)
             self._loaded[model_id] = adapter
             self._enforce_budget(keep=model_id)
             return adapter
