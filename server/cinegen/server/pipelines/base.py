@@ -25,7 +25,7 @@ from cinegen.common.sequence import SequencePattern
 from ..diffusion.latent_rgb import LatentToRGB, fit_latent_to_rgb
 from ..errors import InvalidArgument, JobCancelled
 from ..models.family import FamilyAdapter
-from ..models.lora import job_loras, loras_applied, route_loras
+from ..models.lora import check_lora, job_loras, loras_applied, route_loras
 from ..models.registry import ModelRegistry
 from ..output import FrameSink, base_metadata
 from ..output.frames import display_transform_for
@@ -236,6 +236,8 @@ class Pipeline(ABC):
     def check_loras(self, job: JobSpec, registry: ModelRegistry) -> None:
         """At Submit: every LoRA is a LoRA file that fits one of the job's models (which are loaded for it)."""
         specs = job_loras(job.common, job.params)
+        for spec in specs:  # the files first: a wrong path is refused before any model loads
+            check_lora(spec)
         if specs:
             route_loras(specs, {role: registry.get(m) for role, m in self.lora_models(job, registry).items()})
 
