@@ -40,6 +40,7 @@ __all__ = [
     "denoise_windows_batched",
     "disjoint_groups",
     "draw_noise",
+    "generator_for",
     "offset_shift_denoise_step",
     "overlap_matrix",
     "plan_waves",
@@ -182,11 +183,19 @@ def _check_covered(windows: Sequence[Window], latent_size: tuple[int, int, int])
 
 
 def draw_noise(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise of ``shape`` on ``like``'s device and dtype, drawn there (see ``_on_device``)."""
-    if generator is not None and like.device.type not in ("cpu", generator.device.type):
-        generator = _on_device(generator, like.device)
+    """Standard normal noise of ``shape`` on ``like``'s device and dtype, drawn there (see ``_on_device``;
+    a step passes the generator through ``generator_for`` once, not once per window)."""
+    generator = generator_for(generator, like.device)
     device = generator.device if generator is not None else like.device
     return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def generator_for(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """``generator`` itself where it can draw for ``device`` (a CPU latent, or the same device), else a
+    generator on ``device`` seeded from it (``_on_device``)."""
+    if generator is None or device.type in ("cpu", generator.device.type):
+        return generator
+    return _on_device(generator, device)
 
 
 def _on_device(generator: torch.Generator, device: torch.device) -> torch.Generator:
@@ -217,6 +226,7 @@ def _osd_step(
         alpha_t, alpha_prev = alpha_bar_at(alphas_cumprod, t), alpha_bar_at(alphas_cumprod, t_prev)
         renoise = lambda x, noise: renoise_to(x, alpha_prev, alpha_t, noise)  # noqa: E731
     leading = tuple(latent.shape[:-3])
+    generator = generator_for(generator, latent.device)  # one device generator a step, not one a window
     noises = [
         None if mask is None else draw_noise(leading + window.shape, latent, generator)
         for window, mask in zip(windows, advanced_before)

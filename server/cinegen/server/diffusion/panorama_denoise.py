@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .equirect import PITCH_ROWS, perspective_grid, perspective_to_equirect, sample_equirect, sphere_view_plan
-from .osd import BlendSchedule, DenoiseCounts, denoise_windows_batched, disjoint_groups, draw_noise
+from .osd import BlendSchedule, DenoiseCounts, denoise_windows_batched, disjoint_groups, draw_noise, generator_for
 from .sampler import LoopCallbacks
 from .windows import AxisSpan, Boundary, Window, order_for_batching, overlap_for_step, plan_axis, read_window
 from .windows import shift_delta_for, step_offset, write_window
@@ -431,6 +431,7 @@ def projecting_denoise_step(
     sequence = [k for group in groups for k in group]
     position = {k: i for i, k in enumerate(sequence)}
     pushed_back = {k: any(position[j] < position[k] for j in np.flatnonzero(overlap[k]) if j != k) for k in sequence}
+    generator = generator_for(generator, latent.device)  # one device generator a step, not one a view
     noise = {k: draw_noise(_region_shape(regions[k], latent), latent, generator) for k in sequence if pushed_back[k]}
     advanced = torch.zeros(size, dtype=torch.bool, device=latent.device)
     ratio = blend.ratio(step_index)
