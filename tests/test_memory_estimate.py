@@ -137,3 +137,21 @@ def test_a_model_the_estimate_cannot_read_is_accepted_unchecked(registry, monkey
     monkeypatch.setattr(memory_check, "job_estimate", broken)
     spec = JobSpec("m", "image", CommonParams(prompt="a", model="tiny-sd", out="/tmp/x.####.exr"), None)
     memory_check.check_fits(load_pipelines()["image"], spec, registry, 1, torch.device("cpu"))  # no refusal
+
+
+def test_sequential_offload_of_a_long_animatediff_clip_is_refused_on_a_gpu(registry):
+    """FreeNoise's rebuilt blocks get meta weights under sequential offload (seen on the CPU: every
+    parameter of the six FreeNoiseTransformerBlocks is on the meta device, with no hook)."""
+    from cinegen.server.errors import InvalidArgument
+    from cinegen.server.memory_check import check_fits
+
+    def job(frames: int, offload: str) -> JobSpec:
+        return JobSpec("m", "trajectory", CommonParams(prompt="a", model="tiny-animatediff", frames=frames,
+                                                       offload=offload, out="/tmp/x.####.exr"), None)
+
+    pipeline, cuda = load_pipelines()["trajectory"], torch.device("cuda")
+    with pytest.raises(InvalidArgument, match="set offload to model, or frames to 16 or fewer"):
+        check_fits(pipeline, job(24, "sequential"), registry, None, cuda)
+    check_fits(pipeline, job(24, "model"), registry, None, cuda)
+    check_fits(pipeline, job(16, "sequential"), registry, None, cuda)
+    check_fits(pipeline, job(24, "sequential"), registry, None, torch.device("cpu"))  # a no-op there

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .errors import ResourceExhausted, UserError
+from .errors import InvalidArgument, ResourceExhausted, UserError
 from .models.architecture import architecture_of
 from .diffusion.chunked_attention import DEFAULT_MAX_LOGITS as CHUNKED_ATTENTION_LOGITS
 from .models.memory_estimate import Architecture, Estimate, Workload, advice, estimate
@@ -119,8 +119,27 @@ def job_estimate(pipeline: Any, job: Any, registry: Any) -> tuple[Architecture, 
     return arch, work, estimate(arch, work)
 
 
+def check_offload_runs(pipeline: Any, job: Any, registry: Any) -> None:
+    """Sequential offload cannot run FreeNoise (AnimateDiff clips longer than the motion module's
+    window): diffusers rebuilds the windowed blocks from the weights, which sequential offload keeps
+    off the modules (on the meta device), so the new blocks would have none."""
+    if (job.common.offload or "none") != "sequential" or job.pipeline == "story":
+        return
+    model_id = pipeline.model_id(job, registry)
+    if registry.entry(model_id).family != "animatediff":
+        return
+    arch, folder = model_architecture(registry, model_id)
+    window = native(arch, _profile(registry, model_id, folder))[2]
+    if (job.common.frames or window) > window:
+        raise InvalidArgument(f"Offload sequential cannot run AnimateDiff clips longer than its {window}-frame "
+                              f"window (FreeNoise rebuilds blocks from weights sequential offload keeps off the "
+                              f"GPU): set offload to model, or frames to {window} or fewer.")
+
+
 def check_fits(pipeline: Any, job: Any, registry: Any, budget: int | None, device: torch.device) -> None:
     """RESOURCE_EXHAUSTED with the settings to lower when the job's estimate is over the budget."""
+    if device.type == "cuda":
+        check_offload_runs(pipeline, job, registry)
     if budget is None:
         return
     try:
