@@ -241,8 +241,8 @@ class StoryParams:
                                  "sparsectrl = SparseCtrl RGB conditions at the keyframes' frames; pinning = the keyframe "
                                  "latents pinned (inpainted); auto = sparsectrl when a SparseCtrl model is installed.",
                                  choices=("auto", "sparsectrl", "pinning"))
-    sparsectrl: str = param("", label="SparseCtrl model", help="AnimateDiff: the SparseCtrl RGB model (an add-on in "
-                            "`cinegen models`); empty = the first one installed.")
+    sparsectrl: str = param("", label="SparseCtrl model", help="AnimateDiff: the SparseCtrl RGB model (one of the server's "
+                            "add-ons); empty = the first one installed.")
 
 
 # Common options a pipeline does not read (story takes its prompts from the story file): not advertised.
