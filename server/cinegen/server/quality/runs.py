@@ -254,7 +254,7 @@ class TrajectoryResult:
 
     def as_dict(self) -> dict:
         return {"size": list(self.size), "frames": self.frames,
-                "mean_error_px": {k: round(self.mean_error(k), 2) for k in ("off", "on")},
+                "mean_error_px": {k: round(self.mean_error(k), 2) for k in self.cases[0].errors},
                 "cases": [c.as_dict() for c in self.cases]}
 
 
@@ -279,8 +279,15 @@ def trajectory_experiment(adapter: FamilyAdapter, s: RunSettings, log: Log = lam
 
 def tora_experiment(adapter: FamilyAdapter, s: RunSettings, log: Log = lambda m: None) -> TrajectoryResult:
     """Tora on a CogVideoX model (its trained extractor and fusers on versus off, the same DiT, seeds and
-    noise): the trajectory experiment at the model's own clip length, over `s.tora_seeds`."""
-    return trajectory_experiment(adapter, replace(s, seeds=s.tora_seeds, frames=adapter.native_frames), log)
+    noise): the trajectory experiment at the model's own clip length, over `s.tora_seeds`. Beside the red
+    disc's error, the same videos' error for the largest object of any palette colour (`off_any_colour`,
+    `on_any_colour`): it still measures placement when a small model paints the disc in the wrong colour."""
+    result = trajectory_experiment(adapter, replace(s, seeds=s.tora_seeds, frames=adapter.native_frames), log)
+    any_colour = salient_params(adapter)
+    for case in result.cases:
+        for label in ("off", "on"):
+            case.errors[f"{label}_any_colour"] = follow_error(case.videos[label], result.requested, any_colour).mean_px
+    return result
 
 
 # ---- consistency: story keyframes with and without memory --------------------------------------
