@@ -134,7 +134,7 @@ def test_plate_refinement_with_identity_cinescale_equals_stock_video_to_video(wa
 
 def test_plate_is_read_as_display_referred_srgb(plate):
     pattern, display = plate
-    clip = read_plate_clip(pattern)
+    clip = read_plate_clip(pattern, transform="srgb")  # the fixture's plate was made from sRGB display values
     assert clip.shape == (1, 3, 5, 32, 32)
     # EXR frames are half float: the round trip through scene-linear keeps about 2-3 decimals.
     torch.testing.assert_close(clip[0].permute(1, 2, 3, 0), display, atol=5e-3, rtol=0)

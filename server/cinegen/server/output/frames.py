@@ -20,6 +20,7 @@ from cinegen.common.sequence import SequencePattern
 
 from ..errors import AlreadyExists
 from .device_colour import display_to_linear_half_rgba, primaries_matrix
+from .plate_highlights import PlateHighlights
 
 
 def to_numpy_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -54,6 +55,7 @@ class _PendingFrame:
     pixels: np.ndarray  # (H, W, 4) scene-linear half, or (H, W, 3) display float32 still to convert
     alpha: np.ndarray | None
     metadata: ExrMetadata
+    highlights: PlateHighlights | None = None  # the plate's values kept beyond the model's range
 
 
 @dataclass
@@ -86,8 +88,9 @@ class FrameSink:
         self._queue = queue.Queue(maxsize=max(1, self.max_pending))
 
     def write(self, index: int, display_rgb: torch.Tensor | np.ndarray, *, alpha: np.ndarray | None = None,
-              extra: dict[str, str] | None = None) -> str:
-        """Queue frame `index` (0-based within the sequence) from display-referred sRGB in [0, 1]."""
+              extra: dict[str, str] | None = None, highlights: PlateHighlights | None = None) -> str:
+        """Queue frame `index` (0-based within the sequence) from display-referred sRGB in [0, 1];
+        `highlights`: the plate frame's values beyond the model's range, kept in the scene-linear frame."""
         self._raise_failure()
         frame = self.first_frame + index
         meta = dataclasses.replace(self.metadata, frame=frame, extra={**self.metadata.extra, **(extra or {})})
@@ -102,7 +105,7 @@ class FrameSink:
                 self.on_written(frame, path, self.sequence)
             return path
         pixels, pending_alpha = self._prepare(display_rgb, alpha)
-        self._queue.put(_PendingFrame(frame, path, pixels, pending_alpha, meta))  # blocks while the writer is behind
+        self._queue.put(_PendingFrame(frame, path, pixels, pending_alpha, meta, highlights))  # blocks while the writer is behind
         self._ensure_writer()
         return path
 
@@ -169,7 +172,11 @@ class FrameSink:
             linear = display_to_scene_linear(pixels, self.display_transform)
             a = np.ones(linear.shape[:2] + (1,), np.float32) if item.alpha is None \
                 else item.alpha.reshape(linear.shape[:2] + (1,))
+            if item.highlights is not None:
+                linear = item.highlights.apply(linear)
             pixels = np.concatenate([linear, a], axis=-1).astype(np.float16)
+        elif item.highlights is not None:  # half RGBA from the device path
+            pixels = item.highlights.apply(pixels)
         Path(item.path).parent.mkdir(parents=True, exist_ok=True)
         write_exr_frame(item.path, pixels, metadata=item.metadata, compression=self.compression)
         self._written.append(item.path)
@@ -177,10 +184,10 @@ class FrameSink:
             self.on_written(item.frame, item.path, self.sequence)
 
 
-def display_transform_for(choice: str, has_input: bool) -> str:
-    """Jobs with an input plate write through srgb, the curve their plate went in by (it round-trips);
-    generated frames through the job's choice, by default the inverse view (highlights above 1)."""
-    return DISPLAY_SRGB if has_input else (choice or DISPLAY_VIEW)
+def display_transform_for(choice: str, has_input: bool = False) -> str:
+    """The job's choice, by default the inverse view (highlights above 1). Jobs with an input plate read it
+    through the same transform forward (plate_highlights.plate_to_model), so the plate round-trips."""
+    return choice or DISPLAY_VIEW
 
 
 def base_metadata(*, pipeline: str, model: str, seed: int, prompt: str, job: str, params_json: str,

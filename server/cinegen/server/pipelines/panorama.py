@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
-from cinegen.common.color import scene_linear_to_srgb_display
+from cinegen.common.color import DISPLAY_VIEW
 from cinegen.common.exr import read_image
 from cinegen.common.params import PanoramaParams
 from cinegen.common.sequence import SequencePattern
@@ -51,6 +51,8 @@ from ..diffusion.windows import Boundary
 from ..errors import InvalidArgument
 from ..models.family import FamilyAdapter
 from ..models.registry import ModelRegistry
+from ..output.frames import display_transform_for
+from ..output.plate_highlights import HighlightCount, ModelPlate, PlateHighlights, placed, plate_to_model, sink_kwargs
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, seeded_generator
 from .panorama_i2v import WanImagePanorama, is_wan_image_to_video
 from .panorama_sparsectrl import SparseCtrlPanorama, input_sparsectrl
@@ -237,10 +239,13 @@ def encode_input(adapter: FamilyAdapter, image: torch.Tensor, frames: int = 1) -
     return adapter.encode(batch.unsqueeze(2))
 
 
-def read_input_image(path: str) -> torch.Tensor:
-    """An image file as display-referred (3, H, W) in [0, 1]."""
-    display = scene_linear_to_srgb_display(read_image(path))
-    return torch.from_numpy(np.clip(display, 0.0, 1.0).astype(np.float32)).permute(2, 0, 1)
+def read_input_image(path: str, transform: str = DISPLAY_VIEW, plates: list[ModelPlate] | None = None) -> torch.Tensor:
+    """An image file as model pixels (3, H, W) in [0, 1], through the display transform forward (the output
+    comes back through its inverse); its ModelPlate (highlights beyond the model) appended to `plates`."""
+    seen = plate_to_model(read_image(path), transform)
+    if plates is not None:
+        plates.append(seen)
+    return torch.from_numpy(seen.display).permute(2, 0, 1)
 
 
 # ---- generation --------------------------------------------------------------------------------
@@ -423,6 +428,18 @@ class LatentPreview:
         return x
 
 
+def _kept_highlights(adapter: FamilyAdapter, r: Resolved, seen: list[ModelPlate], image: torch.Tensor | None,
+                     sparsectrl: Any) -> PlateHighlights | None:
+    """The input's highlights beyond the model, where the input is pasted and kept (not as an I2V or
+    SparseCtrl condition, which the model repaints); reported once (plate_highlights.py)."""
+    if not seen or image is None or is_wan_image_to_video(adapter) or (
+            sparsectrl is not None and adapter.family == "animatediff"):
+        return None
+    placed_image, top, left = place_input(image, r.width, r.height, adapter.vae_scale_factor)
+    h, w = placed_image.shape[-2:]
+    return placed(seen[0].highlights, (r.width, r.height), (top, left, w, h))
+
+
 # ---- the pipeline ------------------------------------------------------------------------------
 class PanoramaPipeline(Pipeline):
     name: ClassVar[str] = "panorama"
@@ -445,8 +462,15 @@ class PanoramaPipeline(Pipeline):
         r = self.resolve(ctx.job, adapter)
         s = PanoramaSettings.from_params(ctx.job.params)
         check_request(adapter, r, s)
-        image = read_input_image(s.input_path) if s.input_path else None
+        transform, seen = display_transform_for(ctx.job.common.display_transform, True), []
+        image = read_input_image(s.input_path, transform, seen) if s.input_path else None
         sparsectrl = input_sparsectrl(ctx, adapter) if image is not None else None
+        kept = _kept_highlights(adapter, r, seen, image, sparsectrl)
+        if seen:  # once per job
+            counted = HighlightCount(transform)
+            counted.add(0, seen[0])
+            if counted.message(kept is not None):
+                ctx.log(counted.message(kept is not None))
         weights = [0.3, 0.6, 0.1] if global_motion_plan(adapter, r, s) else [0.0, 0.9, 0.1]
         progress = StepProgress(ctx, weights)
         stages = {"global motion (low resolution)": progress.callback(0, "global motion (low resolution)"),
@@ -460,6 +484,6 @@ class PanoramaPipeline(Pipeline):
         for frame, image_out in enumerate(decode_panorama_frames(adapter, latent, wrap=s.wraps)):
             ctx.check_cancel()
             ctx.preview(frame, image_out.permute(1, 2, 0).float().cpu().numpy())
-            sink.write(frame, image_out)
+            sink.write(frame, image_out, **sink_kwargs(kept))
             ctx.progress("write frames", frame + 1, r.frames, 0.9 + 0.1 * (frame + 1) / r.frames)
         return list(sink.written)

@@ -2,7 +2,7 @@
 
 Modes, on UNet models (`sd` images, `animatediff` clips; `wan` goes to `upscale_dit`):
 - generate: text → native size (stage 1, the stock computation) → self-cascade to the target;
-- plate: an EXR sequence → sRGB display values → cascade refinement from the plate at `strength`;
+- plate: an EXR sequence → model pixels (the job's display transform) → cascade refinement from the plate at `strength`;
   per frame on image models, per clip on video models; frames keep the plate's numbers;
 - refine (I2VGen-XL): a clip resized to the target, re-noised to `strength` and denoised (SDEdit,
   no cosine mix); the clip is the model's only guide besides a short prompt.
@@ -12,8 +12,9 @@ size, or the plate); stages ×2 each; cosine_scale 2.0 (a plate's matte may pick
 its foreground: --matte-cosine-scale);
 strength: generate K = ⌊0.3·steps⌋ (= 0.7), plate 0.5, refine 0.6 (t ≈ 600 of 1000); dilate_tau
 = round(0.7·steps) as a step index (FreeScale's 35 of 50); VAE tiles of max(512, native) px.
-An `--input` with the default mode means plate mode. Plates are scene-linear: they go through the
-VAE as display sRGB clamped to [0, 1], so highlights above display white come back at 1.
+An `--input` with the default mode means plate mode. Plates are scene-linear: they reach the model
+through the job's display transform forward and come back through its inverse (a round trip); beyond
+what it encodes, the output keeps the plate's own values (output/plate_highlights.py).
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from typing import Callable, ClassVar, Iterator, TypeVar
 import numpy as np
 import torch
 
-from cinegen.common.color import scene_linear_to_srgb_display
 from cinegen.common.exr import PlateError, read_plate_sequence
 from cinegen.common.params import UpscaleParams
 from cinegen.common.sequence import FrameRange, SequencePattern, SequencePatternError
@@ -38,6 +38,8 @@ from ..errors import InvalidArgument, NotFound, ResourceExhausted
 from ..models.family import FamilyAdapter
 from ..models.registry import ModelRegistry
 from ..output import resize_alpha
+from ..output.frames import display_transform_for
+from ..output.plate_highlights import HighlightCount, ModelPlate, plate_to_model, sink_kwargs
 from ..scaleout.units import WorkUnit, clip_chunks, frame_chunks, single_unit
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress
 from .frame_range import check_frame_range, wanted_indices
@@ -266,32 +268,32 @@ def _stage_label(k: int, count: int, size: Size, prefix: str = "") -> str:
     return f"{prefix}stage {k}/{count}, {size[0]}×{size[1]}"
 
 
-def plate_display(linear: np.ndarray) -> tuple[torch.Tensor, bool]:
-    """Scene-linear (H, W, 3) -> display sRGB (1, 3, H, W) in [0, 1]; and whether highlights were clipped."""
-    display = np.nan_to_num(scene_linear_to_srgb_display(np.ascontiguousarray(linear[..., :3])))
-    clipped = bool((display > 1.0).any())
-    tensor = torch.from_numpy(np.clip(display, 0.0, 1.0)).permute(2, 0, 1).unsqueeze(0).float()
-    return tensor, clipped
+def plate_display(linear: np.ndarray, transform: str) -> tuple[torch.Tensor, ModelPlate]:
+    """Scene-linear (H, W, 3) -> model pixels (1, 3, H, W) in [0, 1] through the job's display transform
+    forward (the inverse of the one the output goes back through); and what they cannot carry."""
+    plate = plate_to_model(linear, transform)
+    return torch.from_numpy(plate.display).permute(2, 0, 1).unsqueeze(0).float(), plate
 
 
-def plate_clips(plate: PlateInfo, clip_len: int) -> Iterator[tuple[list[int], torch.Tensor, bool, list[np.ndarray]]]:
-    """(frame numbers, display pixels (1, 3, F, H, W) or (1, 3, H, W) when clip_len is 1, clipped, each frame's
-    alpha (H, W); 1 where the plate has none)."""
+def plate_clips(plate: PlateInfo, clip_len: int, transform: str
+                ) -> Iterator[tuple[list[int], torch.Tensor, list[ModelPlate], list[np.ndarray]]]:
+    """(frame numbers, model pixels (1, 3, F, H, W) or (1, 3, H, W) when clip_len is 1, each frame's
+    ModelPlate (its highlights), each frame's alpha (H, W); 1 where the plate has none)."""
     frames: list[int] = []
     images: list[torch.Tensor] = []
     alphas: list[np.ndarray] = []
-    clipped = False
+    plates: list[ModelPlate] = []
     for frame, linear in read_plate_sequence(plate.pattern, plate.frames, keep_alpha=True):
-        image, hot = plate_display(linear)
+        image, seen = plate_display(linear, transform)
         frames.append(frame)
         images.append(image)
         alphas.append(linear[..., 3])
-        clipped |= hot
+        plates.append(seen)
         if len(frames) == clip_len:
-            yield frames, _stack(images, clip_len), clipped, alphas
-            frames, images, alphas, clipped = [], [], [], False
+            yield frames, _stack(images, clip_len), plates, alphas
+            frames, images, alphas, plates = [], [], [], []
     if frames:
-        yield frames, _stack(images, clip_len), clipped, alphas
+        yield frames, _stack(images, clip_len), plates, alphas
 
 
 def plate_blend(count: int, clip_len: int) -> ClipBlend:
@@ -430,19 +432,20 @@ class UpscalePipeline(Pipeline):
         progress = CascadeProgress(ctx, units, adapter)
         sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
         cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
-        warned = False
+        transform = display_transform_for(ctx.job.common.display_transform, True)
+        counted = HighlightCount(transform)
         mattes: dict[int, np.ndarray] = {}
+        kept: dict[int, ModelPlate] = {}  # each frame's highlights, until the frame is written
         for order, n in enumerate(needed):
             first = plate.frames.first + blend.starts[n]
             clip_plate = dataclasses.replace(plate, frames=FrameRange(first, first + blend.window - 1))
-            _, pixels, clipped, alphas = next(plate_clips(clip_plate, clip_len))
+            _, pixels, seen, alphas = next(plate_clips(clip_plate, clip_len, transform))
             ctx.check_cancel()
-            if clipped and not warned:
-                ctx.log("The plate has highlights above display white; the model sees them clipped to 1.")
-                warned = True
             base_unit = order * len(plan.stages)
             for offset, alpha in enumerate(alphas):
                 mattes.setdefault(blend.starts[n] + offset, alpha)
+                kept.setdefault(blend.starts[n] + offset, seen[offset])
+                counted.add(blend.starts[n] + offset, seen[offset])
 
             matte = torch.from_numpy(np.stack(alphas)) if plan.settings.matte_cosine_scale is not None else None
 
@@ -459,14 +462,19 @@ class UpscalePipeline(Pipeline):
             if ready:
                 indices = [index for index, _ in ready]
                 self._write(ctx, sink, torch.stack([image for _, image in ready]), indices,
-                            [mattes.pop(index) for index in indices], wanted)
+                            [mattes.pop(index) for index in indices], wanted,
+                            [kept.pop(index).highlights for index in indices])
+        message = counted.message()
+        if message:  # once per job, over every plate frame read
+            ctx.log(message)
         return list(sink.written)
 
     @staticmethod
     def _write(ctx: RunContext, sink, images: torch.Tensor, indices: list[int],
-               alphas: list[np.ndarray] | None = None, keep: range | None = None) -> None:
+               alphas: list[np.ndarray] | None = None, keep: range | None = None,
+               highlights: list | None = None) -> None:
         """Images (N, 3, H, W) or one clip (1, 3, F, H, W) -> frames `indices` of the sequence, with the
-        plate's alpha of each frame resized to the output when given."""
+        plate's alpha of each frame resized to the output, and its highlights kept, when given."""
         frames = images[0].permute(1, 0, 2, 3) if images.dim() == 5 else images
         for i, (index, image) in enumerate(zip(indices, frames)):
             ctx.check_cancel()
@@ -474,4 +482,4 @@ class UpscalePipeline(Pipeline):
                 continue  # computed with its clip, written by the chunk that holds it
             ctx.preview(index, image.permute(1, 2, 0).float().cpu().numpy())
             alpha = None if alphas is None else resize_alpha(alphas[i], image.shape[-1], image.shape[-2])
-            sink.write(index, image, alpha=alpha)
+            sink.write(index, image, alpha=alpha, **sink_kwargs(highlights[i] if highlights else None))

@@ -5,7 +5,8 @@ generate: text → base video at the training size (exactly the stock `WanPipeli
             of a fresh schedule with the refinement shift σ' = sσ/(1 + (s − 1)σ) → denoise steps K… with
             NTK-RoPE (θ_axis = 10000·α_axis), self-attention logits scaled by λ = log_N(N·coef), and
             block-tiled self-attention whose far keys are compressed into the training extent.
-plate:    (V2V) a clip from the comp, scene-linear → display sRGB, resized to the target and encoded
+plate:    (V2V) a clip from the comp, scene-linear → model pixels (the job's display transform forward; the
+          output keeps the plate's highlights beyond it, output/plate_highlights.py), resized to the target and encoded
           → refinement stage(s) as above. `refine` is the same computation (I2VGen-XL-style strength).
           --fast / --latent-resize: encode the plate at its own size and upsample the latents instead.
 Then decode and write frames. K = steps − ⌊steps·strength⌋ (the diffusers V2V convention; strength 0.7
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
-from cinegen.common.color import scene_linear_to_srgb_display
+from cinegen.common.color import DISPLAY_VIEW
 from cinegen.common.exr import PlateError, read_plate_sequence
 from cinegen.common.params import UpscaleParams
 from cinegen.common.sequence import FrameRange, SequencePattern
@@ -49,6 +50,8 @@ from ..models.family import Conditioning
 from ..models.lora import check_lora, job_loras
 from ..models.wan import WanAdapter
 from ..output import resize_alpha
+from ..output.frames import display_transform_for
+from ..output.plate_highlights import HighlightCount, ModelPlate, plate_to_model, sink_kwargs
 from .base import JobSpec, Resolved, RunContext, StepProgress, seeded_generator
 from .upscale_dit_i2v import condition_windows_predict, entry_is_image_to_video, stage_condition
 
@@ -227,21 +230,26 @@ def temporal_windows_predict(adapter: WanAdapter, cond: Conditioning):
 
 
 # ---- plates ---------------------------------------------------------------------------------------
-def read_plate_clip(pattern: str, frames: int | None = None, alphas: list[np.ndarray] | None = None) -> torch.Tensor:
-    """A plate as display-referred sRGB in [0, 1], (1, 3, F, H, W); the first `frames` frames when given.
-    Each frame's alpha (H, W; 1 where the plate has none) is appended to `alphas` when a list is given."""
+def read_plate_clip(pattern: str, frames: int | None = None, alphas: list[np.ndarray] | None = None,
+                    transform: str = DISPLAY_VIEW, plates: list[ModelPlate] | None = None) -> torch.Tensor:
+    """A plate as model pixels in [0, 1], (1, 3, F, H, W), through the display transform forward (the one
+    the output goes back through, inverted); the first `frames` frames when given. Each frame's alpha
+    (H, W; 1 where the plate has none) is appended to `alphas`, its ModelPlate (the highlights the
+    model cannot carry, output/plate_highlights.py) to `plates`, when lists are given."""
     try:
         range_on_disk = SequencePattern.parse(pattern, any_extension=True, what="plate").frame_range_on_disk()
         wanted = FrameRange.from_count(range_on_disk.first, frames) if (frames and range_on_disk) else None
         pixels = []
         for _, rgba in read_plate_sequence(pattern, wanted, keep_alpha=True):
-            pixels.append(scene_linear_to_srgb_display(np.ascontiguousarray(rgba[..., :3])))
+            seen = plate_to_model(rgba, transform)  # clipped to the VAE's [0, 1]; the excess kept aside
+            pixels.append(seen.display)
             if alphas is not None:
                 alphas.append(rgba[..., 3])
+            if plates is not None:
+                plates.append(seen)
     except (PlateError, ValueError) as exc:
         raise InvalidArgument(str(exc)) from exc
-    # Display values above 1 (highlights) cannot be represented by the VAE's [0, 1] range.
-    clip = torch.from_numpy(np.clip(np.stack(pixels), 0.0, 1.0)).float()  # F, H, W, 3
+    clip = torch.from_numpy(np.stack(pixels)).float()  # F, H, W, 3
     return clip.permute(3, 0, 1, 2).unsqueeze(0).contiguous()
 
 
@@ -321,15 +329,22 @@ def _run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, p
     i2v = adapter.is_image_to_video  # the first frame conditions every stage (upscale_dit_i2v.py)
     mode = dit_mode(params, i2v)
     alphas: list[np.ndarray] = []  # the plate's mattes, carried to the output frames
+    plates: list[ModelPlate] = []  # the plate's highlights beyond the model's range, kept in the output frames
+    transform = display_transform_for(ctx.job.common.display_transform, True)
     strength = params.strength if params.strength is not None else default_strength(adapter, mode)
     start_index = start_index_for(resolved.steps, strength)
     generator = seeded_generator(resolved.seed)
     if mode == "generate":
         frames, clip = resolved.frames, None
         start = adapter.native_size
-        first = read_plate_clip(params.input, 1)[0, :, 0] if i2v else None
+        first = read_plate_clip(params.input, 1, transform=transform)[0, :, 0] if i2v else None
     else:
-        clip = read_plate_clip(params.input, ctx.job.common.frames, alphas)
+        clip = read_plate_clip(params.input, ctx.job.common.frames, alphas, transform, plates)
+        counted = HighlightCount(transform)
+        for frame, seen in enumerate(plates):
+            counted.add(frame, seen)
+        if counted.message():
+            ctx.log(counted.message())
         frames, start = clip.shape[2], (clip.shape[-1], clip.shape[-2])
         first = clip[0, :, 0] if i2v else None
     check_wan_frames(frames, "video" if clip is None else "plate")
@@ -358,12 +373,13 @@ def _run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, p
         else:
             own = cond if first is None else stage_condition(adapter, cond, first, frames, stage.width, stage.height)
             latents = refine_latents(adapter, own, latents, stage, resolved.steps, generator, callbacks)
-    return write_video(ctx, adapter, latents, resolved, vae_tile, progress, len(plan) + 1, alphas)
+    return write_video(ctx, adapter, latents, resolved, vae_tile, progress, len(plan) + 1, alphas,
+                       [seen.highlights for seen in plates])
 
 
 def write_video(ctx: RunContext, adapter: WanAdapter, latents: torch.Tensor, resolved: Resolved,
                 vae_tile: int | None, progress: StepProgress, stage_index: int,
-                alphas: list[np.ndarray] | None = None) -> list[str]:
+                alphas: list[np.ndarray] | None = None, highlights: list | None = None) -> list[str]:
     ctx.check_cancel()
     ctx.progress("decode", 0, 1, progress.starts[stage_index])
     with adapter.vae_tiling(vae_tile):
@@ -374,7 +390,7 @@ def write_video(ctx: RunContext, adapter: WanAdapter, latents: torch.Tensor, res
     for i in range(frames):
         ctx.check_cancel()
         alpha = resize_alpha(alphas[i], video.shape[-1], video.shape[-2]) if alphas else None
-        sink.write(i, video[:, i], alpha=alpha)
+        sink.write(i, video[:, i], alpha=alpha, **sink_kwargs(highlights[i] if highlights else None))
         progress.callback(stage_index, "write frames")(i + 1, frames)
     return list(sink.written)
 
