@@ -19,7 +19,8 @@ import torch
 from cinegen.common.params import CommonParams
 from cinegen.common.proto import generator_pb2 as pb
 from cinegen.server.memory_check import job_estimate, model_architecture
-from cinegen.server.models.memory_estimate import GiB, Workload, advice, estimate
+from cinegen.server.models.memory_estimate import (GiB, Workload, advice, estimate, fewer_decode_frames,
+                                                   kl_decode_frame_bytes)
 from cinegen.server.pipelines.base import JobSpec
 from cinegen.server.pipelines import load_pipelines
 
@@ -155,3 +156,27 @@ def test_sequential_offload_of_a_long_animatediff_clip_is_refused_on_a_gpu(regis
     check_fits(pipeline, job(24, "model"), registry, None, cuda)
     check_fits(pipeline, job(16, "sequential"), registry, None, cuda)
     check_fits(pipeline, job(24, "sequential"), registry, None, torch.device("cpu"))  # a no-op there
+
+
+def test_a_short_budget_decodes_animatediff_in_smaller_batches_instead_of_refusing(registry):
+    arch, _ = model_architecture(registry, "tiny-animatediff")
+    work = Workload(width=256, height=256, frames=16, decode_frames=16)
+    full, four = estimate(arch, work), estimate(arch, dataclasses.replace(work, decode_frames=4))
+    assert full.phase == "decode" and four.total < full.total  # the decode batch is what peaks here
+    budget = (four.total + full.total) // 2
+    assert advice(arch, work, budget, video=True) is not None  # 16 frames a call would not fit
+    smaller = fewer_decode_frames(arch, work, budget)
+    assert smaller.decode_frames in (4, 8) and advice(arch, smaller, budget, video=True) is None
+    assert fewer_decode_frames(arch, work, full.total) == work  # nothing changes where 16 fit
+
+
+def test_animatediff_decode_batches_follow_the_free_memory_and_give_the_same_frames(registry):
+    adapter = registry.get("tiny-animatediff")
+    assert adapter.decode_chunk(512, 512) == 16  # a CPU server decodes as the stock pipeline does
+    c0 = adapter.pipe.vae.config.block_out_channels[0]
+    frame = kl_decode_frame_bytes(512, 512, c0, 4, adapter.vae_scale_factor)
+    assert [adapter.decode_chunk(512, 512, free_bytes=int(n * frame / 0.9) + 1) for n in (1, 3, 4, 16, 40)] \
+        == [1, 2, 4, 16, 16]
+    x = torch.randn(adapter.latent_shape(1, 64, 64, 8), generator=torch.Generator().manual_seed(1))
+    # smaller conv batches may take other CPU kernels: equal within float32 rounding, not bit for bit
+    torch.testing.assert_close(adapter.decode(x, chunk=3), adapter.decode(x, chunk=16), atol=1e-6, rtol=0)

@@ -22,7 +22,7 @@ import torch
 from .errors import InvalidArgument, ResourceExhausted, UserError
 from .models.architecture import architecture_of
 from .diffusion.chunked_attention import DEFAULT_MAX_LOGITS as CHUNKED_ATTENTION_LOGITS
-from .models.memory_estimate import Architecture, Estimate, Workload, advice, estimate
+from .models.memory_estimate import Architecture, Estimate, Workload, advice, estimate, fewer_decode_frames
 from .models.registry import ensure_tiny_model
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,7 @@ def check_fits(pipeline: Any, job: Any, registry: Any, budget: int | None, devic
         log.warning("no memory estimate for job %s; accepted unchecked", job.job_id, exc_info=True)
         return
     where = "this GPU" if device.type == "cuda" else "this server (--device-memory)"
+    work = fewer_decode_frames(arch, work, budget)  # AnimateDiff decodes in smaller batches when short
     message = advice(arch, work, budget, video=arch.family != "sd", device=where)
     if message:
         raise ResourceExhausted(message)

@@ -158,6 +158,21 @@ def _decoder_channels(arch: Architecture) -> int:
     return int(list(arch.vae.get("block_out_channels", (128,)))[0])
 
 
+def kl_decode_frame_bytes(height: int, width: int, decoder_channels: int, vae_bytes: int, vae_scale: int) -> int:
+    """Activations of one frame through an AutoencoderKL decoder (px sizes; the tile's when tiled)."""
+    latent_pixels = (height // vae_scale) * (width // vae_scale)
+    logits = latent_pixels ** 2 * vae_bytes  # the one-head mid-block attention, if not fused
+    return int(KL_DECODE * height * width * decoder_channels * vae_bytes + logits)
+
+
+def kl_decode_frames_that_fit(frame_bytes: int, budget: int, most: int = 16) -> int:
+    """Frames a frame-wise VAE decodes in one call within `budget` bytes: 16, 8, 4, 2 or 1."""
+    for n in (16, 8, 4, 2):
+        if n <= most and n * frame_bytes <= budget:
+            return n
+    return 1
+
+
 def _decode_activations(arch: Architecture, work: Workload) -> int:
     side_h = min(work.height, work.decode_tile or work.height)
     side_w = min(work.width, work.decode_tile or work.width)
@@ -167,9 +182,19 @@ def _decode_activations(arch: Architecture, work: Workload) -> int:
         return int(WAN_DECODE * unit + output)
     if arch.family == "cogvideox":
         return int(COGVIDEOX_DECODE * unit + output)
-    latent_pixels = (side_h // arch.vae_scale) * (side_w // arch.vae_scale)
-    logits = latent_pixels ** 2 * arch.vae_bytes  # the one-head mid-block attention, if not fused
-    return int(min(work.decode_frames, work.frames) * (KL_DECODE * unit + logits) + output // 2)
+    frame = kl_decode_frame_bytes(side_h, side_w, _decoder_channels(arch), arch.vae_bytes, arch.vae_scale)
+    return int(min(work.decode_frames, work.frames) * frame + output // 2)
+
+
+def fewer_decode_frames(arch: Architecture, work: Workload, budget: int) -> Workload:
+    """The workload with the most frames per VAE call (16, 8, 4, 2, 1) whose whole job fits `budget`:
+    a frame-wise VAE decodes in smaller batches on a smaller GPU, as the adapter does at run time."""
+    if work.decode_frames <= 1:
+        return work
+    for n in (16, 8, 4, 2):
+        if n <= work.decode_frames and estimate(arch, replace(work, decode_frames=n)).total <= budget:
+            return replace(work, decode_frames=n)
+    return replace(work, decode_frames=1)
 
 
 def _chunk_logits(arch: Architecture, work: Workload) -> int:
