@@ -253,3 +253,13 @@ def test_the_panorama_loop_runs_on_a_device_whose_values_cannot_be_read(projecti
     # `bool(t)`, `.cpu()`) raises. The sphere's view geometry is built on the host before it goes there.
     out = _run_loop(_loop_plan(projection), "meta", None)
     assert out.device.type == "meta" and out.shape == (1, 4, 1, *_loop_plan(projection).latent_size[1:])
+
+
+def test_the_batch_budget_follows_the_free_memory_of_a_gpu(monkeypatch):
+    free = {"bytes": 48 << 30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 << 30))
+    cuda = torch.device("cuda")
+    assert panorama_module.cells_per_call(cuda) == 2 * panorama_module.CELLS_PER_CALL["cuda"]  # 48 GiB: 32 SD windows
+    free["bytes"] = 1 << 30  # a nearly full GPU still gets one SD 1.5 window a call
+    assert panorama_module.cells_per_call(cuda) == 64 * 64
+    assert panorama_module.cells_per_call(CPU) == panorama_module.CELLS_PER_CALL["cpu"]
