@@ -75,3 +75,23 @@ def test_zeroed_sparsectrl_panorama_is_the_unconditioned_one_bit_for_bit(registr
     live = generate_panorama(adapter, _resolved(), s, input_image=_input(),
                              sparsectrl=_controlnet(adapter, tmp_path / "live"))
     assert not torch.equal(live, plain)
+
+
+def test_keep_first_frame_pins_the_inputs_latent_on_animatediff_too(registry, tmp_path):
+    import pytest
+
+    from cinegen.server.errors import InvalidArgument
+    from cinegen.server.pipelines.panorama import check_request
+
+    adapter = registry.get("tiny-animatediff")
+    controlnet = _controlnet(adapter, tmp_path / "sc")
+    image = _input()
+    latent = adapter.encode(image[None, :, None].to(adapter.device, adapter.dtype))[:, :, 0]
+    settings = PanoramaSettings(projection="ring", scale_down=None, keep_first_frame=True)
+    kept = generate_panorama(adapter, _resolved(), settings, input_image=image, sparsectrl=controlnet)
+    assert torch.equal(kept[:, :, 0], latent)  # clean after the last step: the input's own latent
+    free = generate_panorama(adapter, _resolved(), PanoramaSettings(projection="ring", scale_down=None),
+                             input_image=image, sparsectrl=controlnet)
+    assert float((free[:, :, 0] - latent).abs().max()) > 1e-2, "without the pin the model redraws frame 0"
+    with pytest.raises(InvalidArgument, match="give it with --input"):
+        check_request(adapter, _resolved(), PanoramaSettings(projection="ring", keep_first_frame=True))

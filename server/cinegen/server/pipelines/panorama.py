@@ -140,9 +140,12 @@ def check_request(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings) -> N
     if is_wan_image_to_video(adapter) and not s.input_path:
         raise InvalidArgument(f"'{adapter.entry.id}' is an image-to-video model: give the panorama's first frame "
                               "with --input, or pick a text-to-video model with --model.")
-    if s.keep_first_frame and not is_wan_image_to_video(adapter):
-        raise InvalidArgument("--keep-first-frame keeps the first frame of a Wan image-to-video panorama; pick a "
-                              "Wan image-to-video model with --model, or drop --keep-first-frame.")
+    if s.keep_first_frame and not (is_wan_image_to_video(adapter) or adapter.family == "animatediff"):
+        raise InvalidArgument("--keep-first-frame keeps the input as the first frame of a Wan image-to-video or "
+                              "AnimateDiff panorama; pick such a model with --model, or drop --keep-first-frame.")
+    if s.keep_first_frame and not s.input_path:
+        raise InvalidArgument("--keep-first-frame keeps the input image as the first frame: give it with --input, "
+                              "or drop --keep-first-frame.")
     if s.input_path and not Path(s.input_path).is_file():
         raise InvalidArgument(f"There is no input image '{s.input_path}'. Give the path of an image the server "
                               "can read (upload it first when the server is remote).")
