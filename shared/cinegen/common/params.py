@@ -205,9 +205,9 @@ class PanoramaParams:
                                 "the schedule, as DynamicScaler); off = plain offset shifting (faster).")
     band_prompts: list[str] = param([], label="Band prompts", help="Sphere: a prompt per latitude band, zenith first, comma separated "
                                     "(3 = sky, horizon, ground; up to 9, one per view row); '-' = the prompt.")
-    keep_first_frame: bool = param(False, label="Keep the first frame", help="Wan image-to-video: frame 0 stays the input "
-                                   "image (as the VAE draws it) instead of the model's redrawing of it; off = as the stock "
-                                   "image-to-video pipeline.")
+    keep_first_frame: bool = param(False, label="Keep the first frame", help="Wan image-to-video or AnimateDiff with SparseCtrl: "
+                                   "frame 0 stays the input image (as the VAE draws it) instead of the model's redrawing "
+                                   "of it; off = as the stock image-to-video pipeline.")
 
 
 @dataclass
