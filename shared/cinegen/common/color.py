@@ -19,7 +19,9 @@ the sRGB display): a model's picture is what a display shows, and undoing the vi
 back scene light, with highlights far above 1 (display 0.95 -> ~8.3, 1.0 -> 128), which is what an
 environment light or a comp's grade needs. The view is invertible: display -> scene -> display
 returns the input within 1e-4 (measured on 100 000 random pixels of [0, 1]). ``"srgb"`` is the
-texture path above; plates use it both ways so a plate comes back as it went in.
+texture path above. A plate goes into the model through the job's transform forward
+(``scene_linear_to_display``) and comes back through its inverse, so it round-trips; what the
+transform cannot carry (the view's top, above 1 for srgb) the server keeps from the plate itself.
 
 Plates in another space (a log DPX, ACES2065-1) are converted from the name the host gives with
 ``to_working_space``.

@@ -122,7 +122,8 @@ class CommonParams:
                                    help="How the model's display-referred picture becomes scene-linear light. view: "
                                    "through the inverse of the config's SDR view (ACES), so bright skies and lights "
                                    "rise above 1 and light a scene; srgb: the plain sRGB curve (values stay 0 to 1). "
-                                   "Jobs with an input plate always use srgb both ways, so the plate comes back as it was.")
+                                   "A plate goes in through the same transform forward, so it comes back as it was; beyond "
+                                   "what the transform can carry the output keeps the plate's own values.")
     offload: str = param("none", label="Offload to CPU", choices=OFFLOAD_MODES,
                          help="Keep the model's weights in CPU memory and move them to the GPU only while they "
                          "run, for GPUs too small for the whole model: none (fastest); model: one whole part "
