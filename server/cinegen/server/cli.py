@@ -29,7 +29,10 @@ def _add_param_options(parser: argparse.ArgumentParser, descs: list[ParamDescrip
     for d in descs:
         if not d.cli:
             continue
-        kwargs: dict[str, Any] = dict(dest=d.name, help=d.help, default=None)
+        # argparse %-formats help ("70% of the steps" broke --help); the default said where help does not
+        kwargs: dict[str, Any] = dict(dest=d.name, help=_with_default(d).replace("%", "%%"), default=None)
+        if d.type == "model":
+            kwargs["metavar"] = "MODEL"
         if d.type == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif d.type == "int":
@@ -43,6 +46,14 @@ def _add_param_options(parser: argparse.ArgumentParser, descs: list[ParamDescrip
         elif d.type == "lora":  # repeatable: --lora A.safetensors:0.8 --lora B.safetensors
             kwargs.update(action="append", metavar="PATH[:WEIGHT]")
         parser.add_argument(d.option, **kwargs)
+
+
+def _with_default(d: ParamDescription) -> str:
+    """The help with the option's default appended, unless it has none or the help says it ("empty = …")."""
+    if d.default in (None, "", []) or "default" in d.help.lower():
+        return d.help
+    shown = ("on" if d.default else "off") if isinstance(d.default, bool) else d.default
+    return f"{d.help} Default: {shown}."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", action="append", default=[], metavar="DIR",
                    help="Folder of diffusers models (repeatable; also $CINEGEN_MODELS).")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="Where the models run; auto = the GPU when torch sees one, else the CPU. Default: auto.")
     p.add_argument("--max-size", type=int, default=8192, help="Largest width/height the server accepts.")
     p.add_argument("--memory-budget", type=float, default=None, help="GB the model cache may use.")
     p.add_argument("--device-memory", type=memory_size, default=None, metavar="SIZE",
