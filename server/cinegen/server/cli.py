@@ -31,8 +31,8 @@ def _add_param_options(parser: argparse.ArgumentParser, descs: list[ParamDescrip
             continue
         # argparse %-formats help ("70% of the steps" broke --help); the default said where help does not
         kwargs: dict[str, Any] = dict(dest=d.name, help=_with_default(d).replace("%", "%%"), default=None)
-        if d.type == "model":
-            kwargs["metavar"] = "MODEL"
+        if d.type in ("model", "addon"):
+            kwargs["metavar"] = "MODEL" if d.type == "model" else "NAME"
         if d.type == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif d.type == "int":

@@ -677,7 +677,7 @@ def _param_spec(d: ParamDescription, labels: dict[str, str] | None = None) -> pb
     spec = pb.ParamSpec(name=d.name, type=d.type, default_json=json.dumps(d.default),
                         help=plain_help(d.help, labels or {}),
                         group=d.group, label=d.label, step=d.step, choices=list(d.choices),
-                        families=list(d.families))
+                        families=list(d.families), kinds=list(d.kinds))
     if d.minimum is not None:
         spec.minimum = d.minimum
     if d.maximum is not None:

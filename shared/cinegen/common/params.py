@@ -16,11 +16,13 @@ from typing import Any, Mapping, get_type_hints
 
 def param(default: Any, *, help: str, kind: str | None = None, minimum: float | None = None,
           maximum: float | None = None, choices: tuple[str, ...] = (), label: str = "",
-          step: float = 0.0, cli: bool = True, families: tuple[str, ...] = (), deprecated: bool = False) -> Any:
+          step: float = 0.0, cli: bool = True, families: tuple[str, ...] = (), kinds: tuple[str, ...] = (),
+          deprecated: bool = False) -> Any:
     """A dataclass field with its form description (`families`: the model families a "model" option takes;
+    `kinds`: the model kinds a "model" option takes, or the add-on kinds an "addon" option picks from;
     `deprecated`: still read from requests, but no longer advertised, offered on the CLI or named in `values`)."""
     meta = dict(help=help, kind=kind, minimum=minimum, maximum=maximum, choices=choices,
-                label=label, step=step, cli=cli, families=families, deprecated=deprecated)
+                label=label, step=step, cli=cli, families=families, kinds=kinds, deprecated=deprecated)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -30,7 +32,7 @@ def param(default: Any, *, help: str, kind: str | None = None, minimum: float | 
 class ParamDescription:
     """What a client needs to build one widget or CLI option."""
     name: str
-    type: str  # int | float | bool | string | text | enum | path | list | model | lora (a list of PATH[:WEIGHT])
+    type: str  # int | float | bool | string | text | enum | path | list | model | lora (a list of PATH[:WEIGHT]) | addon
     default: Any
     help: str
     group: str
@@ -41,6 +43,7 @@ class ParamDescription:
     step: float = 0.0
     cli: bool = True
     families: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()  # "model": ModelInfo kinds; "addon": add-on kinds (the id is the value)
 
     @property
     def option(self) -> str:
@@ -77,7 +80,8 @@ def describe(cls: type, group: str) -> list[ParamDescription]:
             name=f.name, type=kind, default=default, help=meta.get("help", ""), group=group,
             minimum=meta.get("minimum"), maximum=meta.get("maximum"),
             choices=tuple(meta.get("choices", ())), label=meta.get("label") or f.name.replace("_", " ").capitalize(),
-            step=meta.get("step", 0.0), cli=meta.get("cli", True), families=tuple(meta.get("families", ()))))
+            step=meta.get("step", 0.0), cli=meta.get("cli", True), families=tuple(meta.get("families", ())),
+            kinds=tuple(meta.get("kinds", ()))))
     return out
 
 
@@ -140,7 +144,7 @@ class CommonParams:
 @dataclass
 class ImageParams:
     """Text to image (SD family)."""
-    refiner: str = param("", label="Refiner", kind="model", families=("sd",),
+    refiner: str = param("", label="Refiner", kind="model", families=("sd",), kinds=("sdxl-refiner",),
                          help="An SDXL refiner that finishes the picture of an SDXL base model: the base denoises "
                          "the noisy first part of the steps and the refiner the rest (diffusers' ensemble of "
                          "experts); empty = the base alone.")
@@ -242,7 +246,7 @@ class StoryParams:
                                  "sparsectrl = SparseCtrl RGB conditions at the keyframes' frames; pinning = the keyframe "
                                  "latents pinned (inpainted); auto = sparsectrl when a SparseCtrl model is installed.",
                                  choices=("auto", "sparsectrl", "pinning"))
-    sparsectrl: str = param("", label="SparseCtrl model", help="AnimateDiff: the SparseCtrl RGB model (one of the server's "
+    sparsectrl: str = param("", label="SparseCtrl model", kind="addon", kinds=("sparsectrl",), help="AnimateDiff: the SparseCtrl RGB model (one of the server's "
                             "add-ons); empty = the first one installed.")
 
 

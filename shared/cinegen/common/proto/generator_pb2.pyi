@@ -182,7 +182,7 @@ class JobTicket(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., queue_position: _Optional[int] = ..., existing: _Optional[bool] = ...) -> None: ...
 
 class ParamSpec(_message.Message):
-    __slots__ = ("name", "type", "default_json", "minimum", "maximum", "choices", "help", "group", "label", "step", "families")
+    __slots__ = ("name", "type", "default_json", "minimum", "maximum", "choices", "help", "group", "label", "step", "families", "kinds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +194,7 @@ class ParamSpec(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     FAMILIES_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     default_json: str
@@ -205,7 +206,8 @@ class ParamSpec(_message.Message):
     label: str
     step: float
     families: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default_json: _Optional[str] = ..., minimum: _Optional[float] = ..., maximum: _Optional[float] = ..., choices: _Optional[_Iterable[str]] = ..., help: _Optional[str] = ..., group: _Optional[str] = ..., label: _Optional[str] = ..., step: _Optional[float] = ..., families: _Optional[_Iterable[str]] = ...) -> None: ...
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default_json: _Optional[str] = ..., minimum: _Optional[float] = ..., maximum: _Optional[float] = ..., choices: _Optional[_Iterable[str]] = ..., help: _Optional[str] = ..., group: _Optional[str] = ..., label: _Optional[str] = ..., step: _Optional[float] = ..., families: _Optional[_Iterable[str]] = ..., kinds: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PipelineInfo(_message.Message):
     __slots__ = ("name", "description", "params", "families", "output_is_folder")
