@@ -164,3 +164,45 @@ def test_a_dit_plate_is_read_through_the_view_and_keeps_its_sun_aside(tmp_path):
     assert len(plates) == 5 and all(p.hot_pixels == 64 for p in plates)
     out = plates[0].highlights.apply(np.zeros((64, 64, 3), np.float32))  # at the 2x output
     np.testing.assert_allclose(out[28:36, 28:36], 500.0, rtol=HALF)
+
+
+def _context(registry, job: JobSpec, logs: list[str]) -> RunContext:
+    return RunContext(job=job, registry=registry, report_progress=lambda *e: None, report_preview=lambda *a: None,
+                      report_frame=lambda *a: None, report_log=logs.append, is_cancelled=lambda: False)
+
+
+def test_a_dit_plate_job_writes_its_sun_from_the_plate(registry, tmp_path):
+    rgb = np.full((32, 32, 3), 0.2, np.float32)
+    rgb[8:24, 8:24] = 500.0
+    for frame in range(1001, 1006):
+        write_exr_frame(tmp_path / f"w.{frame}.exr", rgb, metadata=ExrMetadata())
+    logs: list[str] = []
+    job = JobSpec("wan", "upscale", CommonParams(model="tiny-wan", steps=2, seed=1, guidance=1.0,
+                                                out=str(tmp_path / "o" / "o.####.exr")),
+                  UpscaleParams(mode="plate", input=str(tmp_path / "w.####.exr"), scale=2.0))
+    UpscalePipeline().validate(job, registry)
+    paths = UpscalePipeline().run(_context(registry, job, logs))
+    assert len(paths) == 5
+    out = read_exr_frame(paths[2])[0][..., :3]
+    np.testing.assert_allclose(out[20:44, 20:44], 500.0, rtol=HALF)  # the sun's core at 2x: weight 1
+    assert out.max() > 128.0  # the most the view could give back from a model pixel
+    assert sum(BEYOND in line for line in logs) == 1
+
+
+def test_a_panorama_keeps_the_highlights_of_its_pasted_input(registry, tmp_path):
+    from cinegen.common.params import PanoramaParams
+    from cinegen.server.pipelines.panorama import PanoramaPipeline
+
+    rgb = np.full((32, 32, 3), 0.18, np.float32)
+    rgb[8:24, 8:24] = 300.0
+    write_exr_frame(tmp_path / "in.exr", rgb, metadata=ExrMetadata())
+    logs: list[str] = []
+    job = JobSpec("pano", "panorama", CommonParams(model="tiny-sd", steps=2, seed=2, width=128, height=64,
+                                                   out=str(tmp_path / "p" / "p.####.exr")),
+                  PanoramaParams(projection="ring", input=str(tmp_path / "in.exr")))
+    PanoramaPipeline().validate(job, registry)
+    paths = PanoramaPipeline().run(_context(registry, job, logs))
+    out = read_exr_frame(paths[0])[0][..., :3]
+    top, left = 16, 48  # centred, as place_input puts it
+    np.testing.assert_allclose(out[top + 8:top + 24, left + 8:left + 24], 300.0, rtol=HALF)
+    assert out[:, :left].max() < 130.0 and sum(BEYOND in line for line in logs) == 1  # elsewhere: the model's

@@ -39,7 +39,7 @@ from ..models.family import FamilyAdapter
 from ..models.registry import ModelRegistry
 from ..output import resize_alpha
 from ..output.frames import display_transform_for
-from ..output.plate_highlights import HighlightCount, ModelPlate, plate_to_model, sink_kwargs
+from ..output.plate_highlights import HighlightCount, ModelPlate, PlateHighlights, plate_to_model, sink_kwargs
 from ..scaleout.units import WorkUnit, clip_chunks, frame_chunks, single_unit
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress
 from .frame_range import check_frame_range, wanted_indices
@@ -435,7 +435,7 @@ class UpscalePipeline(Pipeline):
         transform = display_transform_for(ctx.job.common.display_transform, True)
         counted = HighlightCount(transform)
         mattes: dict[int, np.ndarray] = {}
-        kept: dict[int, ModelPlate] = {}  # each frame's highlights, until the frame is written
+        kept: dict[int, PlateHighlights | None] = {}  # each frame's highlights, until the frame is written
         for order, n in enumerate(needed):
             first = plate.frames.first + blend.starts[n]
             clip_plate = dataclasses.replace(plate, frames=FrameRange(first, first + blend.window - 1))
@@ -444,7 +444,7 @@ class UpscalePipeline(Pipeline):
             base_unit = order * len(plan.stages)
             for offset, alpha in enumerate(alphas):
                 mattes.setdefault(blend.starts[n] + offset, alpha)
-                kept.setdefault(blend.starts[n] + offset, seen[offset])
+                kept.setdefault(blend.starts[n] + offset, seen[offset].highlights)
                 counted.add(blend.starts[n] + offset, seen[offset])
 
             matte = torch.from_numpy(np.stack(alphas)) if plan.settings.matte_cosine_scale is not None else None
@@ -463,7 +463,7 @@ class UpscalePipeline(Pipeline):
                 indices = [index for index, _ in ready]
                 self._write(ctx, sink, torch.stack([image for _, image in ready]), indices,
                             [mattes.pop(index) for index in indices], wanted,
-                            [kept.pop(index).highlights for index in indices])
+                            [kept.pop(index) for index in indices])
         message = counted.message()
         if message:  # once per job, over every plate frame read
             ctx.log(message)

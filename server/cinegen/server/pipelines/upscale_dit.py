@@ -329,7 +329,7 @@ def _run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, p
     i2v = adapter.is_image_to_video  # the first frame conditions every stage (upscale_dit_i2v.py)
     mode = dit_mode(params, i2v)
     alphas: list[np.ndarray] = []  # the plate's mattes, carried to the output frames
-    plates: list[ModelPlate] = []  # the plate's highlights beyond the model's range, kept in the output frames
+    plates: list = []  # each frame's ModelPlate as read, then its highlights, kept in the output frames
     transform = display_transform_for(ctx.job.common.display_transform, True)
     strength = params.strength if params.strength is not None else default_strength(adapter, mode)
     start_index = start_index_for(resolved.steps, strength)
@@ -345,6 +345,7 @@ def _run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, p
             counted.add(frame, seen)
         if counted.message():
             ctx.log(counted.message())
+        plates[:] = [seen.highlights for seen in plates]  # only what the writer needs (not the display copy)
         frames, start = clip.shape[2], (clip.shape[-1], clip.shape[-2])
         first = clip[0, :, 0] if i2v else None
     check_wan_frames(frames, "video" if clip is None else "plate")
@@ -374,7 +375,7 @@ def _run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, p
             own = cond if first is None else stage_condition(adapter, cond, first, frames, stage.width, stage.height)
             latents = refine_latents(adapter, own, latents, stage, resolved.steps, generator, callbacks)
     return write_video(ctx, adapter, latents, resolved, vae_tile, progress, len(plan) + 1, alphas,
-                       [seen.highlights for seen in plates])
+                       plates)
 
 
 def write_video(ctx: RunContext, adapter: WanAdapter, latents: torch.Tensor, resolved: Resolved,
