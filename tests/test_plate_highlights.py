@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cinegen.common import color
 from cinegen.common.exr import ExrMetadata, read_exr_frame, write_exr_frame
@@ -206,3 +207,19 @@ def test_a_panorama_keeps_the_highlights_of_its_pasted_input(registry, tmp_path)
     top, left = 16, 48  # centred, as place_input puts it
     np.testing.assert_allclose(out[top + 8:top + 24, left + 8:left + 24], 300.0, rtol=HALF)
     assert out[:, :left].max() < 130.0 and sum(BEYOND in line for line in logs) == 1  # elsewhere: the model's
+
+
+def test_the_device_colour_path_keeps_the_highlights_too(tmp_path):
+    from cinegen.common.sequence import SequencePattern
+    from cinegen.server.output.frames import FrameSink
+
+    rgb = np.full((8, 8, 3), 0.5, np.float32)
+    rgb[:4] = 40.0
+    seen = plate_to_model(rgb, "srgb")
+    sink = FrameSink(SequencePattern.parse(str(tmp_path / "d.####.exr")), 1001, ExrMetadata(), device_colour=True,
+                     display_transform="srgb")  # curve + matrix in torch, half RGBA handed to the writer
+    sink.write(0, torch.from_numpy(seen.display).permute(2, 0, 1), highlights=seen.highlights)
+    out = read_exr_frame(sink.written[0])[0]
+    np.testing.assert_allclose(out[:4, :, :3], 40.0, rtol=HALF)
+    np.testing.assert_allclose(out[4:, :, :3], 0.5, rtol=HALF, atol=1e-5)
+    assert (out[..., 3] == 1.0).all()
