@@ -88,7 +88,7 @@ def free_port() -> int:
 EDITOR_FOR_TYPE = {"int": editors.IntEditor, "float": editors.FloatEditor, "bool": editors.BoolEditor,
                    "text": editors.TextEditor, "enum": editors.EnumEditor, "path": editors.PathEditor,
                    "list": editors.ListEditor, "string": editors.StringEditor, "model": editors.EnumEditor,
-                   "lora": editors.LoraEditor}
+                   "lora": editors.LoraEditor, "addon": editors.EnumEditor}
 
 
 def test_connecting_builds_one_form_per_pipeline_with_an_editor_per_parameter(make_panel, running_server):

@@ -9,6 +9,7 @@ ParamSpec name, which the server checks against the same ParamSpecs it advertise
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -30,7 +31,7 @@ TRAJECTORY_FIELD = "trajectory_json"
 class FieldSpec:
     """One form field: what widget to build and how to fill the request."""
     name: str
-    type: str  # int | float | bool | string | text | enum | path | list | model | lora
+    type: str  # int | float | bool | string | text | enum | path | list | model | lora | addon
     default: Any
     help: str = ""
     group: str = COMMON_GROUP
@@ -40,6 +41,7 @@ class FieldSpec:
     choices: tuple[str, ...] = ()
     step: float = 0.0
     families: tuple[str, ...] = ()  # type "model": the model families the option takes
+    kinds: tuple[str, ...] = ()  # type "model": the model kinds it takes; "addon": the add-on kinds
 
     @classmethod
     def from_proto(cls, spec: pb.ParamSpec) -> FieldSpec:
@@ -51,7 +53,8 @@ class FieldSpec:
                    group=spec.group or COMMON_GROUP, label=spec.label or spec.name.replace("_", " ").capitalize(),
                    minimum=spec.minimum if spec.HasField("minimum") else None,
                    maximum=spec.maximum if spec.HasField("maximum") else None,
-                   choices=tuple(spec.choices), step=spec.step, families=tuple(spec.families))
+                   choices=tuple(spec.choices), step=spec.step, families=tuple(spec.families),
+                   kinds=tuple(spec.kinds))
 
     @property
     def optional(self) -> bool:
@@ -71,8 +74,30 @@ class FieldSpec:
             parts.append(f"Range: {low} to {high}." if low and high else f"Range: {low or '…'} to {high or '…'}.")
         if self.choices:
             parts.append("Choices: " + ", ".join(self.choices) + ".")
-        parts.append("Default: " + ("auto (the model decides)" if self.optional else json.dumps(self.default)) + ".")
+        default = _plain_default(self)
+        if default:  # an empty field needs no "Default: empty"
+            parts.append(f"Default: {default}.")
         return "\n".join(parts)
+
+    @property
+    def empty_choice(self) -> str:
+        """What a picker's empty entry means, from the help's own "empty = …" (refiner: the base alone)."""
+        match = re.search(r"\bempty = ([^;,.()]+)", self.help)
+        return match.group(1).strip() if match else "server's choice"
+
+
+def _plain_default(spec: FieldSpec) -> str:
+    """The default as an artist reads it: on/off, 2, zip; "" when the field starts empty."""
+    if spec.optional:
+        return "auto (the model decides)"
+    value = spec.default
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (int, float)):
+        return _number(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 def _number(value: float) -> str:
@@ -86,6 +111,39 @@ def lora_addons(capabilities: pb.Capabilities) -> list[tuple[str, str]]:
     """(label, server path) of the server's LoRAs and motion LoRAs, for a LoRA picker."""
     return [(f"{a.id} ({a.kind}{', ' + a.family if a.family else ''})", a.path)
             for a in capabilities.addons if a.kind in LORA_KINDS]
+
+
+PLAIN_MODEL_KINDS = ("", "model")  # a model whose kind says nothing beyond its family
+
+
+def model_label(model: pb.ModelInfo) -> str:
+    """A picker entry: the id with its family, and its kind where that tells more (tiny-xl-refiner (sd, sdxl-refiner))."""
+    kind = "" if model.kind in PLAIN_MODEL_KINDS else f", {model.kind}"
+    return f"{model.id} ({model.family}{kind})"
+
+
+def model_catalogue(capabilities: pb.Capabilities) -> list[tuple[str, str, str, str]]:
+    """(label, id, family, kind) of every model on the server, for model-typed options."""
+    return [(model_label(m), m.id, m.family, m.kind) for m in capabilities.models]
+
+
+def addon_catalogue(capabilities: pb.Capabilities) -> list[tuple[str, str, str]]:
+    """(label, id, kind) of every add-on on the server, for add-on-typed options (picked by id)."""
+    return [(f"{a.id} ({a.kind})", a.id, a.kind) for a in capabilities.addons]
+
+
+def offered_models(spec: FieldSpec, catalogue: Iterable[tuple[str, ...]]) -> list[tuple[str, str]]:
+    """(label, id) of the catalogue's models a model-typed option takes: its families and kinds (empty = any)."""
+    out = []
+    for label, model_id, family, *kind in catalogue:
+        if (not spec.families or family in spec.families) and (not spec.kinds or (kind and kind[0] in spec.kinds)):
+            out.append((label, model_id))
+    return out
+
+
+def offered_addons(spec: FieldSpec, catalogue: Iterable[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """(label, id) of the add-ons an add-on-typed option takes (its kinds; empty = any)."""
+    return [(label, addon_id) for label, addon_id, kind in catalogue if not spec.kinds or kind in spec.kinds]
 
 
 def pipeline_fields(info: pb.PipelineInfo) -> list[FieldSpec]:

@@ -1,4 +1,4 @@
-"""One editor widget per parameter type (int, float, bool, string, text, enum, path, list, lora).
+"""One editor widget per parameter type (int, float, bool, string, text, enum, path, list, lora, model, addon).
 
 Every editor has `value()`, `set_value(v)` and a `changed` signal; an optional number shows "auto"
 at the bottom of its range and reads back as None (the server decides). The seed and the model get
@@ -9,12 +9,31 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
-from ..model.forms import MODEL_FIELD, SEED_FIELD, FieldSpec
+from ..model.forms import MODEL_FIELD, SEED_FIELD, FieldSpec, offered_addons, offered_models
 from ..qt import QtCore, QtGui, QtWidgets, Signal
 
 INT32_MAX = 2**31 - 1
 AUTO = "auto"
 SEED_MAX = 2**31 - 1  # randomised seeds stay in int32 so every host can show them
+NUMBER_MIN_WIDTH = 80  # px: a number box may shrink to this (7 digits) however wide its range's largest value is
+COMBO_CHARACTERS = 12  # a picker with longer entries is this wide at least, not as wide as its longest entry
+
+
+def _narrow_number_box(box: QtWidgets.QAbstractSpinBox) -> None:
+    """Two number fields share a row of a narrow dock: a wide range (first frame up to 10 000 000) must not
+    push the row past it; the box still takes its full width when the dock has room."""
+    box.setMinimumWidth(min(box.minimumSizeHint().width(), NUMBER_MIN_WIDTH))
+
+
+def fit_combo(combo: QtWidgets.QComboBox, characters: int = COMBO_CHARACTERS) -> None:
+    """A combo box sized for a narrow dock: long entries (model and LoRA names) no longer widen the form
+    past the dock; the open list is as wide as its longest entry, so they stay readable there."""
+    longest = max((len(combo.itemText(i)) for i in range(combo.count())), default=0)
+    if longest <= characters:
+        return  # short choices (zip, view, sequential) keep their natural width
+    combo.setSizeAdjustPolicy(QtWidgets.QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(characters)
+    combo.view().setMinimumWidth(combo.view().sizeHintForColumn(0) + 24)
 
 
 class FieldEditor(QtWidgets.QWidget):
@@ -50,6 +69,7 @@ class IntEditor(FieldEditor):
         self.box.setSingleStep(step)
         self.box.setAccelerated(True)
         self.box.valueChanged.connect(lambda _: self.changed.emit())
+        _narrow_number_box(self.box)
         self._layout.addWidget(self.box)
         self.set_value(spec.default)
 
@@ -76,6 +96,7 @@ class FloatEditor(FieldEditor):
         self.box.setRange(low, high)
         self.box.setSingleStep(step)
         self.box.valueChanged.connect(lambda _: self.changed.emit())
+        _narrow_number_box(self.box)
         self._layout.addWidget(self.box)
         self.set_value(spec.default)
 
@@ -132,11 +153,15 @@ class ListEditor(StringEditor):
 
 class LoraEditor(ListEditor):
     """LoRAs as PATH[:WEIGHT], comma-separated, with a picker of the server's LoRAs and motion LoRAs
-    (the capabilities' add-ons): picking one adds it at the weight beside the picker."""
+    (the capabilities' add-ons): picking one adds it at the weight beside the picker.
+
+    Two rows: the list over the whole width (paths are long), the picker and its weight under it."""
 
     def __init__(self, spec: FieldSpec, parent=None, addons: Sequence[tuple[str, str]] = ()):
         super().__init__(spec, parent)
-        self.edit.setPlaceholderText("PATH[:WEIGHT], …")
+        self._layout.setDirection(QtWidgets.QBoxLayout.TopToBottom)
+        self._layout.setSpacing(2)
+        self.edit.setPlaceholderText("pick below, or type PATH:WEIGHT, …")
         self.picker = QtWidgets.QComboBox()
         self.picker.setObjectName("loraPicker")
         self.picker.addItem("add a LoRA…", "")
@@ -150,10 +175,15 @@ class LoraEditor(ListEditor):
         self.weight.setRange(-4.0, 4.0)
         self.weight.setSingleStep(0.1)
         self.weight.setValue(1.0)
+        self.weight.setPrefix("at ")  # reads on from the picker: "add a LoRA… at 1.00"
         self.weight.setToolTip("Weight of the LoRA picked next (1 = as trained, 0 = off).")
         self.picker.activated.connect(self._pick)
-        self._layout.addWidget(self.picker)
-        self._layout.addWidget(self.weight)
+        fit_combo(self.picker, characters=8)
+        row = QtWidgets.QHBoxLayout()
+        row.setSpacing(4)
+        row.addWidget(self.picker, 1)
+        row.addWidget(self.weight)
+        self._layout.addLayout(row)
 
     def _pick(self, index: int) -> None:
         path = self.picker.itemData(index)
@@ -190,6 +220,7 @@ class EnumEditor(FieldEditor):
         self.combo = QtWidgets.QComboBox()
         for text, data in choices if choices is not None else [(c, c) for c in spec.choices]:
             self.combo.addItem(text, data)
+        fit_combo(self.combo)
         self.combo.currentIndexChanged.connect(lambda _: self.changed.emit())
         self._layout.addWidget(self.combo)
         self.set_value(spec.default)
@@ -284,20 +315,22 @@ def _placeholder(spec: FieldSpec) -> str:
 
 
 def make_editor(spec: FieldSpec, *, models: Sequence[tuple[str, str]] = (),
-                catalogue: Sequence[tuple[str, str, str]] = (), addons: Sequence[tuple[str, str]] = ()) -> FieldEditor:
+                catalogue: Sequence[tuple[str, ...]] = (), addons: Sequence[tuple[str, str]] = (),
+                addon_catalogue: Sequence[tuple[str, str, str]] = ()) -> FieldEditor:
     """The editor for one field, chosen by its type (the seed and model by their contract names).
 
-    `models`: (label, id) of the pipeline's models; `catalogue`: (label, id, family) of every model on the
-    server, for other model-typed options (a picker of the families the option names); `addons`: (label,
-    path) of the server's LoRAs and motion LoRAs, for the LoRA picker."""
+    `models`: (label, id) of the pipeline's models; `catalogue`: (label, id, family, kind) of every model on
+    the server, for other model-typed options (a picker of the families and kinds the option names);
+    `addons`: (label, path) of the server's LoRAs and motion LoRAs, for the LoRA picker; `addon_catalogue`:
+    (label, id, kind) of every add-on, for add-on-typed options (a picker of the kinds the option names)."""
     if spec.name == SEED_FIELD and spec.is_common:
         return SeedEditor(spec)
     if spec.name == MODEL_FIELD and spec.is_common:
         return EnumEditor(spec, choices=[("default for this pipeline", "")] + list(models))
     if spec.type == "model":
-        offered = [(label, model_id) for label, model_id, family in catalogue
-                   if not spec.families or family in spec.families]
-        return EnumEditor(spec, choices=[("server's choice", "")] + offered)
+        return EnumEditor(spec, choices=[(spec.empty_choice, "")] + offered_models(spec, catalogue))
+    if spec.type == "addon":
+        return EnumEditor(spec, choices=[(spec.empty_choice, "")] + offered_addons(spec, addon_catalogue))
     if spec.type == "lora":
         return LoraEditor(spec, addons=addons)
     editor_for_type = {"int": IntEditor, "float": FloatEditor, "bool": BoolEditor, "text": TextEditor,

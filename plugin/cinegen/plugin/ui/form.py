@@ -72,10 +72,12 @@ class ParamForm(QtWidgets.QWidget):
     changed = Signal()
 
     def __init__(self, pipeline: pb.PipelineInfo, models: Sequence[tuple[str, str]] = (),
-                 parent: QtWidgets.QWidget | None = None, *, catalogue: Sequence[tuple[str, str, str]] = (),
-                 limits: dict[str, int] | None = None, addons: Sequence[tuple[str, str]] = ()):
+                 parent: QtWidgets.QWidget | None = None, *, catalogue: Sequence[tuple[str, ...]] = (),
+                 limits: dict[str, int] | None = None, addons: Sequence[tuple[str, str]] = (),
+                 addon_catalogue: Sequence[tuple[str, str, str]] = ()):
         super().__init__(parent)
         self.addons = list(addons)  # (label, path) of the server's LoRAs, for the LoRA picker
+        self.addon_catalogue = list(addon_catalogue)  # (label, id, kind) of every add-on, for add-on options
         self.pipeline = pipeline.name
         self.output_is_folder = pipeline.output_is_folder
         self.catalogue = list(catalogue)
@@ -108,7 +110,8 @@ class ParamForm(QtWidgets.QWidget):
     def _fill(self, section: Section, specs: Iterable[FieldSpec], models: Sequence[tuple[str, str]],
               compact_types: tuple[str, ...] = _COMPACT_TYPES) -> None:
         for spec in specs:
-            editor = make_editor(spec, models=models, catalogue=self.catalogue, addons=self.addons)
+            editor = make_editor(spec, models=models, catalogue=self.catalogue, addons=self.addons,
+                                 addon_catalogue=self.addon_catalogue)
             label = QtWidgets.QLabel(spec.label)
             label.setWordWrap(True)  # a long label takes two lines rather than widening the form past the dock
             label.setToolTip(spec.tooltip)

@@ -21,7 +21,8 @@ from ..backend.job_runner import JobDraft, JobOutcome
 from ..backend.results import results_from_outputs, with_file_colorspace
 from ..backend.session import CONNECTED, ServerSession
 from ..hosts import HostAdapter, HostSelectionError, detect_host
-from ..model.forms import PLATE_COLORSPACE_FIELD, PLATE_FIELD, TRAJECTORY_FIELD, lora_addons
+from ..model.forms import (PLATE_COLORSPACE_FIELD, PLATE_FIELD, TRAJECTORY_FIELD, addon_catalogue, lora_addons,
+                           model_catalogue, model_label)
 from ..model.history import History, HistoryEntry
 from ..model.jobs import JobQueue, JobRecord
 from ..model.outputs import ResultSequence, safe_name
@@ -102,11 +103,11 @@ class Panel(PanelView):
         self.pipeline_combo.blockSignals(True)
         self.pipeline_combo.clear()
         for info in caps.pipelines:
-            models = [(f"{m.id} ({m.family})", m.id) for m in caps.models
+            models = [(model_label(m), m.id) for m in caps.models
                       if not info.families or m.family in info.families]
-            catalogue = [(f"{m.id} ({m.family})", m.id, m.family) for m in caps.models]
             limits = {"width": caps.max_width, "height": caps.max_height}
-            form = ParamForm(info, models, catalogue=catalogue, limits=limits, addons=lora_addons(caps))
+            form = ParamForm(info, models, catalogue=model_catalogue(caps), limits=limits, addons=lora_addons(caps),
+                             addon_catalogue=addon_catalogue(caps))
             form.setProperty("description", info.description)
             form.set_values(kept.get(info.name, {}))
             form.changed.connect(self._update_actions)
