@@ -27,7 +27,8 @@ def builtin_config(monkeypatch):
 
 
 def highlight_plate(size: int = 64) -> np.ndarray:
-    """ACEScg (H, W, 3): a neutral ramp 0..8 on top, a sun of 200 and an orange practical (8, 2, 1) below, 0.18 around."""
+    """ACEScg (H, W, 3): a neutral ramp 0..8 on top, a sun of 200 and an orange practical (8, 2, 1) below,
+    0.18 around."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     rgb = np.full((size, size, 3), 0.18, np.float32)
     rgb[: size // 2] = (x[: size // 2] / (size - 1) * 8.0)[..., None]
@@ -41,8 +42,8 @@ def run_plate_job(registry, tmp_path, rgb: np.ndarray, *, name: str = "up", **co
     for frame in (1001, 1002):
         write_exr_frame(tmp_path / f"plate.{frame}.exr", rgb, metadata=ExrMetadata())
     logs: list[str] = []
-    job = JobSpec("hl", "upscale", CommonParams(model="tiny-sd", steps=2, seed=3, out=str(tmp_path / name / "o.####.exr"),
-                                               **common),
+    out = str(tmp_path / name / "o.####.exr")
+    job = JobSpec("hl", "upscale", CommonParams(model="tiny-sd", steps=2, seed=3, out=out, **common),
                   UpscaleParams(input=str(tmp_path / "plate.####.exr"), scale=1.0, strength=0.0))
     ctx = RunContext(job=job, registry=registry, report_progress=lambda *e: None, report_preview=lambda *a: None,
                      report_frame=lambda *a: None, report_log=logs.append, is_cancelled=lambda: False)

@@ -89,8 +89,8 @@ def figures(out: np.ndarray, plate_up: np.ndarray) -> dict:
     row: dict = {"max_out": round(float(out.max()), 3)}
     for name, mask in regions.items():
         o, p = out[mask].max(axis=-1), peak[mask]
-        row[name] = {"pixels": int(mask.sum()),
-                     "mean_abs_stops": round(float(np.mean(np.abs(np.log2(np.maximum(o, 1e-4) / np.maximum(p, 1e-4))))), 3),
+        stops = np.abs(np.log2(np.maximum(o, 1e-4) / np.maximum(p, 1e-4)))
+        row[name] = {"pixels": int(mask.sum()), "mean_abs_stops": round(float(stops.mean()), 3),
                      "mean_rel_error": round(float(np.mean(np.abs(o - p) / np.maximum(p, 1e-2))), 3)}
     return row
 

@@ -105,7 +105,8 @@ class FrameSink:
                 self.on_written(frame, path, self.sequence)
             return path
         pixels, pending_alpha = self._prepare(display_rgb, alpha)
-        self._queue.put(_PendingFrame(frame, path, pixels, pending_alpha, meta, highlights))  # blocks while the writer is behind
+        pending = _PendingFrame(frame, path, pixels, pending_alpha, meta, highlights)
+        self._queue.put(pending)  # blocks while the writer is behind
         self._ensure_writer()
         return path
 

@@ -2,7 +2,8 @@
 
 Modes, on UNet models (`sd` images, `animatediff` clips; `wan` goes to `upscale_dit`):
 - generate: text → native size (stage 1, the stock computation) → self-cascade to the target;
-- plate: an EXR sequence → model pixels (the job's display transform) → cascade refinement from the plate at `strength`;
+- plate: an EXR sequence → model pixels (the job's display transform) → cascade refinement from the plate
+  at `strength`;
   per frame on image models, per clip on video models; frames keep the plate's numbers;
 - refine (I2VGen-XL): a clip resized to the target, re-noised to `strength` and denoised (SDEdit,
   no cosine mix); the clip is the model's only guide besides a short prompt.
