@@ -44,7 +44,7 @@ def _add_param_options(parser: argparse.ArgumentParser, descs: list[ParamDescrip
         elif d.type == "list":
             kwargs["type"] = lambda s: [p.strip() for p in s.split(",") if p.strip()]
         elif d.type == "lora":  # repeatable: --lora A.safetensors:0.8 --lora B.safetensors
-            kwargs.update(action="append", metavar="PATH[:WEIGHT]")
+            kwargs.update(action="append", metavar="PATH[:WEIGHT]", help=kwargs["help"] + " Repeat --lora for several.")
         parser.add_argument(d.option, **kwargs)
 
 

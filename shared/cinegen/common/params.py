@@ -134,10 +134,10 @@ class CommonParams:
                          "(text encoder, denoiser, VAE) on the GPU at a time; sequential: one layer at a time "
                          "(least memory, much slower). A CPU-only server runs the job as it is and says so.")
     lora: list[str] = param([], label="LoRAs", kind="lora",
-                            help="LoRA files applied for this job only and removed after it, PATH[:WEIGHT] each "
-                            "(weight 1 when omitted; repeat --lora for several). The server's LoRAs and motion "
-                            "LoRAs are offered as add-ons; a LoRA that does not fit the model is refused at "
-                            "Submit. Story: each goes to the keyframe or the motion model it fits (motion LoRAs "
+                            help="LoRA files applied for this job only and removed after it, each PATH[:WEIGHT] "
+                            "(weight 1 when omitted), as many as needed. The server's LoRAs and motion LoRAs are "
+                            "offered as add-ons; a LoRA that does not fit the model is refused when the job is "
+                            "sent. Story: each goes to the keyframe or the motion model it fits (motion LoRAs "
                             "to AnimateDiff).")
 
 
