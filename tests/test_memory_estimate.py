@@ -180,3 +180,164 @@ def test_animatediff_decode_batches_follow_the_free_memory_and_give_the_same_fra
     x = torch.randn(adapter.latent_shape(1, 64, 64, 8), generator=torch.Generator().manual_seed(1))
     # smaller conv batches may take other CPU kernels: equal within float32 rounding, not bit for bit
     torch.testing.assert_close(adapter.decode(x, chunk=3), adapter.decode(x, chunk=16), atol=1e-6, rtol=0)
+
+
+# ---- models a job adds beside its main one ---------------------------------------------------------------
+def _phase_weights(arch, work, offload: str) -> dict[str, int]:
+    return {p: w for p, (w, _a) in estimate(arch, dataclasses.replace(work, offload=offload)).phases.items()}
+
+
+def _grown(pipeline, with_model: JobSpec, without: JobSpec, registry, offload: str) -> dict[str, int]:
+    """Per phase, the weights on the device the added model brings (same request otherwise)."""
+    out = []
+    for spec in (with_model, without):
+        spec.common.offload = offload
+        arch, work, _ = job_estimate(pipeline, spec, registry)
+        out.append(_phase_weights(arch, work, offload))
+    return {p: out[0][p] - out[1][p] for p in out[0]}
+
+
+def _module_bytes(*modules) -> int:
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+
+@pytest.fixture(scope="module")
+def refiner_registry(tmp_path_factory, tiny_model_cache):
+    from cinegen.server.models.registry import ModelRegistry
+    from tiny_checkpoints import tiny_refiner, tiny_sdxl
+
+    root = tmp_path_factory.mktemp("estimate-refiner")
+    base, refiner = tiny_sdxl(0), tiny_refiner(100)
+    base.save_pretrained(str(root / "xl-base"))
+    refiner.save_pretrained(str(root / "xl-refiner"))
+    return ModelRegistry([root], use_hf_cache=False, cache_dir=tiny_model_cache), refiner
+
+
+def test_the_sdxl_refiner_is_counted_beside_the_base_and_where_model_offload_leaves_it(refiner_registry):
+    from cinegen.common.params import ImageParams
+
+    registry, refiner = refiner_registry
+
+    def job(refiner_id: str) -> JobSpec:
+        return JobSpec("r", "image", CommonParams(prompt="a", model="xl-base", width=64, height=64,
+                                                  out="/tmp/x.####.exr"), ImageParams(refiner=refiner_id))
+
+    pipeline = load_pipelines()["image"]
+    resident = _grown(pipeline, job("xl-refiner"), job(""), registry, "none")
+    everything = _module_bytes(refiner.unet, refiner.vae, refiner.text_encoder_2)
+    assert set(resident.values()) == {resident["text"]}  # resident in every phase
+    assert resident["text"] == pytest.approx(everything, rel=0.02)
+    # model offload: its text encoder until its UNet runs, its UNet to the end (no VAE of its own after it)
+    offloaded = _grown(pipeline, job("xl-refiner"), job(""), registry, "model")
+    assert offloaded["text"] == pytest.approx(_module_bytes(refiner.text_encoder_2), rel=0.02)
+    assert offloaded["denoise"] == offloaded["decode"] == pytest.approx(_module_bytes(refiner.unet), rel=0.02)
+    # the refiner's UNet (64-wide context, 5 time ids) denoises too: the denoise activations take the larger UNet
+    arch, work, _ = job_estimate(pipeline, job("xl-refiner"), registry)
+    assert arch.extra_denoisers and estimate(arch, work).phases["denoise"][1] >= \
+        estimate(dataclasses.replace(arch, extra_denoisers=()), work).phases["denoise"][1]
+
+
+@pytest.fixture(scope="module")
+def sparsectrl_registry(tmp_path_factory, tiny_model_cache):
+    from cinegen.server.models.registry import ModelRegistry
+    from cinegen.server.models.sparsectrl import build_tiny_sparsectrl
+
+    root = tmp_path_factory.mktemp("estimate-sparsectrl")
+    build_tiny_sparsectrl(root / "sc-rgb", seed=1)
+    return ModelRegistry([root], use_hf_cache=False, cache_dir=tiny_model_cache), root / "sc-rgb"
+
+
+def test_a_sparsectrl_model_is_counted_with_the_unet_on_story_and_panorama_jobs(sparsectrl_registry, tmp_path):
+    from diffusers import SparseControlNetModel
+
+    from cinegen.common.params import PanoramaParams, StoryParams
+
+    registry, folder = sparsectrl_registry
+    added = _module_bytes(SparseControlNetModel.from_pretrained(str(folder)))
+
+    def story(motion: str) -> JobSpec:
+        return JobSpec("s", "story", CommonParams(prompt="a", model="tiny-sd", frames=8, out="/tmp/x.####.exr"),
+                       StoryParams(video_model="tiny-animatediff", keyframe_motion=motion))
+
+    pipelines = load_pipelines()
+    resident = _grown(pipelines["story"], story("sparsectrl"), story("pinning"), registry, "none")
+    assert set(resident.values()) == {resident["text"]} and resident["text"] == pytest.approx(added, rel=0.02)
+    offloaded = _grown(pipelines["story"], story("auto"), story("pinning"), registry, "model")
+    assert offloaded["text"] == offloaded["decode"] == 0  # it goes back to CPU memory with the UNet
+    assert offloaded["denoise"] == pytest.approx(added, rel=0.02)
+    # its residuals are held through the UNet call: more denoise activations than the weights alone
+    arch, work, _ = job_estimate(pipelines["story"], story("sparsectrl"), registry)
+    assert estimate(arch, work).phases["denoise"][1] > estimate(dataclasses.replace(arch, control=None), work).phases["denoise"][1]
+
+    def panorama(image: str) -> JobSpec:
+        return JobSpec("p", "panorama", CommonParams(prompt="a", model="tiny-animatediff", width=128, height=64,
+                                                     frames=8, out="/tmp/x.####.exr"), PanoramaParams(input=image))
+
+    grown = _grown(pipelines["panorama"], panorama(str(tmp_path / "in.png")), panorama(""), registry, "none")
+    assert grown["denoise"] == pytest.approx(added, rel=0.02)
+
+
+def test_job_loras_add_the_parameters_peft_puts_on_the_model(registry, tmp_path):
+    """A UNet LoRA made with peft: the estimate grows by what loading it adds to the model; a text-encoder
+    LoRA (kohya names, with alphas that are no parameters) counts in the text phase under model offload."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from cinegen.server.models.lora import LoraSpec, loras_applied
+
+    adapter = registry.get("tiny-sd")
+    unet = __import__("copy").deepcopy(adapter.pipe.unet)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    type(adapter.pipe).save_lora_weights(str(tmp_path), unet_lora_layers=get_peft_model_state_dict(unet),
+                                         weight_name="style.safetensors")
+    before = _module_bytes(adapter.pipe.unet)
+    with loras_applied(adapter, [LoraSpec(str(tmp_path / "style.safetensors"))]):
+        peft_added = _module_bytes(adapter.pipe.unet) - before
+    assert peft_added > 0
+
+    def job(*loras: str) -> JobSpec:
+        return JobSpec("l", "image", CommonParams(prompt="a", model="tiny-sd", lora=list(loras), out="/tmp/x.####.exr"),
+                       None)
+
+    pipeline = load_pipelines()["image"]
+    resident = _grown(pipeline, job(str(tmp_path / "style.safetensors")), job(), registry, "none")
+    assert resident["denoise"] == peft_added
+    offloaded = _grown(pipeline, job(str(tmp_path / "style.safetensors")), job(), registry, "model")
+    assert offloaded == {"text": 0, "denoise": peft_added, "decode": 0}
+
+    name = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    save_file({f"{name}.lora_down.weight": torch.zeros(2, 32), f"{name}.lora_up.weight": torch.zeros(32, 2),
+               f"{name}.alpha": torch.tensor(2.0)}, str(tmp_path / "te.safetensors"))
+    text = _grown(pipeline, job(str(tmp_path / "te.safetensors")), job(), registry, "model")
+    assert text == {"text": 128 * 4, "denoise": 0, "decode": 0}  # 2x32 + 32x2 float32 elements
+
+
+def test_tora_weights_count_apart_from_the_transformer_and_stay_on_the_device(tmp_path, registry):
+    """A ToraPipeline folder keeps Tora's modules in the transformer's files; they load beside the model,
+    outside its offload hooks: role other, every phase. The tiny model's tora/ folder is counted the same way."""
+    from safetensors.torch import save_file
+
+    from cinegen.server.models.architecture import architecture_of
+    from cinegen.server.models.family import ModelEntry
+
+    transformer = tmp_path / "tora-model" / "transformer"
+    transformer.mkdir(parents=True)
+    (transformer / "config.json").write_text(json.dumps({"num_attention_heads": 2, "attention_head_dim": 8}))
+    save_file({"transformer_blocks.0.attn1.to_q.weight": torch.zeros(16, 16, dtype=torch.bfloat16),
+               "traj_extractor.conv.weight": torch.zeros(8, 8, dtype=torch.bfloat16),
+               "fuser.0.proj.weight": torch.zeros(4, 4, dtype=torch.bfloat16)},
+              str(transformer / "diffusion_pytorch_model.safetensors"))
+    arch = architecture_of(ModelEntry("t", "cogvideox", "folder", str(tmp_path / "tora-model")), "cogvideox",
+                           torch.float32)
+    assert {(c.name, c.role, c.parameter_bytes) for c in arch.components} == {
+        ("transformer", "denoiser", 256 * 4), ("tora", "other", (64 + 16) * 4)}
+    work = Workload(width=64, height=64, frames=9)
+    assert min(_phase_weights(arch, work, "model").values()) == (64 + 16) * 4  # on the device in every phase
+
+    tiny, _ = model_architecture(registry, "tiny-cogvideox")
+    tora = [c for c in tiny.components if c.name == "tora"]
+    assert len(tora) == 1 and tora[0].role == "other" and tora[0].parameter_bytes > 0
+    loaded = registry.get("tiny-cogvideox").tora  # its BatchNorm statistics are on the device too
+    on_device = _module_bytes(loaded) + sum(b.numel() * b.element_size() for b in loaded.buffers())
+    assert tora[0].parameter_bytes == pytest.approx(on_device, rel=0.01)

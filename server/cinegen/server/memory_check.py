@@ -5,8 +5,10 @@ without loading it (models/architecture.py), and the request as each pipeline ru
 pipeline denoises up to 4 frames in one batch; upscale runs its last stage at the output size with
 scale fusion's chunked attention; panoramas are counted at their full size (the windows together
 cover it); trajectory and story video at the clip's frames; a story also keeps its keyframe model
-resident unless offloaded. Frames above the model's native size are decoded in tiles, as the
-adapters do. The budget is `--device-memory` when given, else on CUDA the free memory plus what
+resident unless offloaded. Models a job puts on the device beside its main one are added: the SDXL
+refiner (`--refiner`), a SparseCtrl model on AnimateDiff (story keyframe motion, a panorama's
+input) and the job's LoRAs (the parameters peft adds). Frames above the model's native size are
+decoded in tiles, as the adapters do. The budget is `--device-memory` when given, else on CUDA the free memory plus what
 this process's allocator already holds; on a CPU without `--device-memory` nothing is checked.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 
 from .errors import InvalidArgument, ResourceExhausted, UserError
-from .models.architecture import architecture_of
+from .models.architecture import architecture_of, folder_component, lora_components
 from .diffusion.chunked_attention import DEFAULT_MAX_LOGITS as CHUNKED_ATTENTION_LOGITS
 from .models.memory_estimate import Architecture, Estimate, Workload, advice, estimate, fewer_decode_frames
 from .models.registry import ensure_tiny_model
@@ -115,8 +117,50 @@ def job_estimate(pipeline: Any, job: Any, registry: Any) -> tuple[Architecture, 
         keyframes, _ = model_architecture(registry, pipeline.model_id(job, registry))  # resident beside it
         arch = dataclasses.replace(arch, components=arch.components + tuple(
             dataclasses.replace(c, role="other") for c in keyframes.components))
+    arch = with_job_models(arch, pipeline, job, registry)
     work = workload(job.pipeline, job, arch, native(arch, _profile(registry, model_id, folder)))
     return arch, work, estimate(arch, work)
+
+
+# Model offload, the refiner's pipeline: its text encoder runs first and is left until its UNet runs;
+# its UNet is left to the end of the job (no VAE of its own runs after it); its VAE never runs.
+REFINER_PHASES = {"text": ("text",), "denoiser": ("denoise", "decode"), "vae": ()}
+
+
+def with_job_models(arch: Architecture, pipeline: Any, job: Any, registry: Any) -> Architecture:
+    """`arch` with the models the job adds beside its main one (refiner, SparseCtrl, LoRAs)."""
+    extra: list = []
+    refiner_id = getattr(job.params, "refiner", "") if job.pipeline == "image" else ""
+    if refiner_id:
+        refiner, _ = model_architecture(registry, refiner_id)
+        extra += [dataclasses.replace(c, name=f"refiner.{c.name}", phases=REFINER_PHASES.get(c.role))
+                  for c in refiner.components]
+        arch = dataclasses.replace(arch, extra_denoisers=arch.extra_denoisers + (refiner.denoiser,))
+    addon = _sparsectrl_addon(job, registry, arch.family)
+    if addon is not None:  # moves with the UNet under offload (models/offload.py attach)
+        component, config = folder_component(Path(addon.path), f"sparsectrl:{addon.id}", "denoiser",
+                                             arch.denoiser_bytes)
+        extra.append(component)
+        arch = dataclasses.replace(arch, control=config)
+    from .models.lora import job_loras
+
+    for spec in job_loras(job.common, job.params):
+        extra += lora_components(Path(spec.path).expanduser(), arch.denoiser_bytes)
+    return dataclasses.replace(arch, components=arch.components + tuple(extra)) if extra else arch
+
+
+def _sparsectrl_addon(job: Any, registry: Any, family: str) -> Any:
+    """The SparseCtrl add-on the job will load, as the pipeline picks it: story keyframe motion on
+    AnimateDiff, an AnimateDiff panorama with an input image; else None."""
+    from .models.sparsectrl import pick_sparsectrl
+
+    if family != "animatediff":
+        return None
+    if job.pipeline == "story":
+        return pick_sparsectrl(registry.addons(), job.params.keyframe_motion, job.params.sparsectrl, family)
+    if job.pipeline == "panorama" and getattr(job.params, "input", ""):
+        return pick_sparsectrl(registry.addons(), "auto", "", family)
+    return None
 
 
 def check_offload_runs(pipeline: Any, job: Any, registry: Any) -> None:

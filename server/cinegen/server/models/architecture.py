@@ -4,6 +4,9 @@ Parameter counts come from the safetensors headers (shapes only) of each compone
 architecture from each component's config.json; bytes per element from the dtype the registry
 would load the family in (precision.dtype_for; the VAE in float32 where the loaders keep it so).
 A single-file checkpoint is split by its key prefixes and takes the shipped SD 1.5 / SDXL configs.
+Tora's modules saved inside a ToraPipeline's transformer files are counted apart (role "other": they
+are loaded beside the model, outside its offload hooks). Models a job adds (a SparseCtrl folder, job
+LoRAs) are read the same way: `folder_component`, `lora_components`.
 Results are cached by path and modification time: Submit reads each model once.
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..diffusion.tora import PUBLISHED_PREFIXES as TORA_PREFIXES
 from .checkpoint_kinds import read_header
 from .memory_estimate import Architecture, Component
 
@@ -79,6 +83,40 @@ def _component(folder: Path) -> tuple[int, int, str, dict]:
     return _folder_component(str(folder), os.path.getmtime(folder))
 
 
+@lru_cache(maxsize=64)
+def _prefixed_counts(folder: str, _mtime: float, prefixes: tuple[str, ...]) -> tuple[int, int]:
+    """(elements, largest leaf module) of the tensors whose names start with `prefixes`."""
+    total = largest = 0
+    for weights in _weight_files(Path(folder), "*.safetensors"):
+        table = {k: v for k, v in read_header(weights).items() if k.startswith(prefixes)}
+        n, big, _ = _counts(table)
+        total, largest = total + n, max(largest, big)
+    return total, largest
+
+
+def folder_component(folder: Path, name: str, role: str, element_bytes: int) -> tuple[Component, dict]:
+    """A diffusers model folder a job adds (SparseCtrl) as one component, and its config."""
+    n, largest, _saved, config = _component(Path(folder))
+    return Component(name, n * element_bytes, largest * element_bytes, role), config
+
+
+LORA_TEXT_PREFIXES = ("text_encoder", "lora_te")  # diffusers' text_encoder(_2). and kohya's lora_te(1|2)_
+
+
+def lora_components(path: Path, element_bytes: int) -> tuple[Component, ...]:
+    """The parameters peft adds for a LoRA file: its tensors (the alphas are not parameters), in the
+    model's dtype (peft casts the layers to their base layer's), on the text encoders or the denoiser."""
+    parts: dict[str, dict[str, dict]] = defaultdict(dict)
+    for key, info in read_header(Path(path)).items():
+        if not key.endswith("alpha"):
+            parts["text" if key.startswith(LORA_TEXT_PREFIXES) else "denoiser"][key] = info
+    out = []
+    for role, table in sorted(parts.items()):
+        n, largest, _ = _counts(table)
+        out.append(Component(f"lora:{Path(path).name}:{role}", n * element_bytes, largest * element_bytes, role))
+    return tuple(out)
+
+
 def _element_bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
@@ -111,6 +149,12 @@ def architecture_of(entry: Any, family: str, dtype: torch.dtype, folder: Path | 
     components = []
     for name, (n, largest, _saved, _config) in parts.items():
         size = vae_bytes if name == "vae" else model_bytes
+        if family == "cogvideox" and name == "transformer":  # a ToraPipeline's transformer files hold Tora too
+            tora, tora_largest = _prefixed_counts(str(folder / name), os.path.getmtime(folder / name),
+                                                  TORA_PREFIXES)
+            if tora:
+                n -= tora
+                components.append(Component("tora", tora * size, tora_largest * size, "other"))
         components.append(Component(name, n * size, largest * size, ROLES[name]))
     denoiser = dict(parts.get("transformer", parts.get("unet", (0, 0, "", {})))[3])
     text = parts.get("text_encoder", (0, 0, "", {}))[3]

@@ -7,7 +7,9 @@ Weights per `--offload` mode: none keeps every component resident; model (diffus
 `enable_model_cpu_offload`) has one component on the device at a time, counted here with the VAE
 as well while denoising, because the adapters call the VAE out of diffusers' chain order (plate
 encode, cascade stages) and the chain then leaves it resident; sequential has one leaf module at a
-time (twice the largest, for the one being fetched).
+time (twice the largest, for the one being fetched). A model a job adds beside its main one says in which
+phases model offload leaves it on the device (`Component.phases`): the SDXL refiner's UNet, for one,
+has no VAE of its own running after it, so it stays from its first step to the end of the job.
 
 Activations are counted in units of the largest feature map, with multipliers measured on the tiny
 models of each family by the live-tensor probe (tests/test_memory_estimate.py checks the estimate
@@ -15,7 +17,9 @@ stays between 1x and 2.5x of the measured peak there), and the structure of the 
 - UNet (SD, SDXL, AnimateDiff): B·N0·C0 bytes (B = rows × frames × CFG, N0 latent pixels, C0 the
   first block's channels) × (UNET_WORK + the skip connections the down path keeps, from the
   config); AnimateDiff's motion modules add MOTION_WORK. Attention through fused SDPA (flash or
-  memory-efficient): no logit matrix.
+  memory-efficient): no logit matrix. A second UNet on the same latent (the SDXL refiner) counts at
+  the larger of the two; a ControlNet (SparseCtrl) adds its residuals, held across the UNet call:
+  its own down path's skips.
 - DiT (Wan, CogVideoX): tokens × (DIT_WIDTH_WORK·D + 2·FFN) per forward, plus the text tokens'
   states; Wan's blocks keep their residual and norms in float32, so its D term is counted at 4
   bytes. Wan runs the conditional and unconditional passes one after the other (batch 1);
@@ -56,6 +60,8 @@ class Component:
     parameter_bytes: int
     largest_module_bytes: int = 0  # the biggest leaf module's weights (sequential offload holds one)
     role: str = "other"  # text | denoiser | vae | image | other (Tora modules: always on the device)
+    # model offload: the phases it is on the device in, where that is not its role's (None = its role's)
+    phases: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,8 @@ class Architecture:
     text_tokens: int = 77
     vae_scale: int = 8
     temporal_scale: int = 4  # video VAEs: pixel frames per latent frame
+    extra_denoisers: tuple[Mapping[str, Any], ...] = ()  # other UNets on the same latent (the SDXL refiner)
+    control: Mapping[str, Any] | None = None  # a ControlNet's config (SparseCtrl) whose residuals the UNet takes
 
     def role_bytes(self, role: str) -> int:
         return sum(c.parameter_bytes for c in self.components if c.role == role)
@@ -109,7 +117,8 @@ def _weights(arch: Architecture, phase: str, offload: str) -> int:
         return sum(c.parameter_bytes for c in arch.components)
     roles = {"text": ("text", "image"), "denoise": ("denoiser", "vae"), "decode": ("vae",)}[phase]
     if offload == "model":
-        return always + sum(arch.role_bytes(r) for r in roles)
+        return always + sum(c.parameter_bytes for c in arch.components if c.role != "other"
+                            and (phase in c.phases if c.phases is not None else c.role in roles))
     return always + 2 * max(arch.largest_module(r) for r in roles)
 
 
@@ -128,15 +137,22 @@ def _unet_skips(config: Mapping[str, Any]) -> float:
     return total
 
 
+def _first_channels(config: Mapping[str, Any]) -> int:
+    return int(list(config.get("block_out_channels", (320,)))[0])
+
+
 def _denoise_activations(arch: Architecture, work: Workload) -> int:
     s = arch.vae_scale
     h, w = work.height // s, work.width // s
     cfg = 2 if work.cfg else 1
     if arch.family in ("sd", "animatediff"):
-        c0 = list(arch.denoiser.get("block_out_channels", (320,)))[0]
         rows = work.rows * work.frames * cfg
-        k = UNET_WORK + _unet_skips(arch.denoiser) + (MOTION_WORK if arch.family == "animatediff" else 0.0)
-        return int(rows * h * w * c0 * arch.denoiser_bytes * k)
+        motion = MOTION_WORK if arch.family == "animatediff" else 0.0
+        channels = max(_first_channels(c) * (UNET_WORK + _unet_skips(c) + motion)
+                       for c in (arch.denoiser, *arch.extra_denoisers))
+        if arch.control:  # the ControlNet's residuals for the skips and the mid block, alive through the UNet
+            channels += _first_channels(arch.control) * _unet_skips(arch.control)
+        return int(rows * h * w * arch.denoiser_bytes * channels)
     patch = arch.denoiser.get("patch_size", 2)
     ph, pw = (patch[1], patch[2]) if isinstance(patch, (list, tuple)) else (patch, patch)
     latent_frames = (work.frames - 1) // arch.temporal_scale + 1
