@@ -11,7 +11,7 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from cinegen.common.connection import config_dir
-from cinegen.common.params import PIPELINE_PARAMS, CommonParams, ParamDescription, describe
+from cinegen.common.params import PIPELINE_PARAMS, UNUSED_COMMON, CommonParams, ParamDescription, describe, plain_help
 from cinegen.common.proto import generator_pb2 as pb
 from cinegen.plugin.model.forms import FieldSpec, pipeline_fields
 
@@ -56,9 +56,11 @@ def load_cached() -> pb.Capabilities | None:
         return None
 
 
-def _spec(d: ParamDescription) -> pb.ParamSpec:
-    spec = pb.ParamSpec(name=d.name, type=d.type, default_json=json.dumps(d.default), help=d.help,
-                        group=d.group, label=d.label, step=d.step, choices=list(d.choices))
+def _spec(d: ParamDescription, labels: dict[str, str]) -> pb.ParamSpec:
+    """As a server publishes it: help naming labels, not CLI options; the pickers' families and kinds."""
+    spec = pb.ParamSpec(name=d.name, type=d.type, default_json=json.dumps(d.default), help=plain_help(d.help, labels),
+                        group=d.group, label=d.label, step=d.step, choices=list(d.choices),
+                        families=list(d.families), kinds=list(d.kinds))
     if d.minimum is not None:
         spec.minimum = d.minimum
     if d.maximum is not None:
@@ -74,7 +76,9 @@ def local_capabilities() -> pb.Capabilities:
         if doc.startswith(f"{params_type.__name__}("):  # the signature a dataclass writes when it has no docstring
             doc = ""
         info = capabilities.pipelines.add(name=name, description=doc, output_is_folder=name in FOLDER_OUTPUT)
-        info.params.extend(_spec(d) for d in describe(CommonParams, "common") + describe(params_type, name))
+        descriptions = describe(CommonParams, "common") + describe(params_type, name)
+        labels = {d.name: d.label for d in descriptions}
+        info.params.extend(_spec(d, labels) for d in descriptions if d.name not in UNUSED_COMMON.get(name, ()))
     return capabilities
 
 

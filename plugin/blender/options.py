@@ -69,6 +69,9 @@ def field_properties(field: FieldSpec) -> dict[str, Any]:
                                                      **common)
     elif kind == "path":
         props[field.name] = bpy.props.StringProperty(default=str(default or ""), subtype="FILE_PATH", **common)
+    elif kind == "addon":  # an add-on's id, with the connected server's add-ons of the field's kinds as suggestions
+        props[field.name] = bpy.props.StringProperty(default=str(default or ""), search=_addon_search(field),
+                                                     **common)
     elif kind == "lora":  # PATH[:WEIGHT], comma-separated, with the server's LoRAs as suggestions
         props[field.name] = bpy.props.StringProperty(default="", search=_lora_search, **{
             **common, "description": field.tooltip + "\nComma separated; pick the server's LoRAs from the list."})
@@ -86,18 +89,34 @@ def field_properties(field: FieldSpec) -> dict[str, Any]:
 
 
 def model_suggestions(field: FieldSpec, pipeline: str, text: str) -> list[str]:
-    """The connected server's models that fit: the field's families, else the pipeline's."""
+    """The connected server's models that fit: the field's families (else the pipeline's) and kinds (a refiner)."""
     from . import runtime
 
     capabilities, form = runtime.STATE.capabilities, runtime.form_of(pipeline)
     families = field.families or (form.families if form is not None else ())
     models = capabilities.models if capabilities is not None else ()
-    return [m.id for m in models if (not families or m.family in families) and text.lower() in m.id.lower()]
+    return [m.id for m in models if (not families or m.family in families)
+            and (not field.kinds or m.kind in field.kinds) and text.lower() in m.id.lower()]
 
 
 def _model_search(field: FieldSpec):
     def search(self, context, edit_text):
         return model_suggestions(field, context.scene.cinegen.pipeline, edit_text)
+    return search
+
+
+def addon_suggestions(field: FieldSpec, text: str) -> list[str]:
+    """The connected server's add-ons of the field's kinds (SparseCtrl models), by id."""
+    from . import runtime
+
+    capabilities = runtime.STATE.capabilities
+    addons = capabilities.addons if capabilities is not None else ()
+    return [a.id for a in addons if (not field.kinds or a.kind in field.kinds) and text.lower() in a.id.lower()]
+
+
+def _addon_search(field: FieldSpec):
+    def search(self, context, edit_text):
+        return addon_suggestions(field, edit_text)
     return search
 
 
