@@ -161,3 +161,84 @@ def test_the_registry_loads_each_family_in_its_dtype(own_registry):
     assert [cuda.dtype_of(f) for f in ("sd", "animatediff", "wan", "cogvideox")] == [
         torch.float16, torch.float16, torch.bfloat16, torch.bfloat16]
     assert own_registry.get("tiny-sd").pipe.unet.dtype == torch.float32
+
+
+def test_a_sparsectrl_model_follows_the_offload_of_its_animatediff_model(own_registry, tmp_path, monkeypatch):
+    """SparseCtrl is kept beside the pipeline (not a component), so diffusers' hooks miss it: `attach` puts
+    it under the same mode. Model offload: hooked, the same result, and it goes back to CPU memory with the
+    UNet (when the VAE runs), also after the chain is rebuilt at the end of a job; sequential: meta weights
+    behind per-module hooks, restored bit-equal."""
+    from accelerate.hooks import UserCpuOffloadHook
+
+    from cinegen.server.models.offload import after_job
+    from cinegen.server.models.sparsectrl import SparseControl, build_tiny_sparsectrl, sparsectrl_for
+
+    adapter = own_registry.get("tiny-animatediff")
+    build_tiny_sparsectrl(tmp_path / "sc", seed=1)
+    controlnet = sparsectrl_for(adapter, "sc", tmp_path / "sc")
+    g = torch.Generator().manual_seed(1)
+    control = SparseControl(controlnet, torch.randn(1, 4, 8, 8, 8, generator=g), torch.ones(1, 1, 8, 8, 8))
+
+    def step() -> torch.Tensor:
+        cond = adapter.encode_prompt("a red disc", "blue", guidance=adapter.default_guidance)
+        cond.extra["control"] = control
+        x = torch.randn(adapter.latent_shape(1, 64, 64, 8), generator=torch.Generator().manual_seed(0))
+        return adapter.predict(x, torch.tensor(500), cond)
+
+    reference, weights = step(), {k: v.clone() for k, v in controlnet.state_dict().items()}
+    try:
+        set_offload(adapter.pipe, "model", CPU)
+        assert sparsectrl_for(adapter, "sc", tmp_path / "sc") is controlnet
+        assert execution_devices(controlnet) == {"cpu:0"}
+        assert torch.equal(step(), reference)
+        for rebuilt in (False, True):
+            if rebuilt:
+                after_job(adapter)  # maybe_free_model_hooks builds a new chain; the SparseCtrl is linked again
+            own = next(h for h in adapter.pipe._all_hooks if h.model is controlnet)
+            offloads: list[str] = []
+            monkeypatch.setattr(own.hook, "init_hook", lambda module: offloads.append("sparsectrl") or module)
+            previous = adapter.pipe.vae._hf_hook.prev_module_hook  # what the VAE's hook offloads when it runs
+            assert isinstance(previous, UserCpuOffloadHook) and previous.model is adapter.pipe.unet
+            previous.offload()
+            assert offloads == ["sparsectrl"], rebuilt
+
+        set_offload(adapter.pipe, "sequential", CPU)
+        assert {p.device.type for p in controlnet.parameters()} == {"meta"}
+        assert sum(1 for m in controlnet.modules() if getattr(m, "_hf_hook", None) is not None) > 10
+    finally:
+        set_offload(adapter.pipe, "none", CPU)
+    assert not execution_devices(controlnet)
+    assert all(torch.equal(controlnet.state_dict()[k], v) for k, v in weights.items())
+    assert torch.equal(step(), reference)
+
+
+def test_wan_upscales_ntk_rope_needs_no_hook_of_its_own_under_sequential_offload(own_registry):
+    """Wan upscale swaps `transformer.rope` for an NTK-scaled one while the job runs, so it gets no offload
+    hook. It needs none: the rope has no parameters, only non-persistent tables, and accelerate puts those on
+    the execution device when it installs the hooks (they are not offloaded); the NTK rope is built on the
+    stock rope's device, so its tables are where the transformer runs. Checked with the hooks diffusers'
+    enable_sequential_cpu_offload installs per component; "meta" stands for the GPU (any device but the CPU
+    the weights are kept on), then the CPU gives the values."""
+    import copy
+
+    from accelerate import cpu_offload
+
+    from cinegen.server.diffusion.dit_rope import NTKWanRotaryPosEmbed, install_ntk_rope
+
+    stock = own_registry.get("tiny-wan").pipe.transformer
+    head_dim = stock.rope.attention_head_dim
+    for device in (torch.device("meta"), CPU):
+        transformer = copy.deepcopy(stock)
+        cpu_offload(transformer, device, offload_buffers=len(transformer._parameters) > 0)
+        assert not list(transformer.rope.parameters())
+        assert {b.device.type for b in transformer.rope.buffers()} == {device.type}  # not left in CPU memory
+        hidden = torch.zeros(1, 4, 3, 8, 8, device=device)
+        with install_ntk_rope(transformer, (1.0, 20.0, 20.0)) as rope:
+            assert transformer.rope is rope and getattr(rope, "_hf_hook", None) is None
+            assert not list(rope.parameters()) and {b.device.type for b in rope.buffers()} == {device.type}
+            cos, sin = rope(hidden)
+        assert cos.device.type == device.type and transformer.rope is not rope
+        if device == CPU:  # the values: those of an NTK rope that never saw a hook
+            plain = NTKWanRotaryPosEmbed.like(stock.rope, (1.0, 20.0, 20.0))
+            expected = plain(hidden)
+            assert torch.equal(cos, expected[0]) and torch.equal(sin, expected[1])

@@ -9,6 +9,11 @@ ones, or the whole pipeline back on the device for "none"), and `after_job` send
 component of a model-offloaded pipeline back to CPU memory (diffusers' `maybe_free_model_hooks`)
 so an idle model holds no GPU memory.
 
+A module kept beside the pipeline rather than in it (the SparseCtrl model on an AnimateDiff adapter)
+gets no hooks from diffusers: `attach` puts it under the same mode. With model offload it comes on
+the device at its first call and goes back to CPU memory with the UNet it feeds (when the VAE
+runs); with sequential offload it gets accelerate's per-module hooks, as the components do.
+
 On a CPU-only server offload is accepted and does nothing, with a log line that says so: the
 weights are already in the memory the job runs in, so there is nothing to save, and a preset saved
 on a GPU workstation (or a farm job spec) should still run on a CPU node instead of being refused.
@@ -24,6 +29,7 @@ from cinegen.common.params import OFFLOAD_MODES
 from ..errors import InvalidArgument
 
 OFFLOAD_ATTRIBUTE = "_cinegen_offload"  # on the diffusers pipeline: the mode its hooks implement now
+ATTACHED_ATTRIBUTE = "_cinegen_attached"  # on the pipeline: [(module, the component it moves with)]
 
 
 def normalise_mode(mode: str | None) -> str:
@@ -47,6 +53,8 @@ def set_offload(pipe: Any, mode: str, device: torch.device) -> None:
     if current_mode(pipe) != "none":
         # restores sequential offload's meta weights from the CPU copies accelerate kept
         pipe.remove_all_hooks()
+        for module, _ in attached(pipe):
+            _unhook(module)
     if mode == "none":
         pipe.to(device)
     elif mode == "model":
@@ -54,6 +62,78 @@ def set_offload(pipe: Any, mode: str, device: torch.device) -> None:
     else:
         pipe.enable_sequential_cpu_offload(device=device)
     setattr(pipe, OFFLOAD_ATTRIBUTE, mode)
+    for module, follows in attached(pipe):
+        _hook(pipe, module, follows, device)
+
+
+# ---- modules beside the pipeline ----------------------------------------------------------------------
+def attached(pipe: Any) -> list[tuple[torch.nn.Module, str]]:
+    return pipe.__dict__.get(ATTACHED_ATTRIBUTE, [])
+
+
+def attach(pipe: Any, module: torch.nn.Module, device: torch.device, follows: str = "unet") -> None:
+    """Put `module` (kept beside `pipe`, not one of its components) under the pipeline's offload mode: on
+    `device` with none; with model offload on the device from its first call until component `follows`
+    goes back to CPU memory; per-module hooks with sequential. Call it whenever the module is handed out:
+    diffusers rebuilds its hooks (LoRA loading, `maybe_free_model_hooks`), and this links it again."""
+    entries = pipe.__dict__.setdefault(ATTACHED_ATTRIBUTE, [])
+    if not any(m is module for m, _ in entries):
+        entries.append((module, follows))
+    _hook(pipe, module, follows, device)
+
+
+def _unhook(module: torch.nn.Module) -> None:
+    from accelerate.hooks import remove_hook_from_module
+
+    if any(getattr(m, "_hf_hook", None) is not None for m in module.modules()):
+        remove_hook_from_module(module, recurse=True)  # sequential: the weights come back from the CPU copies
+
+
+def _hook(pipe: Any, module: torch.nn.Module, follows: str, device: torch.device) -> None:
+    from accelerate import cpu_offload, cpu_offload_with_hook
+
+    mode = current_mode(pipe)
+    if (mode == "model" and _linked(pipe, module)) or (mode == "sequential" and execution_devices(module)):
+        return
+    _unhook(module)
+    if mode == "none":
+        module.to(device)
+    elif mode == "sequential":
+        cpu_offload(module, device, offload_buffers=len(module._parameters) > 0)  # as diffusers does per component
+    else:
+        module.to("cpu")
+        _, own = cpu_offload_with_hook(module, getattr(pipe, "_offload_device", device))
+        lead = next((h for h in pipe._all_hooks if h.model is getattr(pipe, follows, None)), None)
+        for hook in pipe._all_hooks:  # the component after `follows` in the chain offloads it: now both
+            prev = getattr(hook.hook, "prev_module_hook", None)
+            if lead is not None and prev is not None and getattr(prev, "lead", prev) is lead:
+                hook.hook.prev_module_hook = _offloaded_together(prev, own)
+        pipe._all_hooks.append(own)  # maybe_free_model_hooks offloads it at the end of the job as well
+
+
+def _offloaded_together(prev: Any, own: Any) -> Any:
+    """A hook whose offload() offloads the chain's component and the modules that follow it (accelerate's
+    CpuOffload calls offload() on the previous component's hook and checks it is a UserCpuOffloadHook)."""
+    from accelerate.hooks import UserCpuOffloadHook
+
+    class OffloadedTogether(UserCpuOffloadHook):
+        def offload(self) -> None:
+            self.lead.offload()
+            for follower in self.followers:
+                follower.offload()
+
+    lead = getattr(prev, "lead", prev)
+    together = OffloadedTogether(lead.model, lead.hook)
+    together.lead = lead
+    together.followers = [f for f in getattr(prev, "followers", []) if f.model is not own.model] + [own]
+    return together
+
+
+def _linked(pipe: Any, module: torch.nn.Module) -> bool:
+    """Model offload: `module` has its hook in the pipeline's chain and goes with its component."""
+    followed = any(f.model is module for h in getattr(pipe, "_all_hooks", [])
+                   for f in getattr(getattr(h.hook, "prev_module_hook", None), "followers", []))
+    return followed and any(h.model is module for h in pipe._all_hooks)
 
 
 def apply_offload(adapter: Any, mode: str | None, *, on_cpu: bool = False) -> str | None:
@@ -76,7 +156,9 @@ def apply_offload(adapter: Any, mode: str | None, *, on_cpu: bool = False) -> st
 def after_job(adapter: Any) -> None:
     """Model offload leaves the last component used on the GPU: send it back to CPU memory."""
     if current_mode(adapter.pipe) == "model":
-        adapter.pipe.maybe_free_model_hooks()
+        adapter.pipe.maybe_free_model_hooks()  # rebuilds the chain: the attached modules are linked again
+        for module, follows in attached(adapter.pipe):
+            _hook(adapter.pipe, module, follows, adapter.device)
 
 
 def execution_devices(module: torch.nn.Module) -> set[str]:

@@ -8,7 +8,8 @@ frames); its residuals are added to the AnimateDiff UNet's skip connections and 
 
 On disk it is a diffusers folder (`config.json` with `_class_name: SparseControlNetModel`), found
 beside the models and offered as an add-on of kind `sparsectrl` for SD 1.x AnimateDiff models. The
-loaded model is kept on the AnimateDiff adapter, so it is unloaded with it.
+loaded model is kept on the AnimateDiff adapter, so it is unloaded with it, and is under the adapter's
+`--offload` mode (models/offload.py `attach`: with model offload it goes back to CPU memory with the UNet).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Callable
 import torch
 
 from ..errors import FailedPrecondition
+from .offload import attach, current_mode
 
 SPARSECTRL_CLASS = "SparseControlNetModel"
 SPARSECTRL_KIND = "sparsectrl"
@@ -59,9 +61,11 @@ def sparsectrl_for(adapter, name: str, path: str | Path):
     cache = adapter.pipe.__dict__.setdefault("_cinegen_sparsectrl", {})
     key = str(path)
     if key not in cache:
-        model = load_sparsectrl(path, adapter.device, adapter.dtype)
+        offloaded = current_mode(adapter.pipe) != "none"
+        model = load_sparsectrl(path, torch.device("cpu") if offloaded else adapter.device, adapter.dtype)
         check_fits(model, adapter.pipe.unet, name, adapter.entry.id)
         cache[key] = model
+    attach(adapter.pipe, cache[key], adapter.device)  # the job's --offload covers it: it moves with the UNet
     return cache[key]
 
 
