@@ -496,3 +496,43 @@ def test_batch_progress_goes_through_nuke_progress_task(nuke, host, running_serv
     nuke.cancel_progress_at = 0  # Cancel pressed at the first progress event
     with pytest.raises(GenerationFailed, match="cancelled"):
         generate_blocking(host, "image", {**tiny, "steps": 50, "width": 128, "height": 128}, settings=settings)
+
+
+def test_the_pane_nuke_builds_from_menu_py_shows_this_sessions_options(nuke, monkeypatch, tmp_path, running_server):
+    """The pane as Nuke makes it (the registered string evaluated in a fresh __main__, the class called with no
+    arguments) finds the Nuke host and the saved server, and its forms carry the new options with their editors;
+    menu.py sourced twice still registers one pane."""
+    import time
+
+    from cinegen.common.connection import ConnectionSettings
+    from cinegen.plugin.qt import ensure_application
+    from cinegen.plugin.ui import fields as editors
+
+    app = ensure_application()
+    monkeypatch.setenv("CINEGEN_CONFIG_DIR", str(tmp_path / "config"))
+    address, port = running_server.address.rsplit(":", 1)
+    ConnectionSettings(host=address, port=int(port)).save()
+    menu, registered, _ = _run_menu(monkeypatch, nuke)
+    menu.register()
+    assert len(registered) == 1
+    panel = _evaluate_in_fresh_main(menu._panel.command)()  # WidgetKnob instantiates the class itself
+    try:
+        deadline = time.monotonic() + 30
+        while len(panel.forms) < 5:
+            assert time.monotonic() < deadline, "the pane did not connect"
+            app.processEvents()
+            time.sleep(0.01)
+        assert type(panel.host).__name__ == "NukeHost"
+        for name, form in panel.forms.items():
+            assert isinstance(form.editors["offload"], editors.EnumEditor), name
+            assert isinstance(form.editors["lora"], editors.LoraEditor), name
+        assert isinstance(panel.forms["image"].editors["refiner"], editors.EnumEditor)
+        assert isinstance(panel.forms["panorama"].editors["keep_first_frame"], editors.BoolEditor)
+        assert isinstance(panel.forms["story"].editors["keyframe_motion"], editors.EnumEditor)
+        assert isinstance(panel.forms["story"].editors["sparsectrl"], editors.EnumEditor)
+        panel.select_pipeline("panorama")  # a Wan I2V panorama's first frame comes from the selected Read
+        assert not panel.plate_button.isHidden()
+    finally:
+        panel.shutdown()
+        panel.deleteLater()
+        app.processEvents()
