@@ -8,11 +8,13 @@ float32). Run: .venv/bin/python tools/memory_table.py
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
+from cinegen.server.memory_check import REFINER_PHASES
 from cinegen.server.models.memory_estimate import GiB, Architecture, Component, Workload, estimate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "server" / "cinegen" / "server" / "models" / "configs"
@@ -68,6 +70,21 @@ def architectures() -> dict[str, Architecture]:
             _component("text_encoder_2", "text", CLIPTextModelWithProjection(clip_g), 2),
             _component("unet", "denoiser", xl_unet, 2), _component("vae", "vae", xl_vae, 4)),
             xl_unet.config, xl_vae.config, text_width=1280)
+        refiner_dir = "single-file/sdxl-refiner"
+        refiner_unet = diffusers.UNet2DConditionModel.from_config(_load(refiner_dir, "unet/config.json"))
+        refiner_parts = (  # beside the base, where model offload leaves them (memory_check.REFINER_PHASES)
+            _component("refiner.text_encoder_2", "text", CLIPTextModelWithProjection(clip_g), 2),
+            _component("refiner.unet", "denoiser", refiner_unet, 2),
+            _component("refiner.vae", "vae", diffusers.AutoencoderKL.from_config(
+                _load(refiner_dir, "vae/config.json")), 4))
+        out["SDXL + refiner"] = dataclasses.replace(out["SDXL"], components=out["SDXL"].components + tuple(
+            dataclasses.replace(c, phases=REFINER_PHASES[c.role]) for c in refiner_parts),
+            extra_denoisers=(refiner_unet.config,))
+        sparsectrl = diffusers.SparseControlNetModel()  # its defaults are the SparseCtrl RGB architecture
+        animatediff = out["AnimateDiff (SD 1.5 + v1-5-2)"]
+        out["AnimateDiff + SparseCtrl RGB"] = dataclasses.replace(
+            animatediff, components=animatediff.components + (_component("sparsectrl", "denoiser", sparsectrl, 2),),
+            control=sparsectrl.config)
         wan = diffusers.WanTransformer3DModel.from_config(_load("wan2.1-1.3b", "transformer.json"))
         wan_vae = diffusers.AutoencoderKLWan.from_config(_load("wan2.1-1.3b", "vae.json"))
         umt5 = UMT5EncoderModel(UMT5Config(vocab_size=256384, **xxl))
@@ -92,7 +109,9 @@ ROWS = [
     ("SDXL", "1024² image", Workload(1024, 1024)),
     ("SDXL", "2048² last cascade stage (tiled decode, scale fusion)",
      Workload(2048, 2048, decode_tile=1024, chunked_attention_logits=1 << 25)),
+    ("SDXL + refiner", "1024² image", Workload(1024, 1024)),
     ("AnimateDiff (SD 1.5 + v1-5-2)", "16 frames, 512²", Workload(512, 512, frames=16, decode_frames=16)),
+    ("AnimateDiff + SparseCtrl RGB", "16 frames, 512² (story shot)", Workload(512, 512, frames=16, decode_frames=16)),
     ("Wan 2.1 T2V 1.3B", "81 frames, 832×480", Workload(832, 480, frames=81)),
     ("Wan 2.1 T2V 1.3B", "81 frames, 1280×720 (tiled decode)", Workload(1280, 720, frames=81, decode_tile=832)),
     ("CogVideoX 5B", "49 frames, 720×480", Workload(720, 480, frames=49)),
@@ -115,6 +134,10 @@ def table() -> str:
     lines.append("| model | component | parameters (M) | bytes/param | largest leaf module (MB) |")
     lines.append("|---|---|---|---|---|")
     for name, arch in archs.items():
+        if name == "SDXL + refiner":
+            arch = dataclasses.replace(arch, components=arch.components[len(archs["SDXL"].components):])
+        elif name == "AnimateDiff + SparseCtrl RGB":
+            arch = dataclasses.replace(arch, components=arch.components[-1:])
         for c in arch.components:
             element = 4 if c.role == "vae" and arch.vae_bytes == 4 else 2
             lines.append(f"| {name} | {c.name} | {c.parameter_bytes / element / 1e6:.0f} | {element} | "

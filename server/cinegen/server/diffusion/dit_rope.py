@@ -92,7 +92,10 @@ class NTKWanRotaryPosEmbed(WanRotaryPosEmbed):
 
     @classmethod
     def like(cls, stock: WanRotaryPosEmbed, alphas: Sequence[float], base: float = ROPE_BASE) -> NTKWanRotaryPosEmbed:
-        """An NTK rope with the geometry of `stock`, on its device and in its dtype."""
+        """An NTK rope with the geometry of `stock`, on its device and in its dtype.
+
+        It needs no offload hook of its own: it has no parameters, and under sequential offload the
+        stock rope's tables (non-persistent buffers) sit on the execution device (tests/test_offload.py)."""
         rope = cls(stock.attention_head_dim, tuple(stock.patch_size), stock.max_seq_len, alphas, base)
         return rope.to(device=stock.freqs_cos.device, dtype=stock.freqs_cos.dtype)
 
