@@ -108,7 +108,8 @@ def _hook(pipe: Any, module: torch.nn.Module, follows: str, device: torch.device
             prev = getattr(hook.hook, "prev_module_hook", None)
             if lead is not None and prev is not None and getattr(prev, "lead", prev) is lead:
                 hook.hook.prev_module_hook = _offloaded_together(prev, own)
-        pipe._all_hooks.append(own)  # maybe_free_model_hooks offloads it at the end of the job as well
+        # maybe_free_model_hooks offloads it at the end of the job as well; a stale hook of it goes
+        pipe._all_hooks = [h for h in pipe._all_hooks if h.model is not module] + [own]
 
 
 def _offloaded_together(prev: Any, own: Any) -> Any:
