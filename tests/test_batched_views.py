@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cinegen.server.diffusion.osd import BlendSchedule, disjoint_groups
 from cinegen.server.diffusion.panorama_denoise import (
     LatentLayout, NoiseLevels, PanoramaPlan, denoise_panorama, projecting_denoise_step, sphere_view_regions,
-    view_overlap)
+    view_overlap, view_reads)
 from cinegen.server.diffusion.windows import Boundary
 from cinegen.server.pipelines import panorama as panorama_module
 from cinegen.server.pipelines.base import Resolved
@@ -37,17 +37,22 @@ def view_model(x: torch.Tensor, k: int) -> torch.Tensor:  # each view its own (n
 
 
 # ---- which views go together -------------------------------------------------------------------------------------
-def test_the_view_overlap_is_the_sharing_of_sphere_pixels_and_groups_are_disjoint():
-    views = sphere_view_regions(_sphere_plan(), step=2, offset_t=0, device=CPU)
-    pixels = [set(v.sphere_index.tolist()) for v in views]
-    overlap = view_overlap(views)
-    assert all(overlap[j, k] == bool(pixels[j] & pixels[k]) for j, k in itertools.product(range(44), repeat=2))
+@pytest.mark.parametrize("height", [8, 16])
+def test_views_that_share_a_call_neither_read_nor_write_what_the_other_writes(height):
+    views = sphere_view_regions(_sphere_plan(height=height), step=2, offset_t=0, device=CPU)
+    writes = [set(v.sphere_index.tolist()) for v in views]
+    reads = [set((v.rows * 2 * height + v.cols).flatten().tolist()) for v in views]
+    assert any(r - w for r, w in zip(reads, writes))  # nearest sampling reads pixels a view does not write
+    overlap, read_matrix = view_overlap(views), view_reads(views)
+    for j, k in itertools.product(range(44), repeat=2):
+        assert read_matrix[j, k] == bool(writes[j] & reads[k])
+        assert overlap[j, k] == bool(writes[j] & writes[k] or writes[j] & reads[k] or reads[j] & writes[k])
     groups = disjoint_groups(overlap)
     assert sorted(k for g in groups for k in g) == list(range(44))
-    assert all(not pixels[a] & pixels[b] for g in groups for a, b in itertools.combinations(g, 2))
+    assert all(not overlap[a, b] for g in groups for a, b in itertools.combinations(g, 2))
     # In band order every view overlaps the one before it; 120° views pair up (2-3 to a group).
     assert all(overlap[k - 1, k] for k in range(1, 44))
-    assert len(groups) == 20
+    assert len(groups) == {8: 25, 16: 20}[height]
 
 
 def test_views_over_frames_overlap_only_where_their_frame_spans_meet():
@@ -76,18 +81,20 @@ def _reference_plan_order_step(latent, regions, denoise, levels, step_index, ble
     return out
 
 
-def test_plan_order_one_view_a_call_is_the_step_as_it_was():
-    views = sphere_view_regions(_sphere_plan(), step=1, offset_t=0, device=CPU)
-    latent = torch.randn(1, 4, 1, 16, 32, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("height", [8, 16])  # at 8 rows views read pixels they do not write
+def test_plan_order_one_view_a_call_is_the_step_as_it_was(height):
+    views = sphere_view_regions(_sphere_plan(height=height), step=1, offset_t=0, device=CPU)
+    latent = torch.randn(1, 4, 1, height, 2 * height, generator=torch.Generator().manual_seed(0))
     args = (views, view_model, _levels(), 1, BlendSchedule())
     ours = projecting_denoise_step(latent, *args, torch.Generator().manual_seed(3), order="plan")
     assert torch.equal(ours, _reference_plan_order_step(latent, *args, torch.Generator().manual_seed(3)))
 
 
 @pytest.mark.parametrize("view_batch", [1, 2, None])
-def test_batched_views_equal_one_view_a_call_in_the_same_order(view_batch):
-    views = sphere_view_regions(_sphere_plan(), step=4, offset_t=0, device=CPU)
-    latent = torch.randn(2, 4, 1, 16, 32, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("height", [8, 16])
+def test_batched_views_equal_one_view_a_call_in_the_same_order(view_batch, height):
+    views = sphere_view_regions(_sphere_plan(height=height), step=4, offset_t=0, device=CPU)
+    latent = torch.randn(2, 4, 1, height, 2 * height, generator=torch.Generator().manual_seed(1))
     overlap, calls = view_overlap(views), []
 
     def batch_model(parts, indices):
@@ -101,7 +108,9 @@ def test_batched_views_equal_one_view_a_call_in_the_same_order(view_batch):
                                       denoise_views=batch_model, view_batch=view_batch, order="disjoint")
     assert torch.equal(batched, one)  # the same elementwise ops per view: bit-equal
     assert sorted(k for c in calls for k in c) == list(range(44))
-    assert len(calls) == {1: 44, 2: 25, None: 20}[view_batch]  # groups: 14 of 2 views, 5 of 3, 1 of 1
+    # groups: 16 rows: 14 of 2 views, 5 of 3, 1 of 1; 8 rows: 19 of 2, 6 of 1
+    assert len(calls) == {(1, 16): 44, (2, 16): 25, (None, 16): 20, (1, 8): 44, (2, 8): 25, (None, 8): 25}[
+        view_batch, height]
 
 
 def test_every_sphere_latent_is_advanced_once_in_disjoint_order():
@@ -117,7 +126,7 @@ def test_every_sphere_latent_is_advanced_once_in_disjoint_order():
 
 
 def _resolved(steps=2) -> Resolved:
-    return Resolved("a beach", "", "tiny-sd", 7, steps, 7.5, 256, 128, 1, 24.0, 1001)
+    return Resolved("a beach", "", "tiny-sd", 7, steps, 7.5, 128, 64, 1, 24.0, 1001)
 
 
 def test_the_tiny_model_sphere_gives_the_same_frames_batched_or_one_view_a_call(registry, monkeypatch):
@@ -138,9 +147,9 @@ def test_the_tiny_model_sphere_gives_the_same_frames_batched_or_one_view_a_call(
     single = generate_panorama(adapter, _resolved(), settings)
     # Batching changes only the sums inside the UNet's batched kernels: float32 rounding (2.3e-5 seen).
     torch.testing.assert_close(batched, single, rtol=0, atol=1e-4)
-    # step 0: 44 sphere views (20 disjoint groups); step 1: 12 windows (3 waves: the pinned rows overlap)
-    assert len(calls) == 44 + 12 and len(batched_calls) == 20 + 3
-    assert max(calls) == 1 and max(batched_calls[:20]) == 3  # up to 3 disjoint 120° views a call
+    # step 0: 44 sphere views (25 groups on an 8×16 sphere); step 1: the ring's 2 windows (one wave)
+    assert len(calls) == 44 + 2 and len(batched_calls) == 25 + 1
+    assert max(calls) == 1 and max(batched_calls[:25]) == 2
 
 
 def test_disjoint_window_order_batches_overlapping_windows_and_still_advances_once(registry):

@@ -46,6 +46,7 @@ __all__ = [
     "BandRouter", "GridSchedulerState", "LatentLayout", "NoiseLevels", "PanoramaPlan", "RegionPredict", "ViewRegion",
     "WindowRegion", "axis_spans", "band_of_elevation", "denoise_panorama", "projecting_denoise_step",
     "region_band", "sphere_view_regions", "step_windows", "upsample_latent", "view_overlap",
+    "view_reads",
 ]
 
 REGION_ORDERS = ("plan", "disjoint")
@@ -136,9 +137,11 @@ class ViewRegion:
     sphere_index: Tensor  # flat equirect pixels the view covers …
     view_index: Tensor  # … and the flat view pixel each one takes its value from
     band: int = -1  # latitude band of the view (index into PITCH_ROWS); -1 = unknown
-    # The covered pixels as a packed bit mask on the host: which views overlap is geometry, decided
-    # without reading anything back from the device.
+    # The pixels the view writes (host_mask) and reads (host_read: nearest sampling may read a pixel
+    # it does not write) as packed bit masks on the host: which views depend on which is geometry,
+    # decided without reading anything back from the device.
     host_mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    host_read: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def build(cls, frames: AxisSpan, fov: float, yaw: float, pitch: float, view_hw: tuple[int, int],
@@ -152,8 +155,10 @@ class ViewRegion:
         sphere_index = mask.flatten().nonzero().squeeze(1)
         view_index = nearest.flatten()[sphere_index].round().long()
         host_mask = np.packbits(mask.flatten().numpy().astype(bool))
+        read = np.zeros(sphere_hw[0] * sphere_hw[1], dtype=bool)
+        read[(rows * sphere_hw[1] + cols).flatten().numpy()] = True
         return cls(frames, rows.to(device), cols.to(device), sphere_index.to(device), view_index.to(device), band,
-                   host_mask)
+                   host_mask, np.packbits(read))
 
     def read(self, full: Tensor) -> Tensor:
         return full.index_select(-3, self.frames.indices(full.device))[..., self.rows, self.cols]
@@ -364,19 +369,36 @@ def step_windows(plan: PanoramaPlan, offset: tuple[int, int, int], overlap: floa
     return [Window(f, h, w) for f in frames for h in rows for w in cols]
 
 
-def view_overlap(regions: Sequence[Region]) -> np.ndarray:
-    """(K, K) bool: views j and k share a latent (frames and sphere pixels), from host geometry."""
+def view_reads(regions: Sequence[Region]) -> np.ndarray:
+    """(K, K) bool: view k reads a latent view j writes (same frames, same sphere pixel), from host
+    geometry; regions of unknown extent count as reading every other one."""
     count = len(regions)
-    masks = [getattr(r, "host_mask", None) for r in regions]
-    if any(m is None for m in masks):  # regions of unknown extent: each one after the one before it
+    writes = [getattr(r, "host_mask", None) for r in regions]
+    reads = [getattr(r, "host_read", None) for r in regions]
+    if any(m is None for m in writes + reads):
         return np.ones((count, count), dtype=bool)
     frames = [_span_set(r.frames) for r in regions]  # type: ignore[attr-defined]
-    pixels = np.stack(masks)
-    overlap = np.zeros((count, count), dtype=bool)
+    read = np.stack(reads)  # type: ignore[arg-type]
+    out = np.zeros((count, count), dtype=bool)
     for j in range(count):
-        shared = (pixels[j][None, :] & pixels).any(axis=1)
-        overlap[j] = shared & np.array([bool(frames[j] & f) for f in frames])
-    return overlap
+        out[j] = (writes[j][None, :] & read).any(axis=1) & np.array([bool(frames[j] & f) for f in frames])
+    return out
+
+
+def view_overlap(regions: Sequence[Region]) -> np.ndarray:
+    """(K, K) bool, symmetric: views j and k cannot share a call — one reads what the other writes, or
+    both write one latent (kept apart too, so a batch never depends on the order of its writes)."""
+    count = len(regions)
+    writes = [getattr(r, "host_mask", None) for r in regions]
+    if any(m is None for m in writes):
+        return np.ones((count, count), dtype=bool)
+    frames = [_span_set(r.frames) for r in regions]  # type: ignore[attr-defined]
+    write = np.stack(writes)  # type: ignore[arg-type]
+    both = np.zeros((count, count), dtype=bool)
+    for j in range(count):
+        both[j] = (write[j][None, :] & write).any(axis=1) & np.array([bool(frames[j] & f) for f in frames])
+    reads = view_reads(regions)
+    return both | reads | reads.T
 
 
 def _span_set(span: AxisSpan) -> set[int]:
@@ -426,11 +448,11 @@ def projecting_denoise_step(
         denoise_views, view_batch = (lambda parts, ks: [denoise(parts[0], ks[0])]), 1
     size = tuple(latent.shape[-3:])
     _check_views_cover(regions, size)
-    overlap = view_overlap(regions)
-    groups = disjoint_groups(overlap) if order == "disjoint" else [[k] for k in range(len(regions))]
+    groups = disjoint_groups(view_overlap(regions)) if order == "disjoint" else [[k] for k in range(len(regions))]
     sequence = [k for group in groups for k in group]
     position = {k: i for i, k in enumerate(sequence)}
-    pushed_back = {k: any(position[j] < position[k] for j in np.flatnonzero(overlap[k]) if j != k) for k in sequence}
+    reads = view_reads(regions)  # [j, k]: k reads what j writes; pushed back where an earlier view wrote
+    pushed_back = {k: any(position[j] < position[k] for j in np.flatnonzero(reads[:, k]) if j != k) for k in sequence}
     generator = generator_for(generator, latent.device)  # one device generator a step, not one a view
     noise = {k: draw_noise(_region_shape(regions[k], latent), latent, generator) for k in sequence if pushed_back[k]}
     advanced = torch.zeros(size, dtype=torch.bool, device=latent.device)
