@@ -102,8 +102,12 @@ def _shown(panel, pipeline: str):
     return panel.forms[pipeline]
 
 
-def test_every_pipelines_form_fits_the_dock_with_nothing_cut_off_at_the_right(panel, studio_caps):
-    viewport = panel.form_page.parentWidget()  # the scroll area's viewport (no horizontal scroll bar)
+@pytest.mark.parametrize("width", ["size hint", DOCK_WIDTH, 480])
+def test_every_pipelines_form_fits_the_dock_with_nothing_cut_off_at_the_right(panel, studio_caps, width):
+    """At the panel's own size hint (what a new pane or floating window opens at), the hosts' dock width and a
+    wide one: every editor ends inside the scroll area's viewport (there is no horizontal scroll bar)."""
+    panel.resize(panel.sizeHint().width() if width == "size hint" else width, 800)
+    viewport = panel.form_page.parentWidget()
     for info in studio_caps.pipelines:
         form = _shown(panel, info.name)
         assert panel.form_page.minimumSizeHint().width() <= viewport.width(), info.name
@@ -112,6 +116,9 @@ def test_every_pipelines_form_fits_the_dock_with_nothing_cut_off_at_the_right(pa
             assert right <= viewport.width(), f"{info.name}: {name} ends at {right} px of {viewport.width()}"
         lora = form.editors["lora"]
         assert lora.edit.width() >= viewport.width() // 2, "the LoRA list takes its own row, not the picker's leftover"
+        steps, guidance = form.editors["steps"], form.editors["guidance"]
+        side_by_side = steps.y() == guidance.y()
+        assert side_by_side == (width != "size hint"), f"{info.name}: two numbers a row only where they fit"
 
 
 def test_each_picker_offers_what_its_option_takes_and_says_what_empty_means(panel):

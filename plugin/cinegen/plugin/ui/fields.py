@@ -176,9 +176,10 @@ class LoraEditor(ListEditor):
         self.weight.setSingleStep(0.1)
         self.weight.setValue(1.0)
         self.weight.setPrefix("at ")  # reads on from the picker: "add a LoRA… at 1.00"
+        self.weight.setSizePolicy(QtWidgets.QSizePolicy.Fixed, QtWidgets.QSizePolicy.Fixed)  # the picker takes the room
         self.weight.setToolTip("Weight of the LoRA picked next (1 = as trained, 0 = off).")
         self.picker.activated.connect(self._pick)
-        fit_combo(self.picker, characters=8)
+        fit_combo(self.picker, characters=6)
         row = QtWidgets.QHBoxLayout()
         row.setSpacing(4)
         row.addWidget(self.picker, 1)

@@ -45,12 +45,48 @@ class Section(QtWidgets.QWidget):
         self.toggle.toggled.connect(self._show)
         self._show(expanded)
         self._row, self._column = 0, 0
+        self._entries: list[tuple[QtWidgets.QLabel, QtWidgets.QWidget, bool]] = []
+        self.columns = 2  # compact fields per row; 1 in a dock too narrow for two
 
     def _show(self, expanded: bool) -> None:
         self.toggle.setArrowType(QtCore.Qt.DownArrow if expanded else QtCore.Qt.RightArrow)
         self.body.setVisible(expanded)
 
     def add(self, label: QtWidgets.QLabel, editor: QtWidgets.QWidget, compact: bool) -> None:
+        self._entries.append((label, editor, compact))
+        self._place(label, editor, compact and self.columns == 2)
+
+    def two_column_width(self) -> int:
+        """The narrowest this section can be with two compact fields a row (the grid's columns as packed)."""
+        columns, spans, column = [0, 0, 0, 0], [0], 0
+        for label, editor, compact in self._entries:
+            if not compact or column >= 4:
+                column = 0
+            label_width, editor_width = label.minimumSizeHint().width(), _min_width(editor)
+            if compact:
+                columns[column] = max(columns[column], label_width)
+                columns[column + 1] = max(columns[column + 1], editor_width)
+                column += 2
+            else:
+                columns[0], column = max(columns[0], label_width), 0
+                spans.append(editor_width)
+        spacing = self.grid.horizontalSpacing()
+        margins = self.grid.contentsMargins()
+        return max(sum(columns) + 3 * spacing, columns[0] + spacing + max(spans)) + margins.left() + margins.right()
+
+    def set_columns(self, columns: int) -> None:
+        """Lay the compact fields out two a row or one a row (the order stays)."""
+        if columns == self.columns:
+            return
+        self.columns = columns
+        for label, editor, _ in self._entries:
+            self.grid.removeWidget(label)
+            self.grid.removeWidget(editor)
+        self._row, self._column = 0, 0
+        for label, editor, compact in self._entries:
+            self._place(label, editor, compact and columns == 2)
+
+    def _place(self, label: QtWidgets.QLabel, editor: QtWidgets.QWidget, compact: bool) -> None:
         if not compact or self._column >= 4:  # two compact fields per row
             if self._column:
                 self._row += 1
@@ -120,6 +156,14 @@ class ParamForm(QtWidgets.QWidget):
             self.editors[spec.name], self.labels[spec.name] = editor, label
             section.add(label, editor, compact=spec.type in compact_types)
 
+    def fit_width(self, width: int) -> None:
+        """Two compact fields a row where `width` (the dock's) holds them, one a row where it does not: the
+        form never reaches past a narrow dock (there is no horizontal scroll bar)."""
+        sections = self.findChildren(Section)
+        columns = 2 if all(width >= s.two_column_width() for s in sections) else 1  # one look for the whole form
+        for section in sections:
+            section.set_columns(columns)
+
     # ---- values ---------------------------------------------------------------------------
     def has_field(self, name: str) -> bool:
         return name in self.editors
@@ -159,6 +203,11 @@ class ParamForm(QtWidgets.QWidget):
     def _marked_widgets(self, name: str) -> list[QtWidgets.QWidget]:
         editor = self.editors[name]
         return [self.labels[name], editor, *editor.findChildren(QtWidgets.QWidget)]
+
+
+def _min_width(widget: QtWidgets.QWidget) -> int:
+    """The width a layout will not squeeze a widget below (an explicit minimum wins over the hint)."""
+    return widget.minimumWidth() or widget.minimumSizeHint().width()
 
 
 def _bounded(spec: FieldSpec, limit: int | None) -> FieldSpec:

@@ -67,6 +67,8 @@ class PanelView(QtWidgets.QWidget):
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarAlwaysOff)
         scroll.setWidget(form_page)
+        scroll.viewport().installEventFilter(self)  # its width decides one or two fields a row
+        self._viewport = scroll.viewport()
         top = QtWidgets.QWidget()
         top_layout = QtWidgets.QVBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)
@@ -94,6 +96,17 @@ class PanelView(QtWidgets.QWidget):
         layout.addWidget(splitter, 1)
         self.setMinimumWidth(320)
         self._update_actions()
+
+    def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:  # noqa: N802 (Qt's name)
+        if watched is getattr(self, "_viewport", None) and event.type() == QtCore.QEvent.Resize:
+            self._fit_form_width()
+        return super().eventFilter(watched, event)
+
+    def _fit_form_width(self) -> None:
+        form = self.current_form()
+        if form is not None:
+            margins = self.form_page.layout().contentsMargins()
+            form.fit_width(self._viewport.width() - margins.left() - margins.right())
 
     def _fit_form(self) -> None:
         """Give the form the height it needs (up to two thirds), the queue the rest."""
@@ -123,6 +136,7 @@ class PanelView(QtWidgets.QWidget):
         self.stack.adjustSize()
         self.description.setText(form.property("description") if form else "")
         self._update_actions()
+        self._fit_form_width()
         self._fit_form()
 
     def _update_actions(self) -> None:
