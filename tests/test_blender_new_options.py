@@ -1,7 +1,7 @@
 """The session's new options in the Blender add-on (headless bpy, in a child process), against the real server's
 capabilities plus a studio's refiner, LoRAs and SparseCtrl model, served by a fake that records what it is sent:
 each option becomes a property of the right Blender type (Offload and Keyframe motion menus, Keep the first frame
-a checkbox, the Refiner split a number behind its `use_` toggle, the LoRAs a text with the server's LoRAs as
+a checkbox, the Refiner split a number behind its `use_` toggle starting at the server's 0.8, the LoRAs a text with the server's LoRAs as
 suggestions, the Refiner and SparseCtrl texts suggesting only refiners and SparseCtrl add-ons), and an image job
 with LoRAs, Offload and the Refiner set in Blender arrives in the JobRequest as typed fields."""
 from __future__ import annotations
@@ -53,7 +53,7 @@ def child(server: str) -> dict:
         facts["properties"][name] = {
             "type": rna.type, "subtype": rna.subtype, "label": rna.name, "description": rna.description,
             "items": [i.identifier for i in rna.enum_items] if rna.type == "ENUM" else [],
-            "default": rna.default if rna.type in ("ENUM", "BOOLEAN", "STRING") else None,
+            "default": rna.default if rna.type in ("ENUM", "BOOLEAN", "STRING", "FLOAT") else None,
             "toggle": f"use_{name}" in props.bl_rna.properties}
     image, story = runtime.form_of("image"), runtime.form_of("story")
     facts["suggest"] = {"refiner": options.model_suggestions(image.field("refiner"), "image", ""),
@@ -126,6 +126,7 @@ def test_each_new_option_is_a_blender_property_of_its_type(sent):
     assert (p["keyframe_motion"]["type"], p["keyframe_motion"]["items"]) == ("ENUM", ["auto", "sparsectrl", "pinning"])
     assert (p["keep_first_frame"]["type"], p["keep_first_frame"]["default"]) == ("BOOLEAN", False)
     assert p["refiner_split"]["type"] == "FLOAT" and p["refiner_split"]["toggle"]  # unticked: the server's 0.8
+    assert p["refiner_split"]["default"] == pytest.approx(0.8)  # ticked, it starts there (not at 1, the base alone)
     for name in ("lora", "refiner", "sparsectrl"):
         assert p[name]["type"] == "STRING" and p[name]["subtype"] != "FILE_PATH", name  # server paths/ids, not local files
         assert not p[name]["toggle"], name

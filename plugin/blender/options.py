@@ -46,6 +46,8 @@ def field_properties(field: FieldSpec) -> dict[str, Any]:
     common = {"name": field.label, "description": field.tooltip}
     kind, default = field.type, field.default
     props: dict[str, Any] = {}
+    if default is None and kind in ("int", "float"):
+        default = _empty_means(field)  # ticking "Set …" starts at what the server would use (refiner split 0.8)
     if kind == "int":
         low, high = _clamp_int(field.minimum, -INT_LIMIT), _clamp_int(field.maximum, INT_LIMIT)
         value = max(low, min(high, int(default) if isinstance(default, (int, float)) else max(low, 0)))
@@ -86,6 +88,12 @@ def field_properties(field: FieldSpec) -> dict[str, Any]:
             name=f"Set {field.label.lower()}", default=False,
             description=f"Off: the model decides the {field.label.lower()}")
     return props
+
+
+def _empty_means(field: FieldSpec) -> float | None:
+    """The number an optional field's help says empty stands for ("empty = 0.8", "empty = 1001"), if any."""
+    match = re.search(r"\bempty = (-?\d+(?:\.\d+)?)(?![\d%x])", field.help)
+    return float(match.group(1)) if match else None
 
 
 def model_suggestions(field: FieldSpec, pipeline: str, text: str) -> list[str]:
