@@ -342,7 +342,8 @@ def build_tiny_cogvideox(folder: Path, seed: int = 0) -> None:
 def cogvideox_family():
     """The registry's `Family` for CogVideoX (the lead adds this factory to FAMILY_FACTORIES)."""
     from .family import Family, TinyModel
+    from .toy import toy_cogvideox_models
 
     return Family("cogvideox", COGVIDEOX_PIPELINE_CLASSES, load_cogvideox,
                   tiny=(TinyModel("tiny-cogvideox", "Tiny CogVideoX video DiT with tiny Tora modules (random weights, "
-                                  "64 px, 9 frames)", build_tiny_cogvideox, version=1),))
+                                  "64 px, 9 frames)", build_tiny_cogvideox, version=1),) + toy_cogvideox_models())

@@ -14,6 +14,11 @@ UNet is committed (`toyworld/weights/image16/unet/`).
 AnimateDiff's motion modules are distributed apart from the image model they plug into. Building it
 assembles an `AnimateDiffPipeline` from toy-image's parts and the adapter and saves it, so it loads
 through `AnimateDiffPipeline.from_pretrained` like any AnimateDiff folder.
+
+`toy-cogvideox` is a CogVideoXPipeline folder (64 px, 9 frames, a 4x/4x causal 3-D VAE, a 4-layer DiT,
+v-prediction) trained by `python -m cinegen.server.toyworld.train_cogvideox`, with Tora's trajectory
+extractor and fusers trained on top of the frozen model by `python -m cinegen.server.toyworld.train_tora`
+in its `tora/` subfolder (Tora's published names); `toyworld/weights/cogvideox/`, fp16, copied like toy-image.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "toyworld" / "weights"
 TOY_IMAGE_DIR = WEIGHTS_DIR / "image"
 TOY_MOTION_DIR = WEIGHTS_DIR / "video" / "motion_adapter"
 TOY_IMAGE16_UNET_DIR = WEIGHTS_DIR / "image16" / "unet"  # toy-image-16: only its UNet differs from toy-image
+TOY_COGVIDEOX_DIR = WEIGHTS_DIR / "cogvideox"
 TOY_VIDEO_FRAMES = 8  # the clip length the motion module was trained on
 CINEGEN_SIDECAR = "cinegen.json"  # what diffusers' folders do not say: e.g. {"native_frames": 8}
 
@@ -69,6 +75,15 @@ def build_toy_video(folder: Path) -> None:
     (folder / CINEGEN_SIDECAR).write_text(json.dumps({"native_frames": TOY_VIDEO_FRAMES}) + "\n")
 
 
+def build_toy_cogvideox(folder: Path) -> None:
+    """Copy the committed toy-cogvideox folder (with its `tora/` weights) into `folder`."""
+    if not (TOY_COGVIDEOX_DIR / "model_index.json").exists():
+        raise FileNotFoundError(f"The toy-cogvideox weights are missing from {TOY_COGVIDEOX_DIR}; reinstall cinegen "
+                                "or retrain them with `python -m cinegen.server.toyworld.train_cogvideox` and "
+                                "`python -m cinegen.server.toyworld.train_tora`.")
+    shutil.copytree(TOY_COGVIDEOX_DIR, folder, dirs_exist_ok=True)
+
+
 def read_sidecar(folder: Path) -> dict:
     """The optional `cinegen.json` of a model folder ({} when absent or unreadable)."""
     try:
@@ -91,3 +106,10 @@ def toy_video_models() -> tuple[TinyModel, ...]:
     return (TinyModel("toy-video", "Toy-world AnimateDiff (toy-image plus a motion module trained on CPU: shapes "
                       f"moving along straight and curved paths, 64 px, {TOY_VIDEO_FRAMES} frames)", build_toy_video,
                       version=1),)
+
+
+def toy_cogvideox_models() -> tuple[TinyModel, ...]:
+    """The toy models of the `cogvideox` family."""
+    return (TinyModel("toy-cogvideox", "Toy-world CogVideoX with Tora (a tiny video DiT, its 3-D VAE and Tora's "
+                      "trajectory extractor and fusers trained on CPU: shapes moving along straight and curved "
+                      "paths, 64 px, 9 frames)", build_toy_cogvideox, version=1),)
