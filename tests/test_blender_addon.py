@@ -357,7 +357,8 @@ def test_every_pipeline_draws_its_own_options_from_the_capabilities(facts):
     assert {"image", "upscale", "panorama", "trajectory", "story"} <= set(layout)
     for name, lines in layout.items():
         props = _props(lines)
-        assert {"pipeline", "prompt", "seed", "model", "use_steps", "steps"} <= set(props), name
+        assert {"pipeline", "seed", "model", "use_steps", "steps"} <= set(props), name
+        assert ("prompt" in props) == (name != "story"), name  # a story's prompts come from its file
         assert any("button `cinegen.generate`" in line for line in lines)
         assert not {"out", "trajectory_json", "story_yaml"} & set(props)  # the panel fills these itself
     assert {"projection", "loop", "input"} <= set(_props(layout["panorama"]))

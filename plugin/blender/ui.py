@@ -57,8 +57,9 @@ def draw_main(layout, scene) -> None:
     if form is not None and form.description:
         for line in _wrap(form.description, 56)[:2]:
             layout.label(text=line)
-    layout.prop(props, "prompt")
-    layout.prop(props, "negative_prompt")
+    for name in ("prompt", "negative_prompt"):  # not for a pipeline that takes none (story: from its file)
+        if form is None or form.field(name) is not None:
+            layout.prop(props, name)
     row = layout.row(align=True)
     row.prop(props, "seed")
     row.prop(props, "seed_locked", text="", icon="LOCKED" if props.seed_locked else "UNLOCKED")
