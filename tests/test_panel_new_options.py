@@ -2,7 +2,7 @@
 studio has (an SDXL refiner, LoRAs and a SparseCtrl model with long names), served by a fake so no model loads:
 every form fits the 360 px dock the panel is shown in, each picker offers only what its option takes (the refiner
 only refiners, SparseCtrl only SparseCtrl add-ons, by id), the empty entry says what empty means, tooltips are
-plain sentences, the LoRA list keeps PATH[:WEIGHT] values (Windows drive letters too) and Generate sends them,
+plain sentences (a refusal too: it names labels, not CLI flags, and marks its field), the LoRA list keeps PATH[:WEIGHT] values (Windows drive letters too) and Generate sends them,
 with Offload and the Refiner, in the JobRequest."""
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from cinegen.plugin.ui import fields as editors  # noqa: E402
 DOCK_WIDTH = 360  # the width the panel is shown at in the hosts' tests (a Nuke properties pane, a Blender side bar)
 LONG_LORA = "cinematic-anamorphic-flare-style-v2-final"
 REFINER = "stable-diffusion-xl-refiner-1.0"
+REFUSAL = ("--keep-first-frame keeps the input image as the first frame: give it with --input, or leave "
+           "--keep-first-frame off.")
 
 
 class CapabilitiesServer(pb_grpc.GeneratorServicer):
@@ -40,6 +42,8 @@ class CapabilitiesServer(pb_grpc.GeneratorServicer):
     def Submit(self, request, context):  # noqa: N802
         with self.lock:
             self.requests.append(request)
+        if request.pipeline == "panorama":  # the server's own sentence for a refused panorama
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, REFUSAL)
         return pb.JobTicket(job_id=request.job_id, queue_position=1)
 
     def Watch(self, request, context):  # noqa: N802
@@ -180,3 +184,14 @@ def test_story_and_panorama_options_reach_their_messages(panel):
     panorama = _shown(panel, "panorama")
     panorama.set_values({"keep_first_frame": True})
     assert request_from_values("panorama", panorama.fields, panorama.values()).panorama.keep_first_frame
+
+
+def test_a_refusal_names_the_forms_labels_not_cli_flags_and_marks_the_field(panel):
+    form = _shown(panel, "panorama")
+    form.set_values({"prompt": "a bay at dawn", "keep_first_frame": True})
+    panel.generate()
+    wait_until(lambda: panel.banner.kind == "error", "the refusal")
+    shown = panel.banner.label.text()
+    assert shown.startswith("Keep the first frame keeps the input image") and "give it with Input plate" in shown
+    assert "--" not in shown
+    assert form.labels["keep_first_frame"].property("invalid") and not form.labels["input"].property("invalid")

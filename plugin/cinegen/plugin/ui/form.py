@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Sequence
 
+from cinegen.common.params import plain_help
 from cinegen.common.proto import generator_pb2 as pb
 
 from ..model.forms import MODEL_FIELD, SEED_FIELD, FieldSpec, pipeline_fields
@@ -183,6 +184,10 @@ class ParamForm(QtWidgets.QWidget):
                 self.editors[name].set_value(value)
 
     # ---- errors ---------------------------------------------------------------------------
+    def plain_sentence(self, sentence: str) -> str:
+        """A server message as the form names things: `--keep-first-frame` becomes Keep the first frame."""
+        return plain_help(sentence, {spec.name: spec.label for spec in self.fields})
+
     def highlight_fields_named_in(self, sentence: str) -> list[str]:
         """Mark the fields a server message starts by naming ("Width 100 is not…"); returns their names."""
         lowered = sentence.lower()

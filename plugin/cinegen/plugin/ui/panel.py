@@ -235,6 +235,9 @@ class Panel(PanelView):
 
     def _on_job_error(self, job_id: str, sentence: str) -> None:
         record = self._record(job_id)
+        form = self.forms.get(record.pipeline) if record else None
+        if form is not None:  # the server names CLI flags (--keep-first-frame); the panel shows labels
+            sentence = form.plain_sentence(sentence)
         self.drafts.pop(job_id, None)
         if record is not None:
             record.state, record.message, record.stage = "failed", sentence, "not run"
@@ -243,7 +246,6 @@ class Panel(PanelView):
         self.history.update(job_id, state="refused", message=sentence)
         self.history_view.refresh()
         self.banner.show_message(sentence)
-        form = self.forms.get(record.pipeline) if record else None
         if form is not None:
             form.highlight_fields_named_in(sentence)
 
