@@ -3,7 +3,7 @@ capabilities plus a studio's refiner, LoRAs and SparseCtrl model, served by a fa
 each option becomes a property of the right Blender type (Offload and Keyframe motion menus, Keep the first frame
 a checkbox, the Refiner split a number behind its `use_` toggle starting at the server's 0.8, the LoRAs a text with the server's LoRAs as
 suggestions, the Refiner and SparseCtrl texts suggesting only refiners and SparseCtrl add-ons), and an image job
-with LoRAs, Offload and the Refiner set in Blender arrives in the JobRequest as typed fields."""
+with LoRAs, Offload and the Refiner set in Blender arrives in the JobRequest as typed fields; a refusal reads in the options' labels, not CLI flags."""
 from __future__ import annotations
 
 import importlib.util
@@ -70,6 +70,15 @@ def child(server: str) -> dict:
         runtime.drain()  # what bpy.app.timers runs in the UI
         time.sleep(0.02)
     facts["error"] = scene.cinegen.last_error
+    scene.cinegen.pipeline = "panorama"  # refused by the server with a sentence naming CLI flags
+    scene.cinegen_options.pipeline_panorama.keep_first_frame = True
+    with bpy.context.temp_override(scene=scene):
+        bpy.ops.cinegen.generate(queue=True)
+    deadline = time.monotonic() + 30
+    while runtime.active_jobs() and time.monotonic() < deadline:
+        runtime.drain()
+        time.sleep(0.02)
+    facts["refusal"] = scene.cinegen.last_error
     return facts
 
 
@@ -96,6 +105,9 @@ def sent(tmp_path_factory, running_server):
         def Submit(self, request, context):  # noqa: N802
             with lock:
                 requests.append(request)
+            if request.pipeline == "panorama":
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "--keep-first-frame keeps the input image as the "
+                              "first frame: give it with --input, or leave --keep-first-frame off.")
             return pb.JobTicket(job_id=request.job_id, queue_position=1)
 
         def Watch(self, request, context):  # noqa: N802
@@ -144,8 +156,8 @@ def test_suggestions_offer_only_what_the_option_takes(sent):
 
 def test_an_image_job_from_blender_sends_its_loras_offload_and_refiner_as_typed_fields(sent):
     facts, requests = sent
-    assert facts["generate"] == ["FINISHED"] and len(requests) == 1, facts["error"]
-    (request,) = requests
+    assert facts["generate"] == ["FINISHED"] and len(requests) == 2, facts["error"]
+    request = requests[0]
     assert request.WhichOneof("params") == "image" and request.common.prompt == "a lighthouse at dusk"
     assert list(request.common.lora) == ["/studio/loras/ink.safetensors:0.6", "/studio/loras/camera-zoom-in.safetensors"]
     assert request.common.offload == "model"
@@ -155,3 +167,9 @@ def test_an_image_job_from_blender_sends_its_loras_offload_and_refiner_as_typed_
 
 if __name__ == "__main__":
     sys.stdout.write(MARKER + json.dumps(child(sys.argv[1])) + "\n")
+
+
+def test_a_refusal_in_blender_names_the_options_labels_not_cli_flags(sent):
+    facts, _ = sent
+    assert "Keep the first frame keeps the input image" in facts["refusal"], facts["refusal"]
+    assert "give it with Input plate" in facts["refusal"] and "--" not in facts["refusal"]

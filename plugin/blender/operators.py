@@ -15,6 +15,7 @@ import bpy
 
 from cinegen.common.client import new_job_id
 from cinegen.common.connection import ConnectionSettings
+from cinegen.common.params import plain_help
 from cinegen.common.sequence import FrameRange
 from cinegen.common.trajectory_io import to_json
 from cinegen.plugin.backend.drafting import make_draft, plan_output, release_folder
@@ -84,6 +85,12 @@ def _live(scene):
         return bpy.context.scene
 
 
+def _plain(sentence: str, pipeline: str) -> str:
+    """The server names CLI flags (--keep-first-frame); the panel shows the options' labels."""
+    form = runtime.form_of(pipeline)
+    return plain_help(sentence, {f.name: f.label for f in form.fields}) if form is not None else sentence
+
+
 def finish(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
     """Main thread: load the results into the scene and record the outcome in the history."""
     scene = host.scene = _live(scene)  # the job's own scene, even if another one is active now
@@ -92,7 +99,7 @@ def finish(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
     loaded = []
     if job.error or outcome is None or outcome.state != "completed":
         state = outcome.state if outcome else "refused"
-        message = job.error or (outcome.message if outcome else "") or state
+        message = _plain(job.error or (outcome.message if outcome else "") or state, record.pipeline)
         record.state, record.message = state, message
         if props.job_id == job.job_id:
             props.last_error = f"Job {record.job_id} {state}: {message}"
