@@ -148,7 +148,8 @@ class ImageParams:
                          help="An SDXL refiner that finishes the picture of an SDXL base model: the base denoises "
                          "the noisy first part of the steps and the refiner the rest (diffusers' ensemble of "
                          "experts); empty = the base alone.")
-    refiner_split: float | None = param(None, label="Refiner split", minimum=0.0, maximum=1.0, step=0.05,
+    # (0, 1]: the smallest share the base can take is one step's worth; 0 is refused at Submit, so no widget offers it
+    refiner_split: float | None = param(None, label="Refiner split", minimum=0.05, maximum=1.0, step=0.05,
                                         help="With --refiner: the share of the steps the base model takes before "
                                         "the refiner takes over; empty = 0.8 (1 = the base alone).")
 
