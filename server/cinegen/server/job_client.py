@@ -22,7 +22,7 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for the network: needs a "
                    "token and --output-root, or --insecure).")
-    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--port", type=int, default=50051, help="Port to listen on. Default: 50051.")
     p.add_argument("--state-dir", type=Path, default=None,
                    help=f"Folder of the job journal and uploads (default: {default_state_dir()}).")
     p.add_argument("--token-file", type=Path, help="File holding the access token clients must send "
