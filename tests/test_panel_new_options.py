@@ -195,3 +195,23 @@ def test_a_refusal_names_the_forms_labels_not_cli_flags_and_marks_the_field(pane
     assert shown.startswith("Keep the first frame keeps the input image") and "give it with Input plate" in shown
     assert "--" not in shown
     assert form.labels["keep_first_frame"].property("invalid") and not form.labels["input"].property("invalid")
+
+
+def test_each_parameter_type_the_server_publishes_has_its_editor():
+    from cinegen.common.params import PIPELINE_PARAMS, CommonParams, describe
+    from cinegen.plugin.model.forms import FieldSpec
+
+    ensure_application()
+    expected = {"int": editors.IntEditor, "float": editors.FloatEditor, "bool": editors.BoolEditor,
+                "string": editors.StringEditor, "text": editors.TextEditor, "enum": editors.EnumEditor,
+                "path": editors.PathEditor, "list": editors.ListEditor, "model": editors.EnumEditor,
+                "lora": editors.LoraEditor, "addon": editors.EnumEditor}
+    published = {d.type for cls in [CommonParams, *PIPELINE_PARAMS.values()] for d in describe(cls, "x")}
+    assert published <= set(expected), published - set(expected)
+    for kind, editor_class in expected.items():
+        default = {"list": [], "lora": [], "int": 1, "float": 1.0, "bool": False}.get(kind, "")
+        spec = FieldSpec(name=f"an_{kind}", type=kind, default=default,
+                         group="image", choices=("a", "b") if kind == "enum" else ())
+        assert type(editors.make_editor(spec)) is editor_class, kind
+    newer = FieldSpec(name="from_a_newer_server", type="colour-wheel", default="", group="image")
+    assert type(editors.make_editor(newer)) is editors.StringEditor  # a type this plugin does not know: text
