@@ -5,8 +5,20 @@ import dataclasses
 
 from cinegen.common.connection import ConnectionSettings
 
-from ..qt import QtCore, QtWidgets, Signal
+from ..qt import QtCore, QtGui, QtWidgets, Signal
 from .style import STATE_COLOURS
+
+
+class ElidedLabel(QtWidgets.QLabel):
+    """One line that ends in "…" where the bar is too narrow for it (the whole text stays `text()` and the
+    tooltip); a plain label cut it mid-letter ("127.0.0.1:50051 · cineger")."""
+
+    def paintEvent(self, event: QtGui.QPaintEvent) -> None:  # noqa: N802 (Qt's name)
+        painter = QtGui.QPainter(self)
+        rect = self.contentsRect()
+        shown = self.fontMetrics().elidedText(self.text(), QtCore.Qt.ElideRight, rect.width())
+        self.style().drawItemText(painter, rect, int(self.alignment()), self.palette(), self.isEnabled(), shown,
+                                  self.foregroundRole())
 
 
 class ConnectionBar(QtWidgets.QWidget):
@@ -17,7 +29,7 @@ class ConnectionBar(QtWidgets.QWidget):
         super().__init__(parent)
         self.dot = QtWidgets.QLabel("●")
         self.dot.setObjectName("statusDot")
-        self.text = QtWidgets.QLabel("Not connected")
+        self.text = ElidedLabel("Not connected")
         self.text.setObjectName("statusText")
         self.text.setSizePolicy(QtWidgets.QSizePolicy.Ignored, QtWidgets.QSizePolicy.Preferred)
         self.connect_button = QtWidgets.QToolButton()
