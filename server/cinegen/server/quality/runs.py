@@ -282,7 +282,8 @@ def tora_experiment(adapter: FamilyAdapter, s: RunSettings, log: Log = lambda m:
     noise): the trajectory experiment at the model's own clip length, over `s.tora_seeds`. Beside the red
     disc's error, the same videos' error for the largest object of any palette colour (`off_any_colour`,
     `on_any_colour`): it still measures placement when a small model paints the disc in the wrong colour."""
-    result = trajectory_experiment(adapter, replace(s, seeds=s.tora_seeds, frames=adapter.native_frames), log)
+    result = trajectory_experiment(adapter, replace(s, seeds=s.tora_seeds, frames=adapter.native_frames),
+                                   lambda message: log(message.replace("trajectory", "tora", 1)))
     any_colour = salient_params(adapter)
     for case in result.cases:
         for label in ("off", "on"):
