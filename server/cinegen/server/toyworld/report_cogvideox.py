@@ -1,6 +1,6 @@
 """Export toy-cogvideox (fp16, with its Tora weights, into the package), plot its losses, draw samples.
 
-    python -m cinegen.server.toyworld.report_cogvideox --run DIR --tora DIR [--export] --docs docs/pictures/toyworld
+    python -m cinegen.server.toyworld.report_cogvideox --run DIR --tora DIR [--export] [--held-out] --docs docs/pictures/toyworld
 """
 from __future__ import annotations
 
@@ -75,12 +75,41 @@ def reconstructions(adapter, count: int = 4) -> list[list[np.ndarray]]:
     return rows
 
 
+def held_out_tora_loss(folder: Path, clips: int = 96, seed: int = 0) -> dict:
+    """v-loss of the frozen model with and without its Tora modules on held-out clips (data seed 1234) with
+    their own tracks, the same noise and t on both sides, one clip at a time."""
+    from ..diffusion.tora import load_tora_weights
+    from .train_cogvideox import CogTrainConfig, caption_table, encode_pool, pool_captions, v_loss
+    from .train_tora import load_base, tora_v_loss
+
+    pipe = load_base(folder)
+    modules = load_tora_weights(folder, latent_channels=int(pipe.vae.config.latent_channels),
+                                patch_size=int(pipe.transformer.config.patch_size)).float().eval()
+    pool = CogTrainConfig(out=folder, seed=1233, clip_pool=clips)  # clip_for(seed + 1 = 1234, i): never trained on
+    (means, _), (flow, _) = encode_pool(pipe.vae, pool), encode_pool(pipe.vae, pool, flow=True)
+    captions = pool_captions(pool)
+    table = caption_table(pipe, captions)
+    scale = pipe.vae.config.scaling_factor
+    g = torch.Generator().manual_seed(seed)
+    base, tora = [], []
+    with torch.no_grad():
+        for i in range(clips):
+            z0, f, e = means[i:i + 1] * scale, flow[i:i + 1] * scale, table[captions[i]][None]
+            noise, t = torch.randn(z0.shape, generator=g), torch.randint(0, 1000, (1,), generator=g)
+            base.append(v_loss(pipe, z0, e, noise=noise, t=t).item())
+            tora.append(tora_v_loss(pipe, modules, z0, f, e, noise=noise, t=t).item())
+    b, o = np.array(base), np.array(tora)
+    return {"clips": clips, "base": round(float(b.mean()), 4), "tora": round(float(o.mean()), 4),
+            "tora_lower": int((o < b).sum())}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True, help="the --out folder of train_cogvideox")
     p.add_argument("--tora", type=Path, required=True, help="the --out folder of train_tora")
     p.add_argument("--docs", type=Path, required=True)
     p.add_argument("--export", action="store_true", help="copy the fp16 model into the package")
+    p.add_argument("--held-out", action="store_true", help="also print the held-out v-loss with and without Tora")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     a.docs.mkdir(parents=True, exist_ok=True)
@@ -99,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                      vae=decoder if decoder.is_dir() else None)
     adapter = load_adapter(TOY_COGVIDEOX_DIR)
     grid(reconstructions(adapter), 2).save(a.docs / "cogvideox_vae_reconstructions.png")
+    if a.held_out:
+        print(f"held-out v-loss: {held_out_tora_loss(TOY_COGVIDEOX_DIR)}", flush=True)
     grid([sample_clip(adapter, prompt, seed) for prompt in PROMPTS for seed in (0, 1)], 2).save(
         a.docs / "cogvideox_samples.jpg", quality=90)  # noisy frames: a PNG would be 0.6 MB
 
