@@ -62,6 +62,12 @@ class JobSpec:
     recorded_params: str = ""
 
 
+def recorded_params(common: CommonParams, params: Any) -> str:
+    """The options a frame's header records: the job's, less `--frame-range`, which only picks the frames
+    written, not what they hold (a farm chunk's frames read as the whole job's, as a Ray unit's do)."""
+    return params_json(dataclasses.replace(common, frame_range=""), params)
+
+
 class RunContext:
     """What a running pipeline may use: models, progress, cancel checks, previews, frame sinks."""
 
@@ -164,7 +170,7 @@ class RunContext:
         meta = base_metadata(pipeline=self.job.pipeline, model=resolved.model,
                              seed=resolved.seed if seed is None else seed,
                              prompt=resolved.prompt if prompt is None else prompt, job=self.job.job_id,
-                             params_json=self.job.recorded_params or params_json(common, self.job.params),
+                             params_json=self.job.recorded_params or recorded_params(common, self.job.params),
                              fps=resolved.fps,
                              envmap_latlong=envmap_latlong)
 
