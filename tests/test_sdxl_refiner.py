@@ -145,3 +145,40 @@ def test_cinegen_models_shows_both_refiners_as_refiners(models_dir, tmp_path):
     kinds = {e.id: e.kind for e in ModelRegistry([models_dir], use_hf_cache=False, cache_dir=tmp_path).entries()}
     assert kinds["tiny-refiner"] == kinds["folder-refiner"] == "sdxl-refiner"
     assert kinds["tiny-sdxl"] == "sdxl" and kinds["folder-sdxl"] == "model"
+
+
+def test_under_model_offload_the_base_unet_leaves_the_device_before_the_refiners_first_step(adapters, monkeypatch):
+    """diffusers' two chains would keep both UNets on the device while the refiner runs. The hooks are installed
+    with the CPU as execution device (as tests/test_offload.py does): the order of the offloads against the
+    UNets' calls is what a GPU server sees, and the numbers are bit-equal."""
+    from cinegen.server.models.offload import set_offload
+
+    base, refiner = adapters
+    r = _r(steps=5, frames=2)
+    reference = generate_images(base, r, batch_size=1, refiner=_stage(refiner, r, 0.6))
+    events: list[str] = []
+    handles = []
+    try:
+        for name, adapter in (("base", base), ("refiner", refiner)):
+            set_offload(adapter.pipe, "model", torch.device("cpu"))
+            hook = next(h for h in adapter.pipe._all_hooks if h.model is adapter.pipe.unet)
+            init = hook.hook.init_hook
+            monkeypatch.setattr(hook.hook, "init_hook",
+                                lambda module, n=name, init=init: events.append(f"{n} offloaded") or init(module))
+            handles.append(adapter.pipe.unet.register_forward_pre_hook(
+                lambda m, args, n=name: events.append(f"{n} step")))
+        stage = RefinerStage.prepare(refiner, r.prompt, r.negative_prompt, r.guidance, 0.6, r.steps, base=base)
+        out = generate_images(base, r, batch_size=1, refiner=stage)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for adapter in adapters:
+            set_offload(adapter.pipe, "none", torch.device("cpu"))
+    steps = [e for e in events if e.endswith("step")]
+    assert steps == (["base step"] * 3 + ["refiner step"] * 2) * 2  # two batches, 60 % of 5 steps on the base
+    for first_refined in (i for i, e in enumerate(events) if e == "refiner step" and events[i - 1] != e):
+        last_base = max(i for i in range(first_refined) if events[i] == "base step")
+        assert "base offloaded" in events[last_base:first_refined], events
+    last_refined = max(i for i, e in enumerate(events) if e == "refiner step")
+    assert "refiner offloaded" in events[last_refined:], "the refiner's UNet leaves room for the base's next batch"
+    assert torch.equal(out, reference)  # the hooks only move tensors: the same ops in the same order

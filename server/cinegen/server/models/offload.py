@@ -162,6 +162,18 @@ def after_job(adapter: Any) -> None:
             _hook(adapter.pipe, module, follows, adapter.device)
 
 
+def release(adapter: Any) -> None:
+    """Model offload, mid-job: send every component of `adapter`'s pipeline that its chain left on the device
+    back to CPU memory, so a second pipeline (the SDXL refiner after its base) finds the room. Unlike
+    `after_job` the chain stays as it is (no rebuild per batch). A no-op with none/sequential or on a CPU
+    server (no hooks there)."""
+    pipe = getattr(adapter, "pipe", None)
+    if pipe is None or current_mode(pipe) != "model":
+        return
+    for hook in getattr(pipe, "_all_hooks", []):  # the components' hooks and the attached modules' own
+        hook.offload()
+
+
 def execution_devices(module: torch.nn.Module) -> set[str]:
     """The execution devices of the offload hooks on a module and its children (empty: no hooks)."""
     found = set()

@@ -87,7 +87,7 @@ class ImagePipeline(Pipeline):
         if getattr(ctx.job.params, "refiner", ""):
             split = ctx.job.params.refiner_split if ctx.job.params.refiner_split is not None else DEFAULT_SPLIT
             refiner = RefinerStage.prepare(ctx.registry.get(ctx.job.params.refiner), r.prompt, r.negative_prompt,
-                                           r.guidance, split, r.steps)
+                                           r.guidance, split, r.steps, base=adapter)
         progress = StepProgress(ctx, [0.9 * split, 0.9 * (1 - split), 0.1])
         latents = generate_images(adapter, r, callbacks=LoopCallbacks(progress.callback(0, "denoise"), cancel,
                                                                          ctx.latent_preview(adapter)),

@@ -19,6 +19,7 @@ import torch
 
 from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
 from ..errors import InvalidArgument
+from ..models.offload import release
 
 DEFAULT_SPLIT = 0.8  # diffusers' documented ensemble-of-experts split: the base takes the first 80 %
 _CLASS_KINDS = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl-refiner"}
@@ -79,10 +80,14 @@ class RefinerStage:
     cond: Any
     split: float
     steps: int
+    base: Any = None  # the base's adapter: under model offload its UNet leaves the device before the refiner's
 
     @classmethod
-    def prepare(cls, adapter, prompt: str, negative_prompt: str, guidance: float, split: float, steps: int):
-        return cls(adapter, adapter.encode_prompt(prompt, negative_prompt, guidance), split, steps)
+    def prepare(cls, adapter, prompt: str, negative_prompt: str, guidance: float, split: float, steps: int,
+                base: Any = None):
+        cond = adapter.encode_prompt(prompt, negative_prompt, guidance)
+        release(adapter)  # model offload: its text encoder would otherwise stay on the device through the base's run
+        return cls(adapter, cond, split, steps, base)
 
     def base_steps(self, scheduler: Any) -> int:
         return split_schedule(scheduler, self.split)[0]
@@ -96,5 +101,11 @@ class RefinerStage:
             return latents
         loop = DenoiseLoop(scheduler, lambda x, t: self.adapter.predict(x, t, self.cond),
                            callbacks=callbacks or LoopCallbacks(), step_kwargs=scheduler_step_kwargs(scheduler, generator))
-        # the base's latents go on as they are (no re-noising: `denoising_start` skips add_noise)
-        return loop.run(latents.to(self.adapter.device, self.adapter.dtype), start_index=start)
+        # model offload: two separate chains would leave both UNets on the device; one at a time instead
+        if self.base is not None:
+            release(self.base)
+        try:
+            # the base's latents go on as they are (no re-noising: `denoising_start` skips add_noise)
+            return loop.run(latents.to(self.adapter.device, self.adapter.dtype), start_index=start)
+        finally:
+            release(self.adapter)  # room for the base's next batch
