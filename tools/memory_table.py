@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from cinegen.server.memory_check import REFINER_PHASES
+from cinegen.server.memory_check import refiner_component
 from cinegen.server.models.memory_estimate import GiB, Architecture, Component, Workload, estimate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "server" / "cinegen" / "server" / "models" / "configs"
@@ -72,13 +72,13 @@ def architectures() -> dict[str, Architecture]:
             xl_unet.config, xl_vae.config, text_width=1280)
         refiner_dir = "single-file/sdxl-refiner"
         refiner_unet = diffusers.UNet2DConditionModel.from_config(_load(refiner_dir, "unet/config.json"))
-        refiner_parts = (  # beside the base, where model offload leaves them (memory_check.REFINER_PHASES)
+        refiner_parts = (  # beside the base, where model offload leaves them (memory_check.refiner_component)
             _component("refiner.text_encoder_2", "text", CLIPTextModelWithProjection(clip_g), 2),
             _component("refiner.unet", "denoiser", refiner_unet, 2),
             _component("refiner.vae", "vae", diffusers.AutoencoderKL.from_config(
                 _load(refiner_dir, "vae/config.json")), 4))
         out["SDXL + refiner"] = dataclasses.replace(out["SDXL"], components=out["SDXL"].components + tuple(
-            dataclasses.replace(c, phases=REFINER_PHASES[c.role]) for c in refiner_parts),
+            refiner_component(c) for c in refiner_parts),
             extra_denoisers=(refiner_unet.config,))
         sparsectrl = diffusers.SparseControlNetModel()  # its defaults are the SparseCtrl RGB architecture
         animatediff = out["AnimateDiff (SD 1.5 + v1-5-2)"]

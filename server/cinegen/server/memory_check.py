@@ -122,9 +122,16 @@ def job_estimate(pipeline: Any, job: Any, registry: Any) -> tuple[Architecture, 
     return arch, work, estimate(arch, work)
 
 
-# Model offload, the refiner's pipeline: its text encoder runs first and is left until its UNet runs;
-# its UNet is left to the end of the job (no VAE of its own runs after it); its VAE never runs.
-REFINER_PHASES = {"text": ("text",), "denoiser": ("denoise", "decode"), "vae": ()}
+# Model offload, the refiner's pipeline: its text encoder runs first (sent back to CPU memory after the
+# prompt encoding; counted in the text phase, which is conservative); its UNet takes turns with the base's
+# (pipelines/refiner.py sends each back to CPU memory before the other runs); its VAE never runs.
+REFINER_PHASES = {"text": ("text",), "denoiser": ("denoise",), "vae": ()}
+
+
+def refiner_component(c: Any) -> Any:
+    """A component of the refiner's pipeline as it sits beside the base's."""
+    return dataclasses.replace(c, name=f"refiner.{c.name}" if not c.name.startswith("refiner.") else c.name,
+                               phases=REFINER_PHASES.get(c.role), turns_with="denoiser" if c.role == "denoiser" else "")
 
 
 def with_job_models(arch: Architecture, pipeline: Any, job: Any, registry: Any) -> Architecture:
@@ -133,8 +140,7 @@ def with_job_models(arch: Architecture, pipeline: Any, job: Any, registry: Any) 
     refiner_id = getattr(job.params, "refiner", "") if job.pipeline == "image" else ""
     if refiner_id:
         refiner, _ = model_architecture(registry, refiner_id)
-        extra += [dataclasses.replace(c, name=f"refiner.{c.name}", phases=REFINER_PHASES.get(c.role))
-                  for c in refiner.components]
+        extra += [refiner_component(c) for c in refiner.components]
         arch = dataclasses.replace(arch, extra_denoisers=arch.extra_denoisers + (refiner.denoiser,))
     addon = _sparsectrl_addon(job, registry, arch.family)
     if addon is not None:  # moves with the UNet under offload (models/offload.py attach)

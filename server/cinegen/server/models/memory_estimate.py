@@ -9,7 +9,7 @@ as well while denoising, because the adapters call the VAE out of diffusers' cha
 encode, cascade stages) and the chain then leaves it resident; sequential has one leaf module at a
 time (twice the largest, for the one being fetched). A model a job adds beside its main one says in which
 phases model offload leaves it on the device (`Component.phases`): the SDXL refiner's UNet, for one,
-has no VAE of its own running after it, so it stays from its first step to the end of the job.
+goes back to CPU memory once its part is done, and the base's before it starts (`Component.turns_with`).
 
 Activations are counted in units of the largest feature map, with multipliers measured on the tiny
 models of each family by the live-tensor probe (tests/test_memory_estimate.py checks the estimate
@@ -62,6 +62,9 @@ class Component:
     role: str = "other"  # text | denoiser | vae | image | other (Tora modules: always on the device)
     # model offload: the phases it is on the device in, where that is not its role's (None = its role's)
     phases: tuple[str, ...] | None = None
+    # model offload: a role whose components leave the device while this one is there (the SDXL refiner's
+    # UNet and the base's, pipelines/refiner.py): a phase counts the larger of the two, not both
+    turns_with: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,14 @@ def _weights(arch: Architecture, phase: str, offload: str) -> int:
         return sum(c.parameter_bytes for c in arch.components)
     roles = {"text": ("text", "image"), "denoise": ("denoiser", "vae"), "decode": ("vae",)}[phase]
     if offload == "model":
-        return always + sum(c.parameter_bytes for c in arch.components if c.role != "other"
-                            and (phase in c.phases if c.phases is not None else c.role in roles))
+        on = [c for c in arch.components if c.role != "other"
+              and (phase in c.phases if c.phases is not None else c.role in roles)]
+        stays = sum(c.parameter_bytes for c in on if not c.turns_with)
+        for c in on:
+            if c.turns_with:
+                other = sum(o.parameter_bytes for o in on if not o.turns_with and o.role == c.turns_with)
+                stays += max(0, c.parameter_bytes - other)
+        return always + stays
     return always + 2 * max(arch.largest_module(r) for r in roles)
 
 
