@@ -3,6 +3,7 @@ stages (keyframes → motion per shot → timeline) that add up to a one-box sto
 templates checked (`openjd check`) and run (`openjd run`) by the Open Job Description tools."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -226,3 +227,48 @@ def test_the_server_plans_a_job_s_units_like_the_farm(registry, tmp_path):
     units = plan_units(pipelines["story"], story_spec, registry)
     assert unit_spec(story_spec, units[1]).params.stage == "motion" and unit_spec(story_spec, units[1]).params.shots == ["sh020"]
     assert unit_spec(spec, plan_units(pipelines["upscale"], spec, registry)[1]).common.frame_range == "5-6"
+
+
+@pytest.mark.skipif(OPENJD is None or CINEGEN is None, reason="needs the openjd and cinegen commands of this Python")
+def test_a_video_plate_template_splits_at_clip_starts_and_its_steps_give_the_single_box_files(
+        tiny_model_cache, tmp_path):
+    from cinegen.common.sequence import FrameRange
+    from cinegen.server.pipelines.upscale import plate_blend
+    from cinegen.server.scaleout.units import clip_chunks
+
+    (tmp_path / "in").mkdir()
+    y, x = np.mgrid[0:16, 0:16].astype(np.float32)
+    for k in range(20):  # a moving gradient: toy-video's clips (8 frames, at 0, 6, 12) disagree where they overlap
+        write_exr_frame(tmp_path / "in" / f"plate.{1001 + k}.exr",
+                        np.stack([(x + 2 * k) % 16 / 16, y / 16, np.full_like(x, k / 20)], -1), metadata=ExrMetadata())
+    job = _export(tmp_path, "upscale", "--input", str(tmp_path / "in" / "plate.####.exr"), "--scale", "2",
+                  "--model", "toy-video", "--steps", "2", "--seed", "3", "--prompt", "a harbour at dawn",
+                  "--frames-out", str(tmp_path / "farm" / "up.####.exr"), "--no-hf-cache", "--nodes", "4")
+    blend = plate_blend(20, 8)
+    plan = clip_chunks(FrameRange.from_count(1001, 20), blend.starts, blend.window, 4)
+    steps = job["steps"]
+    assert [s["name"] for s in steps] == [u.name for u in plan] == ["frames 1001-1012", "frames 1013-1020"]
+    assert [s["script"]["actions"]["onRun"]["args"][-1] for s in steps] == ["1001-1012", "1013-1020"]
+    check = _openjd("check", "job.yaml", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    env = {"CINEGEN_CACHE": str(tiny_model_cache), "OMP_NUM_THREADS": "1"}  # the same kernels in every process
+    for step in reversed(steps):  # any order: a chunk needs nothing of another
+        run = _openjd("run", "job.yaml", "--step", step["name"], "-p", f"Cinegen={CINEGEN}", cwd=tmp_path, env=env,
+                      timeout=120)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    names = [f"up.{n}.exr" for n in range(1001, 1021)]
+    assert sorted(p.name for p in (tmp_path / "farm").glob("*.exr")) == names
+    (tmp_path / "farm").rename(tmp_path / "steps")
+    # the single-box run: the template's command without a step's --frame-range, to the same destination
+    args = steps[0]["script"]["actions"]["onRun"]["args"]
+    assert args[-2] == "--frame-range"
+    one = subprocess.run([CINEGEN, *args[:-2]], capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+    for name in names:
+        (a, head_a), (b, head_b) = read_exr_frame(tmp_path / "steps" / name), read_exr_frame(tmp_path / "farm" / name)
+        assert a.shape == (32, 32, 4) and np.array_equal(a, b), name  # the same clips, blended alike: bit for bit
+        assert {k: v for k, v in head_a.items() if k != "capDate"} == \
+               {k: v for k, v in head_b.items() if k != "capDate"}, name  # headers too: the whole job's options
+    recorded = json.loads(head_a["cinegen:params"])
+    assert recorded["frame_range"] == "" and recorded["out"] == str(tmp_path / "farm" / "up.####.exr")
+    assert head_a["cinegen:job"] == args[args.index("--job-id") + 1], "every step names the template's one job"

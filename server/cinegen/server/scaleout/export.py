@@ -8,6 +8,7 @@ The seed is fixed now (chosen when not given) so every step makes its part of th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import secrets
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ from cinegen.common.story_io import StoryError, load_story
 
 from . import openjd
 from .units import DEFAULT_CHUNK, WorkUnit, frame_chunks, single_unit, story_units
+
+DEFAULT_NODES = 4  # video plates: steps their clips are split among (each boundary refines one clip twice)
 
 # set per unit (units.py), never copied from the command line into every step
 UNIT_OPTIONS = ("frame_range", "stage", "shots")
@@ -36,7 +39,11 @@ def add_export_parser(sub: Any, add_param_options: Callable[[argparse.ArgumentPa
         p.add_argument("--out", dest="template", required=True, metavar="JOB.yaml", help="The job template to write.")
         p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
                        help=f"Frames per step for image sequences and plates (default {DEFAULT_CHUNK}; 0 = one step).")
+        p.add_argument("--nodes", type=int, default=DEFAULT_NODES,
+                       help="Video plates: the most steps their clips are split among, cut at clip starts (default "
+                       f"{DEFAULT_NODES}; every cut refines one clip twice).")
         p.add_argument("--name", default="", help="Job name on the farm (default: cinegen PIPELINE ...).")
+        p.add_argument("--job-id", default="", help="The job id every step's frames record (default: farm-PIPELINE-…).")
         p.add_argument("--models", action="append", default=[], metavar="DIR",
                        help="Folder of diffusers models on the farm nodes (repeatable).")
         p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="Device on the farm nodes.")
@@ -59,6 +66,8 @@ def cmd_export_job(args: argparse.Namespace) -> int:
         raise SystemExit("Say where the farm writes the frames: --frames-out DIR/NAME.####.exr (DIR for story).")
     if args.seed is None:
         args.seed = secrets.randbelow(2**31)  # one seed for every step, recorded in the template
+    if not args.job_id:  # one job id for every step: its frames' headers name the one job they belong to
+        args.job_id = f"farm-{name}-{secrets.token_hex(4)}"
     units = plan(args)
     template = openjd.job_template(args.name or f"cinegen {name} {Path(args.frames_out).name}",
                                    base_args(args), units)
@@ -86,8 +95,37 @@ def plan(args: argparse.Namespace) -> list[WorkUnit]:
     if args.pipeline == "image":
         return frame_chunks(FrameRange.from_count(_first(args, 1001), args.frames or 1), args.chunk)
     if args.pipeline == "upscale" and args.input:  # plate and refine modes: frames of the plate
-        return frame_chunks(_plate_frames(args), args.chunk)
+        return _plate_units(args)
     return single_unit()
+
+
+def _plate_units(args: argparse.Namespace) -> list[WorkUnit]:
+    """A plate splits as the server splits it for Ray (UpscalePipeline.work_units): frame chunks on image
+    models, whole clips cut at clip starts on video models (the clip length from the model folder's sidecar,
+    no weights loaded), one step for DiT plates. A model this workstation does not know: one step (exact)."""
+    frames = _plate_frames(args)  # the plate's own sentence when it is missing
+    if args.chunk <= 0:
+        return frame_chunks(frames, 0)
+    from ..errors import NotFound, UserError
+    from ..models.registry import ModelRegistry
+    from ..pipelines.base import JobSpec
+    from ..pipelines.upscale import UpscalePipeline
+
+    registry = ModelRegistry([Path(p).expanduser() for p in args.models], device="cpu",
+                             use_hf_cache=not args.no_hf_cache)
+    job = JobSpec("export", "upscale", _dataclass_from(CommonParams, args), _dataclass_from(PIPELINE_PARAMS["upscale"], args))
+    try:
+        return UpscalePipeline().work_units(job, registry, chunk=args.chunk, workers=max(1, args.nodes))
+    except NotFound as exc:
+        print(f"{exc} The plate is one step.", file=sys.stderr)
+        return frame_chunks(frames, 0)
+    except UserError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def _dataclass_from(cls: Any, args: argparse.Namespace) -> Any:
+    values = vars(args)
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if values.get(f.name) is not None})
 
 
 def _first(args: argparse.Namespace, default: int) -> int:
@@ -142,6 +180,8 @@ def base_args(args: argparse.Namespace) -> list[str]:
         elif d.type == "path" and value:
             value = str(Path(value).expanduser().absolute())
         out += [option, str(value)]
+    if args.job_id:
+        out += ["--job-id", args.job_id]
     for folder in args.models:
         out += ["--models", str(Path(folder).expanduser().absolute())]
     if args.device:
