@@ -194,6 +194,10 @@ def test_plate_and_single_unit_templates(tmp_path):
     args = job["steps"][1]["script"]["actions"]["onRun"]["args"]
     assert args[:2] == ["generate", "upscale"] and args[-2:] == ["--frame-range", "1009-1010"]
     assert args[args.index("--input") + 1] == str(tmp_path / "in" / "plate.####.exr") and "--seed" in args
+    for model in ("tiny-wan", "no-such-model"):  # a DiT plate is one step, as on Ray; so is a model not here
+        job = _export(tmp_path, "upscale", "--input", str(tmp_path / "in" / "plate.####.exr"), "--model", model,
+                      "--frames-out", str(tmp_path / "up.####.exr"), "--no-hf-cache")
+        assert [s["name"] for s in job["steps"]] == ["all"], model
     job = _export(tmp_path, "panorama", "--prompt", "a bay", "--projection", "ring", "--loop",
                   "--frames-out", str(tmp_path / "pano.####.exr"))
     (step,) = job["steps"]

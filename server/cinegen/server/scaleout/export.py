@@ -106,7 +106,7 @@ def _plate_units(args: argparse.Namespace) -> list[WorkUnit]:
     frames = _plate_frames(args)  # the plate's own sentence when it is missing
     if args.chunk <= 0:
         return frame_chunks(frames, 0)
-    from ..errors import NotFound, UserError
+    from ..errors import FailedPrecondition, NotFound, UserError
     from ..models.registry import ModelRegistry
     from ..pipelines.base import JobSpec
     from ..pipelines.upscale import UpscalePipeline
@@ -116,8 +116,9 @@ def _plate_units(args: argparse.Namespace) -> list[WorkUnit]:
     job = JobSpec("export", "upscale", _dataclass_from(CommonParams, args), _dataclass_from(PIPELINE_PARAMS["upscale"], args))
     try:
         return UpscalePipeline().work_units(job, registry, chunk=args.chunk, workers=max(1, args.nodes))
-    except NotFound as exc:
-        print(f"{exc} The plate is one step.", file=sys.stderr)
+    except (NotFound, FailedPrecondition):  # the model is on the nodes only: its clip length is unknown here
+        print(f"The model {args.model or '(the default)'} is not on this workstation, so the plate is one step "
+              "(pass --models DIR where it is to split it).", file=sys.stderr)
         return frame_chunks(frames, 0)
     except UserError as exc:
         raise SystemExit(str(exc)) from None
