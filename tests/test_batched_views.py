@@ -272,3 +272,57 @@ def test_the_batch_budget_follows_the_free_memory_of_a_gpu(monkeypatch):
     free["bytes"] = 1 << 30  # a nearly full GPU still gets one SD 1.5 window a call
     assert panorama_module.cells_per_call(cuda) == 64 * 64
     assert panorama_module.cells_per_call(CPU) == panorama_module.CELLS_PER_CALL["cpu"]
+
+
+# ---- the orders and the view batch as a user sets them ----------------------------------------------------------
+def test_window_order_view_order_and_view_batch_flags_reach_the_panorama_settings():
+    from cinegen.common.client import build_request
+    from cinegen.common.params import CommonParams, PanoramaParams, from_proto
+    from cinegen.server.cli import build_parser
+
+    def settings(*flags: str) -> PanoramaSettings:
+        values = vars(build_parser().parse_args(["generate", "panorama", "--projection", "sphere", *flags]))
+        params = PanoramaParams(**{f.name: values[f.name] for f in dataclasses.fields(PanoramaParams)
+                                   if values.get(f.name) is not None})  # as cmd_generate builds them
+        request = build_request("panorama", CommonParams(prompt="a"), params)
+        return PanoramaSettings.from_params(from_proto(request.panorama, PanoramaParams))
+
+    default = settings()
+    assert (default.window_order, default.view_order, default.view_batch) == ("plan", "disjoint", 0)
+    chosen = settings("--window-order", "disjoint", "--view-order", "plan", "--view-batch", "3")
+    assert (chosen.window_order, chosen.view_order, chosen.view_batch) == ("disjoint", "plan", 3)
+    # an old client sends empty strings: the defaults
+    assert PanoramaSettings.from_params(from_proto(build_request("panorama", CommonParams()).panorama,
+                                                   PanoramaParams)) == PanoramaSettings()
+
+
+def test_a_disjoint_window_order_makes_fewer_denoiser_calls_per_step_than_plan_on_a_tiny_ring(registry, monkeypatch):
+    from cinegen.common.params import PanoramaParams
+
+    adapter = registry.get("tiny-sd")
+    calls: list[int] = []
+    predict = adapter.predict
+    monkeypatch.setattr(adapter, "predict", lambda x, t, cond: calls.append(x.shape[0]) or predict(x, t, cond))
+    counts = {}
+    for order in ("plan", "disjoint"):
+        calls.clear()
+        settings = PanoramaSettings.from_params(PanoramaParams(projection="ring", guidance_scale_down=1.0,
+                                                               window_order=order))
+        assert settings.window_order == order
+        generate_panorama(adapter, Resolved("a beach", "", "tiny-sd", 7, 2, 7.5, 256, 64, 1, 24.0, 1001), settings)
+        counts[order] = len(calls)
+    # early overlap (0.75, then 0.25) chains overlapping windows one a call in plan order; disjoint batches them
+    assert counts["disjoint"] < counts["plan"], counts
+
+
+def test_view_batch_bounds_the_sphere_views_per_call_and_an_unknown_order_is_refused(registry, monkeypatch):
+    from cinegen.common.params import PanoramaParams
+    from cinegen.server.errors import InvalidArgument
+
+    adapter = registry.get("tiny-sd")
+    r = _resolved()
+    plan = panorama_module.panorama_plan(adapter, r, PanoramaSettings(projection="sphere", view_batch=1))
+    automatic = panorama_module.panorama_plan(adapter, r, PanoramaSettings(projection="sphere"))
+    assert plan.view_batch == 1 and automatic.view_batch > 1  # 0 = from cells_per_call (64 tiny views on a CPU)
+    with pytest.raises(InvalidArgument, match="plan, disjoint"):
+        PanoramaSettings.from_params(PanoramaParams(window_order="raster"))

@@ -214,6 +214,17 @@ class PanoramaParams:
     keep_first_frame: bool = param(False, label="Keep the first frame", help="Wan image-to-video or AnimateDiff with SparseCtrl: "
                                    "frame 0 stays the input image (as the VAE draws it) instead of the model's redrawing "
                                    "of it; off = as the stock image-to-video pipeline.")
+    window_order: str = param("plan", label="Window order", help="The order the overlapping windows of a step are "
+                              "denoised in: plan = one after another in raster order, as the reference; disjoint = "
+                              "grouped into sets that do not overlap, one model call per set (fewer calls, a slightly "
+                              "different picture where windows overlap).", choices=("plan", "disjoint"))
+    view_order: str = param("disjoint", label="View order", help="Sphere: the order of the perspective views of a "
+                            "step: disjoint = grouped into sets that do not overlap, one model call per set; plan = by "
+                            "latitude row, then longitude, one after another (every view overlaps the one before it).",
+                            choices=("disjoint", "plan"))
+    view_batch: int = param(0, label="Views per call", help="Sphere: at most this many perspective views in one model "
+                            "call (less memory, the same picture); 0 = automatic, from the memory the device has free.",
+                            minimum=0, maximum=64)
 
 
 @dataclass

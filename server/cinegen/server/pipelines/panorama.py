@@ -85,6 +85,8 @@ class PanoramaSettings:
     # OSD window order: "plan" (the reference's raster order) or "disjoint" (overlapping windows
     # regrouped into disjoint sets, each one model call; see PanoramaPlan.window_order)
     window_order: str = "plan"
+    view_order: str = "disjoint"  # sphere views: "disjoint" (one call per disjoint set) or "plan" (PanoramaPlan)
+    view_batch: int = 0  # sphere views per model call; 0 = automatic (cells_per_call)
 
     @classmethod
     def from_params(cls, params: PanoramaParams) -> PanoramaSettings:
@@ -102,8 +104,18 @@ class PanoramaSettings:
         if len(bands) > MAX_BAND_PROMPTS:
             raise InvalidArgument(f"--band-prompts takes at most {MAX_BAND_PROMPTS} prompts (one per latitude "
                                   f"row of the sphere views, zenith first); got {len(bands)}.")
+        orders = {}
+        for name, default in (("window_order", "plan"), ("view_order", "disjoint")):
+            order = (getattr(params, name, "") or default).strip().lower()  # "" = an old client: the default
+            if order not in ("plan", "disjoint"):
+                raise InvalidArgument(f"{name.replace('_', ' ').capitalize()} '{order[:24]}' is not one of plan, "
+                                      "disjoint.")
+            orders[name] = order
+        view_batch = int(getattr(params, "view_batch", 0) or 0)
+        if not 0 <= view_batch <= 64:
+            raise InvalidArgument(f"Views per call must be between 0 (automatic) and 64; got {view_batch}.")
         return cls(projection, bool(params.loop), scale if scale and scale > 1.0 else None, params.input,
-                   bool(params.early_overlap), bands, bool(params.keep_first_frame))
+                   bool(params.early_overlap), bands, bool(params.keep_first_frame), view_batch=view_batch, **orders)
 
     @property
     def wraps(self) -> bool:
@@ -187,8 +199,8 @@ def panorama_plan(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings, *, w
         boundary_w=Boundary.RING if s.wraps else Boundary.DOCK,
         projecting_steps=round(r.steps * PROJECTING_FRACTION) if s.projection == "sphere" else 0,
         explicit_overlap=s.early_overlap, blend=BlendSchedule(steps=max(1, round(r.steps * BLEND_FRACTION))),
-        window_order=s.window_order,
-        max_batch=max(1, budget // math.prod(window)), view_batch=max(1, budget // math.prod(window)),
+        window_order=s.window_order, view_order=s.view_order,
+        max_batch=max(1, budget // math.prod(window)), view_batch=s.view_batch or max(1, budget // math.prod(window)),
         multiple=(1, patch_cells(adapter), patch_cells(adapter)))
 
 

@@ -87,7 +87,7 @@ class UpscaleParams(_message.Message):
     def __init__(self, input: _Optional[str] = ..., scale: _Optional[float] = ..., strength: _Optional[float] = ..., cosine_scale: _Optional[float] = ..., dilate_tau: _Optional[int] = ..., fast: _Optional[bool] = ..., stages: _Optional[int] = ..., mode: _Optional[str] = ..., vae_tile: _Optional[int] = ..., lora: _Optional[str] = ..., latent_resize: _Optional[bool] = ..., matte_cosine_scale: _Optional[float] = ..., input_colorspace: _Optional[str] = ...) -> None: ...
 
 class PanoramaParams(_message.Message):
-    __slots__ = ("projection", "loop", "input", "guidance_scale_down", "early_overlap", "band_prompts", "input_colorspace", "keep_first_frame")
+    __slots__ = ("projection", "loop", "input", "guidance_scale_down", "early_overlap", "band_prompts", "input_colorspace", "keep_first_frame", "window_order", "view_order", "view_batch")
     PROJECTION_FIELD_NUMBER: _ClassVar[int]
     LOOP_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,9 @@ class PanoramaParams(_message.Message):
     BAND_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     INPUT_COLORSPACE_FIELD_NUMBER: _ClassVar[int]
     KEEP_FIRST_FRAME_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_ORDER_FIELD_NUMBER: _ClassVar[int]
+    VIEW_ORDER_FIELD_NUMBER: _ClassVar[int]
+    VIEW_BATCH_FIELD_NUMBER: _ClassVar[int]
     projection: str
     loop: bool
     input: str
@@ -104,7 +107,10 @@ class PanoramaParams(_message.Message):
     band_prompts: _containers.RepeatedScalarFieldContainer[str]
     input_colorspace: str
     keep_first_frame: bool
-    def __init__(self, projection: _Optional[str] = ..., loop: _Optional[bool] = ..., input: _Optional[str] = ..., guidance_scale_down: _Optional[float] = ..., early_overlap: _Optional[bool] = ..., band_prompts: _Optional[_Iterable[str]] = ..., input_colorspace: _Optional[str] = ..., keep_first_frame: _Optional[bool] = ...) -> None: ...
+    window_order: str
+    view_order: str
+    view_batch: int
+    def __init__(self, projection: _Optional[str] = ..., loop: _Optional[bool] = ..., input: _Optional[str] = ..., guidance_scale_down: _Optional[float] = ..., early_overlap: _Optional[bool] = ..., band_prompts: _Optional[_Iterable[str]] = ..., input_colorspace: _Optional[str] = ..., keep_first_frame: _Optional[bool] = ..., window_order: _Optional[str] = ..., view_order: _Optional[str] = ..., view_batch: _Optional[int] = ...) -> None: ...
 
 class TrajectoryParams(_message.Message):
     __slots__ = ("trajectory", "trajectory_json", "tora_sampler", "dynamic_cfg", "flow_latents", "flow_kernel")
