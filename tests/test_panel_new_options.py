@@ -215,3 +215,12 @@ def test_each_parameter_type_the_server_publishes_has_its_editor():
         assert type(editors.make_editor(spec)) is editor_class, kind
     newer = FieldSpec(name="from_a_newer_server", type="colour-wheel", default="", group="image")
     assert type(editors.make_editor(newer)) is editors.StringEditor  # a type this plugin does not know: text
+
+
+def test_a_number_whose_smallest_value_means_automatic_reads_auto_and_is_sent_as_that_value(panel):
+    form = _shown(panel, "panorama")
+    views = form.editors["view_batch"]  # "0 = automatic, from the memory the device has free"
+    assert views.box.text() == "auto" and views.value() == 0
+    views.set_value(4)
+    assert views.box.text() == "4"
+    assert form.editors["steps"].value() is None  # an optional number stays "not sent"

@@ -80,6 +80,13 @@ class FieldSpec:
         return "\n".join(parts)
 
     @property
+    def automatic_at_minimum(self) -> bool:
+        """A number whose smallest value stands for "the server decides" ("0 = automatic"): shown as auto."""
+        if self.optional or self.minimum is None or self.type not in ("int", "float"):
+            return False
+        return re.search(rf"(?<![\d.]){re.escape(_number(self.minimum))} = auto(matic)?\b", self.help) is not None
+
+    @property
     def empty_choice(self) -> str:
         """What a picker's empty entry means, from the help's own "empty = …" (refiner: the base alone)."""
         match = re.search(r"\bempty = ([^;,.()]+)", self.help)

@@ -65,6 +65,8 @@ class IntEditor(FieldEditor):
         if spec.optional:
             low -= step  # the value below the range reads "auto"
             self.box.setSpecialValueText(AUTO)
+        elif spec.automatic_at_minimum:
+            self.box.setSpecialValueText(AUTO)  # e.g. Views per call: 0 = automatic, sent as 0
         self.box.setRange(low, high)
         self.box.setSingleStep(step)
         self.box.setAccelerated(True)
