@@ -70,6 +70,15 @@ TINY_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+def half_for(device: torch.device, family: str = "sd") -> torch.dtype:
+    """The dtype a case builds its models in: the serving policy (`models/precision.py`), float16 for
+    the SD family and bfloat16 for CogVideoX/Wan on CUDA, float32 on a CPU. Tests replace it to run the
+    CUDA dtypes on a CPU."""
+    from ..models.precision import dtype_for
+
+    return dtype_for(family, device)
+
+
 def load_config(folder: str, name: str, tiny: bool) -> dict[str, Any]:
     config = json.loads((CONFIGS / folder / f"{name}.json").read_text())
     return {**config, **TINY_OVERRIDES[folder].get(name, {})} if tiny else config
@@ -178,7 +187,7 @@ def sdxl_cascade(device: torch.device, sizes: Sizes, target_side: int, direct: b
     from .upscale import bench_cascade, sdxl_random_weights
 
     config = {name: load_config("sdxl", name, sizes.tiny) for name in ("unet", "vae", "scheduler", "profile")}
-    adapter, cond = sdxl_random_weights(device, torch.float16 if device.type == "cuda" else torch.float32, config)
+    adapter, cond = sdxl_random_weights(device, half_for(device), config)
     sizes.speedups.apply(adapter)
     steps = sizes.pick(4, 2)  # per-step figures: a few steps say it; the 8-minute budget has four more cases
     report = bench_cascade(adapter, cond, (target_side, target_side), steps=steps, device=device, direct=direct)
@@ -248,7 +257,6 @@ def animatediff_steps(device: torch.device, sizes: Sizes, dtype: torch.dtype) ->
 def wan_refine(device: torch.device, sizes: Sizes) -> dict[str, Any]:
     import tempfile
 
-    from ..models.wan import wan_dtype
     from .upscale_dit import plate_upscale_rows, random_weight_wan
 
     with tempfile.TemporaryDirectory(prefix="cinegen-bench-wan-") as tmp:
@@ -256,7 +264,7 @@ def wan_refine(device: torch.device, sizes: Sizes) -> dict[str, Any]:
         folder.mkdir()
         for name in ("transformer", "vae", "scheduler", "profile"):
             (folder / f"{name}.json").write_text(json.dumps(load_config("wan2.1-1.3b", name, sizes.tiny)))
-        adapter = random_weight_wan(folder, device, wan_dtype(torch.float16) if device.type == "cuda" else torch.float32)
+        adapter = random_weight_wan(folder, device, half_for(device, "wan"))
     sizes.speedups.apply(adapter)
     plate, target = sizes.pick(((848, 480), (1920, 1088)), ((32, 32), (64, 48)))
     frames = sizes.pick(17, 5)
@@ -311,13 +319,13 @@ class Case:
 
 
 def cases(device: torch.device, sizes: Sizes) -> list[Case]:
-    half = torch.float16 if device.type == "cuda" else torch.float32
+    half = half_for(device)
     return [
         Case("sdxl cascade 1024->4096 vs direct", 150, lambda: sdxl_cascade(device, sizes, sizes.pick(4096, 128), True)),
         Case("panorama 512x4096 SD 1.5: OSD vs MultiDiffusion", 60,
              lambda: panorama_osd_vs_multidiffusion(device, sizes, half)),
         Case("wan 1.3B refine 480p->1080p", 60, lambda: wan_refine(device, sizes)),
-        Case("cogvideox 5B + tora 49 frames 480p", 60, lambda: tora_steps(device, sizes, half)),
+        Case("cogvideox 5B + tora 49 frames 480p", 60, lambda: tora_steps(device, sizes, half_for(device, "cogvideox"))),
         Case("animatediff (SD 1.5 + motion adapter) 16 frames 512", 30, lambda: animatediff_steps(device, sizes, half)),
         Case("sdxl cascade 1024->8192 (cascade alone)", 150,
              lambda: sdxl_cascade(device, sizes, sizes.pick(8192, 128), False)),
@@ -349,15 +357,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         try:
             figures = case.run()
-            _free()
             rows.append({"case": case.name, "status": "ok", "seconds": round(time.perf_counter() - start, 1)})
             details[case.name] = figures
         except torch.cuda.OutOfMemoryError as error:  # reported, and the next case still runs
             rows.append({"case": case.name, "status": f"out of memory: {str(error).splitlines()[0]}"})
-            _free()
         except Exception as error:  # noqa: BLE001 - one broken case must not cost the others their GPU time
             rows.append({"case": case.name, "status": f"error: {type(error).__name__}: {error}"[:500]})
-            _free()
+        # outside the handlers: a caught error's traceback holds the failed case's frames (its models and
+        # tensors) until the handler ends, so freeing inside it would leave them on the GPU for the next case
+        _free()
         print(rows[-1], flush=True)
         _save_partial({**report, "rows": rows, "cases": details})
     return {**report, "budget_s": budget.seconds, "rows": rows, "cases": details}

@@ -134,6 +134,8 @@ class CogVideoXAdapter(FamilyAdapter):
         if embeds.shape[0] != rows:  # several clips over one encoded prompt
             embeds = _repeat_halves(embeds, rows, cond.do_cfg)
         rotary = self.rotary_embeddings(x.shape[1], x.shape[3], x.shape[4])
+        dtype = self.pipe.transformer.dtype  # loops keep float32 latents; a half transformer wants its own dtype
+        latent_in, embeds = latent_in.to(dtype), embeds.to(dtype)
         with torch.no_grad():
             out = self.pipe.transformer(hidden_states=latent_in, encoder_hidden_states=embeds,
                                         timestep=t.expand(rows), image_rotary_emb=rotary,

@@ -1,0 +1,51 @@
+"""Code taken only on a CUDA device, run on the CPU: the CUDA dtype policy forced (CPU torch runs
+float16/bfloat16 matmuls, convolutions and sdpa), or the device check replaced. No GPU has run these."""
+from __future__ import annotations
+
+import argparse
+import weakref
+
+import pytest
+import torch
+
+from cinegen.server.benchmarks import gpu
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cogvideox_tora_steps_run_with_a_half_transformer_and_float32_latents(dtype, tiny_model_cache):
+    # the loop keeps float32 latents; the transformer's time embedding takes the latents' dtype, so
+    # float32 latents into a half transformer failed ("mat1 and mat2 must have the same dtype")
+    figures = gpu.tora_steps(CPU, gpu.Sizes(tiny=True), dtype)
+    assert figures["steps_timed"] == 2 and figures["seconds_per_step"] > 0
+
+
+def test_bench_models_follow_the_serving_dtype_policy_on_cuda():
+    cuda = torch.device("cuda")  # dtype_for reads only the device type: nothing touches a GPU
+    assert gpu.half_for(cuda) == torch.float16
+    assert gpu.half_for(cuda, "cogvideox") == torch.bfloat16  # 5B overflows in float16
+    assert gpu.half_for(cuda, "wan") == torch.bfloat16
+    assert gpu.half_for(CPU, "wan") == torch.float32
+
+
+def test_a_failed_case_is_released_before_the_cache_is_emptied(monkeypatch):
+    class Big:  # stands for the failed case's models and activations
+        pass
+
+    refs, alive_at_free = [], []
+
+    def broken():
+        big = Big()
+        refs.append(weakref.ref(big))
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(gpu, "cases", lambda device, sizes: [gpu.Case("oom", 1, broken),
+                                                             gpu.Case("next", 1, lambda: {"x": 1})])
+    monkeypatch.setattr(gpu, "_free", lambda: alive_at_free.append(refs[-1]() is not None if refs else False))
+    monkeypatch.setattr("cinegen.server.service.resolve_device", lambda name: CPU)
+    report = gpu.run(argparse.Namespace(device="cpu", tiny=True))
+    # inside the except clause the traceback still holds `big`: empty_cache there frees nothing of it
+    assert alive_at_free[0] is False
+    assert report["rows"][0]["status"].startswith("out of memory: CUDA out of memory")
+    assert report["rows"][1]["status"] == "ok"
