@@ -262,6 +262,11 @@ class StoryParams:
                             "add-ons); empty = the first one installed.")
 
 
+# Options that only pick which part of a job a run writes (a farm step's or a cluster unit's share), not
+# what the frames hold: frames' headers record them at their defaults, so every part reads as the whole job.
+UNIT_SELECTORS: tuple[str, ...] = ("frame_range", "stage", "shots")
+
+
 # Common options a pipeline does not read (story takes its prompts from the story file): not advertised.
 UNUSED_COMMON: dict[str, tuple[str, ...]] = {"story": ("prompt", "negative_prompt", "frame_range"),
                                              # whole-sequence pipelines: no --frame-range chunks

@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from cinegen.common.params import CommonParams, params_json
+from cinegen.common.params import UNIT_SELECTORS, CommonParams, params_json
 from cinegen.common.sequence import SequencePattern
 
 from ..diffusion.latent_rgb import LatentToRGB, fit_latent_to_rgb
@@ -63,9 +63,19 @@ class JobSpec:
 
 
 def recorded_params(common: CommonParams, params: Any) -> str:
-    """The options a frame's header records: the job's, less `--frame-range`, which only picks the frames
-    written, not what they hold (a farm chunk's frames read as the whole job's, as a Ray unit's do)."""
-    return params_json(dataclasses.replace(common, frame_range=""), params)
+    """The options a frame's header records: the job's, with the options that only pick the part of the
+    job a run writes (UNIT_SELECTORS: `--frame-range`, story `--stage` and `--shots`) at their defaults,
+    so a farm step's or a Ray unit's frames read as the single-box run's."""
+    return params_json(*(_unselected(obj) for obj in (common, params)))
+
+
+def _unselected(obj: Any) -> Any:
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    defaults = {name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for name, f in fields.items() if name in UNIT_SELECTORS}
+    return dataclasses.replace(obj, **defaults)
 
 
 class RunContext:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
-from cinegen.common.params import PIPELINE_PARAMS, CommonParams, ParamDescription, describe
+from cinegen.common.params import PIPELINE_PARAMS, UNIT_SELECTORS, CommonParams, ParamDescription, describe
 from cinegen.common.sequence import FrameRange, SequencePattern, SequencePatternError
 from cinegen.common.story_io import StoryError, load_story
 
@@ -25,8 +25,8 @@ from .units import DEFAULT_CHUNK, WorkUnit, frame_chunks, single_unit, story_uni
 
 DEFAULT_NODES = 4  # video plates: steps their clips are split among (each boundary refines one clip twice)
 
-# set per unit (units.py), never copied from the command line into every step
-UNIT_OPTIONS = ("frame_range", "stage", "shots")
+# set per unit (units.py), never copied from the command line into every step (nor recorded in headers)
+UNIT_OPTIONS = UNIT_SELECTORS
 
 
 def add_export_parser(sub: Any, add_param_options: Callable[[argparse.ArgumentParser, list], None]) -> None:

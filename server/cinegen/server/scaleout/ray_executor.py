@@ -29,11 +29,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from cinegen.common.params import params_json
-
 from .. import errors
 from ..errors import JobCancelled, UserError
-from ..pipelines.base import JobSpec, Pipeline, RunContext
+from ..pipelines.base import JobSpec, Pipeline, RunContext, recorded_params
 from .units import DEFAULT_CHUNK, WorkUnit, check_order, single_unit
 
 log = logging.getLogger(__name__)
@@ -181,7 +179,7 @@ def plan_units(pipeline: Pipeline, spec: JobSpec, registry: Any, chunk: int = DE
 def unit_spec(spec: JobSpec, unit: WorkUnit) -> JobSpec:
     """The job with the unit's options: a story stage and its shots, or a frame range (the frames'
     headers keep the whole job's options: the files equal a single-box run's)."""
-    recorded = spec.recorded_params or params_json(spec.common, spec.params)
+    recorded = spec.recorded_params or recorded_params(spec.common, spec.params)  # as a single-box run's
     if unit.stage:
         params = dataclasses.replace(spec.params, stage=unit.stage, shots=list(unit.shots))
         return dataclasses.replace(spec, params=params, recorded_params=recorded)
