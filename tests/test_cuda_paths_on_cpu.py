@@ -81,3 +81,13 @@ def test_a_tora_job_in_the_cuda_dtype_runs_and_decodes_near_float32(tiny_model_c
     assert video.dtype == torch.float32 and torch.isfinite(video).all()
     # bfloat16 keeps 8 bits of mantissa: measured mean |diff| 0.002 over 2 steps, 10x margin
     assert (video - reference).abs().mean() < 0.02
+
+
+def test_the_bench_sd_cases_run_in_float16_with_the_vae_kept_in_float32_as_served(monkeypatch):
+    monkeypatch.setattr(gpu, "half_for", lambda device, family="sd": torch.float16)  # the CUDA policy, on a CPU
+    sizes = gpu.Sizes(tiny=True)
+    adapter = gpu.sd15_random_weights(CPU, torch.float16, tiny=True)
+    assert adapter.pipe.unet.dtype == torch.float16 and adapter.pipe.vae.dtype == torch.float32  # force_upcast
+    assert gpu.animatediff_steps(CPU, sizes, torch.float16)["steps_timed"] == 2
+    cascade = gpu.sdxl_cascade(CPU, sizes, 128, True)  # fp16 UNet latents through the fp32 VAE, both ways
+    assert cascade["stages"][-1] == [128, 128] and cascade["direct"]["steps"] == 2

@@ -122,7 +122,7 @@ def _fixed_prompt(adapter: Any, cond: Conditioning) -> Any:
 def sd15_random_weights(device: torch.device, dtype: torch.dtype, tiny: bool) -> Any:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-    from ..models.sd import SDAdapter
+    from ..models.sd import SDAdapter, keep_vae_in_float32
 
     with torch.device(device):  # weights are made where they run
         unet = UNet2DConditionModel.from_config(load_config("sd15", "unet", tiny)).to(dtype).eval()
@@ -130,6 +130,7 @@ def sd15_random_weights(device: torch.device, dtype: torch.dtype, tiny: bool) ->
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet,
                                    scheduler=DDIMScheduler.from_config(load_config("sd15", "scheduler", tiny)),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    keep_vae_in_float32(pipe, dtype)  # as serving loads it: the figures are the served model's
     adapter = SDAdapter(pipe, ModelEntry("sd15-random", "sd", "builtin", "", "SD 1.5 architecture, random weights"),
                         device, dtype)
     return _fixed_prompt(adapter, _random_cond(load_config("sd15", "profile", tiny), device, dtype))

@@ -94,7 +94,7 @@ def sdxl_random_weights(device: torch.device, dtype: torch.dtype = torch.float16
     `config` (unet/vae/scheduler/profile dicts) replaces the JSON files (`bench gpu --tiny` shrinks them)."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
-    from ..models.sd import SDAdapter
+    from ..models.sd import SDAdapter, keep_vae_in_float32
 
     config = config or {name: json.loads((SDXL_CONFIGS / f"{name}.json").read_text())
                         for name in ("unet", "vae", "scheduler", "profile")}
@@ -104,6 +104,7 @@ def sdxl_random_weights(device: torch.device, dtype: torch.dtype = torch.float16
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
                                      tokenizer_2=None, unet=unet,
                                      scheduler=EulerDiscreteScheduler.from_config(config["scheduler"]))
+    keep_vae_in_float32(pipe, dtype)  # as serving loads SDXL (force_upcast): memory figures are the served model's
     adapter = SDAdapter(pipe, ModelEntry("sdxl-random", "sd", "builtin", "", "SDXL architecture, random weights"),
                         device, dtype)
     profile = config["profile"]
