@@ -91,3 +91,13 @@ def test_the_bench_sd_cases_run_in_float16_with_the_vae_kept_in_float32_as_serve
     assert gpu.animatediff_steps(CPU, sizes, torch.float16)["steps_timed"] == 2
     cascade = gpu.sdxl_cascade(CPU, sizes, 128, True)  # fp16 UNet latents through the fp32 VAE, both ways
     assert cascade["stages"][-1] == [128, 128] and cascade["direct"]["steps"] == 2
+
+
+def test_an_out_of_memory_without_a_message_is_still_recorded(monkeypatch):
+    def oom():
+        raise torch.cuda.OutOfMemoryError()  # an empty message once made the handler itself raise
+
+    monkeypatch.setattr(gpu, "cases", lambda device, sizes: [gpu.Case("oom", 1, oom), gpu.Case("next", 1, dict)])
+    monkeypatch.setattr("cinegen.server.service.resolve_device", lambda name: CPU)
+    report = gpu.run(argparse.Namespace(device="cpu", tiny=True))
+    assert [r["status"] for r in report["rows"]] == ["out of memory: ", "ok"]

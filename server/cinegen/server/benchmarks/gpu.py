@@ -361,7 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows.append({"case": case.name, "status": "ok", "seconds": round(time.perf_counter() - start, 1)})
             details[case.name] = figures
         except torch.cuda.OutOfMemoryError as error:  # reported, and the next case still runs
-            rows.append({"case": case.name, "status": f"out of memory: {str(error).splitlines()[0]}"})
+            rows.append({"case": case.name, "status": f"out of memory: {(str(error).splitlines() or [''])[0]}"})
         except Exception as error:  # noqa: BLE001 - one broken case must not cost the others their GPU time
             rows.append({"case": case.name, "status": f"error: {type(error).__name__}: {error}"[:500]})
         # outside the handlers: a caught error's traceback holds the failed case's frames (its models and
