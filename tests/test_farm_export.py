@@ -36,6 +36,18 @@ shots:
     prompt: a boat leaves
     frames: 2
 """
+STORY_2 = """\
+title: Tiny Cut
+fps: 24
+shots:
+  - id: sh010
+    prompt: a lighthouse at dusk
+    frames: 2
+    continuity: true
+  - id: sh020
+    prompt: the sea below
+    frames: 2
+"""
 OPENJD = shutil.which("openjd", path=str(Path(sys.executable).parent)) or shutil.which("openjd")
 CINEGEN = shutil.which("cinegen", path=str(Path(sys.executable).parent))
 
@@ -166,6 +178,68 @@ def test_story_template_has_keyframes_then_a_step_per_shot_then_the_cut_and_pass
     assert _openjd("check", "bad.yaml", cwd=tmp_path).returncode != 0
 
 
+def _unit_free(args: list[str]) -> list[str]:
+    """A step's command without its unit's own options (--stage, --shots, --frame-range): the single-box run."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--stage", "--shots", "--frame-range"):
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
+@pytest.mark.skipif(OPENJD is None or CINEGEN is None, reason="needs the openjd and cinegen commands of this Python")
+def test_story_template_steps_run_by_openjd_give_the_single_box_story_headers_and_cut_too(tiny_model_cache, tmp_path):
+    (tmp_path / "story.yaml").write_text(STORY_2)
+    job = _export(tmp_path, "story", str(tmp_path / "story.yaml"), "--frames-out", str(tmp_path / "cut"),
+                  "--seed", "7", "--steps", "1", "--width", "64", "--height", "64", "--no-hf-cache")
+    steps = job["steps"]
+    assert [s["name"] for s in steps] == ["keyframes", "sh010", "sh020", "timeline"]
+    env = {"CINEGEN_CACHE": str(tiny_model_cache)}
+
+    def openjd_run(step: str) -> subprocess.Popen:
+        return subprocess.Popen([OPENJD, "run", "job.yaml", "--step", step, "-p", f"Cinegen={CINEGEN}"], cwd=tmp_path,
+                                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    # as a farm runs them: keyframes (its command, in this process: a cinegen process costs ~5 s of imports),
+    # then the shots side by side (each needs only the keyframes), then the cut
+    assert main(steps[0]["script"]["actions"]["onRun"]["args"]) == 0
+    assert not list((tmp_path / "cut").rglob("*.exr")), "the keyframes step makes no motion"
+    for wave in (["sh010", "sh020"], ["timeline"]):
+        for step, proc in [(step, openjd_run(step)) for step in wave]:
+            out = proc.communicate(timeout=120)[0]
+            assert proc.returncode == 0, f"{step}: {out[-3000:]}"
+    (tmp_path / "cut").rename(tmp_path / "steps")
+    # the single-box run: a step's command without its unit options, to the same destination (in this process)
+    args = _unit_free(steps[1]["script"]["actions"]["onRun"]["args"])
+    assert "--stage" not in args and "--shots" not in args and "--job-id" in args
+    assert main(args) == 0
+    names = sorted(p.relative_to(tmp_path / "cut").as_posix() for p in (tmp_path / "cut").rglob("*.exr"))
+    assert names == [f"{s}/{s}.{f}.exr" for s in ("sh010", "sh020") for f in (1001, 1002)]
+    assert sorted(p.relative_to(tmp_path / "steps").as_posix() for p in (tmp_path / "steps").rglob("*.exr")) == names
+    for name in names:
+        (a, head_a), (b, head_b) = read_exr_frame(tmp_path / "steps" / name), read_exr_frame(tmp_path / "cut" / name)
+        # other processes, whose torch may use another thread count: up to a half-float ulp (bit for bit in
+        # one process: test_story_stages_run_one_after_another_equal_the_one_box_story)
+        np.testing.assert_allclose(a, b, atol=2e-3, rtol=2e-3, err_msg=name)
+        assert {k: v for k, v in head_a.items() if k != "capDate"} == \
+               {k: v for k, v in head_b.items() if k != "capDate"}, name  # the step's --stage/--shots not recorded
+        recorded = json.loads(head_a["cinegen:params"])
+        assert recorded["stage"] == "all" and recorded["shots"] == [] and recorded["frame_range"] == ""
+    cuts = [otio.adapters.read_from_file(str(next(root.glob("*.otio")))) for root in (tmp_path / "steps", tmp_path / "cut")]
+    clips = [list(cut.find_clips()) for cut in cuts]
+    assert [c.name for c in clips[0]] == ["sh010", "sh020"] and not cuts[0].metadata["cinegen"]["missing"]
+    for farm, single in zip(*clips):
+        ref = farm.media_reference
+        assert ref.target_url_base == f"{farm.name}/" and ref.name_prefix == f"{farm.name}." and ref.start_frame == 1001
+        assert farm.source_range.duration.value == ref.available_range.duration.value == 2
+        assert otio.adapters.write_to_string(farm) == otio.adapters.write_to_string(single), farm.name
+    assert otio.adapters.write_to_string(cuts[0]) == otio.adapters.write_to_string(cuts[1])
+
+
 @pytest.mark.skipif(OPENJD is None or CINEGEN is None, reason="needs the openjd and cinegen commands of this Python")
 def test_openjd_runs_one_chunk_of_an_image_sequence_locally_and_it_equals_the_full_run(
         full_image_run, tiny_model_cache, tmp_path):
@@ -230,6 +304,12 @@ def test_the_server_plans_a_job_s_units_like_the_farm(registry, tmp_path):
     assert story == ["keyframes", "sh020", "sh030", "timeline"]
     units = plan_units(pipelines["story"], story_spec, registry)
     assert unit_spec(story_spec, units[1]).params.stage == "motion" and unit_spec(story_spec, units[1]).params.shots == ["sh020"]
+    # a unit's frames record the whole job's options less what picks the part written (the job's --shots too)
+    from cinegen.server.pipelines.base import recorded_params
+
+    whole = json.loads(unit_spec(story_spec, units[1]).recorded_params)
+    assert whole == json.loads(recorded_params(story_spec.common, StoryParams(story_yaml=STORY)))
+    assert (whole["stage"], whole["shots"], whole["frame_range"]) == ("all", [], "") and whole["seed"] is None
     assert unit_spec(spec, plan_units(pipelines["upscale"], spec, registry)[1]).common.frame_range == "5-6"
 
 
