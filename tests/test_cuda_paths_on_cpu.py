@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import weakref
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,3 +102,19 @@ def test_an_out_of_memory_without_a_message_is_still_recorded(monkeypatch):
     monkeypatch.setattr("cinegen.server.service.resolve_device", lambda name: CPU)
     report = gpu.run(argparse.Namespace(device="cpu", tiny=True))
     assert [r["status"] for r in report["rows"]] == ["out of memory: ", "ok"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_decoded_frames_reach_the_exr_paths_as_their_float32_values(dtype):
+    from cinegen.server.output.device_colour import display_to_linear_half_rgba, primaries_matrix
+    from cinegen.server.output.frames import to_numpy_hwc
+
+    # a half-precision VAE (SD in float16 on CUDA, CogVideoX in bfloat16) decodes to half frames; numpy
+    # has no bfloat16, so both paths must widen first. Same values in float32: the same bits out.
+    frame = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    alpha = torch.rand(8, 8, generator=torch.Generator().manual_seed(1))
+    assert np.array_equal(to_numpy_hwc(frame), to_numpy_hwc(frame.float()))
+    matrix = primaries_matrix()
+    if matrix is not None:  # the device path exists only where curve + matrix is the config's conversion
+        assert torch.equal(display_to_linear_half_rgba(frame, alpha, matrix),
+                           display_to_linear_half_rgba(frame.float(), alpha, matrix))
