@@ -118,3 +118,25 @@ def test_half_decoded_frames_reach_the_exr_paths_as_their_float32_values(dtype):
     if matrix is not None:  # the device path exists only where curve + matrix is the config's conversion
         assert torch.equal(display_to_linear_half_rgba(frame, alpha, matrix),
                            display_to_linear_half_rgba(frame.float(), alpha, matrix))
+
+
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-animatediff"])
+def test_float32_latents_into_a_float16_unet_are_cast_not_refused(model, tiny_model_cache):
+    from cinegen.server.models.registry import ModelRegistry
+
+    adapter = ModelRegistry(dtype=torch.float16, use_hf_cache=False, cache_dir=tiny_model_cache).get(model)
+    cond = adapter.encode_prompt("a red disc", "blue", 7.5)
+    shape = adapter.latent_shape(1, 64, 64, 4) if adapter.kind == "video" else adapter.latent_shape(1, 64, 64)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2))  # float32, as a test or a loop hands it
+    out = adapter.predict(x, torch.tensor(500), cond)  # was: conv_in "Input type (float) and bias type (Half)"
+    torch.testing.assert_close(out, adapter.predict(x.half(), torch.tensor(500), cond), rtol=0, atol=0)
+
+
+def test_golden_memory_resizes_bfloat16_latents_as_their_float32_values():
+    from cinegen.server.diffusion.goldenmem import build_memory_latents
+
+    latents = [torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(i)).bfloat16() for i in range(3)]
+    half = build_memory_latents(latents)  # was: antialiased bilinear has no bfloat16 CPU kernel
+    reference = build_memory_latents([latent.float() for latent in latents])
+    assert [m.dtype for m in half] == [torch.bfloat16] * len(half)
+    assert all(torch.equal(h, r.bfloat16()) for h, r in zip(half, reference))

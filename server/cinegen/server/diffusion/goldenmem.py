@@ -105,7 +105,8 @@ def _resize(latent: torch.Tensor, shape: tuple[int, int], mode: str, antialias: 
         return latent
     planes = latent.reshape(1, -1, *latent.shape[-2:])
     extra = {"antialias": antialias, "align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    resized = F.interpolate(planes, size=shape, mode=mode, **extra)
+    # in float32: antialiased resize has no bfloat16 kernel on the CPU, and half latents lose the small values
+    resized = F.interpolate(planes.float(), size=shape, mode=mode, **extra).to(latent.dtype)
     return resized.reshape(*latent.shape[:-2], *shape)
 
 

@@ -51,9 +51,10 @@ class AnimateDiffAdapter(SDAdapter):
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         """x: (B, C, F, h, w). The motion UNet wants one prompt row per frame, as the stock pipeline builds."""
-        latent_in = torch.cat([x] * 2) if cond.do_cfg else x
+        dtype = self.pipe.unet.dtype  # a float32 latent into a float16 UNet (CUDA) fails in conv_in: cast here
+        latent_in = (torch.cat([x] * 2) if cond.do_cfg else x).to(dtype)
         rows = latent_in.shape[0]
-        embeds = cond.embeds
+        embeds = cond.embeds.to(dtype)
         if embeds.shape[0] != rows:  # several clips (windows) over one encoded prompt
             embeds = _repeat_halves(embeds, rows, cond.do_cfg)
         embeds = embeds.repeat_interleave(repeats=x.shape[2], dim=0)

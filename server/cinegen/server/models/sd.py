@@ -76,8 +76,9 @@ class SDAdapter(FamilyAdapter):
 
     # ---- denoiser -------------------------------------------------------------------------
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        latent_in = torch.cat([x] * 2) if cond.do_cfg else x
-        embeds = cond.embeds
+        dtype = self.pipe.unet.dtype  # a float32 latent into a float16 UNet (CUDA) fails in conv_in: cast here
+        latent_in = (torch.cat([x] * 2) if cond.do_cfg else x).to(dtype)
+        embeds = cond.embeds.to(dtype)
         if embeds.shape[0] != latent_in.shape[0]:  # windows/frames batched over one encoded prompt
             embeds = _repeat_halves(embeds, latent_in.shape[0], cond.do_cfg)
         added = None
