@@ -179,7 +179,7 @@ def test_animatediff_decode_batches_follow_the_free_memory_and_give_the_same_fra
         == [1, 2, 4, 16, 16]
     x = torch.randn(adapter.latent_shape(1, 64, 64, 8), generator=torch.Generator().manual_seed(1))
     # smaller conv batches may take other CPU kernels: equal within float32 rounding, not bit for bit
-    torch.testing.assert_close(adapter.decode(x, chunk=3), adapter.decode(x, chunk=16), atol=1e-6, rtol=0)
+    torch.testing.assert_close(adapter.decode(x, chunk=3), adapter.decode(x, chunk=16), atol=1e-5, rtol=0)
 
 
 # ---- models a job adds beside its main one ---------------------------------------------------------------

@@ -198,8 +198,9 @@ class ModelRegistry:
 
     def _discover_hf_cache(self) -> list[ModelEntry]:
         try:
-            from huggingface_hub import scan_cache_dir
-            info = scan_cache_dir()
+            from huggingface_hub import constants, scan_cache_dir
+            # named at call time: scan_cache_dir's own default is bound when its module is first imported
+            info = scan_cache_dir(constants.HF_HUB_CACHE)
         except Exception:  # no cache folder yet, or an unreadable one: nothing to offer
             return []
         out = []
