@@ -19,7 +19,8 @@ from cinegen.common.params import CommonParams, ImageParams, StoryParams
 pytestmark = pytest.mark.slow  # a local Ray instance and its workers take ~20 s to start
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'cinegen[ray]'); its tests skip")
 
-from cinegen.server.scaleout.ray_executor import RayUnitRunner, WorkerConfig, create_workers  # noqa: E402
+from cinegen.server.scaleout.ray_executor import (RayUnitRunner, WorkerConfig, create_workers,  # noqa: E402
+                                                      start_local_ray)
 
 SHOTS = "".join(f"  - id: sh{10 * (k + 1):03d}\n    prompt: shot {k} of the harbour\n    frames: 2\n"
                 + ("    continuity: true\n" if k == 2 else "") for k in range(8))
@@ -29,8 +30,7 @@ TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def workers(tiny_model_cache):
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")  # Ray's 30 s is short on a busy 2-core box
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2)  # its own instance, started again if Ray's 30 s raylet wait runs out
     try:
         # one torch thread each: 2 workers on 2 cores, and the same kernels on every worker
         config = WorkerConfig(use_hf_cache=False, cache_dir=str(tiny_model_cache), threads=1)
@@ -169,3 +169,21 @@ def test_serve_with_ray_but_without_the_extra_says_how_to_install_it(monkeypatch
     monkeypatch.setitem(sys.modules, "ray", None)  # as on a machine without the extra
     with pytest.raises(SystemExit, match=r"pip install 'cinegen\[ray\]'"):
         start_ray_runner(ServerConfig(ray="local"), registry)
+
+
+def test_a_local_ray_whose_raylet_misses_rays_30_s_is_started_again(monkeypatch):
+    calls, shutdowns = [], []
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(1))
+    start_local_ray(num_cpus=2)
+    assert len(calls) == 2 and shutdowns == [1] and all(c["address"] == "local" for c in calls)
+    calls.clear()
+    monkeypatch.setattr(ray, "init", lambda **kw: (_ for _ in ()).throw(ValueError("bad address")))
+    with pytest.raises(ValueError):  # anything else is not retried
+        start_local_ray(num_cpus=2)

@@ -4,7 +4,6 @@ exercised; each worker runs on the CPU when torch there sees no CUDA, and says s
 from __future__ import annotations
 
 import logging
-import os
 import re
 import uuid
 
@@ -18,7 +17,8 @@ from cinegen.common.params import CommonParams, ImageParams
 pytestmark = pytest.mark.slow  # a local Ray instance and its workers take ~20 s to start
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'cinegen[ray]'); its tests skip")
 
-from cinegen.server.scaleout.ray_executor import RayUnitRunner, UnitWorker, WorkerConfig  # noqa: E402
+from cinegen.server.scaleout.ray_executor import (RayUnitRunner, UnitWorker, WorkerConfig,  # noqa: E402
+                                                      start_local_ray)
 
 GPUS = 2
 
@@ -31,8 +31,7 @@ def config(tiny_model_cache):
 @pytest.fixture(scope="module")
 def started(config):
     """The runner as `cinegen serve --ray` starts it, on a cluster whose 2 GPUs exist only as resources."""
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")  # Ray's 30 s is short on a busy 2-core box
-    ray.init(address="local", num_cpus=2, num_gpus=GPUS, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, num_gpus=GPUS)  # started again if Ray's 30 s raylet wait runs out
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]

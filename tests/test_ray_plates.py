@@ -136,10 +136,9 @@ def test_video_plate_chunks_give_the_single_box_frames_bit_for_bit(registry, tmp
 @pytest.fixture(scope="module")
 def workers(tiny_model_cache):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'cinegen[ray]'); its tests skip")
-    from cinegen.server.scaleout.ray_executor import WorkerConfig, create_workers
+    from cinegen.server.scaleout.ray_executor import WorkerConfig, create_workers, start_local_ray
 
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")  # Ray's 30 s is short on a busy 2-core box
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2)  # started again if Ray's 30 s raylet wait runs out
     try:
         config = WorkerConfig(use_hf_cache=False, cache_dir=str(tiny_model_cache), threads=1)  # same kernels
         yield create_workers(config, 2, {"num_cpus": 1})

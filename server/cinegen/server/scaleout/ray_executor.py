@@ -224,9 +224,7 @@ class RayUnitRunner:
         if not ray.is_initialized():
             with _signal_handlers_kept():
                 if address == "local":
-                    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")  # a busy box starts slowly
-                    # "local" always starts its own, never joins a cluster another `ray start` left on this machine
-                    ray.init(address="local", num_cpus=workers or None, include_dashboard=False, log_to_driver=False)
+                    start_local_ray(num_cpus=workers or None)
                 else:
                     ray.init(address=address, log_to_driver=False)
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -409,6 +407,23 @@ class _JobRun:
             return RuntimeError(f"the Ray workers running {item.unit.name} were lost {MAX_ATTEMPTS} times "
                                 f"({result[1]}); check the cluster's nodes and their memory")
         return RuntimeError(f"{item.unit.name} on a Ray worker: {result[1]}")
+
+
+def start_local_ray(attempts: int = 3, **init_kwargs) -> None:
+    """A Ray instance of this process's own (`address="local"`: never one another `ray start` left on the
+    machine). Ray gives its raylet a fixed 30 s to register, which a busy 2-core box can miss: try again."""
+    import ray
+
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")  # a busy box starts the GCS slowly too
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, **init_kwargs)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            log.warning("Ray's node did not start in time (attempt %d of %d); starting it again", attempt, attempts)
+            ray.shutdown()
 
 
 @contextlib.contextmanager
