@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .measure import ratio_stat, stat
+from .measure import stat
+from .ray_cases import WORKER_COUNTS, time_ray_cases
 
 MODEL, PLATE_FRAMES, SIDE, STEPS = "toy-video", 44, 32, 8  # 7 clips, at frames 0, 6, ..., 36; 64x64 out
-WORKER_COUNTS = (1, 2, 4)
-
 
 def write_plate(folder: Path) -> str:
     from cinegen.common.exr import ExrMetadata, write_exr_frame
@@ -36,9 +34,7 @@ def write_plate(folder: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import ray
-
-    from cinegen.common.client import GeneratorClient, build_request
+    from cinegen.common.client import build_request
     from cinegen.common.exr import read_exr_frame
     from cinegen.common.params import CommonParams, UpscaleParams
 
@@ -46,70 +42,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..pipelines import load_pipelines
     from ..pipelines.base import JobSpec
     from ..pipelines.upscale import plate_clip_length
-    from ..scaleout.ray_executor import RayUnitRunner, WorkerConfig, create_workers, plan_units
-    from ..server import start_server
-    from ..service import GeneratorService, ServerConfig
+    from ..scaleout.ray_executor import plan_units
 
     rounds = max(1, getattr(args, "repeat", 2) or 2)
     torch.set_num_threads(1)  # in-process as each worker: the same kernels, comparable frames
     registry = ModelRegistry(use_hf_cache=False)
-    ray.init(address="local", num_cpus=max(WORKER_COUNTS), include_dashboard=False, log_to_driver=False)
-    servers: dict[str, Any] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="cinegen-bench-ray-plate-") as tmp:
-            plate = write_plate(Path(tmp) / "plate")
-
-            def request(out: Path):
-                return build_request("upscale", CommonParams(model=MODEL, seed=2, steps=STEPS, prompt="a quay at dusk",
-                                                             out=str(out / "up.####.exr")),
-                                     UpscaleParams(input=plate, scale=2.0), job_id=f"bench-{uuid.uuid4().hex[:8]}")
-
-            spec = JobSpec("plan", "upscale", CommonParams(model=MODEL, out="x.####.exr"), UpscaleParams(input=plate))
-            plans = {n: plan_units(load_pipelines()["upscale"], spec, registry, workers=n) for n in WORKER_COUNTS}
-            window = plate_clip_length(registry, MODEL)  # a unit's weight is the frames of the clips it refines
-            pool = create_workers(WorkerConfig(use_hf_cache=False, cache_dir=str(registry.cache_dir), threads=1),
-                                  max(WORKER_COUNTS), {"num_cpus": 1})
-            cases: dict[str, Any] = {"in-process": None,
-                                     **{f"{n} worker(s)": RayUnitRunner(pool[:n]) for n in WORKER_COUNTS}}
-            for name, runner in cases.items():
-                config = ServerConfig(port=0, use_hf_cache=False)
-                servers[name] = start_server(config, GeneratorService(config, registry=registry, unit_runner=runner))
-            times: dict[str, list[float]] = {name: [] for name in cases}
-            frames: dict[str, dict[str, np.ndarray]] = {}
-
-            def one_job(name: str) -> float:
-                out = Path(tmp) / uuid.uuid4().hex
-                with GeneratorClient(servers[name].address, timeout=600) as client:
-                    start = time.perf_counter()
-                    result = client.run(request(out))
-                    seconds = time.perf_counter() - start
-                assert result.state == "completed", result.message
-                frames[name] = {p.name: read_exr_frame(p)[0] for p in out.glob("up.*.exr")}
-                return seconds
-
-            for name in cases:
-                one_job(name)  # warm-up: models loaded in every worker the case uses
-            for r in range(rounds):
-                for name in (list(cases) if r % 2 == 0 else list(reversed(list(cases)))):
-                    times[name].append(one_job(name))
-        reference = frames["1 worker(s)"]
-        same = {name: frames[name].keys() == reference.keys()
-                and all(np.array_equal(frames[name][k], reference[k]) for k in reference) for name in cases}
-    finally:
-        for running in servers.values():
-            running.stop()
-        ray.shutdown()
+    with tempfile.TemporaryDirectory(prefix="cinegen-bench-ray-plate-") as tmp:
+        plate = write_plate(Path(tmp) / "plate")
+        spec = JobSpec("plan", "upscale", CommonParams(model=MODEL, out="x.####.exr"), UpscaleParams(input=plate))
+        plans = {n: plan_units(load_pipelines()["upscale"], spec, registry, workers=n) for n in WORKER_COUNTS}
+        window = plate_clip_length(registry, MODEL)  # a unit's weight is the frames of the clips it refines
+        measured = time_ray_cases(
+            registry, rounds, Path(tmp),
+            lambda out: build_request("upscale", CommonParams(model=MODEL, seed=2, steps=STEPS, prompt="a quay at dusk",
+                                                              out=str(out / "up.####.exr")),
+                                      UpscaleParams(input=plate, scale=2.0), job_id=f"bench-{uuid.uuid4().hex[:8]}"),
+            lambda out: {p.name: read_exr_frame(p)[0] for p in out.glob("up.*.exr")})
+    same = measured.same_frames_as("1 worker(s)")
     rows = []
-    for name in cases:
+    for name in measured.times:
         units = plans[int(name.split()[0]) if name != "in-process" else 1]
         rows.append({"case": name, "frames": PLATE_FRAMES, "chunks": " | ".join(u.name for u in units),
                      "clips_refined": round(sum(u.weight for u in units) / window),
                      "busiest_chunk_clips": round(max(u.weight for u in units) / window),
-                     "seconds": stat(times[name], 3), "same_frames_as_1_worker": same[name]})
-    one = times["1 worker(s)"]
-    comparisons = [{"name": f"speed-up of {n} worker(s) over 1", "ratio": ratio_stat(one, times[f"{n} worker(s)"])}
-                   for n in WORKER_COUNTS[1:]]
-    return {"benchmark": "ray-plate", "device": "cpu", "rounds": rounds, "rows": rows, "comparisons": comparisons,
+                     "seconds": stat(measured.times[name], 3), "same_frames_as_1_worker": same[name]})
+    return {"benchmark": "ray-plate", "device": "cpu", "rounds": rounds, "rows": rows,
+            "comparisons": measured.speedups(),
             "notes": [f"{MODEL} plate of {PLATE_FRAMES} frames {SIDE}x{SIDE} -> 64x64, {STEPS} steps (strength 0.5), "
                       "8-frame clips overlapping by 2; one torch thread per worker; wall time Submit -> completed "
                       "over gRPC; in-process frames may differ from the workers' in the last bits only where its "
