@@ -36,18 +36,7 @@ shots:
     prompt: a boat leaves
     frames: 2
 """
-STORY_2 = """\
-title: Tiny Cut
-fps: 24
-shots:
-  - id: sh010
-    prompt: a lighthouse at dusk
-    frames: 2
-    continuity: true
-  - id: sh020
-    prompt: the sea below
-    frames: 2
-"""
+STORY_2 = STORY[:STORY.index("  - id: sh030")]  # the first two shots
 OPENJD = shutil.which("openjd", path=str(Path(sys.executable).parent)) or shutil.which("openjd")
 CINEGEN = shutil.which("cinegen", path=str(Path(sys.executable).parent))
 

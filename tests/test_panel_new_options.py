@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from concurrent import futures
 
 import grpc
@@ -22,6 +21,7 @@ from cinegen.common.proto import generator_pb2_grpc as pb_grpc  # noqa: E402
 from cinegen.plugin.model.forms import request_from_values  # noqa: E402
 from cinegen.plugin.qt import QtCore, ensure_application  # noqa: E402
 from cinegen.plugin.ui import fields as editors  # noqa: E402
+from qt_kit import wait_until  # noqa: E402
 
 DOCK_WIDTH = 360  # the width the panel is shown at in the hosts' tests (a Nuke properties pane, a Blender side bar)
 LONG_LORA = "cinematic-anamorphic-flare-style-v2-final"
@@ -88,15 +88,6 @@ def panel(studio_caps, tmp_path, monkeypatch):
     panel.deleteLater()
     app.processEvents()
     server.stop(0)
-
-
-def wait_until(predicate, what: str, timeout: float = 30.0) -> None:
-    app = ensure_application()
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        app.processEvents(QtCore.QEventLoop.AllEvents, 20)
-        time.sleep(0.005)
 
 
 def _shown(panel, pipeline: str):

@@ -15,6 +15,7 @@ pytest.importorskip("PySide6", reason="the panel needs a Qt binding")
 from cinegen.common.proto import generator_pb2 as pb  # noqa: E402
 from cinegen.common.proto import generator_pb2_grpc as pb_grpc  # noqa: E402
 from cinegen.plugin.qt import QtCore, QtGui, QtWidgets, ensure_application  # noqa: E402
+from qt_kit import wait_until  # noqa: E402
 
 PNG = None  # a real preview PNG, made once Qt is up
 
@@ -117,15 +118,6 @@ def panel(tmp_path, monkeypatch):
     panel.deleteLater()
     app.processEvents()
     server.stop(0)
-
-
-def wait_until(predicate, what: str, timeout: float = 30.0) -> None:
-    app = ensure_application()
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        app.processEvents(QtCore.QEventLoop.AllEvents, 20)
-        time.sleep(0.005)
 
 
 def test_model_typed_options_pick_from_their_families_and_the_form_takes_the_servers_size_limit(panel):
