@@ -302,20 +302,25 @@ def tiny_t5_tokenizer():
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
+def tiny_t5_encoder(vocab_size: int):
+    """A 2-layer T5 encoder for the tiny tokenizer's vocabulary (weights from the caller's torch seed)."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                                   decoder_start_token_id=0))
+
+
 def build_tiny_cogvideox(folder: Path, seed: int = 0) -> None:
     """A tiny CogVideoX (real diffusers classes, seeded random weights), with tiny Tora modules saved
     in `tora/` under Tora's published parameter names; 64 px, 9 frames native, 2 DiT layers."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
     from safetensors.torch import save_file
-    from transformers import T5Config, T5EncoderModel
-
     from ..diffusion.tora import ToraConfig, ToraModules, to_published_state_dict
 
     tokenizer = tiny_t5_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                                           num_heads=4, relative_attention_num_buckets=8, pad_token_id=0,
-                                           eos_token_id=1, decoder_start_token_id=0))
+    text_encoder = tiny_t5_encoder(len(tokenizer))
     torch.manual_seed(seed + 1)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=32,

@@ -93,15 +93,12 @@ def build_scheduler():
 def build_pipeline(seed: int, vae=None, transformer=None):
     """The toy CogVideoX pipeline; the T5 text encoder is seeded and never trained (CogVideoX freezes its T5)."""
     from diffusers import CogVideoXPipeline
-    from transformers import T5Config, T5EncoderModel
 
-    from ..models.cogvideox import tiny_t5_tokenizer
+    from ..models.cogvideox import tiny_t5_encoder, tiny_t5_tokenizer
 
     tokenizer = tiny_t5_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                                           num_heads=4, relative_attention_num_buckets=8, pad_token_id=0,
-                                           eos_token_id=1, decoder_start_token_id=0))
+    text_encoder = tiny_t5_encoder(len(tokenizer))
     torch.manual_seed(seed + 1)
     vae = vae if vae is not None else build_vae()
     torch.manual_seed(seed + 2)
