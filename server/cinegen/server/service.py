@@ -305,16 +305,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         check_text("The job id", request.job_id, MAX_NAME_CHARS)
         existing = self.jobs.get(request.job_id) if request.job_id else None
         if existing is not None:
-            if _same_request(existing.request, request):
-                return pb.JobTicket(job_id=existing.id, queue_position=self.jobs.queue_position(existing),
-                                    existing=True)
-            raise AlreadyExists(f"Job id '{request.job_id}' is already used by a different request. "
-                                "Choose a new job id, or resubmit exactly the same request.")
-        if self.jobs.queued_count() >= self.limits.max_queue:
-            raise over(self.limits, "max_queue", "The number of queued jobs", self.jobs.queued_count() + 1)
-        mine = self.jobs.queued_count(client)
-        if mine >= self.limits.max_queue_per_client:
-            raise over(self.limits, "max_queue_per_client", "The number of jobs this client has queued", mine + 1)
+            return self._existing_ticket(existing, request)
+        self._admit(self.jobs.queued_count(), self.jobs.queued_count(client))  # early: before any checking work
         try:
             spec = self.validate(request)
         except (UserError, grpc.RpcError):
@@ -326,8 +318,23 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         kept = pb.JobRequest()
         kept.CopyFrom(request)
         kept.common.seed = spec.common.seed  # the journal keeps the seed chosen now: a resumed job goes on with it
-        job, position = self.jobs.submit(Job(id=spec.job_id, request=kept, client=client, spec=spec))
+        # again under the queue's lock: a Submit of the same id may have been queued while this one was checked
+        job, position = self.jobs.submit(Job(id=spec.job_id, request=kept, client=client, spec=spec), self._admit)
+        if job.request is not kept:
+            return self._existing_ticket(job, request)
         return pb.JobTicket(job_id=job.id, queue_position=position)
+
+    def _existing_ticket(self, existing: Job, request: pb.JobRequest) -> pb.JobTicket:
+        if _same_request(existing.request, request):
+            return pb.JobTicket(job_id=existing.id, queue_position=self.jobs.queue_position(existing), existing=True)
+        raise AlreadyExists(f"Job id '{request.job_id}' is already used by a different request. "
+                            "Choose a new job id, or resubmit exactly the same request.")
+
+    def _admit(self, queued: int, mine: int) -> None:
+        if queued >= self.limits.max_queue:
+            raise over(self.limits, "max_queue", "The number of queued jobs", queued + 1)
+        if mine >= self.limits.max_queue_per_client:
+            raise over(self.limits, "max_queue_per_client", "The number of jobs this client has queued", mine + 1)
 
     def validate(self, request: pb.JobRequest, *, resume: bool = False) -> JobSpec:
         job_id = request.job_id or uuid.uuid4().hex[:12]

@@ -90,8 +90,18 @@ class JobManager:
         with self._lock:
             return self._jobs.get(job_id)
 
-    def submit(self, job: Job) -> tuple[Job, int]:
+    def submit(self, job: Job, admit: Callable[[int, int], None] | None = None) -> tuple[Job, int]:
+        """Queue `job` and return it with its position, or return the job already known under its id.
+
+        The id check, `admit(queued, queued_by_this_client)` (the queue limits; it may raise) and the
+        insert happen under one lock: concurrent Submits of one id (a client retrying after a deadline)
+        queue it once, and concurrent Submits never pass a queue limit together."""
         with self._lock:
+            known = self._jobs.get(job.id)
+            if known is not None:
+                return known, self._position(known)
+            if admit is not None:
+                admit(len(self._queue), sum(1 for j in self._queue if self._jobs[j].client == job.client))
             job.cond = threading.Condition(self._lock)
             self._jobs[job.id] = job
             if self._journal:
@@ -106,12 +116,7 @@ class JobManager:
 
     def queue_position(self, job: Job) -> int:
         with self._lock:
-            if job.state == "running":
-                return 0
-            try:
-                return self._queue.index(job.id) + 1
-            except ValueError:
-                return -1
+            return self._position(job)
 
     def queued_count(self, client: str | None = None) -> int:
         with self._lock:
@@ -198,6 +203,14 @@ class JobManager:
                 job.cond.notify_all()
 
     # ---- internals ----------------------------------------------------------------------
+    def _position(self, job: Job) -> int:
+        if job.state == "running":
+            return 0
+        try:
+            return self._queue.index(job.id) + 1
+        except ValueError:
+            return -1
+
     def _emit(self, job: Job, **kind: Any) -> pb.JobEvent:
         event = pb.JobEvent(job_id=job.id, seq=job.last_seq + 1, time=time.time(), **kind)
         job.events.append(event)
