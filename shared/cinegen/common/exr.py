@@ -9,6 +9,11 @@ Windows), so a reader sees either no file or a complete one.
 
 Plates in: any format OpenImageIO reads. Float files (EXR, HDR, float TIFF) are taken as scene
 linear already; integer files (PNG, JPEG, 8/16-bit TIFF) as sRGB-encoded, converted with color.py.
+A plate is its display window (the format a Read node shows): a data window inside it (a comp's
+bounding box) is placed in it with 0 around, overscan beyond it is cropped off. Of a multi-part EXR,
+the first part with colour channels (R, G, B or Y) is read. NaN pixels read as 0 and infinities as
+the largest half float (+-65504), so no resize or blend downstream spreads them; 32-bit integer
+colour channels (object IDs) are refused.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ CINEGEN_PREFIX = "cinegen:"
 # OpenImageIO's names for standard EXR attributes it renames on reading.
 _OIIO_TO_EXR_NAMES = {"DateTime": "capDate", "FramesPerSecond": "framesPerSecond", "Software": "software"}
 _FLOAT_FORMATS = {"half", "float", "double"}
+HALF_MAX = 65504.0  # the largest finite half float: a plate's +inf becomes this
 
 
 class ExrWriteError(OSError):
@@ -234,9 +240,7 @@ def read_exr_frame(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, 
     image = _open_image(path)
     try:
         spec = image.spec()
-        pixels = image.read_image(0, 0, 0, spec.nchannels, "float")
-        if pixels is None:
-            raise ImageReadError(f"Could not read the pixels of '{path}': {image.geterror()}")
+        pixels = _read_display_window(image, spec, path)
         header = {_OIIO_TO_EXR_NAMES.get(a.name, a.name): a.value for a in spec.extra_attribs}
     finally:
         image.close()
@@ -244,7 +248,7 @@ def read_exr_frame(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, 
     header["pixel_type"] = str(spec.format)
     if header.pop("textureformat", None) == "LatLong Environment":
         header["envmap"] = "latlong"
-    return _as_hwc(pixels, spec), header
+    return pixels, header
 
 
 def read_image(path: str | os.PathLike[str], *, keep_alpha: bool = False) -> np.ndarray:
@@ -253,43 +257,109 @@ def read_image(path: str | os.PathLike[str], *, keep_alpha: bool = False) -> np.
     image = _open_image(path)
     try:
         spec = image.spec()
-        pixels = image.read_image(0, 0, 0, spec.nchannels, "float")
-        if pixels is None:
-            raise ImageReadError(f"Could not read the pixels of '{path}': {image.geterror()}")
+        pixels = _read_display_window(image, spec, path)
     finally:
         image.close()
-    pixels = _as_hwc(pixels, spec)
-    rgb, alpha = _rgb_and_alpha(pixels, spec)
-    if str(spec.format) not in _FLOAT_FORMATS:
+    rgb, alpha = _rgb_and_alpha(pixels, spec, path)
+    # not a picture value: NaN would turn every pixel a resize or blend touches into NaN, inf into inf
+    rgb = np.nan_to_num(rgb, nan=0.0, posinf=HALF_MAX, neginf=-HALF_MAX)
+    alpha = np.nan_to_num(alpha, nan=0.0, posinf=HALF_MAX, neginf=-HALF_MAX)
+    if _colour_format(spec, path) not in _FLOAT_FORMATS:
         rgb = color.srgb_display_to_scene_linear(rgb)
     return np.concatenate([rgb, alpha], axis=2) if keep_alpha else rgb
 
 
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) of the picture :func:`read_image` reads (its display window), from the header alone;
+    raises :class:`ImageReadError` for a file it would refuse."""
+    path = os.fspath(path)
+    image = _open_image(path)
+    try:
+        spec = image.spec()
+        _colour_format(spec, path)
+        width, height, _, _ = _display_window(spec)
+        return width, height
+    finally:
+        image.close()
+
+
 def _open_image(path: str) -> oiio.ImageInput:
+    """The file open at its first part with colour channels (a multi-part EXR may start with depth or IDs)."""
     if not os.path.isfile(path):
         raise ImageReadError(f"There is no file '{path}'.")
     image = oiio.ImageInput.open(path)
     if image is None:
         raise ImageReadError(f"Could not read '{path}': {oiio.geterror() or 'unknown format'}.")
+    if not _has_colour(image.spec()):
+        part = 1
+        while image.seek_subimage(part, 0):
+            if _has_colour(image.spec()):
+                return image
+            part += 1
+        image.seek_subimage(0, 0)  # none has: the first part, read as greyscale
     return image
 
 
-def _as_hwc(pixels: np.ndarray, spec: oiio.ImageSpec) -> np.ndarray:
-    return np.ascontiguousarray(pixels, dtype=np.float32).reshape(spec.height, spec.width, spec.nchannels)
+def _has_colour(spec: oiio.ImageSpec) -> bool:
+    names = {name.split(".")[-1].upper() for name in spec.channelnames}
+    return {"R", "G", "B"} <= names or "Y" in names
 
 
-def _rgb_and_alpha(pixels: np.ndarray, spec: oiio.ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+def _display_window(spec: oiio.ImageSpec) -> tuple[int, int, int, int]:
+    """(width, height, x, y) of the display window; the data window when a format has none."""
+    if spec.full_width < 1 or spec.full_height < 1:
+        return spec.width, spec.height, spec.x, spec.y
+    return spec.full_width, spec.full_height, spec.full_x, spec.full_y
+
+
+def _read_display_window(image: oiio.ImageInput, spec: oiio.ImageSpec, path: str) -> np.ndarray:
+    """The open part's pixels (float32, H x W x C) over its display window: 0 where there is no data."""
+    pixels = image.read_image(image.current_subimage(), 0, 0, spec.nchannels, "float")
+    if pixels is None:
+        raise ImageReadError(f"Could not read the pixels of '{path}': {image.geterror()}")
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32).reshape(spec.height, spec.width, spec.nchannels)
+    width, height, x, y = _display_window(spec)
+    if (width, height, x, y) == (spec.width, spec.height, spec.x, spec.y):
+        return pixels
+    # Nuke's reading: outside the bounding box every channel is 0; overscan is cut off at the format
+    framed = np.zeros((height, width, spec.nchannels), np.float32)
+    left, right = max(x, spec.x), min(x + width, spec.x + spec.width)
+    top, bottom = max(y, spec.y), min(y + height, spec.y + spec.height)
+    if left < right and top < bottom:
+        framed[top - y:bottom - y, left - x:right - x] = \
+            pixels[top - spec.y:bottom - spec.y, left - spec.x:right - spec.x]
+    return framed
+
+
+def _channels(spec: oiio.ImageSpec) -> tuple[list[int], int]:
+    """Indices of the colour channels (R, G, B; or the one grey channel) and of alpha (-1 when none)."""
     names = [name.split(".")[-1].upper() for name in spec.channelnames]
     alpha_index = spec.alpha_channel
     if alpha_index < 0 and "A" in names:
         alpha_index = names.index("A")
-    colour = [index for index in range(pixels.shape[2]) if index != alpha_index]
     if all(name in names for name in "RGB"):
-        rgb = pixels[..., [names.index(name) for name in "RGB"]]
-    elif colour:  # greyscale (Y, or Y + A): the one value in all three channels
-        rgb = np.repeat(pixels[..., colour[:1]], 3, axis=2)
-    else:
-        raise ImageReadError(f"The image has no colour channels (channels: {', '.join(spec.channelnames)}).")
+        return [names.index(name) for name in "RGB"], alpha_index
+    # greyscale (Y, or Y + A): the one value goes in all three channels
+    return [index for index in range(spec.nchannels) if index != alpha_index][:1], alpha_index
+
+
+def _colour_format(spec: oiio.ImageSpec, path: str) -> str:
+    """How the colour channels are stored ("half", "uint8"...); refuses 32-bit integers."""
+    colour, _ = _channels(spec)
+    if not colour:
+        raise ImageReadError(f"'{path}' has no colour channels (channels: {', '.join(spec.channelnames)}).")
+    formats = spec.channelformats or (spec.format,) * spec.nchannels  # empty when all channels share one
+    stored = str(formats[colour[0]])
+    if stored == "uint":
+        raise ImageReadError(f"'{path}' stores its colour in 32-bit integer channels (object IDs or masks, not a "
+                             "picture): give a plate with half or float channels.")
+    return stored
+
+
+def _rgb_and_alpha(pixels: np.ndarray, spec: oiio.ImageSpec, path: str) -> tuple[np.ndarray, np.ndarray]:
+    _colour_format(spec, path)
+    colour, alpha_index = _channels(spec)
+    rgb = pixels[..., colour] if len(colour) == 3 else np.repeat(pixels[..., colour], 3, axis=2)
     alpha = pixels[..., alpha_index:alpha_index + 1] if alpha_index >= 0 else np.ones_like(rgb[..., :1])
     return np.ascontiguousarray(rgb), np.ascontiguousarray(alpha)
 

@@ -28,7 +28,7 @@ from typing import Callable, ClassVar, Iterator, TypeVar
 import numpy as np
 import torch
 
-from cinegen.common.exr import PlateError, read_plate_sequence
+from cinegen.common.exr import ImageReadError, PlateError, image_size, read_plate_sequence
 from cinegen.common.params import UpscaleParams
 from cinegen.common.sequence import FrameRange, SequencePattern, SequencePatternError
 
@@ -119,16 +119,11 @@ def inspect_plate(text: str, count: int | None = None) -> PlateInfo:
 
 
 def _image_size(path: str) -> Size:
-    import OpenImageIO as oiio  # headers only: sizes are checked at Submit without reading pixels
-
-    image = oiio.ImageInput.open(path)
-    if image is None:
-        raise InvalidArgument(f"Could not read '{path}': {oiio.geterror() or 'unknown format'}.")
+    """The size the plate is read at (its format, not its bounding box), from the header: checked at Submit."""
     try:
-        spec = image.spec()
-        return spec.width, spec.height
-    finally:
-        image.close()
+        return image_size(path)
+    except ImageReadError as exc:
+        raise InvalidArgument(str(exc)) from exc
 
 
 def native_size_hint(registry: ModelRegistry, model_id: str) -> Size | None:

@@ -1,0 +1,119 @@
+"""Plates as comps and renderers write them: bounding boxes, overscan, multi-part files, integer IDs,
+NaN/Inf pixels. Each file is built here with OpenImageIO (a few dozen pixels)."""
+
+from __future__ import annotations
+
+import numpy as np
+import OpenImageIO as oiio
+import pytest
+
+from cinegen.common import exr
+from cinegen.common.exr import ImageReadError
+
+
+@pytest.fixture(autouse=True)
+def builtin_config(monkeypatch) -> None:
+    monkeypatch.delenv("OCIO", raising=False)
+
+
+def _write(path, parts) -> str:
+    """``parts``: (pixels H x W x C, channel names, format, data origin (x, y), display (x, y, w, h) or None)."""
+    specs = []
+    for pixels, names, fmt, origin, display in parts:
+        spec = oiio.ImageSpec(pixels.shape[1], pixels.shape[0], pixels.shape[2], fmt)
+        spec.channelnames = names
+        spec.x, spec.y = origin
+        if display is not None:
+            spec.full_x, spec.full_y, spec.full_width, spec.full_height = display
+        specs.append(spec)
+    out = oiio.ImageOutput.create(str(path))
+    assert out.open(str(path), tuple(specs)), out.geterror()
+    for index, (pixels, *_rest) in enumerate(parts):
+        if index:
+            assert out.open(str(path), specs[index], "AppendSubimage"), out.geterror()
+        assert out.write_image(np.ascontiguousarray(pixels)), out.geterror()
+    assert out.close()
+    return str(path)
+
+
+def _ramp(height: int, width: int) -> np.ndarray:
+    """RGBA where each pixel's red is its column and green its row (exact in half)."""
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    return np.stack([cols, rows, np.full_like(cols, 0.25), np.full_like(cols, 0.5)], axis=-1)
+
+
+RGBA = ("R", "G", "B", "A")
+
+
+def test_a_bounding_box_inside_the_format_is_placed_in_the_format_with_black_around_it(tmp_path) -> None:
+    # Nuke writes the node's bbox as the data window: a 20x10 element at (8, 4) of a 64x32 format.
+    path = _write(tmp_path / "bbox.1001.exr", [(_ramp(10, 20), RGBA, "half", (8, 4), (0, 0, 64, 32))])
+    plate = exr.read_image(path, keep_alpha=True)
+    assert plate.shape == (32, 64, 4)
+    np.testing.assert_array_equal(plate[4:14, 8:28], _ramp(10, 20))
+    outside = np.ones((32, 64), bool)
+    outside[4:14, 8:28] = False
+    assert not plate[outside].any()  # colour and alpha 0 outside the box, as Nuke shows it
+    assert exr.image_size(path) == (64, 32)
+
+
+def test_overscan_is_cropped_to_the_format(tmp_path) -> None:
+    # 4 px of overscan on every side (a negative data-window origin) around a 64x32 format.
+    path = _write(tmp_path / "over.1001.exr", [(_ramp(40, 72), RGBA, "half", (-4, -4), (0, 0, 64, 32))])
+    plate = exr.read_image(path, keep_alpha=True)
+    assert plate.shape == (32, 64, 4)
+    np.testing.assert_array_equal(plate, _ramp(40, 72)[4:36, 4:68])
+    assert exr.image_size(path) == (64, 32)
+    pixels, _ = exr.read_exr_frame(path)
+    assert pixels.shape == (32, 64, 4)
+
+
+def test_a_display_window_that_does_not_start_at_zero_keeps_its_own_origin(tmp_path) -> None:
+    path = _write(tmp_path / "shifted.exr", [(_ramp(6, 8), RGBA, "half", (12, 7), (10, 5, 16, 12))])
+    plate = exr.read_image(path, keep_alpha=True)
+    assert plate.shape == (12, 16, 4)
+    np.testing.assert_array_equal(plate[2:8, 2:10], _ramp(6, 8))
+
+
+def test_the_picture_part_of_a_multi_part_exr_is_read_not_a_depth_part_before_it(tmp_path) -> None:
+    depth = np.full((6, 8, 1), 7.0, np.float32)
+    path = _write(tmp_path / "parts.exr", [(depth, ("Z",), "float", (0, 0), None),
+                                           (_ramp(6, 8), RGBA, "half", (0, 0), None)])
+    np.testing.assert_array_equal(exr.read_image(path, keep_alpha=True), _ramp(6, 8))
+
+
+def test_32_bit_integer_colour_channels_are_refused_not_read_as_near_black(tmp_path) -> None:
+    ids = np.arange(6 * 8 * 3, dtype=np.uint32).reshape(6, 8, 3)
+    path = _write(tmp_path / "ids.exr", [(ids, ("R", "G", "B"), "uint", (0, 0), None)])
+    with pytest.raises(ImageReadError, match=r"ids\.exr.*32-bit integer.*half or float"):
+        exr.read_image(path)
+    with pytest.raises(ImageReadError, match="32-bit integer"):  # from the header alone, as Submit checks
+        exr.image_size(path)
+
+
+def test_nan_and_infinite_plate_pixels_become_black_and_the_brightest_half(tmp_path) -> None:
+    pixels = np.full((4, 4, 4), 0.5, np.float32)
+    pixels[0, 0, :3] = np.nan
+    pixels[0, 1, :3] = np.inf
+    pixels[0, 2, :3] = -np.inf
+    pixels[0, 3, 3] = np.nan  # a NaN matte too
+    path = _write(tmp_path / "bad.exr", [(pixels, RGBA, "half", (0, 0), None)])
+    plate = exr.read_image(path, keep_alpha=True)
+    assert np.isfinite(plate).all()
+    np.testing.assert_array_equal(plate[0, 0, :3], 0.0)
+    np.testing.assert_array_equal(plate[0, 1, :3], 65504.0)  # half's largest: still the brightest light
+    np.testing.assert_array_equal(plate[0, 2, :3], -65504.0)
+    assert plate[0, 3, 3] == 0.0
+    np.testing.assert_array_equal(plate[1:], 0.5)
+
+
+def test_upscale_checks_a_plate_at_submit_by_its_format_and_refuses_integer_ids(tmp_path) -> None:
+    from cinegen.server.errors import InvalidArgument
+    from cinegen.server.pipelines.upscale import inspect_plate
+
+    for frame in (1001, 1002):
+        _write(tmp_path / f"bbox.{frame}.exr", [(_ramp(10, 20), RGBA, "half", (8, 4), (0, 0, 64, 32))])
+    assert inspect_plate(str(tmp_path / "bbox.####.exr")).size == (64, 32)  # the bbox is 20x10
+    _write(tmp_path / "ids.1001.exr", [(np.zeros((6, 8, 3), np.uint32), ("R", "G", "B"), "uint", (0, 0), None)])
+    with pytest.raises(InvalidArgument, match="32-bit integer"):
+        inspect_plate(str(tmp_path / "ids.####.exr"))
