@@ -174,3 +174,23 @@ def test_the_cut_moves_with_its_folder_and_absolute_urls_are_an_option(cut, tmp_
     absolute = build_story_timeline(moved, "t", 24.0, records, absolute_urls=True)
     ref = absolute.find_clips()[0].media_reference
     assert ref.target_url_base == (moved / "sh010").resolve().as_uri() + "/"
+
+
+def test_an_ntsc_story_is_timed_at_the_exact_ratio_and_starts_at_one_hour(tmp_path):
+    # story files say 23.976 (story_io's own example); OTIO has timecode only for 24000/1001
+    record = _record("sh010", 4, fps=23.976)
+    _fake_frames(tmp_path, record)
+    timeline = otio.adapters.read_from_file(str(write_story_timeline(tmp_path, "t", 23.976, [record])))
+    clip = timeline.find_clips()[0]
+    assert clip.media_reference.rate == clip.source_range.duration.rate == 24000 / 1001
+    assert otio.opentime.to_timecode(timeline.global_start_time) == "01:00:00:00"
+    assert timeline.global_start_time == otio.opentime.RationalTime(86400, 24000 / 1001)
+
+
+def test_a_rate_without_smpte_timecode_still_starts_at_one_hour(tmp_path):
+    timeline = build_story_timeline(tmp_path, "t", 12.0, [MissingShot("sh010", "p", 6, 12.0)])
+    assert timeline.global_start_time == otio.opentime.RationalTime(3600 * 12, 12)
+    ten = build_story_timeline(tmp_path, "t", 15.0, [], record_start="00:00:10:14")
+    assert ten.global_start_time == otio.opentime.RationalTime(164, 15)
+    with pytest.raises(ValueError, match="not a timecode"):
+        build_story_timeline(tmp_path, "t", 12.0, [], record_start="00:00:00:12")  # frame 12 of 0-11

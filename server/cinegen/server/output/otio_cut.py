@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import tempfile
@@ -30,9 +31,12 @@ from typing import Sequence
 
 import opentimelineio as otio
 
+from cinegen.common.exr import fps_as_rational
+
 STATE_DIR = ".cinegen"  # OUT/.cinegen/: what the story pipeline keeps between runs
 FRAME_PADDING = 4
 RECORD_START = "01:00:00:00"  # where editorial expects a programme to start
+_TIMECODE = re.compile(r"^(\d{2}):(\d{2}):(\d{2}):(\d{2,3})$")  # non-drop HH:MM:SS:FF
 
 
 @dataclass
@@ -126,13 +130,20 @@ def load_shot_record(out_dir: Path, shot_id: str) -> ShotRecord | None:
 
 
 # ------------------------------------------------------------------------------------------ timeline
+def cut_rate(fps: float) -> float:
+    """The rate the cut is timed at: the EXR header's rational (23.976 -> 24000/1001, as OTIO's
+    SMPTE rates, the CMX/FCP adapters and editorial expect; 23.976 itself has no timecode)."""
+    numerator, denominator = fps_as_rational(fps)
+    return numerator / denominator
+
+
 def _range(start: int, duration: int, rate: float) -> otio.opentime.TimeRange:
     return otio.opentime.TimeRange(otio.opentime.RationalTime(start, rate),
                                    otio.opentime.RationalTime(duration, rate))
 
 
 def shot_clip(out_dir: Path, record: ShotRecord, *, absolute_urls: bool = False) -> otio.schema.Clip:
-    rate = float(record.fps)
+    rate = cut_rate(record.fps)
     available = _range(record.first_frame, record.frames, rate)
     folder = shot_folder(out_dir, record.shot)
     # relative to the .otio, which lives in out_dir: the cut and its shots move together
@@ -155,9 +166,9 @@ def shot_clip(out_dir: Path, record: ShotRecord, *, absolute_urls: bool = False)
 
 
 def missing_gap(shot: MissingShot) -> otio.schema.Gap:
-    gap = otio.schema.Gap(name=shot.shot, source_range=_range(0, shot.frames, float(shot.fps)),
+    gap = otio.schema.Gap(name=shot.shot, source_range=_range(0, shot.frames, cut_rate(shot.fps)),
                           metadata={"cinegen": {"missing": True, "prompt": shot.prompt}})
-    gap.markers.append(otio.schema.Marker(name=f"missing {shot.shot}", marked_range=_range(0, 0, float(shot.fps)),
+    gap.markers.append(otio.schema.Marker(name=f"missing {shot.shot}", marked_range=_range(0, 0, cut_rate(shot.fps)),
                                           color=otio.schema.MarkerColor.RED))
     return gap
 
@@ -169,8 +180,8 @@ def build_story_timeline(out_dir: Path, title: str, fps: float, shots: Sequence[
     for shot in shots:
         track.append(shot_clip(out_dir, shot, absolute_urls=absolute_urls) if isinstance(shot, ShotRecord)
                      else missing_gap(shot))
-    timeline = otio.schema.Timeline(name=title, global_start_time=start_time(record_start, fps),
-                                    metadata={"cinegen": {"story": title, "fps": fps,
+    timeline = otio.schema.Timeline(name=title, global_start_time=start_time(record_start, cut_rate(fps)),
+                                    metadata={"cinegen": {"story": title, "fps": fps, "record_start": record_start,
                                                           "missing": [s.shot for s in shots
                                                                       if isinstance(s, MissingShot)]}})
     timeline.tracks.append(track)
@@ -182,7 +193,14 @@ def start_time(timecode: str, fps: float) -> otio.opentime.RationalTime:
     try:
         return otio.opentime.from_timecode(timecode, fps)
     except ValueError as exc:  # OTIO raises ValueError on a malformed timecode
-        raise ValueError(f"'{timecode}' is not a timecode HH:MM:SS:FF at {fps:g} fps ({exc}).") from None
+        problem = exc
+    # OTIO counts timecode only at SMPTE rates; a 12 or 15 fps animatic counts its own frames per second
+    match = _TIMECODE.match(timecode.strip())
+    if match and not otio.opentime.RationalTime.is_valid_timecode_rate(fps):
+        hours, minutes, seconds, frames = (int(part) for part in match.groups())
+        if minutes < 60 and seconds < 60 and frames < math.ceil(fps):
+            return otio.opentime.RationalTime(((hours * 60 + minutes) * 60 + seconds) * fps + frames, fps)
+    raise ValueError(f"'{timecode}' is not a timecode HH:MM:SS:FF at {fps:g} fps ({problem}).") from None
 
 
 def write_story_timeline(out_dir: Path, title: str, fps: float, shots: Sequence[ShotRecord | MissingShot], *,
