@@ -59,7 +59,7 @@ def test_cases_that_do_not_fit_the_budget_are_skipped_and_a_broken_case_spares_t
         gpu.Case("broken", 1, broken),
         gpu.Case("fits", 1, lambda: ran.append("fits") or {"x": 1}),
         gpu.Case("too long", 10_000, lambda: ran.append("too long") or {})])
-    monkeypatch.setattr("cinegen.server.service.resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr("cinegen.server.devices.resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "stand-in")
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 2**30}))
     report = gpu.run(argparse.Namespace(device="cuda", real_size=True, budget_s=60))

@@ -44,7 +44,7 @@ def test_a_failed_case_is_released_before_the_cache_is_emptied(monkeypatch):
     monkeypatch.setattr(gpu, "cases", lambda device, sizes: [gpu.Case("oom", 1, broken),
                                                              gpu.Case("next", 1, lambda: {"x": 1})])
     monkeypatch.setattr(gpu, "_free", lambda: alive_at_free.append(refs[-1]() is not None if refs else False))
-    monkeypatch.setattr("cinegen.server.service.resolve_device", lambda name: CPU)
+    monkeypatch.setattr("cinegen.server.devices.resolve_device", lambda name: CPU)
     report = gpu.run(argparse.Namespace(device="cpu", tiny=True))
     # inside the except clause the traceback still holds `big`: empty_cache there frees nothing of it
     assert alive_at_free[0] is False
@@ -99,7 +99,7 @@ def test_an_out_of_memory_without_a_message_is_still_recorded(monkeypatch):
         raise torch.cuda.OutOfMemoryError()  # an empty message once made the handler itself raise
 
     monkeypatch.setattr(gpu, "cases", lambda device, sizes: [gpu.Case("oom", 1, oom), gpu.Case("next", 1, dict)])
-    monkeypatch.setattr("cinegen.server.service.resolve_device", lambda name: CPU)
+    monkeypatch.setattr("cinegen.server.devices.resolve_device", lambda name: CPU)
     report = gpu.run(argparse.Namespace(device="cpu", tiny=True))
     assert [r["status"] for r in report["rows"]] == ["out of memory: ", "ok"]
 

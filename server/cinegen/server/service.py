@@ -36,6 +36,7 @@ from cinegen.common.proto import generator_pb2_grpc as pb_grpc
 from cinegen.common.sequence import SequencePattern, SequencePatternError, check_output_writable
 
 from . import __version__
+from .devices import resolve_device
 from .documents import Origin, check_story, check_trajectory
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, UserError
 from .jobs import InProcessExecutor, Job, JobManager, Journal
@@ -97,14 +98,6 @@ class ServerConfig:
 
 class Unavailable(UserError):
     code = "UNAVAILABLE"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but this machine has no CUDA GPU; use --device cpu.")
-    return torch.device(name)
 
 
 def preview_png(display_rgb: np.ndarray, max_side: int = 256) -> tuple[bytes, int, int]:

@@ -334,7 +334,7 @@ def cases(device: torch.device, sizes: Sizes) -> list[Case]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..service import resolve_device
+    from ..devices import resolve_device
 
     device = resolve_device(args.device)
     tiny = bool(getattr(args, "tiny", False))

@@ -8,7 +8,7 @@ import torch
 from ..models.registry import ModelRegistry
 from ..pipelines.base import Resolved
 from ..pipelines.image import generate_images
-from ..service import resolve_device
+from ..devices import resolve_device
 from .measure import measure
 
 

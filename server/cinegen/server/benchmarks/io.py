@@ -211,7 +211,7 @@ def _read_all(path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..service import resolve_device
+    from ..devices import resolve_device
 
     device = resolve_device(args.device)
     rounds = max(1, getattr(args, "repeat", 1) or 1)

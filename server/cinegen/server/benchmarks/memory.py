@@ -20,7 +20,7 @@ from ..memory_check import model_architecture
 from ..models.memory_estimate import GiB, Workload, estimate
 from ..models.offload import set_offload
 from ..models.registry import ModelRegistry
-from ..service import resolve_device
+from ..devices import resolve_device
 from .live_memory import live_peak
 
 CASES = [("tiny-sd", 256, 1), ("tiny-animatediff", 128, 8), ("tiny-wan", 128, 17), ("tiny-cogvideox", 128, 17)]

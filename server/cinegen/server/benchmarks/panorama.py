@@ -123,7 +123,7 @@ def run_case(model: str, method: str, variant: str, height: int, width: int, ste
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..service import resolve_device
+    from ..devices import resolve_device
 
     device = resolve_device(args.device)
     steps = getattr(args, "steps", None) or STEPS.get(device.type, STEPS["cpu"])

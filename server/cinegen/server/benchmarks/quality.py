@@ -29,7 +29,7 @@ from ..quality.figures import Tile, mark_point, rolled_half, save_grid
 from ..quality.runs import (CASCADE_VARIANTS, SEAM_METHODS, ConsistencyResult, RepetitionResult, RunSettings,
                             SeamResult, TrajectoryResult, consistency_experiment, repetition_experiment,
                             seam_experiment, tora_experiment, trajectory_experiment)
-from ..service import resolve_device
+from ..devices import resolve_device
 
 # toy-image-16 (16x16 latents) where registered: at toy-image's 8x8 the methods' parts have nothing to act on
 TRAINED_DEFAULTS = {"sd": ("toy-image-16", "toy-image"), "animatediff": ("toy-video",), "cogvideox": ("toy-cogvideox",)}

@@ -19,7 +19,7 @@ from ..diffusion.sampler import LoopCallbacks
 from ..models.registry import ModelRegistry
 from ..pipelines.base import Resolved
 from ..pipelines.trajectory import generate_trajectory_video, track_positions
-from ..service import resolve_device
+from ..devices import resolve_device
 from ..trajectory_metric import LocateParams, measure_trajectory_error
 from .measure import measure
 

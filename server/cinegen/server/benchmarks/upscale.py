@@ -28,7 +28,7 @@ from ..models.family import Conditioning, FamilyAdapter, ModelEntry
 from ..pipelines.base import seeded_generator
 from ..pipelines.upscale_unet import (NOISE_SEED_OFFSET, CascadeSettings, decode_latents, default_vae_tile,
                                       pixel_multiple, reference_size, refine_stage, upscaled_reference)
-from ..service import resolve_device
+from ..devices import resolve_device
 from .measure import measure
 
 SDXL_CONFIGS = Path(__file__).resolve().parents[1] / "models" / "configs" / "sdxl"

@@ -26,7 +26,7 @@ from ..models.wan import WanAdapter, WanProfile, wan_dtype
 from ..pipelines.base import seeded_generator
 from ..pipelines.upscale_dit import (CineScaleOptions, encode_plate, generate_base_latents, plan_dit_stages,
                                      refine_latents, start_index_for)
-from ..service import resolve_device
+from ..devices import resolve_device
 from .measure import measure
 
 REAL_SIZE_CONFIGS = Path(__file__).resolve().parents[1] / "models" / "configs" / "wan2.1-1.3b"
