@@ -92,3 +92,68 @@ def test_another_record_start_and_a_portable_otio(cut, tmp_path):
     ref = next(iter(otio.adapters.read_from_file(str(copy)).find_clips())).media_reference
     assert ref.target_url_base == (path.parent / "sh010").resolve().as_uri() + "/"  # absolute: no folder beside it
     assert main(["export-cut", str(path), "--to", "edl", "--record-start", "one hour"]) == 2
+
+
+def _cut_at(tmp_path, fps: float) -> Path:
+    record = ShotRecord(shot="sh010", prompt="p", seed=3, model="m", keyframe_model="k", job="j", first_frame=1001,
+                        frames=5, fps=fps, keyframes=[0])
+    for frame in range(1001, 1006):
+        shot_frame_path(tmp_path, "sh010", frame).parent.mkdir(parents=True, exist_ok=True)
+        shot_frame_path(tmp_path, "sh010", frame).write_bytes(b"exr")
+    return write_story_timeline(tmp_path, "t", fps, [record, MissingShot("sh020", "p", 3, fps)])
+
+
+def test_an_ntsc_fcpxml_names_its_frame_duration(tmp_path):
+    # the writer looks 23.976 up as int(23.976) or 23.98 and wrote frameDuration="" (FCP refuses the file)
+    cut = _cut_at(tmp_path, 23.976)
+    assert main(["export-cut", str(cut), "--to", "fcpxml"]) == 0
+    root = ET.parse(cut.with_suffix(".fcpxml")).getroot()
+    assert [f.get("frameDuration") for f in root.iter("format")] == ["1001/24000s"]
+    assert root.find(".//sequence").get("tcStart") == "18018/5s"  # 86400 frames of 1001/24000 s
+
+
+def test_a_drop_frame_edl_starts_at_the_record_start_label(tmp_path):
+    # the CMX writer labels 29.97 drop-frame: 01:00:00:00's 108000 frames would read 01:00:03;18
+    cut = _cut_at(tmp_path, 29.97)
+    for record_start, expected in ((None, "01:00:00;00 01:00:00;05"), ("00:59:58:00", "00:59:58;00 00:59:58;05")):
+        assert main(["export-cut", str(cut), "--to", "edl"] + (["--record-start", record_start] if record_start
+                                                                 else [])) == 0
+        events = [line for line in cut.with_suffix(".edl").read_text().splitlines() if line[:3].isdigit()]
+        assert len(events) == 1 and events[0].endswith(expected)
+
+
+def test_timecode_formats_at_a_rate_without_timecode_say_so(tmp_path, capsys):
+    cut = _cut_at(tmp_path, 12.0)
+    for to in ("edl", "fcp7"):
+        assert main(["export-cut", str(cut), "--to", to]) == 2
+        assert "runs at 12 fps" in capsys.readouterr().err
+    assert main(["export-cut", str(cut), "--to", "fcpxml"]) == 0
+    assert [f.get("frameDuration") for f in ET.parse(cut.with_suffix(".fcpxml")).getroot().iter("format")] == ["1/12s"]
+
+
+def _foreign_cut(path: Path, *tracks: otio.schema.Track) -> Path:
+    timeline = otio.schema.Timeline("other tool", global_start_time=ONE_HOUR)
+    timeline.tracks.extend(tracks)
+    otio.adapters.write_to_file(timeline, str(path))
+    return path
+
+
+def test_cuts_from_other_tools_export_or_say_why(tmp_path, capsys):
+    media = otio.schema.ExternalReference("file:///media/a.mov", available_range=otio.opentime.TimeRange(
+        otio.opentime.RationalTime(10, RATE), otio.opentime.RationalTime(6, RATE)))
+    track = otio.schema.Track(kind=otio.schema.TrackKind.Video)
+    track.append(otio.schema.Clip("whole", media_reference=media))  # no source range: all of its media
+    flat = _foreign_cut(tmp_path / "flat.otio", track)
+    for to in ("edl", "fcp7", "fcpxml"):
+        assert main(["export-cut", str(flat), "--to", to]) == 0, capsys.readouterr().err
+    back = otio.adapters.read_from_file(str(flat.with_suffix(".edl")), rate=RATE)
+    assert back.find_clips()[0].source_range == media.available_range
+    nested = otio.schema.Track(kind=otio.schema.TrackKind.Video)
+    nested.append(otio.schema.Stack(name="comp"))
+    for tracks, says in (((track, nested), "has 2 video tracks"), ((nested,), "nests 'comp'")):
+        assert main(["export-cut", str(_foreign_cut(tmp_path / "x.otio", *tracks)), "--to", "edl"]) == 2
+        assert says in capsys.readouterr().err
+    bare = tmp_path / "clip.otio"
+    otio.adapters.write_to_file(otio.schema.Clip("c"), str(bare))
+    assert main(["export-cut", str(bare), "--to", "edl"]) == 2
+    assert "not a timeline" in capsys.readouterr().err

@@ -7,6 +7,8 @@ an `ExternalReference` to its **first frame** (an absolute `file://` URL, resolv
 folder): the form all three understand, and what editorial relinks to when conforming. The cut's
 record start (01:00:00:00 by default) is kept: FCP 7 XML carries it itself; the CMX 3600 writer and
 the FCPXML writer ignore `global_start_time`, so their record timecodes / `tcStart` are set here.
+EDL and FCP 7 XML count SMPTE timecode, so other rates export as FCPXML or OTIO; a cut another tool made
+exports as far as the format holds it (an EDL is one flat video track), else the error says why.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from pathlib import Path
 
 import opentimelineio as otio
 
-from .otio_cut import write_text_atomically
+from cinegen.common.exr import fps_as_rational
+
+from .otio_cut import start_time, write_text_atomically
 
 FORMATS: dict[str, tuple[str, str]] = {  # --to: (OTIO adapter, file extension)
     "edl": ("cmx_3600", ".edl"),
@@ -56,20 +60,34 @@ def export_cut(cut: Path, out: Path, options: ExportOptions) -> Path:
         timeline = otio.adapters.read_from_file(str(cut))
     except Exception as exc:  # OTIO raises its own exception types for unreadable files
         raise CutExportError(f"{cut} could not be read as an OpenTimelineIO file ({exc}).") from exc
+    if not isinstance(timeline, otio.schema.Timeline):
+        raise CutExportError(f"{cut} holds a {timeline.schema_name()}, not a timeline: export a file with one cut.")
     if options.record_start is not None:
         rate = _rate(timeline)
         try:
-            timeline.global_start_time = otio.opentime.from_timecode(options.record_start, rate)
+            timeline.global_start_time = start_time(options.record_start, rate)
         except ValueError:
             raise CutExportError(f"'{options.record_start}' is not a timecode HH:MM:SS:FF at {rate:g} fps.") from None
     adapter, _ = FORMATS[options.to]
+    rate = _rate(timeline)
+    if options.to in ("edl", "fcp7") and not otio.opentime.RationalTime.is_valid_timecode_rate(rate):
+        raise CutExportError(f"{cut.name} runs at {rate:g} fps and {options.to.upper()} counts SMPTE timecode only "
+                             f"(23.976, 24, 25, 29.97, 30, 48, 50, 59.94 or 60 fps): export it --to fcpxml or "
+                             f"--to otio, or make the story at one of those rates.")
     exported = for_editorial(timeline, cut.resolve().parent, sequences_as_first_frame=options.to != "otio",
                              absolute=options.absolute_urls or options.to != "otio")
-    text = otio.adapters.write_to_string(exported, adapter_name=adapter)
     if options.to == "edl":
-        text = _edl_with_record_start(text, exported)
+        _check_fits_an_edl(cut, exported)
+    try:
+        text = otio.adapters.write_to_string(exported, adapter_name=adapter)
+    except Exception as exc:  # each adapter raises its own types (NotSupportedError, AttributeError, ...)
+        raise CutExportError(f"the {adapter} adapter could not write {cut.name} ({type(exc).__name__}: {exc}); "
+                             f"--to otio keeps everything.") from exc
+    if options.to == "edl":
+        label = options.record_start or timeline.metadata.get("cinegen", {}).get("record_start")
+        text = _edl_with_record_start(text, exported, label if isinstance(label, str) else None)
     elif options.to == "fcpxml":
-        text = _fcpxml_with_record_start(text, exported)
+        text = _fcpxml_with_record_start(_fcpxml_with_frame_duration(text, rate), exported)
     return write_text_atomically(out, text)
 
 
@@ -77,6 +95,14 @@ def for_editorial(timeline: otio.schema.Timeline, base: Path, *, sequences_as_fi
                   absolute: bool) -> otio.schema.Timeline:
     """A copy whose media references the target format understands (see the module docstring)."""
     timeline = copy.deepcopy(timeline)
+    for item in timeline.find_children(descended_from_type=otio.core.Item):
+        if item.source_range is None and item.parent() is not timeline.tracks:
+            # no source range means "all of the media" (OTIO); the writers need it spelled out
+            try:
+                item.source_range = item.trimmed_range()
+            except Exception:  # OTIO raises CannotComputeAvailableRangeError and others here
+                raise CutExportError(f"'{item.name}' has no source range and its media no available range: "
+                                     f"give the clip a source range in the .otio.") from None
     for clip in timeline.find_clips():
         ref = clip.media_reference
         if isinstance(ref, otio.schema.ImageSequenceReference):
@@ -89,6 +115,20 @@ def for_editorial(timeline: otio.schema.Timeline, base: Path, *, sequences_as_fi
                                           + "#" * ref.frame_zero_padding + ref.name_suffix}})
         clip.metadata.setdefault("cmx_3600", {})["reel"] = re.sub(r"[^A-Za-z0-9_]", "", clip.name)[:REEL_LENGTH] or "AX"
     return timeline
+
+
+def _check_fits_an_edl(cut: Path, timeline: otio.schema.Timeline) -> None:
+    """A CMX 3600 EDL is one flat video track; the writer drops nested stacks without a word."""
+    video = timeline.video_tracks()
+    if not video:
+        raise CutExportError(f"{cut.name} has no video track: there is nothing to put in an EDL.")
+    if len(video) != 1:
+        raise CutExportError(f"{cut.name} has {len(video)} video tracks and an EDL holds one: export --to fcp7 or "
+                             f"fcpxml, or flatten it first (otiotool -i {cut.name} --flatten video -o flat.otio).")
+    nested = [child.name or child.schema_name() for child in video[0] if isinstance(child, otio.core.Composition)]
+    if nested:
+        raise CutExportError(f"{cut.name} nests {', '.join(repr(n) for n in nested)} inside its track and an EDL "
+                             f"is flat: export --to fcp7 or fcpxml.")
 
 
 def _absolute_url(url: str, base: Path) -> str:
@@ -105,8 +145,10 @@ def _rate(timeline: otio.schema.Timeline) -> float:
     return clips[0].source_range.duration.rate if clips and clips[0].source_range else 24.0
 
 
-def _edl_with_record_start(text: str, timeline: otio.schema.Timeline) -> str:
-    """CMX 3600 record in/out counted from the cut's record start (the writer counts from 0)."""
+def _edl_with_record_start(text: str, timeline: otio.schema.Timeline, label: str | None = None) -> str:
+    """CMX 3600 record in/out counted from the cut's record start (the writer counts from 0).
+    With the start's `label` (cinegen cuts keep theirs), the EDL starts at that label in its own notation:
+    the writer writes drop-frame at 29.97 and 59.94, where non-drop 01:00:00:00 would read 01:00:03;18."""
     start = timeline.global_start_time
     if start is None or start.value == 0:
         return text
@@ -114,12 +156,24 @@ def _edl_with_record_start(text: str, timeline: otio.schema.Timeline) -> str:
     for line in text.splitlines():
         match = _EVENT.match(line)
         if match:
-            record_in, record_out = (otio.opentime.from_timecode(tc, start.rate) + start
+            separator = ";" if ";" in match.group(3) else ":"
+            origin = start if label is None else otio.opentime.from_timecode(
+                re.sub(r"[:;](\d+)$", separator + r"\1", label), start.rate)
+            record_in, record_out = (otio.opentime.from_timecode(tc, start.rate) + origin
                                      for tc in (match.group(3), match.group(4)))
             line = (match.group(1) + match.group(2) + otio.opentime.to_timecode(record_in, start.rate) + " "
                     + otio.opentime.to_timecode(record_out, start.rate))
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _fcpxml_with_frame_duration(text: str, rate: float) -> str:
+    """The writer knows frame durations for 23.98, 24, 25, 29.97, 30, 50, 59.94 and 60 by key and leaves
+    `frameDuration=""` (FCP rejects the file) for an exact NTSC rate (24000/1001) or any other: fill it in."""
+    if 'frameDuration=""' not in text:
+        return text
+    numerator, denominator = fps_as_rational(rate)
+    return text.replace('frameDuration=""', f'frameDuration="{denominator}/{numerator}s"')
 
 
 def _fcpxml_with_record_start(text: str, timeline: otio.schema.Timeline) -> str:
