@@ -436,3 +436,12 @@ def test_bad_panorama_requests_are_invalid_arguments(client, tmp_path, common, p
     with pytest.raises(RequestRejected) as err:
         client.submit(request)
     assert err.value.code == "INVALID_ARGUMENT" and words in err.value.message
+
+
+def test_an_input_image_the_server_cannot_read_is_refused_at_submit_not_mid_job(client, tmp_path):
+    (tmp_path / "broken.exr").write_bytes(b"not an image at all")
+    request = build_request("panorama", CommonParams(steps=2, width=128, height=64, out=str(tmp_path / "x.####.exr")),
+                            PanoramaParams(input=str(tmp_path / "broken.exr")))
+    with pytest.raises(RequestRejected) as err:
+        client.submit(request)
+    assert err.value.code == "INVALID_ARGUMENT" and "Could not read" in err.value.message

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
 from cinegen.common.color import DISPLAY_VIEW
-from cinegen.common.exr import read_image
+from cinegen.common.exr import ImageReadError, image_size, read_image
 from cinegen.common.params import PanoramaParams
 from cinegen.common.sequence import SequencePattern
 
@@ -161,6 +161,11 @@ def check_request(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings) -> N
     if s.input_path and not Path(s.input_path).is_file():
         raise InvalidArgument(f"There is no input image '{s.input_path}'. Give the path of an image the server "
                               "can read (upload it first when the server is remote).")
+    if s.input_path:
+        try:
+            image_size(s.input_path)  # the header: a file it cannot read is refused now, not mid-job
+        except ImageReadError as exc:
+            raise InvalidArgument(str(exc)) from exc
 
 
 def latent_frames(adapter: FamilyAdapter, frames: int) -> int:
