@@ -21,6 +21,12 @@ from cinegen.plugin.hosts.base import HostSelectionError
 from cinegen.plugin.model.outputs import ResultSequence
 
 OCIO_SPACES = ("scene_linear", "ACEScg", "ACES2065-1", "sRGB - Texture", "raw")
+CG_CONFIG = "fn-nuke_cg-config-v1.0.0_aces-v1.3_ocio-v2.1"  # Nuke 14+'s default OCIO v2 config
+# What a Read's colorspace menu lists per project config (roles on, family prefixes stripped).
+CONFIG_SPACES = {CG_CONFIG: OCIO_SPACES + ("Linear Rec.709 (sRGB)",),
+                 "aces_1.2": ("scene_linear", "ACES - ACEScg", "ACES - ACES2065-1", "Utility - sRGB - Texture",
+                              "Utility - Linear - sRGB", "Utility - Raw"),
+                 "nuke-default": ("scene_linear", "linear", "sRGB", "rec709", "Cineon", "raw")}
 
 
 class Knob:
@@ -95,7 +101,7 @@ class Node:
         self.knobs["frame_mode"] = Knob(self, "frame_mode", "expression", choices=("expression", "start at", "offset"))
         self.knobs["colorspace"] = Knob(self, "colorspace", "default", choices=OCIO_SPACES)
         self.knobs["colorManagement"] = Knob(self, "colorManagement", "OCIO", choices=("Nuke", "OCIO"))
-        self.knobs["OCIO_config"] = Knob(self, "OCIO_config", "aces_1.2")
+        self.knobs["OCIO_config"] = Knob(self, "OCIO_config", CG_CONFIG)
         self.file_tcl = None  # what nuke.filename(node) returns: the file knob with its TCL evaluated
 
     def __getitem__(self, name):
@@ -152,6 +158,9 @@ class StandInNuke(types.ModuleType):
     def createNode(self, cls, inpanel=True):  # noqa: N802
         self.created.append((cls, {"inpanel": inpanel}))
         node = Node(cls, f"{cls}{len(self.nodes) + 1}")
+        config = "nuke-default" if self.root_node["colorManagement"].value() == "Nuke" else \
+            self.root_node["OCIO_config"].value()
+        node.knobs["colorspace"].choices = CONFIG_SPACES.get(config, OCIO_SPACES)
         node.selected_at_creation = [n.name() for n in self.nodes if n.selected]
         return self.add(node, selected=True)
 
@@ -169,6 +178,9 @@ class StandInNuke(types.ModuleType):
 
     def root(self):
         return self.root_node
+
+    def getColorspaceList(self, knob):  # noqa: N802
+        return list(knob.choices)
 
     def filename(self, node):
         return node.file_tcl if node.file_tcl is not None else node["file"].value()
@@ -476,8 +488,20 @@ def test_an_aces_result_in_a_nuke_default_project_is_tagged_scene_linear_with_a_
     (notice,) = host.take_notices()
     assert "ACEScg" in notice and "nuke-default" in notice and "scene_linear" in notice
     assert host.take_notices() == []
-    nuke.root_node["OCIO_config"]._value = "aces_1.2"
+    nuke.root_node["OCIO_config"]._value = CG_CONFIG
     assert host.load_result(result(colorspace="ACEScg"))["colorspace"].value() == "ACEScg"
+    assert host.take_notices() == []
+
+
+@pytest.mark.parametrize("config, written, tagged", [
+    ("aces_1.2", "ACEScg", "ACES - ACEScg"),  # Nuke 13's ACES config spells the same space its own way
+    ("aces_1.2", "ACES2065-1", "ACES - ACES2065-1"),
+    (CG_CONFIG, "ACES - ACEScg", "ACEScg"),  # a server whose $OCIO is an ACES 1.x config
+    ("nuke-default", "Linear Rec.709 (sRGB)", "linear"),  # the same primaries: no shift, no notice
+])
+def test_the_read_gets_the_projects_own_name_for_the_files_space(nuke, host, config, written, tagged):
+    nuke.root_node["OCIO_config"]._value = config
+    assert host.load_result(result(colorspace=written))["colorspace"].value() == tagged
     assert host.take_notices() == []
 
 

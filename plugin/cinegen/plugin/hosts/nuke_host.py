@@ -2,8 +2,8 @@
 
 Thin on purpose: every call here is a documented Nuke Python API call (`nuke.selectedNode`,
 `nuke.filename`, `Knob.value`, `nuke.createNode`, `File_Knob.fromUserText`, `Node.setXYpos`,
-`nuke.executeInMainThread`, `Array_Knob.getValueAt`, `nuke.ProgressTask`), so a stand-in `nuke`
-module that records them tests this adapter honestly.
+`nuke.executeInMainThread`, `Array_Knob.getValueAt`, `nuke.ProgressTask`, `nuke.getColorspaceList`), so a
+stand-in `nuke` module that records them tests this adapter honestly.
 
 Tracker4 keeps its tracks in one table knob, ``tracks``. ``tracks.toScript()`` is three TCL lists:
 the table size ``{ 1 31 N }``, the column headers (``{ 3 1 75 name name 1 }``: the fourth word is
@@ -21,6 +21,7 @@ import nuke  # only host adapters import their host
 from cinegen.common.sequence import FrameRange, SequencePattern, SequencePatternError
 from cinegen.common.trajectory_io import Track, TrackPoint, Trajectory
 
+from ..model.colorspace_names import name_in
 from ..model.outputs import ResultSequence
 from .base import BatchProgress, HostAdapter, HostSelectionError, PlateSelection
 
@@ -209,24 +210,39 @@ def _project_config() -> str:
 
 
 def _set_colorspace(read: Any, colorspace: str) -> str:
-    """Tag the Read with the EXR's own colour space when the project's config has it.
+    """Tag the Read with the EXR's own colour space when the project's config has it (under any of its names).
 
     Otherwise the config's scene_linear role, and a sentence for the artist: that role may have other
     primaries than the file (nuke-default's `linear` is Rec.709, cinegen writes ACEScg by default)."""
     config = _project_config()
-    aces_name = colorspace.lower().startswith("aces") or colorspace.lower() in ("lin_ap1", "lin_ap0")
-    if not (aces_name and config == "nuke-default"):  # nuke-default has no ACES spaces at all
-        try:
-            read["colorspace"].setValue(colorspace)
+    listed = _listed_colorspaces(read["colorspace"])
+    if listed:  # the config's own spelling of the file's space: "ACES - ACEScg" in aces_1.2, "ACEScg" in OCIO v2
+        name = name_in(colorspace, listed)
+        if name:
+            read["colorspace"].setValue(name)
             return ""
-        except (ValueError, NameError):  # Nuke refuses a name its config doesn't have
-            pass
+    else:  # a Nuke that can't list its spaces: try the file's name as it is
+        aces_name = colorspace.lower().startswith("aces") or colorspace.lower() in ("lin_ap1", "lin_ap0")
+        if not (aces_name and config == "nuke-default"):  # nuke-default has no ACES spaces at all
+            try:
+                read["colorspace"].setValue(colorspace)
+                return ""
+            except (ValueError, NameError):  # Nuke refuses a name its config doesn't have
+                pass
     read["colorspace"].setValue(SCENE_LINEAR)
     if colorspace == SCENE_LINEAR:
         return ""
     return (f"The result is in {colorspace}, which this project's OCIO config ({config or 'unknown'}) does not "
             f"have: its Read is tagged '{SCENE_LINEAR}' and colours may shift. Switch the project to an ACES "
             f"config (Project Settings > Color) or convert with an OCIOColorSpace node from {colorspace}.")
+
+
+def _listed_colorspaces(knob: Any) -> list[str]:
+    """The colour spaces a Read's `colorspace` knob offers (family prefixes stripped); [] when Nuke can't say."""
+    try:
+        return [str(name) for name in nuke.getColorspaceList(knob)]
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return []
 
 
 def _tracker_table(script: str) -> tuple[dict[str, int], list[list[str]]]:
