@@ -6,7 +6,9 @@ from ..qt import QtCore, QtGui, QtWidgets, Signal
 
 # The prompt takes what width there is; the short columns keep theirs; the model is in the tooltips.
 COLUMNS = ("", "Prompt", "Pipeline", "Seed", "State", "When")
-THUMBNAIL = 40
+# Dropped in this order where a narrow dock would otherwise squeeze the prompt (they stay in its tooltip).
+HIDE_WHEN_NARROW = ("When", "Pipeline")
+THUMBNAIL = 32  # rows are this tall, so a thumbnail never spills onto the next row
 PROMPT_MIN_WIDTH = 120
 
 
@@ -34,6 +36,7 @@ class HistoryView(QtWidgets.QWidget):
         header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeToContents)
         header.setSectionResizeMode(COLUMNS.index("Prompt"), QtWidgets.QHeaderView.Stretch)
         header.resizeSection(COLUMNS.index("Prompt"), PROMPT_MIN_WIDTH)
+        self.tree.viewport().installEventFilter(self)  # its width decides which short columns fit
         self.rerun = QtWidgets.QPushButton("Re-run with changes")
         self.rerun.setToolTip("Put this job's settings (and its seed, locked) back in the form: change one thing, "
                               "then press Generate.")
@@ -60,16 +63,41 @@ class HistoryView(QtWidgets.QWidget):
             seed = "" if entry.seed is None else str(entry.seed)
             item = QtWidgets.QTreeWidgetItem(["", prompt, entry.pipeline, seed, entry.state, entry.when])
             item.setData(0, QtCore.Qt.UserRole, entry.job_id)
+            item.setSizeHint(0, QtCore.QSize(THUMBNAIL, THUMBNAIL + 2))  # uniform rows take the first row's height
             icon = _thumbnail(entry.thumbnail)
             if icon is not None:
                 item.setIcon(0, icon)
             made = f"{entry.pipeline} · seed {seed or 'random'} · {entry.model or 'default model'}"
-            item.setToolTip(COLUMNS.index("Prompt"), f"{entry.prompt}\n{made}")
+            item.setToolTip(COLUMNS.index("Prompt"), f"{entry.prompt}\n{made}\n{entry.when}")
             item.setToolTip(COLUMNS.index("State"), entry.message or entry.state)
             self.tree.addTopLevelItem(item)
             if selected is not None and entry.job_id == selected.job_id:
                 item.setSelected(True)
         self._update_buttons()
+        self._fit_columns()
+
+    def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:  # noqa: N802 (Qt's name)
+        if watched is self.tree.viewport() and event.type() == QtCore.QEvent.Resize:
+            self._fit_columns()
+        return super().eventFilter(watched, event)
+
+    def _fit_columns(self) -> None:
+        """Show the short columns that fit beside a readable prompt; with no horizontal scroll bar, a column
+        past the right edge would be cut off unseen."""
+        header = self.tree.header()
+        for name in HIDE_WHEN_NARROW:
+            header.setSectionHidden(COLUMNS.index(name), False)
+        width = self.tree.viewport().width()
+        for name in HIDE_WHEN_NARROW:
+            if width - self._short_columns_width() >= PROMPT_MIN_WIDTH:
+                break
+            header.setSectionHidden(COLUMNS.index(name), True)
+
+    def _short_columns_width(self) -> int:
+        header = self.tree.header()
+        prompt = COLUMNS.index("Prompt")
+        return sum(max(self.tree.sizeHintForColumn(i), header.sectionSizeHint(i)) for i in range(len(COLUMNS))
+                   if i != prompt and not header.isSectionHidden(i))
 
     def selected_entry(self) -> HistoryEntry | None:
         items = self.tree.selectedItems() if hasattr(self, "tree") else []
