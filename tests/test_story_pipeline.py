@@ -2,6 +2,7 @@
 through gRPC and the CLI on tiny models (re-running one shot, bad stories, a failing shot)."""
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -190,6 +191,24 @@ def test_contact_sheet_shows_each_keyframe_with_its_shot_and_prompt(tmp_path):
         assert Image.open(path).size[0] > 256
     with pytest.raises(ValueError):
         write_contact_sheet(tmp_path / "sheet.exr", tiles)
+
+
+def test_the_cut_sheet_and_story_state_get_the_umasks_permissions_like_the_frames(tmp_path):
+    # mkstemp made them 0600: editorial, or a farm step running as another user, could not read them
+    from cinegen.server.output.otio_cut import MissingShot, ShotRecord, save_shot_record, write_story_timeline
+    from cinegen.server.pipelines.story import KeyframeInfo, KeyframeStore
+
+    previous = os.umask(0o022)
+    try:
+        written = [write_story_timeline(tmp_path, "t", 24.0, [MissingShot("sh010", "p", 2, 24.0)]),
+                   write_contact_sheet(tmp_path / "t.keyframes.png", [ContactTile("sh010", "p", None)]),
+                   save_shot_record(tmp_path, ShotRecord("sh010", "p", 1, "m", "k", "j", 1001, 2, 24.0))]
+        store = KeyframeStore(tmp_path)
+        store.save(KeyframeInfo("sh010", "p", "", 1, "m", 8, 8), torch.zeros(1, 4, 1, 1), np.zeros((8, 8, 3), np.uint8))
+        written += [store.latent_path("sh010"), store.image_path("sh010")]
+    finally:
+        os.umask(previous)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o644" for p in written}
 
 
 # ------------------------------------------------------------------------------------------ whole runs

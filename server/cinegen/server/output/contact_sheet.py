@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .temporary import temporary_beside
 
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
@@ -101,7 +102,7 @@ def write_contact_sheet(path: Path, tiles: Sequence[ContactTile], **layout) -> P
         raise ValueError(f"a contact sheet is a .png or .jpg file, not {path.name}")
     sheet = render_contact_sheet(tiles, **layout)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temporary_beside(path)
     os.close(fd)
     try:
         kind = formats[path.suffix.lower()]

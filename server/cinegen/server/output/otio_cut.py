@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import unicodedata
 import urllib.parse
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ from typing import Sequence
 import opentimelineio as otio
 
 from cinegen.common.exr import fps_as_rational
+
+from .temporary import temporary_beside
 
 STATE_DIR = ".cinegen"  # OUT/.cinegen/: what the story pipeline keeps between runs
 FRAME_PADDING = 4
@@ -95,7 +96,7 @@ def shot_record_path(out_dir: Path, shot_id: str) -> Path:
 def write_text_atomically(path: Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from cinegen.common.sequence import SequencePattern
 from cinegen.common.story_io import Shot, Story, StoryError, compose_shot_prompt, load_story, select_shots
 
 from ..output.contact_sheet import ContactTile, write_contact_sheet
+from ..output.temporary import temporary_beside
 from ..diffusion.goldenmem import build_memory_latents
 from ..diffusion.sampler import DenoiseLoop, LoopCallbacks, scheduler_step_kwargs
 from ..diffusion.shared_attention import MemoryWriteHook, shared_self_attention
@@ -128,10 +128,12 @@ class KeyframeStore:
 
     def _write(self, path: Path, write: Callable[[str], None]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.root)
+        fd, tmp = temporary_beside(path)
+        mode = os.fstat(fd).st_mode & 0o777  # the umask's; safetensors' save_file makes its file 0600
         os.close(fd)
         try:
             write(tmp)
+            os.chmod(tmp, mode)
             os.replace(tmp, path)  # a keyframe is visible under its name only when complete
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
