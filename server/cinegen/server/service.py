@@ -630,6 +630,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         try:
             return self.unit_runner.run(pipeline, ctx) if self.unit_runner else pipeline.run(ctx)
         finally:
+            ctx.wait_for_frames()  # frames still being written land (and are reported) before the job ends
             self._last_preview.pop(job.id, None)
             models.close()
             job.outputs = list(ctx.outputs)

@@ -216,6 +216,8 @@ class JobManager:
         job.events.append(event)
         if "progress" in kind:
             job.fraction = kind["progress"].fraction
+        if "frame_written" in kind and kind["frame_written"].path not in job.outputs:
+            job.outputs.append(kind["frame_written"].path)  # an output from now on: its owner may download it
         if self._journal:
             self._journal.add_event(job.id, event.seq, _for_journal(event).SerializeToString())
         assert job.cond is not None

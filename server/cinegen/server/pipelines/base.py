@@ -100,6 +100,7 @@ class RunContext:
         self._job_models = contextlib.ExitStack()  # the job's LoRAs, removed when the pipeline's run ends
         self._with_loras: set[str] = set()
         self._runs = 0
+        self._sinks: list[FrameSink] = []
 
     # ---- the job's models (the one place LoRAs go on and come off) ----------------------------
     def models(self, ids: dict[str, str]) -> dict[str, FamilyAdapter]:
@@ -189,9 +190,18 @@ class RunContext:
 
         transform = display_transform_for(common.display_transform, bool(getattr(self.job.params, "input", "")))
         meta = dataclasses.replace(meta, extra={**meta.extra, "display_transform": transform})
-        return FrameSink(pattern, resolved.first_frame, meta, compression=common.compression or "zip",
+        sink = FrameSink(pattern, resolved.first_frame, meta, compression=common.compression or "zip",
                          display_transform=transform,
                          sequence=sequence, on_written=on_written, existing=self.existing_frames)
+        self._sinks.append(sink)
+        return sink
+
+    def wait_for_frames(self) -> None:
+        """Wait until every frame queued on this job's sinks is on disk (or failed): a job that stops early
+        (cancelled, failed) reports its last frames before its terminal event, never after it."""
+        for sink in self._sinks:
+            with contextlib.suppress(Exception):  # a write error already failed the job (or the job ends anyway)
+                sink.flush()
 
 
 class StepProgress:
