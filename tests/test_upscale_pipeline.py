@@ -315,6 +315,16 @@ def test_plate_frames_keep_their_numbers_through_the_server(client, tmp_path):
     assert sorted(p.rsplit("/", 1)[1] for p in result.outputs) == ["up.0001.exr", "up.0002.exr"]
 
 
+def test_a_plate_frame_cut_short_on_disk_fails_the_job_with_its_name_not_as_a_server_bug(client, tmp_path):
+    pattern, paths = write_plate(tmp_path / "in", frames=[1001, 1002])
+    whole = paths[1].read_bytes()
+    paths[1].write_bytes(whole[:len(whole) // 2])  # a copy or render still under way: the header reads, the pixels not
+    common = CommonParams(seed=1, steps=2, out=str(tmp_path / "out" / "up.####.exr"))
+    result = client.run(build_request("upscale", common, UpscaleParams(input=pattern, strength=0.3)))
+    assert (result.state, result.code) == ("failed", "INVALID_ARGUMENT"), result.message
+    assert result.message.startswith("Frame 1002 of the plate") and "report it" not in result.message
+
+
 def test_a_plate_s_alpha_is_carried_to_the_upscaled_frames(client, tmp_path):
     # a compositor's plate with a matte: a soft-edged disc, alpha 0 outside
     y, x = np.mgrid[0:64, 0:64].astype(np.float32)

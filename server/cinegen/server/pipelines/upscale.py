@@ -279,7 +279,7 @@ def plate_clips(plate: PlateInfo, clip_len: int, transform: str
     images: list[torch.Tensor] = []
     alphas: list[np.ndarray] = []
     plates: list[ModelPlate] = []
-    for frame, linear in read_plate_sequence(plate.pattern, plate.frames, keep_alpha=True):
+    for frame, linear in _plate_frames(plate):
         image, seen = plate_display(linear, transform)
         frames.append(frame)
         images.append(image)
@@ -290,6 +290,15 @@ def plate_clips(plate: PlateInfo, clip_len: int, transform: str
             frames, images, alphas, plates = [], [], [], []
     if frames:
         yield frames, _stack(images, clip_len), plates, alphas
+
+
+def _plate_frames(plate: PlateInfo) -> Iterator[tuple[int, np.ndarray]]:
+    """The plate's frames; one that cannot be read now (cut short on disk, changed since Submit) fails the job
+    with its frame and file named, as the artist's to fix, not as a server error."""
+    try:
+        yield from read_plate_sequence(plate.pattern, plate.frames, keep_alpha=True)
+    except PlateError as exc:
+        raise InvalidArgument(str(exc)) from exc
 
 
 def plate_blend(count: int, clip_len: int) -> ClipBlend:
