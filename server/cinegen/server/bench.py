@@ -6,6 +6,10 @@ figures as `measure.stat` dicts (median, spread, samples); the others are run `-
 interleaved with each other (round 1: A B, round 2: B A, …), and bench.py turns each numeric figure
 of their rows into the same median/spread form. Every report is printed as a table and saved as JSON
 (`--json FILE` for all of them together; always `OUT/NAME.json`, and under `$OUT` when that is set).
+
+`python -m cinegen.server.bench NAME…` is the same command without the rest of the CLI: it needs only
+torch, diffusers and transformers (and OpenImageIO/OpenColorIO for the pipelines), not gRPC, protobuf
+or OpenTimelineIO, so it runs from a source tree on a bare GPU image (`tools/device/bench_gpu.sh`).
 """
 from __future__ import annotations
 
@@ -56,6 +60,17 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"report written to {args.json}")
     print(f"reports in {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli_options import add_bench_options
+
+    parser = argparse.ArgumentParser(prog="python -m cinegen.server.bench",
+                                     description="cinegen benchmarks (time and memory), not tests.")
+    add_bench_options(parser)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # as `cinegen`: nothing is fetched
+    return run_bench(args)
 
 
 def _names(args: argparse.Namespace) -> list[str]:
@@ -147,3 +162,7 @@ def _cell(value: Any) -> str:
 def save_json(path: Path, report: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,6 +17,8 @@ from typing import Any
 from cinegen.common.client import JobResult, RequestRejected, ServerUnavailable, build_request, new_job_id
 from cinegen.common.params import PIPELINE_PARAMS, CommonParams, ParamDescription, describe
 
+from .cli_options import add_bench_options, memory_size  # noqa: F401 - memory_size: cinegen.server.cli API
+from .cli_options import add_server_options as _add_server_options
 from .job_client import add_client_access_options, add_serve_options, connect, run_job, server_config, summarise_paths
 from .output.cut_export import add_export_cut_parser, cmd_export_cut
 from .scaleout.export import add_export_parser, cmd_export_job
@@ -88,51 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_options(demo)
 
     bench = sub.add_parser("bench", help="Benchmarks (time and memory), not tests.")
-    bench.add_argument("what", nargs="*", default=["image"],
-                       help="Benchmarks to run (image, panorama, io, latency, gpu, …); several run interleaved.")
-    bench.add_argument("--repeat", type=int, default=3, help="Rounds; figures are medians with their spread.")
-    bench.add_argument("--json", default=None, metavar="FILE", help="Also write all the figures to FILE.")
-    bench.add_argument("--tiny", action="store_true",
-                       help="Shrunken configs and sizes: exercises a benchmark's code path in seconds (no figures).")
-    bench.add_argument("--out", default="cinegen-bench", help="Folder for benchmark outputs and reports.")
-    bench.add_argument("--real-size", action="store_true",
-                       help="Real-size architectures with random weights (needs a GPU).")
-    bench.add_argument("--model", default=None, help="Model id to measure (default: the benchmark's choice).")
-    bench.add_argument("--video-model", default=None, help="Video model id for benchmarks that need one.")
-    _add_server_options(bench)
+    add_bench_options(bench)
     add_export_parser(sub, _add_param_options)
     add_export_cut_parser(sub)
     return parser
-
-
-def _add_server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", action="append", default=[], metavar="DIR",
-                   help="Folder of diffusers models (repeatable; also $CINEGEN_MODELS).")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="Where the models run; auto = the GPU when torch sees one, else the CPU. Default: auto.")
-    p.add_argument("--max-size", type=int, default=8192, help="Largest width/height the server accepts.")
-    p.add_argument("--memory-budget", type=float, default=None, help="GB the model cache may use.")
-    p.add_argument("--device-memory", type=memory_size, default=None, metavar="SIZE",
-                   help="Device memory a job may use at its peak, such as 24GB or 512MB (default: the GPU's free "
-                   "memory; unchecked on a CPU); Submit refuses a job whose estimate is larger, naming what to lower.")
-    p.add_argument("--no-hf-cache", action="store_true", help="Ignore the local Hugging Face cache.")
-    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                   choices=("inductor", "eager", "aot_eager", "cudagraphs"),
-                   help="torch.compile each model's UNet/transformer (default backend inductor; the first step "
-                   "of each new size compiles, later ones run faster on a GPU).")
-    p.add_argument("--channels-last", action="store_true",
-                   help="UNet weights in channels-last memory format (faster convolutions in half precision on a GPU).")
-
-
-def memory_size(text: str) -> int:
-    """'24GB', '24 GiB', '512MB' or a plain number of GB -> bytes (GB and GiB both 2^30: what GPUs are sold as)."""
-    import re
-
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?)?\s*", text.lower())
-    if not match or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a memory size such as 24GB or 512MB")
-    unit = (match.group(2) or "g")[0]
-    return int(float(match.group(1)) * {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[unit])
 
 
 # ---- commands ---------------------------------------------------------------------------------
