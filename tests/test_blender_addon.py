@@ -50,6 +50,8 @@ def child(workdir: Path, server: str) -> dict:
                    if hasattr(bpy.types, name)],
         "operators": [op for op in ("connect", "generate", "cancel", "new_seed", "rerun", "plate_from_strip")
                       if hasattr(bpy.ops.cinegen, op)]}
+    facts["fresh"] = fresh_scene_scenario(bpy, scene)
+    facts["reconnect"] = reconnect_scenario(bpy, scene)
 
     # a generated sequence, 1001-1003, written like the server writes it
     frames = workdir / "gen"
@@ -80,6 +82,42 @@ def child(workdir: Path, server: str) -> dict:
         facts["cancel"] = cancel_scenario(bpy, scene)
         facts["layout"] = layout_scenario(bpy, scene)
     return facts
+
+
+def fresh_scene_scenario(bpy, scene) -> dict:
+    """A new scene before any Connect: its pipeline menu holds a pipeline and the options are drawn."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from blender_panel_listing import RecordingLayout
+
+    ui = sys.modules["cinegen_blender.ui"]
+    layout = RecordingLayout()
+    ui.draw_options(layout, scene)
+    return {"pipeline": scene.cinegen.pipeline, "other_scene": bpy.data.scenes.new("fresh").cinegen.pipeline,
+            "options": [line.strip() for line in layout.lines]}
+
+
+def reconnect_scenario(bpy, scene) -> dict:
+    """The job runner lost the server and is resuming: the queued job's progress line and a headless job's
+    log say so (they used to show the last progress for the two minutes of retries)."""
+    import io
+
+    from cinegen.common.proto import generator_pb2 as pb
+    from cinegen.plugin.backend.job_runner import JobDraft
+    from cinegen.plugin.model.jobs import JobRecord
+
+    runtime = sys.modules["cinegen_blender.runtime"]
+    job = runtime.BlenderJob(JobDraft(pb.JobRequest(job_id="image-lost")), JobRecord("image-lost", "image"))
+    runtime.STATE.jobs[job.job_id] = job
+    scene.cinegen.job_id = job.job_id
+    runtime._callbacks(job, direct=False).on_reconnect(7, 1.5)  # from the worker thread, as run_job calls it
+    runtime.drain()  # the timer, on the main thread
+    queued_stage = scene.cinegen.stage
+    printed = runtime.STATE.echo = io.StringIO()
+    runtime._callbacks(job, direct=True).on_reconnect(9, 3.0)  # headless: straight to the log
+    runtime.STATE.echo = None
+    del runtime.STATE.jobs[job.job_id]
+    scene.cinegen.job_id, scene.cinegen.stage = "", ""
+    return {"stage": queued_stage, "log": printed.getvalue(), "reconnects": job.record.reconnects}
 
 
 def describe_node(node) -> dict:
@@ -200,9 +238,20 @@ def plate_scenario(bpy, scene) -> dict:
         scene.sequence_editor.active_strip = strip
         taken = bpy.ops.cinegen.plate_from_strip()
     group = scene.cinegen_options.pipeline_upscale
-    return {"refused": sorted(refused), "taken": sorted(taken), "input": group.input,
-            "source": props.plate_source, "strip": strip.name, "pattern": props.plate_pattern,
-            "colorspace": group.input_colorspace, "strip_colorspace": strip.colorspace_settings.name}
+    facts = {"refused": sorted(refused), "taken": sorted(taken), "input": group.input,
+             "source": props.plate_source, "strip": strip.name, "pattern": props.plate_pattern,
+             "colorspace": group.input_colorspace, "strip_colorspace": strip.colorspace_settings.name}
+    # the plate moved to frame 30 (outside the result's own numbers, 1001 on): the upscale lands on it
+    strip.frame_start = 30
+    common = scene.cinegen_options.common
+    common.use_frames, common.model = False, ""
+    with bpy.context.temp_override(scene=scene):
+        upscaled = bpy.ops.cinegen.generate(wait=True)
+    common.use_frames = True
+    (loaded,) = sys.modules["cinegen_blender.runtime"].STATE.jobs[props.job_id].loaded
+    facts["upscale"] = {"generate": sorted(upscaled), "error": props.last_error, "plate_channel": strip.channel,
+                        "strip": describe_strip(loaded["strip"]), "node": describe_node(loaded["node"])}
+    return facts
 
 
 def cancel_scenario(bpy, scene) -> dict:
@@ -268,6 +317,19 @@ def test_the_extension_registers_its_settings_panels_and_operators(facts):
                                    "panels": ["CINEGEN_PT_view3d", "CINEGEN_PT_compositor", "CINEGEN_PT_sequencer"],
                                    "operators": ["connect", "generate", "cancel", "new_seed", "rerun",
                                                  "plate_from_strip"]}
+
+
+def test_a_new_scene_starts_on_a_pipeline_with_its_options_before_connecting(facts):
+    fresh = facts["fresh"]
+    assert fresh["pipeline"] == fresh["other_scene"] == "image"  # not '' (0, a number no pipeline has)
+    assert not any("Press Connect" in line for line in fresh["options"])
+    assert any(line.startswith("- `steps` ") for line in fresh["options"]), fresh["options"]
+
+
+def test_a_lost_connection_shows_in_the_progress_line_and_the_log(facts):
+    r = facts["reconnect"]
+    assert r["stage"] == "connection lost: resuming after event 7 in 1.5 s"
+    assert "connection lost: resuming after event 9 in 3.0 s" in r["log"] and r["reconnects"] == 2
 
 
 def test_the_manifest_declares_an_addon_for_blender_4_2_and_later():
@@ -377,6 +439,11 @@ def test_the_active_strip_becomes_the_plate_of_a_pipeline_that_takes_one(facts):
     assert p["input"].endswith("shot010_image_v001.####.exr") and p["source"] == p["strip"]
     assert p["pattern"] == p["input"]  # the strip's name goes with the job only while the input is its sequence
     assert p["colorspace"] and p["colorspace"] == p["strip_colorspace"]  # the server converts from the strip's space
+    # the result of a plate strip lands where the strip starts, one channel above it, node and strip alike
+    u = p["upscale"]
+    assert u["generate"] == ["FINISHED"], u["error"]
+    assert (u["strip"]["frame_start"], u["strip"]["channel"]) == (30, p["upscale"]["plate_channel"] + 1)
+    assert u["node"]["frame_start"] == 30 and 30 - u["node"]["frame_start"] + 1 + u["node"]["frame_offset"] == 1001
 
 
 if __name__ == "__main__":

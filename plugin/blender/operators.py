@@ -107,7 +107,8 @@ def finish(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
         history.update(record.job_id, state=state, message=message)
     else:
         results = results_from_outputs(outcome.outputs, job_id=record.job_id, pipeline=record.pipeline,
-                                       seed=record.seed, model=record.model, prompt=record.prompt)
+                                       seed=record.seed, model=record.model, prompt=record.prompt,
+                                       source=job.draft.source)  # the plate's strip: results go above it
         loaded = job.loaded = [host.load_result(result) for result in results]
         if props.job_id == job.job_id:
             props.progress, props.stage, props.last_error = 1.0, f"loaded {len(results)} sequence(s)", ""

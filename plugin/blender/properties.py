@@ -8,7 +8,9 @@ from . import runtime
 
 def _pipeline_items(self, context):
     # Blender keeps only references to these strings: the list must outlive the call
-    return runtime.STATE.pipeline_items or [("image", "image", "Connect to see the server's pipelines")]
+    return runtime.STATE.pipeline_items or [(runtime.DEFAULT_PIPELINE, runtime.DEFAULT_PIPELINE,
+                                             "Connect to see the server's pipelines", "NONE",
+                                             runtime.pipeline_number(runtime.DEFAULT_PIPELINE))]
 
 
 class CinegenSettings(bpy.types.PropertyGroup):
@@ -18,7 +20,9 @@ class CinegenSettings(bpy.types.PropertyGroup):
                                     description="Access token the server was started with (empty when none)")
     shared_disk: bpy.props.BoolProperty(name="Shared disk", default=True,
                                         description="Off: upload plates to the server and download results")
+    # a dynamic menu's default is an item's number (a new scene would otherwise hold 0, no pipeline)
     pipeline: bpy.props.EnumProperty(name="Pipeline", items=_pipeline_items,
+                                     default=runtime.pipeline_number(runtime.DEFAULT_PIPELINE),
                                      description="What to generate (the server's pipelines)")
     prompt: bpy.props.StringProperty(name="Prompt", description="What to generate")
     negative_prompt: bpy.props.StringProperty(name="Negative", description="What to keep out of the picture")

@@ -29,6 +29,7 @@ from . import forms as forms_mod
 
 DRAIN_INTERVAL = 0.2  # seconds between timer runs while a job is active
 QUEUE_KEEP = 8  # finished jobs kept in the queue view
+DEFAULT_PIPELINE = "image"  # every server and this plugin's own descriptions have it
 
 
 @dataclass
@@ -71,11 +72,16 @@ def set_forms(forms: list[forms_mod.PipelineForm], origin: str) -> None:
     from . import options
 
     STATE.forms, STATE.forms_origin = forms, origin
-    # Blender stores a dynamic enum's choice as its number: a number fixed by the name keeps a saved
-    # scene on its pipeline when another server lists the pipelines in another order
-    STATE.pipeline_items = [(f.name, f.name, f.description, "NONE", zlib.crc32(f.name.encode()) & 0x7FFFFFFF)
-                            for f in forms]
+    STATE.pipeline_items = [(f.name, f.name, f.description, "NONE", pipeline_number(f.name)) for f in forms]
     options.install(forms)
+
+
+def pipeline_number(name: str) -> int:
+    """The number Blender stores for a pipeline menu choice.
+
+    Fixed by the name, so a saved scene stays on its pipeline when another server lists the pipelines
+    in another order; also the menu's default (a new scene's 0 would match no pipeline at all)."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
 def form_of(name: str) -> forms_mod.PipelineForm | None:
@@ -207,9 +213,20 @@ def _callbacks(job: BlenderJob, *, direct: bool) -> JobCallbacks:
         def on_transfer(state: str, stage: str) -> None:
             job.record.set_transfer(state, stage)
             _echo(job)
-        return JobCallbacks(on_event=on_event, on_transfer=on_transfer)
+
+        def on_reconnect(after_seq: int, delay: float) -> None:
+            _reconnecting(job.record, after_seq, delay)
+            _echo(job)
+        return JobCallbacks(on_event=on_event, on_transfer=on_transfer, on_reconnect=on_reconnect)
     return JobCallbacks(on_event=lambda event: job.updates.put(("event", event)),
-                        on_transfer=lambda state, stage: job.updates.put(("transfer", (state, stage))))
+                        on_transfer=lambda state, stage: job.updates.put(("transfer", (state, stage))),
+                        on_reconnect=lambda after_seq, delay: job.updates.put(("reconnect", (after_seq, delay))))
+
+
+def _reconnecting(record: JobRecord, after_seq: int, delay: float) -> None:
+    """The watch lost the server and tries again (per the back-off policy): say so, not the last progress."""
+    record.reconnects += 1
+    record.stage = f"connection lost: resuming after event {after_seq} in {delay:.1f} s"
 
 
 def _apply_updates(job: BlenderJob) -> bool:
@@ -223,6 +240,8 @@ def _apply_updates(job: BlenderJob) -> bool:
             job.record.apply(value)
         elif kind == "transfer":
             job.record.set_transfer(*value)
+        elif kind == "reconnect":
+            _reconnecting(job.record, *value)
         elif kind == "outcome":
             job.outcome = value
         elif kind == "error":

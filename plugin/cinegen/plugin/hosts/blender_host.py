@@ -3,8 +3,9 @@ a trajectory; plates from the active image strip.
 
 Image sequences follow Blender's image-user rule (``BKE_image_user_frame_calc``): at scene frame F
 an Image node shows file frame ``F - frame_start + 1 + frame_offset``, so a sequence numbered from
-1001 placed at scene frame S needs ``frame_start = S`` and ``frame_offset = 1000``. A result lands at
-its own frame numbers when the scene's range holds them, else at the scene's first frame.
+1001 placed at scene frame S needs ``frame_start = S`` and ``frame_offset = 1000``. A result made from
+a plate strip lands where that strip starts, one channel above it; any other at its own frame numbers
+when the scene's range holds them, else at the scene's first frame.
 
 The trajectory is the active object's world position on each frame the job generates (first ..
 first + frames - 1, not the scene's range) through `bpy_extras.object_utils.world_to_camera_view`
@@ -102,9 +103,21 @@ def blender_colorspace(name: str) -> str:
     return next((candidate for candidate in SCENE_LINEAR_NAMES if candidate in available), "")
 
 
-def placement_frame(scene: Any, frames: FrameRange) -> int:
-    """Scene frame where a sequence starts: its own first frame if the scene's range holds it."""
+def placement_frame(scene: Any, frames: FrameRange, source: Any = None) -> int:
+    """Scene frame where a sequence starts: where its plate strip starts (frame i of the result is made
+    from the plate's i-th file), else its own first frame if the scene's range holds it."""
+    if source is not None:
+        return round(source.frame_start)  # the first file's frame, also when the strip is trimmed
     return frames.first if scene.frame_start <= frames.first <= scene.frame_end else scene.frame_start
+
+
+def source_strip(scene: Any, result: ResultSequence) -> Any:
+    """The sequencer strip the result was made from (its plate), when it is still in the scene."""
+    editor = scene.sequence_editor
+    if not result.source or editor is None:
+        return None
+    every = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all  # 4.4+ / before
+    return every.get(result.source)
 
 
 def load_image_sequence(result: ResultSequence) -> Any:
@@ -132,7 +145,7 @@ def load_into_compositor(scene: Any, result: ResultSequence) -> Any:
     node = tree.nodes.new("CompositorNodeImage")
     node.image = load_image_sequence(result)
     node.frame_duration = result.frames.count
-    node.frame_start = placement_frame(scene, result.frames)
+    node.frame_start = placement_frame(scene, result.frames, source_strip(scene, result))
     node.frame_offset = result.frames.first - 1  # file frame = F - frame_start + 1 + offset
     node.label = result.label[:NAME_LIMIT]
     node["cinegen_job"] = result.job_id or "cinegen"
@@ -143,10 +156,12 @@ def load_into_compositor(scene: Any, result: ResultSequence) -> Any:
 def load_into_sequencer(scene: Any, result: ResultSequence) -> Any:
     editor = scene.sequence_editor or scene.sequence_editor_create()
     strips = editor.strips if hasattr(editor, "strips") else editor.sequences  # 4.4+ / before
-    start = placement_frame(scene, result.frames)
+    source = source_strip(scene, result)
+    start = placement_frame(scene, result.frames, source)
     names = result.file_names()
+    lowest = 1 if source is None else source.channel + 1  # above its plate, for a glance from one to the other
     strip = strips.new_image(name=result.label[:NAME_LIMIT], filepath=result.first_file,
-                             channel=free_channel(strips, start, start + len(names)), frame_start=start)
+                             channel=free_channel(strips, start, start + len(names), lowest), frame_start=start)
     for name in names[1:]:
         strip.elements.append(name)
     colorspace = blender_colorspace(result.colorspace)
@@ -156,10 +171,10 @@ def load_into_sequencer(scene: Any, result: ResultSequence) -> Any:
     return strip
 
 
-def free_channel(strips: Any, start: int, end: int) -> int:
-    """The lowest channel with no strip overlapping [start, end): earlier results are kept, not covered."""
+def free_channel(strips: Any, start: int, end: int, lowest: int = 1) -> int:
+    """The lowest channel from `lowest` with no strip overlapping [start, end): earlier results are kept."""
     busy = {s.channel for s in strips if s.frame_final_start < end and s.frame_final_end > start}
-    channel = 1
+    channel = lowest
     while channel in busy:
         channel += 1
     return channel
