@@ -111,6 +111,26 @@ def test_non_ascii_tokens_are_a_sentence_and_failures_are_rate_limited(registry)
             assert err.value.code == "RESOURCE_EXHAUSTED" and "wait" in err.value.message
 
 
+def test_a_hand_written_client_hears_how_to_send_the_token(registry):
+    import grpc
+
+    from cinegen.common.proto import generator_pb2 as pb
+    from server_kit import stub
+
+    with private_server(registry, token="s3cret") as server:
+        channel, s = stub(server.address)
+
+        def answer(header):
+            try:
+                return s.ListJobs(pb.ListJobsRequest(), metadata=[("authorization", header)], timeout=10) and "OK"
+            except grpc.RpcError as exc:
+                return exc.details()
+        assert "'authorization: Bearer TOKEN'" in answer("s3cret")  # the token without the scheme
+        assert "not this server's token" in answer("Bearer wrong")  # was: "needs an access token" for both
+        assert answer("bearer s3cret") == "OK"  # the scheme is case-insensitive (RFC 7235)
+        channel.close()
+
+
 class _Aborted(Exception):
     pass
 

@@ -59,7 +59,7 @@ class TokenAuth(grpc.ServerInterceptor):
 
     def __init__(self, token: str, *, failures_allowed: int = AUTH_FAILURES_ALLOWED, window: float = AUTH_WINDOW,
                  clock: Callable[[], float] = time.monotonic):
-        self._expected = f"Bearer {token}".encode("ascii")
+        self._expected = token.encode("ascii")
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
         self._allowed = failures_allowed
@@ -71,8 +71,10 @@ class TokenAuth(grpc.ServerInterceptor):
         if method.startswith("/grpc.health.") or method.startswith("/grpc.reflection."):
             return continuation(handler_call_details)
         header = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        ok = isinstance(header, str) and header.isascii() and hmac.compare_digest(header.encode("ascii"),
-                                                                                  self._expected)
+        scheme, _, value = header.partition(" ") if isinstance(header, str) else ("", "", "")
+        # the scheme is case-insensitive (RFC 7235); the token is compared as bytes in constant time
+        ok = scheme.lower() == "bearer" and value.isascii() and hmac.compare_digest(value.encode("ascii"),
+                                                                                   self._expected)
         handler = continuation(handler_call_details)
         if handler is None:
             return None
@@ -99,9 +101,14 @@ class TokenAuth(grpc.ServerInterceptor):
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           "The access token has characters that are not ASCII; tokens are plain ASCII text. "
                           "Copy the server's token again into the connection settings.")
+        if isinstance(header, str) and header.partition(" ")[0].lower() == "bearer":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "The access token is not this server's token. Copy the token the server was started "
+                          "with (its --token-file or $CINEGEN_TOKEN) again into the connection settings.")
         context.abort(grpc.StatusCode.UNAUTHENTICATED,
                       "This cinegen server needs an access token. Enter the token the server was started with "
-                      "(its --token-file or $CINEGEN_TOKEN) in the connection settings.")
+                      "(its --token-file or $CINEGEN_TOKEN) in the connection settings; a client of its own sends "
+                      "it as the metadata 'authorization: Bearer TOKEN'.")
 
 
 def _wrap_handler(handler: grpc.RpcMethodHandler, admit: Callable[[grpc.ServicerContext], None]):
