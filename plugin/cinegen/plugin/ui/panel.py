@@ -23,13 +23,17 @@ from ..backend.session import CONNECTED, ServerSession
 from ..hosts import HostAdapter, HostSelectionError, detect_host
 from ..model.forms import (PLATE_COLORSPACE_FIELD, PLATE_FIELD, TRAJECTORY_FIELD, addon_catalogue, lora_addons,
                            model_catalogue, model_label)
+from ..model.form_state import FORM_STATE_FILE, FormState
 from ..model.history import History, HistoryEntry
 from ..model.jobs import JobQueue, JobRecord
 from ..model.outputs import ResultSequence, safe_name
-from ..qt import QtGui, QtWidgets, exec_dialog
+from ..qt import QtCore, QtGui, QtWidgets, exec_dialog
 from .connection import SettingsDialog
 from .form import ParamForm
 from .panel_view import PanelView
+
+
+FORM_SAVE_DELAY_MS = 500  # after the last change: typing is not a write per key, a closed pane loses at most this
 
 
 class Panel(PanelView):
@@ -47,6 +51,11 @@ class Panel(PanelView):
         self._plate_source = ""
         self._connection_error_shown = False
         self._shut_down = False
+        self.form_state = FormState(self.history.path.parent / FORM_STATE_FILE)
+        self._save_timer = QtCore.QTimer(self)
+        self._save_timer.setSingleShot(True)
+        self._save_timer.setInterval(FORM_SAVE_DELAY_MS)
+        self._save_timer.timeout.connect(self.save_form_state)
         self._wire()
         app = QtWidgets.QApplication.instance()
         if app is not None:  # a host (or python -m cinegen.plugin) quitting with jobs still streaming
@@ -67,6 +76,7 @@ class Panel(PanelView):
         self.connection.connect_requested.connect(lambda: self.session.connect_to_server(self.settings))
         self.connection.settings_requested.connect(self.edit_settings)
         self.pipeline_combo.currentIndexChanged.connect(self._on_pipeline_changed)
+        self.pipeline_combo.currentIndexChanged.connect(self._save_timer.start)
         self.generate_button.clicked.connect(self.generate)
         self.plate_button.clicked.connect(self.plate_from_selection)
         self.trajectory_button.clicked.connect(self.trajectory_from_selection)
@@ -96,6 +106,8 @@ class Panel(PanelView):
         """(Re)build one form per pipeline; values the artist typed survive a reconnect."""
         current = self.current_pipeline()
         kept = {name: form.values() for name, form in self.forms.items()}
+        if not self.forms:  # the first forms of this panel: what they held when it was last open
+            current, kept = self.form_state.load()
         for form in self.forms.values():
             self.stack.removeWidget(form)
             form.deleteLater()
@@ -109,8 +121,9 @@ class Panel(PanelView):
             form = ParamForm(info, models, catalogue=model_catalogue(caps), limits=limits, addons=lora_addons(caps),
                              addon_catalogue=addon_catalogue(caps))
             form.setProperty("description", info.description)
-            form.set_values(kept.get(info.name, {}))
+            _restore(form, kept.get(info.name, {}))
             form.changed.connect(self._update_actions)
+            form.changed.connect(self._save_timer.start)
             self.forms[info.name] = form
             self.stack.addWidget(form)
             self.pipeline_combo.addItem(info.name, info.name)
@@ -322,15 +335,31 @@ class Panel(PanelView):
         self.banner.show_message(f"Trajectory with {len(trajectory.tracks)} track(s) ({tracks}) set.", "info")
 
     # ---- lifetime -----------------------------------------------------------------------------
+    def save_form_state(self) -> None:
+        """Keep the pipeline shown and every form's values for the next time the panel opens."""
+        self._save_timer.stop()
+        if self.forms:  # a panel that never connected has nothing to say over the last one's values
+            self.form_state.save(self.current_pipeline(), {name: form.values() for name, form in self.forms.items()})
+
     def shutdown(self) -> None:
         """Close the connection and wait for the network threads (idempotent; also on application quit)."""
         if not self._shut_down:
             self._shut_down = True
+            self.save_form_state()
             self.session.close()
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt's name)
         self.shutdown()
         super().closeEvent(event)
+
+
+def _restore(form: ParamForm, values: dict[str, Any]) -> None:
+    """Put values back field by field: one a newer server no longer takes in that type is left at its default."""
+    for name, value in values.items():
+        try:
+            form.set_values({name: value})
+        except (TypeError, ValueError, OverflowError):
+            pass
 
 
 def _job_frames(values: dict[str, Any]) -> FrameRange | None:
