@@ -136,6 +136,24 @@ def test_structural_problems_are_reported():
         load_story("missing/story.yaml")
 
 
+def test_files_an_editor_saved_otherwise_are_a_sentence_with_the_line(tmp_path):
+    # these raised UnicodeDecodeError, yaml ReaderError and RecursionError (export-job showed tracebacks)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(broken(9, "    prompt: Mira climbs the Br\xfccke stairs").encode("latin-1"))
+    with pytest.raises(StoryError, match=r"^latin1\.yaml line 9: byte 0xfc is not UTF-8 text: save the story as UTF-8"):
+        load_story(latin1)
+    with pytest.raises(StoryError, match="line 9: character U\\+0000 is not allowed") as caught:
+        load_story(broken(9, "    prompt: Mira\x00climbs"))
+    assert caught.value.line == 9
+    with pytest.raises(StoryError, match="nests too deeply"):
+        load_story("shots: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(StoryError, match="cannot be read"):
+        load_story(tmp_path)  # a folder
+    bom_crlf = tmp_path / "windows.yaml"
+    bom_crlf.write_bytes(b"\xef\xbb\xbf" + STORY.replace("\n", "\r\n").encode())
+    assert load_story(bom_crlf) == load_story(STORY)
+
+
 def test_composed_prompt_is_style_then_characters_in_shot_order_then_the_shot():
     story = load_story(STORY)
     prompt = compose_shot_prompt(story, story.shots[1])

@@ -93,9 +93,17 @@ def load_story(source: str | Path) -> Story:
         path = Path(source)
         name = path.name
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise StoryError(f"file not found: {path}", source=str(path)) from None
+        except OSError as e:  # a folder, no permission, ...
+            raise StoryError(f"cannot be read ({e.strerror or e})", source=str(path)) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise StoryError(f"byte 0x{raw[e.start]:02x} is not UTF-8 text: save the story as UTF-8 (an editor's "
+                             f"encoding setting; Latin-1 and UTF-16 files are not read)",
+                             line=raw[:e.start].count(b"\n") + 1, source=name) from None
     else:
         text = source
     return parse_story_text(text, source=name, default_title=Path(name).stem if name != "story" else "story")
@@ -103,13 +111,20 @@ def load_story(source: str | Path) -> Story:
 
 def parse_story_text(text: str, source: str = "story", default_title: str = "story") -> Story:
     """Parse and validate story YAML; ``source`` names it in error messages."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as e:  # the reader refuses NUL and other control characters up front
+        code = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
+        raise StoryError(f"character {code} is not allowed in YAML: remove it",
+                         line=text[:e.position].count("\n") + 1, source=source) from None
     try:
         try:
             root = loader.get_single_node()
         except yaml.YAMLError as e:
             raise _yaml_error(e, source) from None
         return _StoryReader(loader, source).read(root, default_title)
+    except RecursionError:  # the composer and constructor recurse once per nesting level
+        raise StoryError("the YAML nests too deeply to read (thousands of levels of [ or {)", source=source) from None
     finally:
         loader.dispose()
 
