@@ -94,6 +94,12 @@ STYLESHEET = f"""
 #cinegenPanel QScrollBar::add-line, #cinegenPanel QScrollBar::sub-line {{ height: 0; width: 0; }}
 #cinegenPanel QScrollBar::add-page, #cinegenPanel QScrollBar::sub-page {{ background: transparent; }}
 #cinegenPanel QCheckBox {{ color: #d0d0d0; }}
+#cinegenPanel QCheckBox::indicator {{
+    width: 12px; height: 12px; background: #1f1f1f; border: 1px solid #7a7a7a; border-radius: 2px;
+}}
+#cinegenPanel QCheckBox::indicator:hover, #cinegenPanel QCheckBox::indicator:focus {{ border-color: {ACCENT}; }}
+#cinegenPanel QCheckBox::indicator:checked {{ background: {ACCENT}; border-color: {ACCENT}; image: url({{check}}); }}
+#cinegenPanel QCheckBox::indicator:disabled {{ background: #2a2a2a; border-color: #4a4a4a; }}
 #cinegenPanel #statusDot {{ font-size: 14px; }}
 """
 
@@ -102,7 +108,8 @@ def apply_style(widget: QtWidgets.QWidget) -> None:
     widget.setObjectName("cinegenPanel")
     widget.setAttribute(QtCore.Qt.WA_StyledBackground, True)  # paint the background the sheet gives
     arrows = arrow_images()
-    widget.setStyleSheet(STYLESHEET.replace("{up}", arrows["up"]).replace("{down}", arrows["down"]))
+    widget.setStyleSheet(STYLESHEET.replace("{up}", arrows["up"]).replace("{down}", arrows["down"])
+                         .replace("{check}", arrows["check"]))
 
 
 _ARROWS: dict[str, str] = {}
@@ -126,7 +133,25 @@ def arrow_images() -> dict[str, str]:
         path = os.path.join(folder, f"{name}.png")
         image.save(path)
         _ARROWS[name] = path.replace(os.sep, "/")
+    _ARROWS["check"] = _check_image(folder)
     return _ARROWS
+
+
+def _check_image(folder: str) -> str:
+    """A dark tick for a checked box (a style sheet that draws the box must draw its tick too), at 2x."""
+    image = QtGui.QImage(24, 24, QtGui.QImage.Format_ARGB32)
+    image.fill(QtCore.Qt.transparent)
+    painter = QtGui.QPainter(image)
+    painter.setRenderHint(QtGui.QPainter.Antialiasing)
+    pen = QtGui.QPen(QtGui.QColor("#161616"), 3.5)
+    pen.setCapStyle(QtCore.Qt.RoundCap)
+    pen.setJoinStyle(QtCore.Qt.RoundJoin)
+    painter.setPen(pen)
+    painter.drawPolyline(QtGui.QPolygonF([QtCore.QPointF(5, 12.5), QtCore.QPointF(10, 17.5), QtCore.QPointF(19, 6.5)]))
+    painter.end()
+    path = os.path.join(folder, "check.png")
+    image.save(path)
+    return path.replace(os.sep, "/")
 
 
 def dark_palette() -> QtGui.QPalette:
