@@ -74,6 +74,7 @@ def child(workdir: Path, server: str) -> dict:
     strips = scene.sequence_editor.strips
     facts["strip_channels"] = sorted(s.channel for s in strips)
 
+    facts["colour_and_rate"] = colour_and_rate_scenario(bpy, blender_host, workdir)
     facts["trajectory"] = trajectory_scenario(bpy, blender_host)
     if server:
         facts["generate"] = generate_scenario(bpy, scene, server)
@@ -82,6 +83,33 @@ def child(workdir: Path, server: str) -> dict:
         facts["cancel"] = cancel_scenario(bpy, scene)
         facts["layout"] = layout_scenario(bpy, scene)
     return facts
+
+
+def colour_and_rate_scenario(bpy, blender_host, workdir: Path) -> dict:
+    """Results whose colour space Blender's config lacks by name, and results at another rate than the scene."""
+    import numpy as np
+
+    from cinegen.common.exr import ExrMetadata, write_exr_frame
+    from cinegen.common.sequence import FrameRange
+    from cinegen.plugin.model.outputs import ResultSequence
+
+    scene = bpy.data.scenes.new("colour and rate")
+    scene.render.fps, scene.render.fps_base = 25, 1.0
+    found = {}
+    # a studio config's alias of ACEScg (AP1 primaries in the header), a space with none, and a 23.976 story shot
+    for name, colorspace, fps in (("alias", "lin_ap1", 25.0), ("unknown", "Made Up", 25.0),
+                                  ("story", "ACEScg", 24000 / 1001)):
+        folder = workdir / name
+        folder.mkdir()
+        for frame in (1, 2):
+            write_exr_frame(folder / f"{name}.{frame:04d}.exr", np.full((8, 8, 4), 0.5, np.float32),
+                            metadata=ExrMetadata(pipeline="story", colorspace=colorspace, fps=fps))
+        host = blender_host.BlenderHost("both", scene=scene)
+        loaded = host.load_result(ResultSequence(pattern=str(folder / f"{name}.####.exr"), frames=FrameRange(1, 2),
+                                                 pipeline="story", colorspace=colorspace))
+        found[name] = {"node": loaded["node"].image.colorspace_settings.name,
+                       "strip": loaded["strip"].colorspace_settings.name, "notices": host.take_notices()}
+    return found
 
 
 def fresh_scene_scenario(bpy, scene) -> dict:
@@ -184,15 +212,19 @@ def generate_scenario(bpy, scene, server: str) -> dict:
         common.use_width, common.width, common.use_height, common.height = True, 64, True, 64
         common.use_frames, common.frames = True, 2
         props.prompt, props.seed, props.seed_locked, props.target = "a fox", 77, True, "both"
+        scene.render.fps, scene.render.fps_base = 25, 1.0  # Frames per second left unset: the scene's rate
         nodes_before = len(bpy.context.scene.compositing_node_group.nodes)
         generated = bpy.ops.cinegen.generate(wait=True)
+    from cinegen.plugin.backend.exr_header import read_exr_header
+
     tree = scene.compositing_node_group
     newest = [n for n in tree.nodes if n.bl_idname == "CompositorNodeImage"][-1]
     (strip,) = [s for s in scene.sequence_editor.strips if s.get("cinegen_job", "").startswith("image-")]
     return {"connect": sorted(connected), "generate": sorted(generated), "status": props.status,
             "error": props.last_error, "progress": props.progress, "stage": props.stage,
             "new_nodes": len(tree.nodes) - nodes_before, "node": describe_node(newest),
-            "strip_job": strip["cinegen_job"], "strip": describe_strip(strip)}
+            "strip_job": strip["cinegen_job"], "strip": describe_strip(strip), "notice": props.notice,
+            "fps": float(read_exr_header(bpy.path.abspath(newest.image.filepath))["framesPerSecond"])}
 
 
 def trajectory_job_scenario(bpy, scene) -> dict:
@@ -366,6 +398,22 @@ def test_earlier_results_are_kept_and_an_unknown_colorspace_falls_back_to_scene_
     assert facts["unknown_colorspace"] == "Linear Rec.709"
 
 
+def test_a_result_in_a_space_blender_lacks_by_name_is_tagged_by_its_primaries_or_noticed(facts):
+    found = facts["colour_and_rate"]
+    # lin_ap1 (a studio config's name) with AP1 primaries in the header: Blender's ACEScg, not Rec.709
+    assert found["alias"] == {"node": "ACEScg", "strip": "ACEScg", "notices": []}
+    unknown = found["unknown"]
+    assert unknown["node"] == unknown["strip"] == "Linear Rec.709"
+    (notice,) = unknown["notices"]
+    assert "Made Up" in notice and "Color Space" in notice and "Linear Rec.709" in notice
+
+
+def test_a_sequence_at_another_rate_than_the_scene_is_noticed(facts):
+    (notice,) = facts["colour_and_rate"]["story"]["notices"]
+    assert "story.####.exr was made at 23.976 fps and this scene plays at 25 fps" in notice
+    assert "plays faster" in notice and "Frame Rate" in notice
+
+
 def test_an_animated_object_yields_its_hand_projected_screen_path(facts):
     t = facts["trajectory"]
     assert (t["width"], t["height"], t["origin"], t["name"]) == (1920, 1080, "top-left", "ball")
@@ -391,6 +439,7 @@ def test_the_sidebar_generate_operator_runs_a_job_headless_and_loads_it(facts):
     assert strip["files"] == ["shot010_image_v001.0001.exr", "shot010_image_v001.0002.exr"]
     assert strip["frame_start"] == 1 and node["colorspace"] == strip["colorspace"] == "ACEScg"
     assert "seed 77" in node["label"] and g["strip_job"].startswith("image-")
+    assert g["fps"] == 25.0 and not g["notice"]  # the scene's rate is recorded (it was 24 whatever the scene)
     outputs = {Path(p).name for p in Path(facts["workdir"]).joinpath("cinegen").rglob("shot010_image_*.exr")}
     assert outputs == {"shot010_image_v001.0001.exr", "shot010_image_v001.0002.exr"}
 

@@ -32,6 +32,7 @@ from . import options, runtime
 
 SEED_MAX = 2**31 - 1
 TRAJECTORY_FILE_FIELD = "trajectory"  # a trajectory file given by hand wins over the active object
+FPS_FIELD = "fps"  # unset ("empty = 24"), the scene's frame rate is sent
 
 
 def settings_from(props) -> ConnectionSettings:
@@ -53,7 +54,14 @@ def form_values(scene, pipeline: str) -> dict[str, Any]:
     if form is not None:
         values.update(options.read_values(options.group_of(scene, None), options.common_fields([form])))
         values.update(options.read_values(options.group_of(scene, pipeline), options.own_fields(form)))
+        fps = form.field(FPS_FIELD)
+        if fps is not None and values.get(FPS_FIELD) is None:  # the rate recorded: the one this scene plays at
+            values[FPS_FIELD] = min(max(scene_fps(scene), fps.minimum or 0.0), fps.maximum or float("inf"))
     return values
+
+
+def scene_fps(scene) -> float:
+    return scene.render.fps / scene.render.fps_base  # 24 / 1.001 = 23.976
 
 
 def job_frames(scene, values: dict[str, Any]) -> FrameRange:
@@ -110,8 +118,12 @@ def finish(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
                                        seed=record.seed, model=record.model, prompt=record.prompt,
                                        source=job.draft.source)  # the plate's strip: results go above it
         loaded = job.loaded = [host.load_result(result) for result in results]
+        notices = host.take_notices()  # a colour space Blender lacks, another frame rate than the scene's
         if props.job_id == job.job_id:
             props.progress, props.stage, props.last_error = 1.0, f"loaded {len(results)} sequence(s)", ""
+            props.notice = " ".join(notices)
+        if notices and runtime.STATE.echo is not None:
+            runtime.STATE.echo.write("".join(f"cinegen: {record.job_id} note: {n}\n" for n in notices))
         history.update(record.job_id, state="completed", seed=record.seed, model=record.model,
                        outputs=[r.pattern for r in results], frames=", ".join(str(r.frames) for r in results))
     _redraw()
@@ -181,7 +193,7 @@ def submit(scene, *, wait: bool) -> runtime.BlenderJob:
                              claimed_folder=place.claimed_folder, on_done=lambda j: finish(scene, j, host))
     runtime.history().add(HistoryEntry(job_id, pipeline, values=values, seed=props.seed, model=model,
                                        prompt=props.prompt, server=settings.address))
-    props.job_id, props.progress, props.stage, props.last_error = job_id, 0.0, "submitting", ""
+    props.job_id, props.progress, props.stage, props.last_error, props.notice = job_id, 0.0, "submitting", "", ""
     if not wait:
         runtime.start_background(job)
         return job
@@ -215,6 +227,8 @@ class CINEGEN_OT_generate(bpy.types.Operator):
         if wait and job.record.state != "completed":
             self.report({"ERROR"}, context.scene.cinegen.last_error)
             return {"CANCELLED"}
+        if wait and context.scene.cinegen.notice:
+            self.report({"WARNING"}, context.scene.cinegen.notice)
         return {"FINISHED"}
 
 

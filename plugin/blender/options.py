@@ -24,6 +24,8 @@ PANEL_FIELDS = ("prompt", "negative_prompt", "seed", "out", "first_frame")
 FILLED_FIELDS = ("trajectory_json", "story_yaml")
 INT_LIMIT = 2**31 - 1  # Blender IntProperty is 32-bit
 USE_PREFIX = "use_"
+# What an unticked `use_` toggle means where the add-on fills the value in itself (operators.form_values)
+FILLED_WHEN_OFF = {"fps": "Off: the scene's frame rate (Output Properties > Format)"}
 
 _registered: list[type] = []
 
@@ -86,7 +88,7 @@ def field_properties(field: FieldSpec) -> dict[str, Any]:
     if field.optional and kind in ("int", "float", "enum"):
         props[USE_PREFIX + field.name] = bpy.props.BoolProperty(
             name=f"Set {field.label.lower()}", default=False,
-            description=f"Off: the model decides the {field.label.lower()}")
+            description=FILLED_WHEN_OFF.get(field.name, f"Off: the model decides the {field.label.lower()}"))
     return props
 
 

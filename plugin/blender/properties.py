@@ -48,6 +48,7 @@ class CinegenSettings(bpy.types.PropertyGroup):
     progress: bpy.props.FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     stage: bpy.props.StringProperty(name="Stage")
     last_error: bpy.props.StringProperty(name="Error")
+    notice: bpy.props.StringProperty(name="Notice", description="What to check about the results loaded last")
     history_rows: bpy.props.IntProperty(name="Rows", default=5, min=1, max=50, description="History entries shown")
 
 

@@ -82,6 +82,10 @@ def draw_main(layout, scene) -> None:
         error.alert = True
         for line in _wrap(props.last_error):
             error.label(text=line)
+    if props.notice:
+        notice = layout.box()
+        for number, line in enumerate(_wrap(props.notice)):
+            notice.label(text=line, icon="ERROR" if number == 0 else "BLANK1")
     if not bpy.app.background:
         layout.operator("cinegen.open_qt_panel", icon="WINDOW")
 

@@ -4,8 +4,8 @@ OpenEXR file layout (openexr.com, "OpenEXR File Layout"): magic number 20000630 
 int32), a 4-byte version field, then attributes ``name\\0 type\\0 size:int32 value[size]`` until an
 empty name. Only the first part's header is read. ``string`` values are the bytes themselves (no
 terminator); ``int`` and ``float`` are 4-byte little-endian; ``rational`` is int32/uint32; ``box2i``
-(data and display windows) is four int32 (xMin, yMin, xMax, yMax); other
-types are returned as raw bytes.
+(data and display windows) is four int32 (xMin, yMin, xMax, yMax); ``chromaticities`` is eight
+floats (x, y of red, green, blue, white); other types are returned as raw bytes.
 """
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ def _decode(kind: str, raw: bytes) -> Any:
         return struct.unpack("<d", raw)[0]
     if kind == "box2i" and len(raw) == 16:
         return struct.unpack("<4i", raw)  # xMin, yMin, xMax, yMax (inclusive)
+    if kind == "chromaticities" and len(raw) == 32:
+        return struct.unpack("<8f", raw)  # CIE xy of red, green, blue, white
     if kind == "rational" and len(raw) == 8:
         numerator, denominator = struct.unpack("<iI", raw)
         return Fraction(numerator, denominator) if denominator else None

@@ -25,12 +25,25 @@ from bpy_extras.object_utils import world_to_camera_view
 from cinegen.common.sequence import FrameRange
 from cinegen.common.trajectory_io import Track, Trajectory, from_normalised
 
+from ..backend.exr_header import read_exr_header
 from ..model.outputs import ResultSequence, group_sequences
 from .base import HostAdapter, HostSelectionError, PlateSelection
 
 TARGETS = ("compositor", "sequencer", "both")
 # Blender's own name for its scene-linear space, newest first (4.x/5.x, 3.x), then the OCIO role
 SCENE_LINEAR_NAMES = ("Linear Rec.709", "Linear", "scene_linear")
+# Blender's linear spaces by the primaries and white point (CIE xy, the EXR `chromaticities` order), for
+# a file whose space Blender's config lacks by name (a studio config's `lin_ap1` or `ACES - ACEScg`);
+# names newest first (4.x/5.x, then 2.8x-3.x)
+LINEAR_BY_PRIMARIES = (
+    ((0.64, 0.33, 0.30, 0.60, 0.15, 0.06, 0.3127, 0.3290), ("Linear Rec.709", "Linear")),
+    ((0.713, 0.293, 0.165, 0.830, 0.128, 0.044, 0.32168, 0.33767), ("ACEScg", "Linear ACEScg")),
+    ((0.7347, 0.2653, 0.0, 1.0, 0.0001, -0.0770, 0.32168, 0.33767), ("ACES2065-1", "Linear ACES")),
+    ((0.708, 0.292, 0.170, 0.797, 0.131, 0.046, 0.3127, 0.3290), ("Linear Rec.2020",)),
+    ((0.680, 0.320, 0.265, 0.690, 0.150, 0.060, 0.3127, 0.3290), ("Linear DCI-P3 D65",)),
+)
+PRIMARIES_TOLERANCE = 2e-3  # configs round the published primaries differently
+FPS_TOLERANCE = 0.01  # 23.976 and 23.98 are one rate
 NAME_LIMIT = 63  # Blender ID and strip names are at most 63 bytes
 
 
@@ -42,6 +55,7 @@ class BlenderHost(HostAdapter):
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
         self.target = target
         self.scene = scene  # where results load; None = the active scene at that moment
+        self._notices: list[str] = []
 
     def selected_plate(self) -> PlateSelection:
         scene = bpy.context.scene
@@ -68,12 +82,19 @@ class BlenderHost(HostAdapter):
 
     def load_result(self, result: ResultSequence) -> dict[str, Any]:
         scene = self.scene or bpy.context.scene
+        header = _header(result.first_file)
+        colorspace, notice = result_colorspace(result, header.get("chromaticities"))
+        self._notices += [n for n in (notice, fps_notice(scene, result, header.get("framesPerSecond"))) if n]
         loaded: dict[str, Any] = {}
         if self.target in ("compositor", "both"):
-            loaded["node"] = load_into_compositor(scene, result)
+            loaded["node"] = load_into_compositor(scene, result, colorspace)
         if self.target in ("sequencer", "both"):
-            loaded["strip"] = load_into_sequencer(scene, result)
+            loaded["strip"] = load_into_sequencer(scene, result, colorspace)
         return loaded
+
+    def take_notices(self) -> list[str]:
+        notices, self._notices = self._notices, []
+        return notices
 
     def run_on_main_thread(self, fn: Callable[[], None]) -> None:
         def once() -> None:
@@ -94,13 +115,71 @@ class BlenderHost(HostAdapter):
 
 
 # ---- results ------------------------------------------------------------------------------------
+def _available_colorspaces() -> set[str]:
+    return {item.identifier for item in
+            bpy.types.ColorManagedInputColorspaceSettings.bl_rna.properties["name"].enum_items}
+
+
 def blender_colorspace(name: str) -> str:
     """`name` when Blender's config has it (e.g. ACEScg), else Blender's scene-linear space."""
-    available = {item.identifier for item in
-                 bpy.types.ColorManagedInputColorspaceSettings.bl_rna.properties["name"].enum_items}
+    available = _available_colorspaces()
     if name and name in available:
         return name
     return next((candidate for candidate in SCENE_LINEAR_NAMES if candidate in available), "")
+
+
+def linear_space_with(chromaticities: Any) -> str:
+    """Blender's linear space with these primaries and white point (8 floats), or "" when it has none."""
+    if chromaticities is None or len(chromaticities) != 8:
+        return ""
+    available = _available_colorspaces()
+    for primaries, names in LINEAR_BY_PRIMARIES:
+        if all(abs(a - b) <= PRIMARIES_TOLERANCE for a, b in zip(primaries, chromaticities)):
+            return next((n for n in names if n in available), "")
+    return ""
+
+
+def result_colorspace(result: ResultSequence, chromaticities: Any = None) -> tuple[str, str]:
+    """The space to tag a result with, and a sentence for the artist when colours may shift.
+
+    The EXR's own space by name; else, by the header's chromaticities, Blender's linear space with the
+    same primaries (never silently Rec.709 for a file in AP1); else the scene-linear space, saying so."""
+    name, available = result.colorspace, _available_colorspaces()
+    if name and name in available:
+        return name, ""
+    same_primaries = linear_space_with(chromaticities)
+    if same_primaries:
+        return same_primaries, ""
+    fallback = blender_colorspace("")
+    if not name:
+        return fallback, ""  # no space recorded: float frames are scene-linear
+    return fallback, (f"{Path(result.pattern).name} is in {name}, which Blender's colour configuration does not "
+                      f"have: it is read as {fallback} and its colours may shift. Set its colour space by hand "
+                      f"(Image or Strip > Color Space) to the one it was made in.")
+
+
+def fps_notice(scene: Any, result: ResultSequence, fps: Any) -> str:
+    """A sentence when a moving sequence was made at another rate than the scene plays."""
+    if fps is None or result.frames.count < 2:
+        return ""
+    scene_fps, fps = scene.render.fps / scene.render.fps_base, float(fps)
+    if abs(scene_fps - fps) <= FPS_TOLERANCE:
+        return ""
+    return (f"{Path(result.pattern).name} was made at {_rate(fps)} fps and this scene plays at {_rate(scene_fps)} "
+            f"fps: Blender shows one of its frames per scene frame, so it plays "
+            f"{'faster' if scene_fps > fps else 'slower'} here. Set the scene's Frame Rate (Output Properties > "
+            f"Format) to {_rate(fps)} to see it at its speed.")
+
+
+def _rate(fps: float) -> str:
+    return f"{fps:.3f}".rstrip("0").rstrip(".")  # 25, 23.976, 29.97
+
+
+def _header(path: str) -> dict[str, Any]:
+    try:
+        return read_exr_header(path)
+    except (OSError, ValueError):  # not an EXR (or unreadable): the name alone decides
+        return {}
 
 
 def placement_frame(scene: Any, frames: FrameRange, source: Any = None) -> int:
@@ -120,10 +199,10 @@ def source_strip(scene: Any, result: ResultSequence) -> Any:
     return every.get(result.source)
 
 
-def load_image_sequence(result: ResultSequence) -> Any:
+def load_image_sequence(result: ResultSequence, colorspace: str | None = None) -> Any:
     image = bpy.data.images.load(result.first_file, check_existing=False)
     image.source = "SEQUENCE"
-    colorspace = blender_colorspace(result.colorspace)
+    colorspace = blender_colorspace(result.colorspace) if colorspace is None else colorspace
     if colorspace:
         image.colorspace_settings.name = colorspace
     image.name = result.label[:NAME_LIMIT]
@@ -139,11 +218,11 @@ def compositor_tree(scene: Any) -> Any:
     return scene.node_tree
 
 
-def load_into_compositor(scene: Any, result: ResultSequence) -> Any:
+def load_into_compositor(scene: Any, result: ResultSequence, colorspace: str | None = None) -> Any:
     tree = compositor_tree(scene)
     ours = [n for n in tree.nodes if n.bl_idname == "CompositorNodeImage" and n.get("cinegen_job")]
     node = tree.nodes.new("CompositorNodeImage")
-    node.image = load_image_sequence(result)
+    node.image = load_image_sequence(result, colorspace)
     node.frame_duration = result.frames.count
     node.frame_start = placement_frame(scene, result.frames, source_strip(scene, result))
     node.frame_offset = result.frames.first - 1  # file frame = F - frame_start + 1 + offset
@@ -153,7 +232,7 @@ def load_into_compositor(scene: Any, result: ResultSequence) -> Any:
     return node
 
 
-def load_into_sequencer(scene: Any, result: ResultSequence) -> Any:
+def load_into_sequencer(scene: Any, result: ResultSequence, colorspace: str | None = None) -> Any:
     editor = scene.sequence_editor or scene.sequence_editor_create()
     strips = editor.strips if hasattr(editor, "strips") else editor.sequences  # 4.4+ / before
     source = source_strip(scene, result)
@@ -164,7 +243,7 @@ def load_into_sequencer(scene: Any, result: ResultSequence) -> Any:
                              channel=free_channel(strips, start, start + len(names), lowest), frame_start=start)
     for name in names[1:]:
         strip.elements.append(name)
-    colorspace = blender_colorspace(result.colorspace)
+    colorspace = blender_colorspace(result.colorspace) if colorspace is None else colorspace
     if colorspace:
         strip.colorspace_settings.name = colorspace
     strip["cinegen_job"] = result.job_id or "cinegen"
