@@ -20,7 +20,7 @@ from cinegen.common import color
 from cinegen.common.exr import ExrMetadata, read_exr_frame, write_exr_frame
 from cinegen.common.sequence import SequencePattern, SequencePatternError
 
-from .errors import InvalidArgument
+from .errors import FailedPrecondition, InvalidArgument
 
 COLORSPACE_FIELD, INPUT_FIELD = "input_colorspace", "input"
 
@@ -33,6 +33,14 @@ def check_plate_colorspace(params: Any) -> None:
             color.to_working_space(np.zeros((1, 3), np.float32), space)
         except color.ColorConfigError as exc:
             raise InvalidArgument(str(exc)) from None
+
+
+def check_colour_config(display_transform: str) -> None:
+    """Refuse at Submit a job the server's OCIO config cannot colour (``color.check_config``): a setup problem."""
+    try:
+        color.check_config(display_transform or color.DISPLAY_VIEW)
+    except color.ColorConfigError as exc:
+        raise FailedPrecondition(str(exc)) from None
 
 
 def needs_conversion(params: Any) -> bool:

@@ -49,7 +49,7 @@ from .models.lora import MAX_LORAS, job_loras
 from .models.registry import ModelRegistry
 from .models.speedups import Speedups
 from .named_values import apply_named_values
-from .plate_colour import check_plate_colorspace, converted_params, remove_converted
+from .plate_colour import check_colour_config, check_plate_colorspace, converted_params, remove_converted
 from .paths import PathPolicy, decode_utf8, read_request_file
 from .pipelines import load_pipelines
 from .pipelines.base import JobSpec, Pipeline, RunContext
@@ -350,6 +350,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if common.display_transform not in ("", *DISPLAY_TRANSFORMS):
             raise InvalidArgument(f"Display to linear '{common.display_transform[:40]}' is not one of "
                                   f"{', '.join(DISPLAY_TRANSFORMS)}.")
+        check_colour_config(common.display_transform)
         check_plate_colorspace(params)
         check_job(self.limits, common, params, pipeline.name)
         self._validate_common(common, pipeline, resume=resume)

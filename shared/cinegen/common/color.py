@@ -275,6 +275,17 @@ def to_working_space(rgb: np.ndarray, colorspace: str) -> np.ndarray:
     return convert(rgb, resolved, working_space_name(config))
 
 
+def check_config(transform: str = DISPLAY_VIEW) -> None:
+    """Raise :class:`ColorConfigError` now when the active config cannot turn model pixels into the working
+    space through ``transform`` (it does not load, lacks the ``scene_linear`` role, the SDR view or, for
+    ``"srgb"``, the sRGB texture space), rather than when the first frame is written."""
+    working_space_name()
+    if transform == DISPLAY_SRGB:
+        srgb_encoded_space_name()
+    else:
+        _view_processor(config_source(), inverse=True)
+
+
 def has_colorspace(name: str) -> bool:
     return resolve_colorspace(name) is not None
 

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from cinegen.common.color import ColorConfigError
 from cinegen.common.proto import generator_pb2 as pb
 
 from ..errors import JobCancelled, UserError
@@ -325,6 +326,8 @@ def _for_journal(event: pb.JobEvent) -> pb.JobEvent:
 
 def _describe_crash(exc: Exception) -> tuple[str, str]:
     text = str(exc)
+    if isinstance(exc, ColorConfigError):  # the server's $OCIO, found lacking mid-job: its sentence says the fix
+        return ("FAILED_PRECONDITION", text)
     if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
         return ("RESOURCE_EXHAUSTED", "The GPU ran out of memory. Lower the width/height or frames, "
                 "use a smaller VAE tile, or close other programs using the GPU, then try again.")
