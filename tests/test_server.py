@@ -231,3 +231,25 @@ def test_raw_stub_client_knowing_only_the_proto(running_server, tmp_path):
     kinds = [e.WhichOneof("kind") for e in stub.Watch(pb.WatchRequest(job_id=ticket.job_id))]
     assert kinds[-1] == "completed"
     assert (tmp_path / "raw.1001.exr").exists()
+
+
+def test_typed_pipeline_messages_left_at_proto_defaults_mean_the_documented_defaults(running_server, tmp_path):
+    """proto3 sends an unset string as "": story's stage was refused ("Story stage '' is not one of ...")."""
+    from cinegen.common.proto import generator_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.GeneratorStub(grpc.insecure_channel(running_server.address))
+    story = "title: t\nshots:\n  - id: sh010\n    prompt: a red disc\n    frames: 2\n"
+    track = ('{"width": 64, "height": 64, "tracks": [{"name": "d", "points": [{"frame": 1001, "x": 1, "y": 1}, '
+             '{"frame": 1002, "x": 9, "y": 9}]}]}')
+    for pipeline, params in (("story", pb.StoryParams(story_yaml=story)), ("panorama", pb.PanoramaParams()),
+                             ("trajectory", pb.TrajectoryParams(trajectory_json=track))):
+        request = pb.JobRequest(pipeline=pipeline, **{pipeline: params})
+        request.common.prompt, request.common.steps = "x", 1
+        request.common.out = str(tmp_path / pipeline) + ("" if pipeline == "story" else "/p.####.exr")
+        ticket = stub.Submit(request, timeout=60)
+        stub.Cancel(pb.CancelRequest(job_id=ticket.job_id))
+        spec = running_server.service.jobs.get(ticket.job_id).spec
+        assert spec.common.compression == "zip" and spec.common.offload == "none"
+        defaults = {"story": ("stage", "all"), "panorama": ("window_order", "plan"),
+                    "trajectory": ("tora_sampler", "dpm")}[pipeline]
+        assert getattr(spec.params, defaults[0]) == defaults[1]

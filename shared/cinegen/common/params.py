@@ -305,6 +305,8 @@ def from_proto(msg: Any, cls: type) -> Any:
         if fd.has_presence and not msg.HasField(f.name):
             continue  # keep the dataclass default (None = model decides)
         value = getattr(msg, f.name)
+        if value == "" and not fd.is_repeated and fd.type == fd.TYPE_STRING:
+            continue  # proto3 cannot send an unset string apart from "": it means the documented default
         values[f.name] = list(value) if fd.is_repeated else value
     return cls(**values)
 
