@@ -164,6 +164,9 @@ class StandInNuke(types.ModuleType):
         node.selected_at_creation = [n.name() for n in self.nodes if n.selected]
         return self.add(node, selected=True)
 
+    def allNodes(self, filter=None):  # noqa: N802, A002 (Nuke's names)
+        return [n for n in self.nodes if filter is None or n.Class() == filter]
+
     def selectedNodes(self):  # noqa: N802
         return [n for n in self.nodes if n.selected]
 
@@ -262,8 +265,9 @@ def test_result_becomes_a_read_node_with_hash_pattern_frame_range_and_label(nuke
 
 def test_read_colorspace_is_the_exr_header_space_when_nuke_knows_it_else_scene_linear(nuke, host):
     assert host.load_result(result(colorspace="ACEScg"))["colorspace"].value() == "ACEScg"
-    assert host.load_result(result(colorspace="Some studio space"))["colorspace"].value() == "scene_linear"
-    assert host.load_result(result(colorspace=""))["colorspace"].value() == "scene_linear"
+    assert host.load_result(result("/r/v2/b.####.exr", colorspace="Some studio space"))["colorspace"].value() == \
+        "scene_linear"
+    assert host.load_result(result("/r/v3/c.####.exr", colorspace=""))["colorspace"].value() == "scene_linear"
 
 
 def test_colorspace_of_a_written_exr_reaches_the_read_node(nuke, host, tmp_path):
@@ -489,7 +493,7 @@ def test_an_aces_result_in_a_nuke_default_project_is_tagged_scene_linear_with_a_
     assert "ACEScg" in notice and "nuke-default" in notice and "scene_linear" in notice
     assert host.take_notices() == []
     nuke.root_node["OCIO_config"]._value = CG_CONFIG
-    assert host.load_result(result(colorspace="ACEScg"))["colorspace"].value() == "ACEScg"
+    assert host.load_result(result("/r/v2/b.####.exr", colorspace="ACEScg"))["colorspace"].value() == "ACEScg"
     assert host.take_notices() == []
 
 
@@ -503,6 +507,20 @@ def test_the_read_gets_the_projects_own_name_for_the_files_space(nuke, host, con
     nuke.root_node["OCIO_config"]._value = config
     assert host.load_result(result(colorspace=written))["colorspace"].value() == tagged
     assert host.take_notices() == []
+
+
+def test_a_jobs_shots_are_read_side_by_side_and_loading_again_reuses_the_read(nuke, host):
+    """A story's shots come back as one Read each: Nuke puts unconnected new nodes on one spot, so they went on
+    top of each other; History > Load result again made a second Read of the same files."""
+    shots = [result(f"/r/story/v001/sh0{n}0/sh0{n}0.####.exr") for n in (1, 2, 3)]
+    reads = [host.load_result(shot) for shot in shots]
+    assert len({(r.xpos(), r.ypos()) for r in reads}) == 3
+    assert [r.xpos() for r in reads] == [0, 80 + 40, 2 * (80 + 40)] and {r.ypos() for r in reads} == {0}
+    host.take_notices()
+    again = host.load_result(result("/r/story/v001/sh020/sh020.%04d.exr"))  # the same files, the other spelling
+    assert again is reads[1] and len(nuke.allNodes("Read")) == 3
+    (notice,) = host.take_notices()
+    assert again.name() in notice
 
 
 def test_batch_progress_goes_through_nuke_progress_task(nuke, host, running_server, tmp_path):

@@ -2,8 +2,8 @@
 
 Thin on purpose: every call here is a documented Nuke Python API call (`nuke.selectedNode`,
 `nuke.filename`, `Knob.value`, `nuke.createNode`, `File_Knob.fromUserText`, `Node.setXYpos`,
-`nuke.executeInMainThread`, `Array_Knob.getValueAt`, `nuke.ProgressTask`, `nuke.getColorspaceList`), so a
-stand-in `nuke` module that records them tests this adapter honestly.
+`nuke.executeInMainThread`, `Array_Knob.getValueAt`, `nuke.ProgressTask`, `nuke.getColorspaceList`,
+`nuke.allNodes`), so a stand-in `nuke` module that records them tests this adapter honestly.
 
 Tracker4 keeps its tracks in one table knob, ``tracks``. ``tracks.toScript()`` is three TCL lists:
 the table size ``{ 1 31 N }``, the column headers (``{ 3 1 75 name name 1 }``: the fourth word is
@@ -40,6 +40,7 @@ class NukeHost(HostAdapter):
 
     def __init__(self) -> None:
         self._notices: list[str] = []
+        self._last_read: dict[str, Any] = {}  # job id -> its latest Read: a story's shots go side by side
 
     # ---- selection in -------------------------------------------------------------------------
     def selected_plate(self) -> PlateSelection:
@@ -93,6 +94,10 @@ class NukeHost(HostAdapter):
 
     # ---- results out --------------------------------------------------------------------------
     def load_result(self, result: ResultSequence) -> Any:
+        existing = _read_of(result)
+        if existing is not None:  # History > Load result again: the Read is already in the script
+            self._notices.append(f"{result.pattern} is already read by {existing.name()}: no second Read was made.")
+            return existing
         for node in nuke.selectedNodes():
             node.setSelected(False)  # createNode would otherwise wire the Read under the selection
         read = nuke.createNode("Read", inpanel=False)
@@ -103,9 +108,18 @@ class NukeHost(HostAdapter):
         read["on_error"].setValue("black")
         read["label"].setValue(tcl_escape(f"{result.label}\n{_short(result.prompt)}"))
         source = nuke.toNode(result.source) if result.source else None
-        if source is not None:  # beside the input, so the comparison is one glance away
-            read.setXYpos(source.xpos() + source.screenWidth() + RESULT_GAP, source.ypos())
+        previous = self._last_read.get(result.job_id) if result.job_id else None
+        for beside in (previous, source):  # a job's next shot beside its last; else beside the input, to compare
+            try:
+                if beside is not None:
+                    read.setXYpos(beside.xpos() + beside.screenWidth() + RESULT_GAP, beside.ypos())
+                    break
+            except ValueError:  # the artist deleted that node meanwhile (Nuke's detached-node error)
+                continue
+        if source is not None:
             _copy_frame_offset(source, read, result.frames.first)
+        if result.job_id:
+            self._last_read[result.job_id] = read
         return read
 
     def take_notices(self) -> list[str]:
@@ -235,6 +249,22 @@ def _set_colorspace(read: Any, colorspace: str) -> str:
     return (f"The result is in {colorspace}, which this project's OCIO config ({config or 'unknown'}) does not "
             f"have: its Read is tagged '{SCENE_LINEAR}' and colours may shift. Switch the project to an ACES "
             f"config (Project Settings > Color) or convert with an OCIOColorSpace node from {colorspace}.")
+
+
+def _read_of(result: ResultSequence) -> Any:
+    """A Read in the script that already reads the result's files (`####` and `%04d` spell the same)."""
+    wanted = _same_form(result.pattern)
+    for node in nuke.allNodes("Read"):
+        if _same_form(nuke.filename(node) or "") == wanted:
+            return node
+    return None
+
+
+def _same_form(path: str) -> str:
+    try:
+        return SequencePattern.parse(path, any_extension=True).hash_form()
+    except SequencePatternError:
+        return path
 
 
 def _listed_colorspaces(knob: Any) -> list[str]:
