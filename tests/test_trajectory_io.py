@@ -113,6 +113,30 @@ def test_invalid_json_reports_line_and_column():
         load_trajectory('{"width": 10,\n "height": 10 "tracks": []}')
 
 
+def test_files_from_other_tools_load_or_say_what_to_fix(tmp_path):
+    # a BOM was "not valid JSON"; Infinity/NaN sizes and frames, Latin-1 and deep nesting raised OverflowError,
+    # ValueError, UnicodeDecodeError and RecursionError instead of a TrajectoryError
+    text = json.dumps(with_points([{"frame": 1, "x": 1, "y": 1}]))
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert load_trajectory(bom) == load_trajectory("\ufeff" + text) == load_trajectory(text)
+    from cinegen.server.documents import Origin, check_trajectory  # the server's check of the same text
+    from cinegen.server.limits import Limits
+    assert check_trajectory("\ufeff" + text, Origin("the trajectory file", True), Limits()) == load_trajectory(text)
+    for broken, words in ((text.replace('"width": 720', '"width": Infinity'), "width must be a whole number"),
+                          (text.replace('"height": 480', '"height": NaN'), "height must be a whole number"),
+                          (text.replace('"frame": 1', '"frame": -Infinity'), "frame must be a whole frame number"),
+                          ('{"tracks": ' + "[" * 5000 + "]" * 5000 + "}", "too deeply")):
+        with pytest.raises(TrajectoryError, match=words):
+            load_trajectory(broken)
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(text.replace("ball", "Kugel\u00fc").encode("latin-1"))
+    with pytest.raises(TrajectoryError, match="latin1.json is not UTF-8 text"):
+        load_trajectory(latin1)
+    with pytest.raises(TrajectoryError, match="cannot be read"):
+        load_trajectory(tmp_path)
+
+
 def test_points_slightly_off_screen_are_allowed():
     traj = parse_trajectory(with_points([{"frame": 1, "x": -200, "y": 700}]))
     assert traj.tracks[0].points[0].x == -200

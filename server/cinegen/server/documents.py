@@ -27,6 +27,7 @@ class Origin:
 
 
 def check_trajectory(text: str, origin: Origin, limits: Limits) -> Trajectory:
+    text = text.lstrip("\ufeff")  # a byte-order mark (some Windows tools write one) is not content
     if not text.lstrip().startswith("{"):
         raise InvalidArgument(f"{_cap(origin.label)} must be a JSON object ({{\"width\": ..., \"tracks\": [...]}}).")
     try:

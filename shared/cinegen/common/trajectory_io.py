@@ -145,20 +145,30 @@ class Trajectory:
 # ------------------------------------------------------------------------------------------ parsing
 def load_trajectory(source: str | Path) -> Trajectory:
     """Read a trajectory from a file path, or from the JSON text itself (text starts with ``{``)."""
-    if isinstance(source, str) and source.lstrip().startswith("{"):
+    if isinstance(source, str) and source.lstrip("\ufeff \t\r\n").startswith("{"):
         text = source
     else:
         path = Path(source)
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise TrajectoryError(f"trajectory file not found: {path}") from None
+        except OSError as e:  # a folder, no permission, ...
+            raise TrajectoryError(f"trajectory file {path} cannot be read ({e.strerror or e})") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise TrajectoryError(f"trajectory file {path.name} is not UTF-8 text (byte 0x{raw[e.start]:02x} on line "
+                                  f"{line}): save it as UTF-8") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text.lstrip("\ufeff"))  # a byte-order mark, as some Windows tools write, is no content
     except json.JSONDecodeError as e:
         raise TrajectoryError(
             f"trajectory is not valid JSON at line {e.lineno} column {e.colno}: {e.msg}"
         ) from None
+    except RecursionError:
+        raise TrajectoryError("trajectory nests its JSON too deeply to read") from None
     return parse_trajectory(data)
 
 
@@ -192,7 +202,8 @@ def parse_trajectory(data: Any) -> Trajectory:
 
 def _check_size(width: Any, height: Any) -> None:
     for label, value in (("width", width), ("height", height)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value <= 0:
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value != int(value) or value <= 0):
             raise TrajectoryError(f"{label} must be a whole number of pixels above 0, not {value!r}")
 
 
@@ -234,7 +245,8 @@ def _parse_point(data: Any, track: str, number: int, width: int, height: int) ->
         raise TrajectoryError(f"{where} has no {' or '.join(missing)}: every point needs frame, x and y",
                               track, number)
     frame, x, y = data["frame"], data["x"], data["y"]
-    if isinstance(frame, bool) or not isinstance(frame, (int, float)) or frame != int(frame):
+    if (isinstance(frame, bool) or not isinstance(frame, (int, float)) or not math.isfinite(frame)
+            or frame != int(frame)):
         raise TrajectoryError(f"{where}: frame must be a whole frame number, not {frame!r}", track, number)
     for label, value in (("x", x), ("y", y)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
