@@ -194,3 +194,14 @@ def test_a_rate_without_smpte_timecode_still_starts_at_one_hour(tmp_path):
     assert ten.global_start_time == otio.opentime.RationalTime(164, 15)
     with pytest.raises(ValueError, match="not a timecode"):
         build_story_timeline(tmp_path, "t", 12.0, [], record_start="00:00:00:12")  # frame 12 of 0-11
+
+
+def test_a_shot_made_at_an_earlier_fps_is_timed_at_the_cuts_rate(tmp_path):
+    # the story went from 24 to 25 fps and only sh020 was re-run: sh010's 5 frames must not end between frames
+    records = [_record("sh010", 5, fps=24.0), _record("sh020", 3, fps=25.0), MissingShot("sh030", "p", 2, 24.0)]
+    for record in records[:2]:
+        _fake_frames(tmp_path, record)
+    timeline = build_story_timeline(tmp_path, "t", 25.0, records)
+    items = list(timeline.tracks[0])
+    assert [i.range_in_parent().start_time for i in items] == [otio.opentime.RationalTime(v, 25) for v in (0, 5, 8)]
+    assert {i.duration().rate for i in items} == {i.media_reference.rate for i in items[:2]} == {25.0}

@@ -176,11 +176,14 @@ def missing_gap(shot: MissingShot) -> otio.schema.Gap:
 
 def build_story_timeline(out_dir: Path, title: str, fps: float, shots: Sequence[ShotRecord | MissingShot], *,
                          record_start: str = RECORD_START, absolute_urls: bool = False) -> otio.schema.Timeline:
-    """One video track, the shots in story order: a clip per finished shot, a gap per missing one."""
+    """One video track, the shots in story order: a clip per finished shot, a gap per missing one.
+    Every item is timed at the cut's rate: a shot made before the story's fps changed keeps its frames
+    (its record says the rate it was made at) instead of landing between frames of the others."""
     track = otio.schema.Track(name="cinegen", kind=otio.schema.TrackKind.Video)
     for shot in shots:
-        track.append(shot_clip(out_dir, shot, absolute_urls=absolute_urls) if isinstance(shot, ShotRecord)
-                     else missing_gap(shot))
+        timed = dataclasses.replace(shot, fps=fps)
+        track.append(shot_clip(out_dir, timed, absolute_urls=absolute_urls) if isinstance(shot, ShotRecord)
+                     else missing_gap(timed))
     timeline = otio.schema.Timeline(name=title, global_start_time=start_time(record_start, cut_rate(fps)),
                                     metadata={"cinegen": {"story": title, "fps": fps, "record_start": record_start,
                                                           "missing": [s.shot for s in shots

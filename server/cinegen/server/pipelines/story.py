@@ -366,6 +366,10 @@ class StoryRun:
         missing = [e.shot for e in entries if isinstance(e, MissingShot)]
         if missing:
             self.ctx.log(f"{timeline.name}: {', '.join(missing)} missing from the cut")
+        other_rate = [f"{e.shot} ({e.fps:g})" for e in entries if isinstance(e, ShotRecord) and e.fps != story.fps]
+        if other_rate:  # the cut times them at the story's rate; their frames' headers keep the old one
+            self.ctx.log(f"{timeline.name}: {', '.join(other_rate)} made at another fps than the story's "
+                         f"{story.fps:g}; re-run them (--shots) to match")
         return [str(sheet), str(timeline)]
 
 
