@@ -117,3 +117,17 @@ def test_upscale_checks_a_plate_at_submit_by_its_format_and_refuses_integer_ids(
     _write(tmp_path / "ids.1001.exr", [(np.zeros((6, 8, 3), np.uint32), ("R", "G", "B"), "uint", (0, 0), None)])
     with pytest.raises(InvalidArgument, match="32-bit integer"):
         inspect_plate(str(tmp_path / "ids.####.exr"))
+
+
+def test_a_plate_frame_that_cannot_be_converted_from_its_colour_space_is_named_for_the_artist(tmp_path) -> None:
+    from cinegen.common.params import UpscaleParams
+    from cinegen.server.errors import InvalidArgument
+    from cinegen.server.plate_colour import converted_params
+
+    for frame in (1001, 1002):
+        _write(tmp_path / f"aces.{frame}.exr", [(_ramp(6, 8), RGBA, "half", (0, 0), None)])
+    whole = (tmp_path / "aces.1002.exr").read_bytes()
+    (tmp_path / "aces.1002.exr").write_bytes(whole[:len(whole) // 2])  # the header reads, the pixels not
+    params = UpscaleParams(input=str(tmp_path / "aces.####.exr"), input_colorspace="ACES2065-1")
+    with pytest.raises(InvalidArgument, match=r"^Frame 1002 of the plate '.*aces\.####\.exr' could not be read"):
+        converted_params(params, tmp_path / "job")

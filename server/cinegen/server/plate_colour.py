@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cinegen.common import color
-from cinegen.common.exr import ExrMetadata, read_exr_frame, write_exr_frame
+from cinegen.common.exr import ExrMetadata, ImageReadError, read_exr_frame, write_exr_frame
 from cinegen.common.sequence import SequencePattern, SequencePatternError
 
 from .errors import FailedPrecondition, InvalidArgument
@@ -64,13 +64,13 @@ def converted_params(params: Any, folder: Path, log: Callable[[str], None] = lam
     if pattern is None:
         files = {0: source}
         new_input = str(folder / (Path(source).stem + ".exr"))
-        _convert_file(source, new_input, space)
+        _convert_file(source, new_input, space, f"The input image '{source}'")
     else:
         files = pattern.glob_existing()
         # the same file name and padding, so frame numbers and the pipeline's checks stay as they were
         out = SequencePattern.parse(str(folder / f"{pattern.prefix}{'#' * pattern.padding}.exr"))
         for frame, path in files.items():
-            _convert_file(path, out.path_for(frame), space)
+            _convert_file(path, out.path_for(frame), space, f"Frame {frame} of the plate '{pattern.hash_form()}'")
         new_input = out.hash_form()
     log(f"plate converted from {space} to {color.working_space_name()} ({len(files)} frame(s))")
     return dataclasses.replace(params, **{INPUT_FIELD: new_input, COLORSPACE_FIELD: ""})
@@ -80,8 +80,11 @@ def remove_converted(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _convert_file(source: str, target: str, space: str) -> None:
-    pixels, _ = read_exr_frame(source)  # OpenImageIO: stored values, integers scaled to [0, 1]
+def _convert_file(source: str, target: str, space: str, shown: str) -> None:
+    try:
+        pixels, _ = read_exr_frame(source)  # OpenImageIO: stored values, integers scaled to [0, 1]
+    except ImageReadError as exc:  # cut short on disk or changed since Submit: the artist's to fix
+        raise InvalidArgument(f"{shown} could not be read: {exc}") from exc
     channels = pixels.shape[2]
     rgb = pixels[..., :3] if channels >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
     alpha = pixels[..., 3:4] if channels >= 4 else (pixels[..., 1:2] if channels == 2 else np.ones_like(rgb[..., :1]))
