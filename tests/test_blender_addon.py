@@ -52,6 +52,7 @@ def child(workdir: Path, server: str) -> dict:
                       if hasattr(bpy.ops.cinegen, op)]}
     facts["fresh"] = fresh_scene_scenario(bpy, scene)
     facts["reconnect"] = reconnect_scenario(bpy, scene)
+    facts["token"] = token_scenario(bpy, scene, workdir)
 
     # a generated sequence, 1001-1003, written like the server writes it
     frames = workdir / "gen"
@@ -122,6 +123,27 @@ def fresh_scene_scenario(bpy, scene) -> dict:
     ui.draw_options(layout, scene)
     return {"pipeline": scene.cinegen.pipeline, "other_scene": bpy.data.scenes.new("fresh").cinegen.pipeline,
             "options": [line.strip() for line in layout.lines]}
+
+
+def token_scenario(bpy, scene, workdir: Path) -> dict:
+    """The access token lives in the user's cinegen settings, never in the .blend (which is shared)."""
+    from cinegen.common.connection import ConnectionSettings
+
+    runtime, operators = sys.modules["cinegen_blender.runtime"], sys.modules["cinegen_blender.operators"]
+    props, found = scene.cinegen, {}
+    props.token = "typed-token-1"
+    bpy.ops.wm.save_as_mainfile(filepath=str(workdir / "token.blend"), copy=True, compress=False)
+    found["typed_in_blend"] = b"typed-token-1" in (workdir / "token.blend").read_bytes()
+    ConnectionSettings(token="saved-token-2").save()
+    runtime.STATE.token = None  # a new Blender session
+    found["from_settings"] = props.token
+    props["token"] = "old-token-3"  # what an earlier version stored in the scene
+    runtime.set_token("")
+    operators.forget_scene_token(props)  # Connect does this first
+    found["adopted"], found["left_in_scene"] = props.token, "token" in props.keys()
+    runtime.set_token("")
+    ConnectionSettings().save()
+    return found
 
 
 def reconnect_scenario(bpy, scene) -> dict:
@@ -362,6 +384,12 @@ def test_a_lost_connection_shows_in_the_progress_line_and_the_log(facts):
     r = facts["reconnect"]
     assert r["stage"] == "connection lost: resuming after event 7 in 1.5 s"
     assert "connection lost: resuming after event 9 in 3.0 s" in r["log"] and r["reconnects"] == 2
+
+
+def test_the_token_is_kept_in_the_users_settings_not_in_the_blend(facts):
+    t = facts["token"]
+    assert not t["typed_in_blend"] and t["from_settings"] == "saved-token-2"
+    assert t["adopted"] == "old-token-3" and not t["left_in_scene"]  # an earlier version's file: taken, dropped
 
 
 def test_the_manifest_declares_an_addon_for_blender_4_2_and_later():

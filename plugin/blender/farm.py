@@ -45,15 +45,19 @@ def apply_values(scene: Any, pipeline: str, values: dict[str, Any]) -> None:
     options.write_values(options.group_of(scene, pipeline), options.own_fields(form), values)
 
 
-def submit_and_wait(pipeline: str = "", *, server: str = "", scene: Any = None, stdout: TextIO | None = None,
-                    **values: Any) -> list[dict]:
-    """Run one job to its end with the scene's settings plus `values`; the results are loaded."""
+def submit_and_wait(pipeline: str = "", *, server: str = "", token: str = "", scene: Any = None,
+                    stdout: TextIO | None = None, **values: Any) -> list[dict]:
+    """Run one job to its end with the scene's settings plus `values`; the results are loaded.
+
+    The access token is `token`, else the one in this user's cinegen settings (a .blend holds none)."""
     scene = scene or bpy.context.scene
     props = scene.cinegen
     runtime.STATE.echo = stdout or sys.stdout
     if server:
         host, _, port = server.rpartition(":")
         props.host, props.port = host or props.host, int(port)
+    if token:
+        runtime.set_token(token)
     if runtime.STATE.client is None and not operators.connect_scene(scene):
         raise JobFailed(props.status)
     runtime.STATE.echo.write(f"cinegen: {props.status}\n")

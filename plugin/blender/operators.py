@@ -130,9 +130,20 @@ def finish(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
     return loaded
 
 
+def forget_scene_token(props) -> None:
+    """Earlier versions saved the token in the scene (so in every copy of the .blend): take it, drop it."""
+    stale = props.get("token")  # the stored value, not the property (which reads the user's settings)
+    if stale is None:
+        return
+    if isinstance(stale, str) and stale and not runtime.token():
+        runtime.set_token(stale)
+    del props["token"]
+
+
 def connect_scene(scene) -> bool:
     """Connect with the scene's settings; on failure the reason is in `scene.cinegen.status`."""
     props = scene.cinegen
+    forget_scene_token(props)
     settings = settings_from(props)
     try:
         capabilities = runtime.connect(settings)

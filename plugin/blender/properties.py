@@ -13,11 +13,21 @@ def _pipeline_items(self, context):
                                              runtime.pipeline_number(runtime.DEFAULT_PIPELINE))]
 
 
+def _get_token(self) -> str:
+    return runtime.token()
+
+
+def _set_token(self, value: str) -> None:
+    runtime.set_token(value)
+
+
 class CinegenSettings(bpy.types.PropertyGroup):
     host: bpy.props.StringProperty(name="Host", default="127.0.0.1", description="The cinegen server's address")
     port: bpy.props.IntProperty(name="Port", default=50051, min=1, max=65535)
-    token: bpy.props.StringProperty(name="Token", subtype="PASSWORD",
-                                    description="Access token the server was started with (empty when none)")
+    # kept in this user's cinegen settings, not in the scene: a .blend is shared (farm, vendors, bug reports)
+    token: bpy.props.StringProperty(name="Token", subtype="PASSWORD", get=_get_token, set=_set_token,
+                                    description="Access token the server was started with (empty when none); "
+                                                "kept in your user settings, never saved in the .blend")
     shared_disk: bpy.props.BoolProperty(name="Shared disk", default=True,
                                         description="Off: upload plates to the server and download results")
     # a dynamic menu's default is an item's number (a new scene would otherwise hold 0, no pipeline)

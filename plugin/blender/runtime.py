@@ -63,6 +63,7 @@ class Runtime:
     previews: Any = None  # a bpy.utils.previews collection, one icon per job
     echo: TextIO | None = None  # headless: progress lines go here
     on_change: Callable[[], None] | None = None  # redraw after an update
+    token: str | None = None  # the access token (None: not read from the user's settings yet)
 
 
 STATE = Runtime()
@@ -86,6 +87,17 @@ def pipeline_number(name: str) -> int:
 
 def form_of(name: str) -> forms_mod.PipelineForm | None:
     return next((f for f in STATE.forms if f.name == name), None)
+
+
+def token() -> str:
+    """The access token the panel shows: this session's, else the one saved with the connection settings."""
+    if STATE.token is None:
+        STATE.token = ConnectionSettings.load().token
+    return STATE.token
+
+
+def set_token(value: str) -> None:
+    STATE.token = value.strip()
 
 
 def history() -> History:
