@@ -421,6 +421,35 @@ def test_menu_registers_the_panel_once_with_a_string_that_resolves_in_a_fresh_ma
     assert len(registered) == 1 and docked == ["Properties.1", "Properties.1"]
 
 
+def test_show_panel_brings_forward_the_pane_a_saved_layout_restored_instead_of_a_second_panel(
+        nuke, monkeypatch, tmp_path, running_server):
+    """Nuke restores a saved layout's pane by building its own panel from the registration (nukescripts' addPanel);
+    Show panel then docked the menu's panel too: two connections, two queues, jobs split between them."""
+    from cinegen.common.connection import ConnectionSettings
+    from cinegen.plugin.qt import QtWidgets, ensure_application
+
+    app = ensure_application()
+    monkeypatch.setenv("CINEGEN_CONFIG_DIR", str(tmp_path / "config"))
+    address, port = running_server.address.rsplit(":", 1)
+    ConnectionSettings(host=address, port=int(port)).save()
+    menu, _, docked = _run_menu(monkeypatch, nuke)
+    tabs = QtWidgets.QTabWidget()  # the pane the layout restored it into, another tab in front
+    tabs.addTab(QtWidgets.QLabel("Properties"), "Properties")
+    restored = _evaluate_in_fresh_main(menu._panel.command)()
+    tabs.addTab(restored, "cinegen")
+    tabs.setCurrentIndex(0)
+    try:
+        (name, command, _), = nuke.menu("Nuke").submenus["cinegen"].commands
+        command()
+        assert docked == [] and tabs.currentWidget() is restored
+    finally:
+        restored.shutdown()
+        tabs.deleteLater()
+        app.processEvents()
+    command()  # no cinegen pane open any more: the menu's panel is docked
+    assert docked == ["Properties.1"]
+
+
 def test_the_fresh_main_evaluation_catches_a_bare_class_path(nuke, monkeypatch):
     """The old registration string, a bare dotted path, fails the way it fails in Nuke."""
     monkeypatch.setitem(sys.modules, "nukescripts", _nukescripts_like_nukes([], []))

@@ -4,7 +4,8 @@
 later in its own `__main__` namespace, where `cinegen` is not bound. The string therefore imports
 what it names (`__import__(...)` is an expression, so it works inside `eval`), and the pane is
 registered once: the registration both lists it under Windows > Custom and restores it with a
-saved layout; "cinegen > Show panel" docks that same pane next to the Properties bin.
+saved layout; "cinegen > Show panel" docks that same pane next to the Properties bin, or brings
+forward the cinegen pane already open (one a saved layout restored), so there is one queue.
 """
 import nuke
 import nukescripts
@@ -19,7 +20,15 @@ _panel = None  # the one registered pane: its queue and connection live as long 
 
 
 def show_panel():
-    """Dock the panel beside the Properties bin (or float it when that pane is not there)."""
+    """Dock the panel beside the Properties bin (or float it when that pane is not there); when a cinegen pane is
+    open already (Nuke restored it with a saved layout, or Windows > Custom made it) bring that one forward: a
+    second panel would be a second connection with its own queue."""
+    from cinegen.plugin.ui.panel import open_panel, reveal
+
+    shown = open_panel("nuke")
+    if shown is not None:
+        reveal(shown)
+        return _panel
     pane = nuke.getPaneFor("Properties.1")
     if pane is not None:
         _panel.addToPane(pane)
