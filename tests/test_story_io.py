@@ -154,6 +154,15 @@ def test_files_an_editor_saved_otherwise_are_a_sentence_with_the_line(tmp_path):
     assert load_story(bom_crlf) == load_story(STORY)
 
 
+def test_shot_ids_that_differ_only_in_case_are_refused():
+    # OUT/SH020/ and OUT/sh020/ are one folder on a Windows or macOS disk: the second shot overwrote the first
+    with pytest.raises(StoryError, match=r"line 18: shot id 'SH020' differs from 'sh020' \(line 14\) only in") as caught:
+        load_story(broken(18, "  - id: SH020"))
+    assert caught.value.line == 18
+    with pytest.raises(StoryError, match=r"line 18: shot id 'sh020' is used twice \(first on line 14\)"):
+        load_story(broken(18, "  - id: sh020"))
+
+
 def test_composed_prompt_is_style_then_characters_in_shot_order_then_the_shot():
     story = load_story(STORY)
     prompt = compose_shot_prompt(story, story.shots[1])

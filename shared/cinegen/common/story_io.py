@@ -225,13 +225,19 @@ class _StoryReader:
         if not isinstance(node, yaml.SequenceNode) or not node.value:
             raise self.fail("shots must be a list of shots, each starting with `- id: ...`", node)
         shots: list[Shot] = []
-        first_seen: dict[str, int] = {}
+        first_seen: dict[str, Shot] = {}
         for shot_node in node.value:
             shot = self.shot(shot_node, characters)
-            if shot.id in first_seen:
-                raise self.fail(f"shot id '{shot.id}' is used twice (first on line {first_seen[shot.id]}): "
+            # casefold: on Windows and macOS disks SH010/ and sh010/ are one folder, and the shots overwrite each other
+            earlier = first_seen.get(shot.id.casefold())
+            if earlier is not None and earlier.id == shot.id:
+                raise self.fail(f"shot id '{shot.id}' is used twice (first on line {earlier.line}): "
                                 f"give every shot its own id", shot_node)
-            first_seen[shot.id] = _line(shot_node)
+            if earlier is not None:
+                raise self.fail(f"shot id '{shot.id}' differs from '{earlier.id}' (line {earlier.line}) only in "
+                                f"upper/lower case, and Windows and macOS disks take them for the same folder: "
+                                f"give every shot its own id", shot_node)
+            first_seen[shot.id.casefold()] = shot
             shots.append(shot)
         if shots[-1].continuity:
             raise self.fail(f"shot '{shots[-1].id}' asks for continuity but it is the last shot: "
