@@ -53,6 +53,7 @@ def child(workdir: Path, server: str) -> dict:
     facts["fresh"] = fresh_scene_scenario(bpy, scene)
     facts["reconnect"] = reconnect_scenario(bpy, scene)
     facts["token"] = token_scenario(bpy, scene, workdir)
+    facts["unreadable"] = unreadable_scenario(bpy, scene)
 
     # a generated sequence, 1001-1003, written like the server writes it
     frames = workdir / "gen"
@@ -143,6 +144,42 @@ def token_scenario(bpy, scene, workdir: Path) -> dict:
     found["adopted"], found["left_in_scene"] = props.token, "token" in props.keys()
     runtime.set_token("")
     ConnectionSettings().save()
+    return found
+
+
+def unreadable_scenario(bpy, scene) -> dict:
+    """A job that completed on a server whose disk this machine doesn't see (Shared disk ticked), and a job whose
+    loading raises: the timer says why and keeps following the other jobs (Blender drops a timer that raises)."""
+    from cinegen.common.proto import generator_pb2 as pb
+    from cinegen.plugin.backend.job_runner import JobDraft, JobOutcome
+    from cinegen.plugin.hosts.blender_host import BlenderHost, compositor_tree
+    from cinegen.plugin.model.jobs import JobRecord
+
+    runtime, operators = sys.modules["cinegen_blender.runtime"], sys.modules["cinegen_blender.operators"]
+    jobs = {}
+    for name, outputs in (("remote", ["/mnt/gpu-server/renders/sh010_v001.0001.exr"]), ("broken", []),
+                          ("other", [])):
+        job = runtime.BlenderJob(JobDraft(pb.JobRequest(job_id=f"image-{name}")), JobRecord(f"image-{name}", "image"),
+                                 on_done=lambda j: operators.finish(scene, j, BlenderHost("both")))
+        job.updates.put(("outcome", JobOutcome(job.job_id, "completed", outputs)))
+        runtime.STATE.jobs[job.job_id] = job
+        jobs[name] = job
+    jobs["broken"].on_done = lambda j: 1 / 0
+    jobs["other"].updates = type(jobs["other"].updates)()  # still running
+    scene.cinegen.job_id = "image-remote"
+    nodes_before = len(compositor_tree(scene).nodes)
+    runtime.drain()
+    raised = None
+    try:
+        runtime.drain()  # the timer again: it must not have raised the first time either
+    except Exception as exc:  # noqa: BLE001
+        raised = repr(exc)
+    found = {"error": scene.cinegen.last_error, "broken": [jobs["broken"].record.state, jobs["broken"].record.message],
+             "other_active": jobs["other"] in runtime.active_jobs(), "raised": raised,
+             "new_nodes": len(compositor_tree(scene).nodes) - nodes_before}
+    for job in jobs.values():
+        del runtime.STATE.jobs[job.job_id]
+    scene.cinegen.job_id, scene.cinegen.last_error = "", ""
     return found
 
 
@@ -390,6 +427,14 @@ def test_the_token_is_kept_in_the_users_settings_not_in_the_blend(facts):
     t = facts["token"]
     assert not t["typed_in_blend"] and t["from_settings"] == "saved-token-2"
     assert t["adopted"] == "old-token-3" and not t["left_in_scene"]  # an earlier version's file: taken, dropped
+
+
+def test_frames_this_machine_cannot_read_are_explained_and_the_timer_keeps_going(facts):
+    u = facts["unreadable"]
+    assert u["error"].startswith("Job image-remote completed: its frames are not on this machine at "
+                                 "/mnt/gpu-server/renders") and "Untick Shared disk" in u["error"]
+    assert u["new_nodes"] == 0 and u["raised"] is None and u["other_active"]
+    assert u["broken"] == ["failed", "Loading the results failed: division by zero"]
 
 
 def test_the_manifest_declares_an_addon_for_blender_4_2_and_later():

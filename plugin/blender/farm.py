@@ -66,7 +66,7 @@ def submit_and_wait(pipeline: str = "", *, server: str = "", token: str = "", sc
         job = operators.submit(scene, wait=True)
     except ValueError as exc:  # HostSelectionError is a ValueError too
         raise JobFailed(str(exc)) from exc
-    if job.record.state != "completed":
+    if job.record.state != "completed" or job.error:  # error: completed, but its frames could not be loaded
         raise JobFailed(props.last_error)
     runtime.STATE.echo.write(f"cinegen: {job.job_id} completed: {', '.join(job.record.outputs)}\n")
     runtime.STATE.echo.flush()

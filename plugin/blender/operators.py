@@ -8,6 +8,7 @@ before returning, for farm and batch use.
 """
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -104,7 +105,12 @@ def finish(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
     scene = host.scene = _live(scene)  # the job's own scene, even if another one is active now
     props, record, outcome, history = scene.cinegen, job.record, job.outcome, runtime.history()
     _show(props, job)
-    loaded = []
+    loaded, results = [], []
+    if not job.error and outcome is not None and outcome.state == "completed":
+        results = results_from_outputs(outcome.outputs, job_id=record.job_id, pipeline=record.pipeline,
+                                       seed=record.seed, model=record.model, prompt=record.prompt,
+                                       source=job.draft.source)  # the plate's strip: results go above it
+        job.error = unreadable(results, shared_disk=runtime.STATE.settings.shared_disk)
     if job.error or outcome is None or outcome.state != "completed":
         state = outcome.state if outcome else "refused"
         message = _plain(job.error or (outcome.message if outcome else "") or state, record.pipeline)
@@ -114,9 +120,6 @@ def finish(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
         release_folder(job.claimed_folder)
         history.update(record.job_id, state=state, message=message)
     else:
-        results = results_from_outputs(outcome.outputs, job_id=record.job_id, pipeline=record.pipeline,
-                                       seed=record.seed, model=record.model, prompt=record.prompt,
-                                       source=job.draft.source)  # the plate's strip: results go above it
         loaded = job.loaded = [host.load_result(result) for result in results]
         notices = host.take_notices()  # a colour space Blender lacks, another frame rate than the scene's
         if props.job_id == job.job_id:
@@ -128,6 +131,18 @@ def finish(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
                        outputs=[r.pattern for r in results], frames=", ".join(str(r.frames) for r in results))
     _redraw()
     return loaded
+
+
+def unreadable(results: list, *, shared_disk: bool) -> str:
+    """A sentence when a finished job's frames are not on this machine (Blender can't load what isn't there)."""
+    missing = next((r for r in results if not os.path.isfile(r.first_file)), None)
+    if missing is None:
+        return ""
+    folder = os.path.dirname(missing.first_file)
+    if shared_disk:
+        return (f"its frames are not on this machine at {folder}: the server wrote them on its own disk. Untick "
+                "Shared disk to have results downloaded, or mount the server's output folder at that path here.")
+    return f"its frames were not downloaded to {folder}: check that folder can be written, then run the job again."
 
 
 def forget_scene_token(props) -> None:
@@ -235,7 +250,7 @@ class CINEGEN_OT_generate(bpy.types.Operator):
             context.scene.cinegen.last_error = str(exc)
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        if wait and job.record.state != "completed":
+        if wait and (job.record.state != "completed" or job.error):  # error: completed, but nothing loaded
             self.report({"ERROR"}, context.scene.cinegen.last_error)
             return {"CANCELLED"}
         if wait and context.scene.cinegen.notice:

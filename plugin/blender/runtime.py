@@ -13,6 +13,7 @@ import queue
 import sys
 import tempfile
 import threading
+import traceback
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
@@ -177,7 +178,11 @@ def drain() -> float | None:
         if _apply_updates(job):
             job.finished = True
             if job.on_done is not None:
-                job.on_done(job)
+                try:
+                    job.on_done(job)
+                except Exception as exc:  # Blender drops a timer that raises: every other job would stall
+                    traceback.print_exc()
+                    job.record.state, job.record.message = "failed", f"Loading the results failed: {exc}"
         show_preview(job)
     if STATE.on_change is not None:
         STATE.on_change()
