@@ -46,7 +46,15 @@ class PanelView(QtWidgets.QWidget):
         self.generate_button = QtWidgets.QPushButton("Generate")
         self.generate_button.setObjectName("generateButton")
         self.generate_button.setToolTip("Queue a job with these settings (Ctrl+Return).")
-        self.generate_button.setShortcut(QtGui.QKeySequence("Ctrl+Return"))
+        # Only while the focus is in the panel: docked in Nuke's main window a window-wide Ctrl+Return also fired
+        # from the Script Editor, where Ctrl+Return runs the script, and queued a job instead.
+        self.generate_shortcuts = []
+        for keys in ("Ctrl+Return", "Ctrl+Enter"):  # the main and the keypad Enter
+            shortcut = QtGui.QShortcut(QtGui.QKeySequence(keys), self) if hasattr(QtGui, "QShortcut") else \
+                QtWidgets.QShortcut(QtGui.QKeySequence(keys), self)  # QShortcut is in QtWidgets in Qt 5
+            shortcut.setContext(QtCore.Qt.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(self.generate_button.click)  # click() does nothing while it is disabled
+            self.generate_shortcuts.append(shortcut)
 
         pipeline_row = QtWidgets.QHBoxLayout()
         pipeline_row.addWidget(QtWidgets.QLabel("Pipeline"))
