@@ -152,6 +152,15 @@ def test_titles_become_safe_file_names():
     assert slug(" ... ") == "story"
 
 
+def test_a_long_title_still_makes_file_names_the_disk_takes(tmp_path):
+    # 255 bytes a name: a 200-word title failed the run at its very end (OSError: File name too long)
+    for title in ("A " * 200, "Ü" * 200):
+        assert write_story_timeline(tmp_path, title, 24.0, [MissingShot("sh010", "p", 2, 24.0)]).is_file()
+        assert 0 < len(safe_file_stem(title).encode()) <= 160 and 0 < len(slug(title)) <= 160
+        (tmp_path / f"{safe_file_stem(title)}.keyframes.png").write_bytes(b"png")
+    assert safe_file_stem("Ü" * 200) == "Ü" * 80  # cut between characters, not inside one
+
+
 def test_the_cut_starts_at_one_hour_unless_asked_otherwise(cut, tmp_path):
     _, records, path = cut
     timeline = otio.adapters.read_from_file(str(path))

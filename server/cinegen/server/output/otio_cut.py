@@ -36,6 +36,7 @@ from .temporary import temporary_beside
 
 STATE_DIR = ".cinegen"  # OUT/.cinegen/: what the story pipeline keeps between runs
 FRAME_PADDING = 4
+STEM_BYTES = 160  # longest file name made from a title, before its suffix
 RECORD_START = "01:00:00:00"  # where editorial expects a programme to start
 _TIMECODE = re.compile(r"^(\d{2}):(\d{2}):(\d{2}):(\d{2,3})$")  # non-drop HH:MM:SS:FF
 
@@ -66,15 +67,18 @@ class MissingShot:
 
 
 def safe_file_stem(title: str) -> str:
-    """A story title as a file name: path separators and control characters become '_'."""
+    """A story title as a file name: path separators and control characters become '_'; at most
+    STEM_BYTES of UTF-8 (file systems take 255 bytes a name, and the writer adds a suffix and a temporary part)."""
     stem = re.sub(r'[\x00-\x1f/\\:*?"<>|]', "_", title).strip().strip(".")
+    stem = stem.encode("utf-8")[:STEM_BYTES].decode("utf-8", "ignore").rstrip().rstrip(".")
     return stem or "story"
 
 
 def slug(title: str, fallback: str = "story") -> str:
-    """A title as a portable file name: ASCII letters, digits, '-' and '_'; other runs become one '_'."""
+    """A title as a portable file name: ASCII letters, digits, '-' and '_'; other runs become one '_'
+    (at most STEM_BYTES characters, see safe_file_stem)."""
     ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode("ascii")
-    return re.sub(r"[^A-Za-z0-9-]+", "_", ascii_title).strip("_-") or fallback
+    return re.sub(r"[^A-Za-z0-9-]+", "_", ascii_title).strip("_-")[:STEM_BYTES].rstrip("_-") or fallback
 
 
 def timeline_path(out_dir: Path, title: str) -> Path:
