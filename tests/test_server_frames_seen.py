@@ -59,3 +59,23 @@ def test_an_announced_frame_downloads_while_the_job_still_runs(registry, tmp_pat
         kinds, written = kinds_and_frames(s, "live")
         assert kinds[-1] == "completed" and len(written) == 2
         channel.close()
+
+
+def test_relative_and_home_outputs_land_where_the_fence_checked_them(registry, tmp_path, monkeypatch):
+    """The panel's remote default is relative ('cinegen-renders/JOB/...'): under the first --output-root.
+    '~' was checked expanded but written into a folder named '~' in the server's working folder."""
+    root = tmp_path / "root"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("HOME", str(root))
+    with private_server(registry, output_roots=[root]) as running:
+        channel, s = stub(running.address)
+        for out, where in (("renders/j/x.####.exr", root / "renders/j/x.1001.exr"),
+                           ("~/shots/x.####.exr", root / "shots/x.1001.exr")):
+            request = tiny_request(tmp_path)
+            request.common.out = out
+            s.Submit(request, timeout=30)
+            kinds, written = kinds_and_frames(s, request.job_id)
+            assert kinds[-1] == "completed" and written == [str(where)] and where.is_file()
+        assert not list((tmp_path / "cwd").iterdir())
+        channel.close()

@@ -36,6 +36,17 @@ class PathPolicy:
     def output(self, path: str, what: str = "The output") -> Path:
         return _inside(path, self.output_roots, what, "--output-root")
 
+    def job_output(self, path: str) -> str:
+        """The absolute path a job writes for `out`: `~` expanded (the fence checks it expanded, so the job
+        writes there too, not into a folder named '~'), a relative path under the first output root (a
+        remote client knows the server's roots, not its working folder), else the working folder."""
+        if not path:
+            return path
+        path = os.path.expanduser(path)
+        if not os.path.isabs(path) and self.output_roots:
+            path = os.path.join(self.output_roots[0], path)
+        return os.path.abspath(path)
+
     def input(self, path: str, what: str = "The input") -> Path:
         # outputs may be read back (a plate a previous job wrote), so output roots count as inputs too;
         # a server fenced for its outputs is fenced for its inputs as well

@@ -353,6 +353,9 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         check_colour_config(common.display_transform)
         check_plate_colorspace(params)
         check_job(self.limits, common, params, pipeline.name)
+        common.out = self.paths.job_output(common.out)  # what is checked below is where the frames go
+        if getattr(params, "input", ""):
+            params.input = os.path.abspath(os.path.expanduser(params.input))  # read where it was checked
         self._validate_common(common, pipeline, resume=resume)
         self._check_inputs(params, common)
         if common.seed is None:
