@@ -54,6 +54,7 @@ def child(workdir: Path, server: str) -> dict:
     facts["reconnect"] = reconnect_scenario(bpy, scene)
     facts["token"] = token_scenario(bpy, scene, workdir)
     facts["unreadable"] = unreadable_scenario(bpy, scene)
+    facts["reregistered"] = reregister_scenario(bpy, addon)
 
     # a generated sequence, 1001-1003, written like the server writes it
     frames = workdir / "gen"
@@ -145,6 +146,23 @@ def token_scenario(bpy, scene, workdir: Path) -> dict:
     runtime.set_token("")
     ConnectionSettings().save()
     return found
+
+
+def reregister_scenario(bpy, addon) -> dict:
+    """Disabled and enabled again (or Reload Scripts) while a job runs: the timer follows it again."""
+    from cinegen.common.proto import generator_pb2 as pb
+    from cinegen.plugin.backend.job_runner import JobDraft
+    from cinegen.plugin.model.jobs import JobRecord
+
+    runtime = sys.modules["cinegen_blender.runtime"]
+    job = runtime.BlenderJob(JobDraft(pb.JobRequest(job_id="image-running")), JobRecord("image-running", "image"))
+    runtime.STATE.jobs[job.job_id] = job
+    addon.unregister()
+    addon.register()
+    followed = bpy.app.timers.is_registered(runtime.drain)
+    del runtime.STATE.jobs[job.job_id]
+    runtime.stop_timer()
+    return {"followed": followed, "settings": hasattr(bpy.context.scene, "cinegen")}
 
 
 def unreadable_scenario(bpy, scene) -> dict:
@@ -435,6 +453,10 @@ def test_frames_this_machine_cannot_read_are_explained_and_the_timer_keeps_going
                                  "/mnt/gpu-server/renders") and "Untick Shared disk" in u["error"]
     assert u["new_nodes"] == 0 and u["raised"] is None and u["other_active"]
     assert u["broken"] == ["failed", "Loading the results failed: division by zero"]
+
+
+def test_a_job_running_while_the_addon_is_enabled_again_is_followed_again(facts):
+    assert facts["reregistered"] == {"followed": True, "settings": True}
 
 
 def test_the_manifest_declares_an_addon_for_blender_4_2_and_later():

@@ -40,6 +40,7 @@ def register() -> None:
     runtime.set_forms(*forms.startup_forms())  # the pipeline menu and options work before Connect
     runtime.open_previews()
     runtime.STATE.on_change = operators.refresh
+    runtime.start_timer()  # jobs queued before a Reload Scripts (or disable / enable) are followed again
     import bpy
 
     runtime.echo_to_stdout(bpy.app.background)  # farm logs show each job's progress

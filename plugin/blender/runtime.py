@@ -151,8 +151,6 @@ def run_blocking(job: BlenderJob) -> JobOutcome:
 
 def start_background(job: BlenderJob) -> None:
     """Queue the job on a worker thread; `drain` applies its updates and finishes it on the main thread."""
-    import bpy
-
     assert STATE.client is not None
     client, settings = STATE.client, STATE.settings
     _remember(job)
@@ -165,7 +163,14 @@ def start_background(job: BlenderJob) -> None:
             job.updates.put(("error", describe_error(exc, settings)))
 
     threading.Thread(target=work, name=f"cinegen-{job.job_id}", daemon=True).start()
-    if not bpy.app.timers.is_registered(drain):
+    start_timer()
+
+
+def start_timer() -> None:
+    """Follow the unfinished jobs; also after the add-on is enabled again (Reload Scripts) while one runs."""
+    import bpy
+
+    if active_jobs() and not bpy.app.timers.is_registered(drain):
         # persistent: a job started before File > Open still finishes (into the scene now open)
         bpy.app.timers.register(drain, first_interval=DRAIN_INTERVAL, persistent=True)
 
