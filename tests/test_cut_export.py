@@ -157,3 +157,23 @@ def test_cuts_from_other_tools_export_or_say_why(tmp_path, capsys):
     otio.adapters.write_to_file(otio.schema.Clip("c"), str(bare))
     assert main(["export-cut", str(bare), "--to", "edl"]) == 2
     assert "not a timeline" in capsys.readouterr().err
+
+
+def test_edl_reels_tell_the_shots_apart(tmp_path):
+    # reels were the first 8 characters: sq010_sh0010 and sq010_sh0020 were both reel sq010_sh at the same
+    # source timecode, so a conform linked both events to one shot
+    shots = [_record("sq010_sh0010", 2), _record("sq010_sh0020", 3), _record("sq010_sh0030", 2)]
+    for record in shots:
+        for frame in range(record.first_frame, record.first_frame + record.frames):
+            shot_frame_path(tmp_path, record.shot, frame).parent.mkdir(parents=True, exist_ok=True)
+            shot_frame_path(tmp_path, record.shot, frame).write_bytes(b"exr")
+    cut = write_story_timeline(tmp_path, "t", RATE, shots)
+    assert main(["export-cut", str(cut), "--to", "edl"]) == 0
+    back = otio.adapters.read_from_file(str(cut.with_suffix(".edl")), rate=RATE)
+    assert [c.metadata["cmx_3600"]["reel"] for c in back.find_clips()] == ["0_sh0010", "0_sh0020", "0_sh0030"]
+    timeline = otio.adapters.read_from_file(str(cut))
+    timeline.find_clips()[0].metadata["cmx_3600"] = {"reel": "A001C003"}  # a cut read from an EDL keeps its reels
+    otio.adapters.write_to_file(timeline, str(cut))
+    assert main(["export-cut", str(cut), "--to", "edl"]) == 0
+    back = otio.adapters.read_from_file(str(cut.with_suffix(".edl")), rate=RATE)
+    assert [c.metadata["cmx_3600"]["reel"] for c in back.find_clips()] == ["A001C003", "0_sh0020", "0_sh0030"]

@@ -113,8 +113,36 @@ def for_editorial(timeline: otio.schema.Timeline, base: Path, *, sequences_as_fi
                     target_url=ref.target_url_for_image_number(0), available_range=ref.available_range,
                     metadata={"cinegen": {"sequence": ref.target_url_base + ref.name_prefix
                                           + "#" * ref.frame_zero_padding + ref.name_suffix}})
-        clip.metadata.setdefault("cmx_3600", {})["reel"] = re.sub(r"[^A-Za-z0-9_]", "", clip.name)[:REEL_LENGTH] or "AX"
+    reels = _reel_names(clip.name for clip in timeline.find_clips()
+                        if not clip.metadata.get("cmx_3600", {}).get("reel"))
+    for clip in timeline.find_clips():
+        meta = clip.metadata.setdefault("cmx_3600", {})
+        if not meta.get("reel"):  # one the cut came with (read from an EDL) is the source's own: kept
+            meta["reel"] = reels[clip.name]
     return timeline
+
+
+def _reel_names(names) -> dict[str, str]:
+    """A CMX 3600 reel name (8 characters) for each clip name, different for different names: conforming
+    finds media by reel and timecode, and every shot's frames start at the same timecode (1001).
+    The names' first 8 characters if those differ, else their last 8 (sq010_sh0010, sq010_sh0020 ->
+    0_sh0010, 0_sh0020), else the first ones numbered; a name with no usable character is AX (no reel)."""
+    clean = {name: re.sub(r"[^A-Za-z0-9_]", "", name) for name in dict.fromkeys(names)}
+    named = {name: c for name, c in clean.items() if c}
+    for cut in (lambda c: c[:REEL_LENGTH], lambda c: c[-REEL_LENGTH:]):
+        reels = {name: cut(c) for name, c in named.items()}
+        if len(set(reels.values())) == len(reels):
+            break
+    else:
+        reels, used = {}, set()
+        for name, c in named.items():
+            reel, number = c[:REEL_LENGTH], 1
+            while reel in used:
+                number += 1
+                reel = c[:REEL_LENGTH - len(str(number))] + str(number)
+            reels[name] = reel
+            used.add(reel)
+    return {name: reels.get(name, "AX") for name in clean}
 
 
 def _check_fits_an_edl(cut: Path, timeline: otio.schema.Timeline) -> None:
