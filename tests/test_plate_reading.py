@@ -131,3 +131,19 @@ def test_a_plate_frame_that_cannot_be_converted_from_its_colour_space_is_named_f
     params = UpscaleParams(input=str(tmp_path / "aces.####.exr"), input_colorspace="ACES2065-1")
     with pytest.raises(InvalidArgument, match=r"^Frame 1002 of the plate '.*aces\.####\.exr' could not be read"):
         converted_params(params, tmp_path / "job")
+
+
+def test_an_anamorphic_plate_s_pixel_aspect_is_read_and_written_as_the_standard_attribute(tmp_path) -> None:
+    OpenEXR = pytest.importorskip("OpenEXR")  # the reference reader
+    spec = oiio.ImageSpec(8, 6, 4, "half")
+    spec.attribute("PixelAspectRatio", 2.0)  # a 2x anamorphic squeeze, as a camera plate carries it
+    out = oiio.ImageOutput.create(str(tmp_path / "ana.exr"))
+    assert out.open(str(tmp_path / "ana.exr"), spec) and out.write_image(_ramp(6, 8)) and out.close()
+    assert exr.pixel_aspect(tmp_path / "ana.exr") == 2.0
+    assert exr.pixel_aspect(_write(tmp_path / "square.exr", [(_ramp(6, 8), RGBA, "half", (0, 0), None)])) == 1.0
+    exr.write_exr_frame(tmp_path / "up.exr", _ramp(12, 16), metadata=exr.ExrMetadata(pixel_aspect=2.0))
+    assert OpenEXR.File(str(tmp_path / "up.exr")).header()["pixelAspectRatio"] == 2.0
+    _, header = exr.read_exr_frame(tmp_path / "up.exr")
+    assert exr.ExrMetadata.from_header(header).pixel_aspect == 2.0
+    exr.write_exr_frame(tmp_path / "plain.exr", _ramp(12, 16), metadata=exr.ExrMetadata())
+    assert OpenEXR.File(str(tmp_path / "plain.exr")).header()["pixelAspectRatio"] == 1.0

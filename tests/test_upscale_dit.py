@@ -205,6 +205,20 @@ def test_a_plate_s_alpha_reaches_the_dit_output_frames_resized(wan_registry, tmp
         np.testing.assert_allclose(ctx.sink.alphas[i], resize_alpha(alpha, 64, 64), atol=1e-3)  # half-float plate
 
 
+def test_an_anamorphic_plate_s_pixel_aspect_reaches_the_dit_output_frames(wan_registry, tmp_path):
+    import OpenImageIO as oiio
+
+    for i in range(5):
+        spec = oiio.ImageSpec(32, 32, 4, "half")
+        spec.attribute("PixelAspectRatio", 2.0)
+        out = oiio.ImageOutput.create(str(tmp_path / f"ana.{1001 + i}.exr"))
+        assert out.open(str(tmp_path / f"ana.{1001 + i}.exr"), spec)
+        assert out.write_image(np.full((32, 32, 4), 0.2, np.float32)) and out.close()
+    params = UpscaleParams(mode="plate", input=str(tmp_path / "ana.####.exr"), scale=2.0)
+    _, paths = _run(wan_registry, params, out=str(tmp_path / "up" / "up.####.exr"), capture=False, guidance=1.0)
+    assert read_exr_frame(paths[0])[1]["PixelAspectRatio"] == 2.0
+
+
 def test_a_plate_given_without_a_mode_is_refined_fast_from_a_frame_subset(wan_registry, plate):
     pattern, _ = plate
     ctx, paths = _run(wan_registry, UpscaleParams(input=pattern, scale=2.0, fast=True), frames=1, guidance=1.0)

@@ -325,6 +325,23 @@ def test_a_plate_frame_cut_short_on_disk_fails_the_job_with_its_name_not_as_a_se
     assert result.message.startswith("Frame 1002 of the plate") and "report it" not in result.message
 
 
+def test_an_anamorphic_plate_s_pixel_aspect_is_kept_in_the_upscaled_frames(client, tmp_path):
+    import OpenImageIO as oiio
+
+    (tmp_path / "in").mkdir()
+    spec = oiio.ImageSpec(64, 32, 4, "half")
+    spec.attribute("PixelAspectRatio", 2.0)  # a 2x anamorphic plate: Nuke shows it 256 wide at 2x
+    out = oiio.ImageOutput.create(str(tmp_path / "in" / "ana.1001.exr"))
+    assert out.open(str(tmp_path / "in" / "ana.1001.exr"), spec)
+    assert out.write_image(np.full((32, 64, 4), 0.3, np.float32)) and out.close()
+    params = UpscaleParams(input=str(tmp_path / "in" / "ana.####.exr"), scale=2.0, strength=0.3)
+    result = client.run(build_request("upscale", CommonParams(seed=1, steps=2, out=str(tmp_path / "up.####.exr")),
+                                      params))
+    assert result.state == "completed", result.message
+    pixels, header = read_exr_frame(result.outputs[0])
+    assert pixels.shape[:2] == (64, 128) and header["PixelAspectRatio"] == 2.0
+
+
 def test_a_plate_s_alpha_is_carried_to_the_upscaled_frames(client, tmp_path):
     # a compositor's plate with a matte: a soft-edged disc, alpha 0 outside
     y, x = np.mgrid[0:64, 0:64].astype(np.float32)

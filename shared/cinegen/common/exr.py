@@ -77,6 +77,7 @@ class ExrMetadata:
     frame: int | None = None
     fps: float | Fraction | None = None  # sequences only; written as a rational
     latlong: bool = False  # an equirectangular panorama: standard envmap = ENVMAP_LATLONG
+    pixel_aspect: float = 1.0  # the standard pixelAspectRatio: an anamorphic plate's squeeze, kept when upscaled
     extra: dict[str, str] = field(default_factory=dict)  # written as cinegen:<key>
 
     def cinegen_attributes(self) -> dict[str, str]:
@@ -106,6 +107,7 @@ class ExrMetadata:
             frame=int(ours.pop("frame")) if "frame" in ours else None,
             fps=None if fps is None else Fraction(*fps) if isinstance(fps, tuple) else Fraction(fps),
             latlong=header.get("envmap") == "latlong",
+            pixel_aspect=float(header.get("PixelAspectRatio", 1.0)),
             extra=ours,
         )
 
@@ -190,6 +192,7 @@ def _frame_spec(width: int, height: int, metadata: ExrMetadata, compression: str
     if metadata.fps is not None:
         spec.attribute("framesPerSecond", oiio.TypeRational, fps_as_rational(metadata.fps))
     spec.attribute("software", software_name())
+    spec.attribute("PixelAspectRatio", float(metadata.pixel_aspect))  # OpenImageIO's name for pixelAspectRatio
     # OpenImageIO writes its DateTime as the standard capDate.
     spec.attribute("DateTime", (capture_time or datetime.now()).strftime("%Y:%m:%d %H:%M:%S"))
     if metadata.latlong:
@@ -281,6 +284,17 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         return width, height
     finally:
         image.close()
+
+
+def pixel_aspect(path: str | os.PathLike[str]) -> float:
+    """The picture's pixel aspect ratio (2.0 for a 2x anamorphic plate; 1.0 when the file does not say)."""
+    path = os.fspath(path)
+    image = _open_image(path)
+    try:
+        value = image.spec().get_float_attribute("PixelAspectRatio", 1.0)
+    finally:
+        image.close()
+    return value if np.isfinite(value) and value > 0 else 1.0
 
 
 def _open_image(path: str) -> oiio.ImageInput:

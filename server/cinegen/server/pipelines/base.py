@@ -176,7 +176,8 @@ class RunContext:
         self._report_frame(frame, path, sequence)
 
     def frame_sink(self, pattern: SequencePattern, resolved: Resolved, *, sequence: str = "",
-                   prompt: str | None = None, seed: int | None = None, envmap_latlong: bool = False) -> FrameSink:
+                   prompt: str | None = None, seed: int | None = None, envmap_latlong: bool = False,
+                   pixel_aspect: float = 1.0) -> FrameSink:
         common = self.job.common
         meta = base_metadata(pipeline=self.job.pipeline, model=resolved.model,
                              seed=resolved.seed if seed is None else seed,
@@ -189,7 +190,7 @@ class RunContext:
             self.frame_written(frame, path, seq)
 
         transform = display_transform_for(common.display_transform, bool(getattr(self.job.params, "input", "")))
-        meta = dataclasses.replace(meta, extra={**meta.extra, "display_transform": transform})
+        meta = dataclasses.replace(meta, extra={**meta.extra, "display_transform": transform}, pixel_aspect=pixel_aspect)
         sink = FrameSink(pattern, resolved.first_frame, meta, compression=common.compression or "zip",
                          display_transform=transform,
                          sequence=sequence, on_written=on_written, existing=self.existing_frames)

@@ -28,7 +28,7 @@ from typing import Callable, ClassVar, Iterator, TypeVar
 import numpy as np
 import torch
 
-from cinegen.common.exr import ImageReadError, PlateError, image_size, read_plate_sequence
+from cinegen.common.exr import ImageReadError, PlateError, image_size, pixel_aspect, read_plate_sequence
 from cinegen.common.params import UpscaleParams
 from cinegen.common.sequence import FrameRange, SequencePattern, SequencePatternError
 
@@ -88,6 +88,7 @@ class PlateInfo:
     pattern: SequencePattern
     frames: FrameRange
     size: Size
+    pixel_aspect: float = 1.0  # an anamorphic plate's squeeze, written into the output frames
 
 
 def inspect_plate(text: str, count: int | None = None) -> PlateInfo:
@@ -115,7 +116,7 @@ def inspect_plate(text: str, count: int | None = None) -> PlateInfo:
         w, h = sizes[odd[0]]
         raise InvalidArgument(f"Frame {odd[0]} of the plate '{pattern.hash_form()}' is {w}x{h} but frame {first} is "
                               f"{size[0]}x{size[1]}: every frame of a plate must have the same size.")
-    return PlateInfo(pattern, frames, size)
+    return PlateInfo(pattern, frames, size, pixel_aspect(on_disk[first]))
 
 
 def _image_size(path: str) -> Size:
@@ -435,7 +436,7 @@ class UpscalePipeline(Pipeline):
         units = [(_stage_label(k + 1, len(plan.stages), size, f"{plan.mode} {what} {n + 1}/{len(blend.starts)} "),
                   blend.window * size[0] * size[1] * todo) for n in needed for k, size in enumerate(plan.stages)]
         progress = CascadeProgress(ctx, units, adapter)
-        sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r)
+        sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), r, pixel_aspect=plate.pixel_aspect)
         cond = adapter.encode_prompt(r.prompt, r.negative_prompt, r.guidance)
         transform = display_transform_for(ctx.job.common.display_transform, True)
         counted = HighlightCount(transform)

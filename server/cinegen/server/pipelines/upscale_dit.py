@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
 from cinegen.common.color import DISPLAY_VIEW
-from cinegen.common.exr import PlateError, read_plate_sequence
+from cinegen.common.exr import PlateError, pixel_aspect, read_plate_sequence
 from cinegen.common.params import UpscaleParams
 from cinegen.common.sequence import FrameRange, SequencePattern
 
@@ -374,18 +374,25 @@ def _run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, p
         else:
             own = cond if first is None else stage_condition(adapter, cond, first, frames, stage.width, stage.height)
             latents = refine_latents(adapter, own, latents, stage, resolved.steps, generator, callbacks)
+    squeeze = pixel_aspect(_first_plate_file(params.input)) if clip is not None else 1.0
     return write_video(ctx, adapter, latents, resolved, vae_tile, progress, len(plan) + 1, alphas,
-                       plates)
+                       plates, pixel_aspect=squeeze)
+
+
+def _first_plate_file(pattern: str) -> str:
+    on_disk = SequencePattern.parse(pattern, any_extension=True, what="plate").glob_existing()
+    return next(iter(on_disk.values()))  # the clip was just read from these frames: there is one
 
 
 def write_video(ctx: RunContext, adapter: WanAdapter, latents: torch.Tensor, resolved: Resolved,
                 vae_tile: int | None, progress: StepProgress, stage_index: int,
-                alphas: list[np.ndarray] | None = None, highlights: list | None = None) -> list[str]:
+                alphas: list[np.ndarray] | None = None, highlights: list | None = None,
+                pixel_aspect: float = 1.0) -> list[str]:
     ctx.check_cancel()
     ctx.progress("decode", 0, 1, progress.starts[stage_index])
     with adapter.vae_tiling(vae_tile):
         video = adapter.decode(latents)[0]  # 3, F, H, W
-    sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), resolved)
+    sink = ctx.frame_sink(SequencePattern.parse(ctx.job.common.out), resolved, pixel_aspect=pixel_aspect)
     frames = video.shape[1]
     ctx.preview(0, video[:, 0].permute(1, 2, 0).float().cpu().numpy())
     for i in range(frames):
