@@ -564,6 +564,9 @@ def test_batch_progress_goes_through_nuke_progress_task(nuke, host, running_serv
     (task,) = nuke.progress_tasks
     assert task.title == "cinegen image" and task.progress[-1] == 100 and task.progress == sorted(task.progress)
     assert read.Class() == "Read" and "\\$x \\[y\\]" in read["label"].value()
+    from cinegen.plugin.backend.exr_header import read_exr_header
+    header = read_exr_header(read["file"].value().replace("####", str(read["first"].value())))
+    assert f"seed {header['cinegen:seed']} · tiny-sd" in read["label"].value()  # the seed the server chose
     nuke.cancel_progress_at = 0  # Cancel pressed at the first progress event
     with pytest.raises(GenerationFailed, match="cancelled"):
         generate_blocking(host, "image", {**tiny, "steps": 50, "width": 128, "height": 128}, settings=settings)

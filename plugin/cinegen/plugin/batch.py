@@ -47,9 +47,13 @@ def generate_blocking(host: HostAdapter, pipeline: str, values: Mapping[str, Any
 
         progress = host.batch_progress(f"cinegen {pipeline}")  # nuke.ProgressTask in Nuke
         cancel_sent = False
+        seed = values.get("seed")
+        made = {"seed": int(seed) if seed is not None else None, "model": str(values.get("model") or "")}
 
         def report(event) -> None:
             nonlocal cancel_sent
+            if event.HasField("started"):  # the seed and model the server chose when the values left them open
+                made.update(seed=event.started.seed, model=event.started.model or made["model"])
             if event.HasField("progress"):
                 on_progress(event.progress.fraction, event.progress.stage)
                 progress.update(event.progress.fraction, event.progress.stage)
@@ -67,8 +71,6 @@ def generate_blocking(host: HostAdapter, pipeline: str, values: Mapping[str, Any
     if outcome.state != "completed":
         release_folder(place.claimed_folder)
         raise GenerationFailed(f"Job {job_id} {outcome.state}: {outcome.message or 'no reason given'}")
-    seed = values.get("seed")
-    results = results_from_outputs(outcome.outputs, job_id=job_id, pipeline=pipeline,
-                                   model=str(values.get("model") or ""), seed=int(seed) if seed is not None else None,
-                                   prompt=str(values.get("prompt") or ""))
+    results = results_from_outputs(outcome.outputs, job_id=job_id, pipeline=pipeline, model=made["model"],
+                                   seed=made["seed"], prompt=str(values.get("prompt") or ""))
     return [host.load_result(result) for result in results]
