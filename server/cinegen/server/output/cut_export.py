@@ -71,8 +71,9 @@ def export_cut(cut: Path, out: Path, options: ExportOptions) -> Path:
     adapter, _ = FORMATS[options.to]
     rate = _rate(timeline)
     if options.to in ("edl", "fcp7") and not otio.opentime.RationalTime.is_valid_timecode_rate(rate):
-        raise CutExportError(f"{cut.name} runs at {rate:g} fps and {options.to.upper()} counts SMPTE timecode only "
-                             f"(23.976, 24, 25, 29.97, 30, 48, 50, 59.94 or 60 fps): export it --to fcpxml or "
+        kind = {"edl": "an EDL", "fcp7": "FCP 7 XML"}[options.to]
+        raise CutExportError(f"{cut.name} runs at {rate:g} fps and {kind} counts SMPTE timecode only "
+                             f"(23.976, 24, 25, 29.97, 30, 47.952, 48, 50, 59.94 or 60 fps): export it --to fcpxml or "
                              f"--to otio, or make the story at one of those rates.")
     exported = for_editorial(timeline, cut.resolve().parent, sequences_as_first_frame=options.to != "otio",
                              absolute=options.absolute_urls or options.to != "otio")
