@@ -175,3 +175,7 @@ def test_help_published_to_forms_names_labels_not_cli_options():
     assert plain_help("empty = --guidance; like `--cosine-scale` where it is 0", labels) == \
         "empty = Guidance; like Detail mix where it is 0"
     assert plain_help("a range 1-2 --unknown-thing stays readable", labels) == "a range 1-2 unknown thing stays readable"
+    # a command for whoever runs the server keeps its flags (it read "cinegen serve max steps N changes it")
+    assert plain_help("Steps is 900, over this server's limit of 500 (`cinegen serve --max-steps N` changes it); "
+                      "see --guidance", labels) == \
+        "Steps is 900, over this server's limit of 500 (cinegen serve --max-steps N changes it); see Guidance"

@@ -282,15 +282,18 @@ PIPELINE_PARAMS: dict[str, type] = {
 
 
 _OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)")
+_COMMAND = re.compile(r"`(cinegen [^`]*)`")
 
 
 def plain_help(text: str, labels: Mapping[str, str]) -> str:
     """Help as a form shows it: `--steps` becomes the option's label (Steps), backticks go.
 
-    The CLI keeps the option syntax; the panel and Blender show labels, so help there names labels."""
+    The CLI keeps the option syntax; the panel and Blender show labels, so help there names labels.
+    A command to run (`cinegen serve --max-steps N`, for whoever runs the server) keeps its flags."""
     def label(match: re.Match) -> str:
         return labels.get(match.group(1).replace("-", "_"), match.group(1).replace("-", " "))
-    return _OPTION.sub(label, text).replace("`", "")
+    parts = _COMMAND.split(text)  # odd items: the commands' own text
+    return "".join(part if i % 2 else _OPTION.sub(label, part).replace("`", "") for i, part in enumerate(parts))
 
 
 # --------------------------------------------------------------------------------------------
