@@ -7,10 +7,13 @@ in-process server on a free local port and talks to it like any client.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -193,14 +196,38 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"generate": cmd_generate, "pipelines": cmd_pipelines, "models": cmd_models,
                 "serve": cmd_serve, "demo": cmd_demo, "bench": cmd_bench, "export-job": cmd_export_job,
                 "export-cut": cmd_export_cut}
+    received = [signal.SIGINT]
     try:
-        return commands[args.command](args)
+        with _sigterm_as_interrupt(args.command in ("generate", "pipelines", "models", "demo"), received):
+            return commands[args.command](args)
     except ServerUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RequestRejected as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM: run_job has cancelled the job it followed
+        print(getattr(exc, "message", "") or "interrupted.", file=sys.stderr)
+        return 128 + received[0]  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(wanted: bool, received: list[int]):
+    """SIGTERM (a farm killing its task, `kill`) takes Ctrl-C's path: the job is cancelled, the in-process
+    server stopped and its temporary state removed, instead of the process dying mid-frame."""
+    if not wanted or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, _frame) -> None:
+        received[0] = signum
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _runs_models_here(args: argparse.Namespace) -> bool:

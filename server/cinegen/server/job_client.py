@@ -11,9 +11,19 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from cinegen.common.client import GeneratorClient, JobResult
+from cinegen.common.client import GeneratorClient, JobResult, RequestRejected, ServerUnavailable
 
 from .progress import ProgressBar
+
+CANCEL_TIMEOUT = 5.0  # seconds an interrupted command waits for the server to take its Cancel
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM while a job ran; `message` says what became of the job."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
 
 
 def add_serve_options(p: argparse.ArgumentParser) -> None:
@@ -135,11 +145,32 @@ def connect(args: argparse.Namespace) -> Iterator[GeneratorClient]:
 
 
 def run_job(client: GeneratorClient, request, label: str) -> JobResult:
+    """Submit and follow one job; Ctrl-C (or SIGTERM, see cli.main) cancels it on the server, then `Interrupted`."""
     bar = ProgressBar(label)
     try:
         return client.run(request, on_event=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(cancel_interrupted(client, request.job_id)) from None
     finally:
         bar.close()
+
+
+def cancel_interrupted(client: GeneratorClient, job_id: str) -> str:
+    """Cancel the job this command was following (it was ours: left running it would hold the GPU unseen)."""
+    client.timeout = CANCEL_TIMEOUT  # an unreachable server must not hold up the exit for a minute
+    try:
+        reply = client.cancel(job_id)
+    except RequestRejected as exc:
+        if exc.code == "NOT_FOUND":  # interrupted before the server had the job
+            return f"interrupted before job {job_id} was queued; nothing runs."
+        return f"interrupted; job {job_id} could not be cancelled ({exc.message}) and may still run."
+    except ServerUnavailable:
+        return (f"interrupted; the server did not answer the cancel of job {job_id} within "
+                f"{CANCEL_TIMEOUT:.0f} s, so it may still run.")
+    if reply.state == "completed":
+        return f"interrupted after job {job_id} completed; its frames are written."
+    return f"interrupted: job {job_id} cancelled (it stops at its next step; the frames it finished are kept)."
 
 
 def summarise_paths(paths: list[str]) -> list[str]:
