@@ -206,6 +206,9 @@ def test_errors_become_sentences_that_say_what_to_do():
     assert "refused the access token" in describe_error(RequestRejected("UNAUTHENTICATED", "x"), settings)
     plain = describe_error(RequestRejected("RESOURCE_EXHAUSTED", "The GPU ran out of memory."), settings)
     assert plain == "The GPU ran out of memory. Lower the size or frame count, then try again."
+    limit = describe_error(RequestRejected("RESOURCE_EXHAUSTED", "Steps is 900, over this server's limit of 500 "
+                                                          "(`cinegen serve --max-steps N` changes it)."), settings)
+    assert limit.endswith("changes it). Lower it to the limit, or ask whoever runs the server to raise it.")
     kept = describe_error(RequestRejected("INVALID_ARGUMENT", "Width 100 is not a positive multiple of 8; try 96."))
     assert kept == "Width 100 is not a positive multiple of 8; try 96."  # already says what to do
     assert "check the path" in describe_error(FileNotFoundError(2, "No such file", "/plates/x.exr"))

@@ -14,6 +14,8 @@ _ACTIONS = {
     "PERMISSION_DENIED": "Ask the server's administrator for access.",
     "INTERNAL": "Try again; if it happens again, send the server log with the job id.",
 }
+# a server limit (`cinegen serve --max-steps`): lowering size or frames is no answer to too many steps
+LIMIT_ACTION = "Lower it to the limit, or ask whoever runs the server to raise it."
 
 
 def describe_error(exc: BaseException, settings: ConnectionSettings | None = None) -> str:
@@ -31,7 +33,7 @@ def describe_error(exc: BaseException, settings: ConnectionSettings | None = Non
         if exc.code == "CANCELLED":
             return "The request was stopped because the panel closed its connection: reconnect and try again."
         sentence = exc.message.strip() or f"The server refused the request ({exc.code})."
-        action = _ACTIONS.get(exc.code, "")
+        action = LIMIT_ACTION if "over this server's limit" in sentence else _ACTIONS.get(exc.code, "")
         if action and not _says_what_to_do(sentence):
             sentence = f"{sentence} {action}"
         return sentence
