@@ -1,5 +1,6 @@
-"""Concurrent Submits as third-party clients make them (a retry after a deadline, a script firing a batch):
-the job id check and the queue limits hold together with the insert into the queue."""
+"""Concurrent calls as third-party clients make them (a retry after a deadline, a script firing a batch):
+the job id check and the queue limits hold together with the insert into the queue, and two uploads of
+one file at once each land whole."""
 from __future__ import annotations
 
 import threading
@@ -71,3 +72,43 @@ def test_concurrent_submits_never_pass_the_queue_limit_together(held, tmp_path):
     assert len(refused) == 2 and all(a.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for a in refused)
     assert "--max-queue-per-client" in refused[0].details()
     assert running.service.jobs.queued_count() == 2
+
+
+def test_two_uploads_of_one_file_at_once_each_land_whole(registry):
+    with private_server(registry) as running:
+        channel, s = stub(running.address)
+        b_done = threading.Event()
+
+        def a_chunks():
+            yield pb.UploadChunk(asset_id="plates", filename="p.exr", data=b"a" * 10)
+            b_done.wait(20)
+            yield pb.UploadChunk(data=b"a" * 10)
+        answer: list = []
+        thread = threading.Thread(target=lambda: answer.append(s.Upload(a_chunks(), timeout=30)))
+        thread.start()
+        while not list(running.service.uploads_dir.rglob(".p.exr.part*")):  # A's part file is open
+            time.sleep(0.02)
+        b = s.Upload(iter([pb.UploadChunk(asset_id="plates", filename="p.exr", data=b"b" * 10)]), timeout=30)
+        b_done.set()
+        thread.join(30)
+        assert b.size == 10 and answer and answer[0].size == 20  # A was UNKNOWN: its part file was B's, renamed
+        assert open(answer[0].path, "rb").read() == b"a" * 20  # the last one to finish, whole
+        channel.close()
+
+
+def test_an_upload_the_servers_disk_cannot_take_is_a_sentence(registry, monkeypatch):
+    import errno
+    import os
+
+    with private_server(registry) as running:
+        channel, s = stub(running.address)
+
+        def full(*_args):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(os, "replace", full)
+        with pytest.raises(grpc.RpcError) as err:
+            s.Upload(iter([pb.UploadChunk(filename="p.exr", data=b"x")]), timeout=30)
+        monkeypatch.undo()
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "disk is full" in err.value.details()
+        assert not list(running.service.uploads_dir.rglob("*.part*"))  # was UNKNOWN, quoting the server's path
+        channel.close()

@@ -7,6 +7,7 @@ never as UNKNOWN. Long-lived streams (Watch, Upload, Download) are counted again
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -504,6 +505,13 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             return self._upload(request_iterator, context)
         except UserError as exc:
             context.abort(_STATUS[exc.code], exc.message)
+        except OSError as exc:  # the server's disk, not the request: a sentence, never UNKNOWN with a path
+            log.exception("upload failed")
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.FAILED_PRECONDITION,
+                          "The server could not store the upload (" + ("its disk is full" if full else
+                          exc.strerror or type(exc).__name__) + "); try again later or ask whoever runs it. "
+                          "The server log has the details.")
         finally:
             self.streams.release()
 
@@ -525,7 +533,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                     folder = folder_of_client / asset_id
                     folder.mkdir(parents=True, exist_ok=True)
                     path = folder / name
-                    handle = open(folder / f".{name}.part", "wb")
+                    # a part file per stream: two uploads of one name at once never write into one file
+                    handle = open(folder / f".{name}.part-{secrets.token_hex(4)}", "xb")
                 size += len(chunk.data)
                 if size > self.limits.max_upload:
                     raise over(self.limits, "max_upload", "The uploaded file's size in bytes", f"over {size - 1}")
