@@ -147,3 +147,32 @@ def test_an_anamorphic_plate_s_pixel_aspect_is_read_and_written_as_the_standard_
     assert exr.ExrMetadata.from_header(header).pixel_aspect == 2.0
     exr.write_exr_frame(tmp_path / "plain.exr", _ramp(12, 16), metadata=exr.ExrMetadata())
     assert OpenEXR.File(str(tmp_path / "plain.exr")).header()["pixelAspectRatio"] == 1.0
+
+
+def test_a_png_s_straight_alpha_is_premultiplied_in_linear_light_as_an_exr_plate_is(tmp_path) -> None:
+    from PIL import Image
+
+    from cinegen.common import color
+
+    Image.fromarray(np.full((4, 4, 4), [128, 64, 255, 128], np.uint8), "RGBA").save(tmp_path / "edge.png")
+    plate = exr.read_image(tmp_path / "edge.png", keep_alpha=True)
+    straight = color.srgb_display_to_scene_linear(np.array([[128, 64, 255]], np.float32) / 255)
+    alpha = 128 / 255
+    np.testing.assert_allclose(plate[0, 0, 3], alpha, atol=1e-6)
+    # OpenImageIO alone multiplies the sRGB-encoded values, which darkens a half-transparent edge about 2x
+    np.testing.assert_allclose(plate[0, 0, :3], straight[0] * alpha, rtol=1e-4, atol=1e-6)
+
+
+def test_a_png_plate_converted_from_its_colour_space_is_premultiplied_after_the_conversion(tmp_path) -> None:
+    from PIL import Image
+
+    from cinegen.common import color
+    from cinegen.common.params import UpscaleParams
+    from cinegen.server.plate_colour import converted_params
+
+    Image.fromarray(np.full((4, 4, 4), [128, 64, 255, 128], np.uint8), "RGBA").save(tmp_path / "edge.1001.png")
+    params = UpscaleParams(input=str(tmp_path / "edge.####.png"), input_colorspace="sRGB Encoded P3-D65")
+    converted = converted_params(params, tmp_path / "job")
+    pixels, _ = exr.read_exr_frame(converted.input.replace("####", "1001"))
+    straight = color.to_working_space(np.array([[128, 64, 255]], np.float32) / 255, "sRGB Encoded P3-D65")
+    np.testing.assert_allclose(pixels[0, 0, :3], straight[0] * 128 / 255, rtol=2e-3, atol=1e-4)  # a half copy

@@ -41,6 +41,7 @@ CINEGEN_PREFIX = "cinegen:"
 _OIIO_TO_EXR_NAMES = {"DateTime": "capDate", "FramesPerSecond": "framesPerSecond", "Software": "software"}
 _FLOAT_FORMATS = {"half", "float", "double"}
 HALF_MAX = 65504.0  # the largest finite half float: a plate's +inf becomes this
+UNASSOCIATED = "oiio:UnassociatedAlpha"  # 1 in a header read here: the file's colour is not premultiplied
 
 
 class ExrWriteError(OSError):
@@ -238,7 +239,8 @@ def _fsync_folder(folder: str) -> None:
 
 
 def read_exr_frame(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Pixels (float32, H x W x C, channels as stored: R, G, B, A first) and the header."""
+    """Pixels (float32, H x W x C, channels as stored: R, G, B, A first) and the header; colour as stored,
+    not premultiplied when the header has ``oiio:UnassociatedAlpha`` 1 (a PNG's straight alpha)."""
     path = os.fspath(path)
     image = _open_image(path)
     try:
@@ -269,6 +271,8 @@ def read_image(path: str | os.PathLike[str], *, keep_alpha: bool = False) -> np.
     alpha = np.nan_to_num(alpha, nan=0.0, posinf=HALF_MAX, neginf=-HALF_MAX)
     if _colour_format(spec, path) not in _FLOAT_FORMATS:
         rgb = color.srgb_display_to_scene_linear(rgb)
+    if spec.get_int_attribute(UNASSOCIATED, 0) == 1:  # PNG, TGA, most TIFFs: premultiplied in linear, as EXR is
+        rgb = rgb * alpha
     return np.concatenate([rgb, alpha], axis=2) if keep_alpha else rgb
 
 
@@ -301,7 +305,10 @@ def _open_image(path: str) -> oiio.ImageInput:
     """The file open at its first part with colour channels (a multi-part EXR may start with depth or IDs)."""
     if not os.path.isfile(path):
         raise ImageReadError(f"There is no file '{path}'.")
-    image = oiio.ImageInput.open(path)
+    # straight alpha as stored: OpenImageIO would premultiply the sRGB-encoded values (dark edges)
+    config = oiio.ImageSpec()
+    config.attribute(UNASSOCIATED, 1)
+    image = oiio.ImageInput.open(path, config)
     if image is None:
         raise ImageReadError(f"Could not read '{path}': {oiio.geterror() or 'unknown format'}.")
     if not _has_colour(image.spec()):
