@@ -57,3 +57,49 @@ def test_an_interrupted_generate_cancels_its_job_on_the_server(running_server, t
             time.sleep(0.1)
     assert state == "cancelled"
     assert not list(tmp_path.iterdir()), "no frame, and no temporary frame, of the cancelled job"
+
+
+@pytest.mark.parametrize("failure", ["ENOSPC", "writer without errno"])
+def test_a_full_disk_fails_the_job_saying_what_to_do_and_leaves_no_temporary_frame(client, tmp_path, monkeypatch,
+                                                                                    failure):
+    """A full disk used to fail the job as an 'unexpected error ... please report it' with a temporary path."""
+    from cinegen.common import exr
+    from cinegen.common.client import build_request
+    from cinegen.common.params import CommonParams
+    from cinegen.server.output import write_errors
+
+    real_write = exr._write_with_oiio
+
+    def second_frame_fills_the_disk(path, spec, pixels):
+        if ".i.1002.exr.tmp-" not in path:
+            return real_write(path, spec, pixels)
+        with open(path, "wb") as partial:  # what a full disk leaves: part of a file under the temporary name
+            partial.write(b"\x76\x2f\x31\x01" + bytes(100))
+        if failure == "ENOSPC":
+            raise OSError(28, "No space left on device")
+        raise exr.ExrWriteError(f"Could not write the EXR frame '{path}': Failed OpenEXR write")  # OIIO: no errno
+
+    monkeypatch.setattr(exr, "_write_with_oiio", second_frame_fills_the_disk)
+    monkeypatch.setattr(write_errors.shutil, "disk_usage", lambda folder: type("Usage", (), {"free": 1000})())
+    common = CommonParams(prompt="x", seed=1, steps=1, width=64, height=64, frames=3, out=str(tmp_path / "i.####.exr"))
+    result = client.run(build_request("image", common, job_id=f"full-{uuid.uuid4().hex[:8]}"))
+    assert (result.state, result.code) == ("failed", "RESOURCE_EXHAUSTED"), result.message
+    assert f"The disk holding {tmp_path} is full: frame i.1002.exr" in result.message
+    assert "Free space there" in result.message and "unexpected" not in result.message
+    assert sorted(os.listdir(tmp_path)) == ["i.1001.exr"], "the complete frame stays, no temporary file"
+
+
+def test_a_write_refused_by_the_folder_says_to_fix_its_permissions(client, tmp_path, monkeypatch):
+    from cinegen.common import exr
+    from cinegen.common.client import build_request
+    from cinegen.common.params import CommonParams
+
+    def read_only(path, spec, pixels):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(exr, "_write_with_oiio", read_only)
+    common = CommonParams(prompt="x", seed=1, steps=1, width=64, height=64, frames=1, out=str(tmp_path / "r.####.exr"))
+    result = client.run(build_request("image", common, job_id=f"ro-{uuid.uuid4().hex[:8]}"))
+    assert (result.state, result.code) == ("failed", "FAILED_PRECONDITION"), result.message
+    assert "Read-only file system" in result.message and "permissions" in result.message
+    assert os.listdir(tmp_path) == []

@@ -14,6 +14,7 @@ from cinegen.common.client import build_request
 from cinegen.common.exr import ExrMetadata, read_exr_frame, write_exr_frame
 from cinegen.common.params import CommonParams
 from cinegen.common.sequence import SequencePattern
+from cinegen.server.errors import ResourceExhausted
 from cinegen.server.output import device_colour, frames
 from cinegen.server.output.frames import FrameSink
 
@@ -40,9 +41,9 @@ def test_a_write_error_fails_the_sequence_and_leaves_no_partial_frame(tmp_path, 
     sink = _sink(tmp_path)
     sink.write(0, _picture(0))
     sink.write(1, _picture(1))
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(ResourceExhausted, match="disk holding .* is full: frame f.1002.exr"):
         sink.flush()
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(ResourceExhausted, match="is full"):
         sink.write(2, _picture(2))  # later frames fail at once
     assert sorted(os.listdir(tmp_path)) == ["f.1001.exr"], "no temporary file and no frame after the error"
 

@@ -21,6 +21,7 @@ from cinegen.common.sequence import SequencePattern
 from ..errors import AlreadyExists
 from .device_colour import display_to_linear_half_rgba, primaries_matrix
 from .plate_highlights import PlateHighlights
+from .write_errors import frame_write_error
 
 
 def to_numpy_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -178,8 +179,11 @@ class FrameSink:
             pixels = np.concatenate([linear, a], axis=-1).astype(np.float16)
         elif item.highlights is not None:  # half RGBA from the device path
             pixels = item.highlights.apply(pixels)
-        Path(item.path).parent.mkdir(parents=True, exist_ok=True)
-        write_exr_frame(item.path, pixels, metadata=item.metadata, compression=self.compression)
+        try:
+            Path(item.path).parent.mkdir(parents=True, exist_ok=True)
+            write_exr_frame(item.path, pixels, metadata=item.metadata, compression=self.compression)
+        except OSError as error:  # a full disk or a lost share: a sentence saying what to do, not a crash
+            raise frame_write_error(error, item.path, pixels.nbytes) from error
         self._written.append(item.path)
         if self.on_written:
             self.on_written(item.frame, item.path, self.sequence)
