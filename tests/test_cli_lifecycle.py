@@ -103,3 +103,25 @@ def test_a_write_refused_by_the_folder_says_to_fix_its_permissions(client, tmp_p
     assert (result.state, result.code) == ("failed", "FAILED_PRECONDITION"), result.message
     assert "Read-only file system" in result.message and "permissions" in result.message
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_port_out_of_range_is_refused_not_wrapped(port, capsys):
+    """`serve --port 99999` used to listen on 34463 (99999 - 65536) without a word."""
+    from cinegen.server.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit:
+        build_parser().parse_args(["serve", "--port", port])
+    assert exit.value.code == 2 and "is not a port number (0-65535)" in capsys.readouterr().err
+
+
+def test_a_state_dir_that_cannot_be_a_folder_is_a_sentence(tmp_path):
+    """`serve --state-dir` under a file used to end in a NotADirectoryError traceback."""
+    from cinegen.server.cli import build_parser
+    from cinegen.server.job_client import server_config
+
+    (tmp_path / "afile").write_text("x")
+    args = build_parser().parse_args(["serve", "--state-dir", str(tmp_path / "afile" / "state")])
+    with pytest.raises(SystemExit, match=r"Cannot keep the job journal in .*afile/state \(Not a directory\); give "
+                       "--state-dir a folder"):
+        server_config(args, host=args.host, port=args.port)

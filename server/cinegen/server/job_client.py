@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -32,7 +33,8 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for the network: needs a "
                    "token and --output-root, or --insecure).")
-    p.add_argument("--port", type=int, default=50051, help="Port to listen on. Default: 50051.")
+    p.add_argument("--port", type=port_number, default=50051, help="Port to listen on (0: any free one). "
+                   "Default: 50051.")
     p.add_argument("--state-dir", type=Path, default=None,
                    help=f"Folder of the job journal and uploads (default: {default_state_dir()}).")
     p.add_argument("--token-file", type=Path, help="File holding the access token clients must send "
@@ -67,6 +69,17 @@ def add_client_access_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", action=_RefuseArgvToken, help=argparse.SUPPRESS)
     p.add_argument("--tls", action="store_true", help="Connect to --server with TLS (system root certificates).")
     p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) of --server's TLS certificate (implies --tls).")
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0-65535 (gRPC takes 99999 as 34463 without a word)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number (0-65535)")
+    return port
 
 
 class _RefuseArgvToken(argparse.Action):
@@ -108,11 +121,24 @@ def server_config(args: argparse.Namespace, host: str = "127.0.0.1", port: int =
     bad = [f"{Limits.flag(k)} {v}" for k, v in values.items() if v < 1]
     if bad:
         raise SystemExit(f"Limits must be 1 or more: {', '.join(bad)}.")
-    return dataclasses.replace(config, token=read_token(args), state_dir=args.state_dir or default_state_dir(),
+    return dataclasses.replace(config, token=read_token(args), state_dir=usable_state_dir(args.state_dir),
                                limits=Limits(**values), output_roots=list(args.output_root),
                                input_roots=list(args.input_root), insecure=args.insecure, tls_cert=args.tls_cert,
                                tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, ray=args.ray,
                                ray_workers=args.ray_workers)
+
+
+def usable_state_dir(path: Path | None) -> Path:
+    """--state-dir (or the default), created and proved writable, else a sentence (was a traceback)."""
+    folder = Path(path).expanduser() if path else default_state_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".cinegen-write-test-"):
+            pass
+    except OSError as exc:
+        raise SystemExit(f"Cannot keep the job journal in {folder} ({exc.strerror or exc}); give --state-dir a "
+                         "folder this user can write.") from None
+    return folder
 
 
 @contextlib.contextmanager
