@@ -309,3 +309,20 @@ def test_oiio_sees_a_half_rgba_zip_frame(tmp_path) -> None:
     image.close()
     assert str(spec.format) == "half" and tuple(spec.channelnames) == ("R", "G", "B", "A")
     assert spec.get_string_attribute("compression") == "zip"
+
+
+def test_capdate_is_local_time_and_utc_offset_says_which(tmp_path, monkeypatch) -> None:
+    import time
+    from datetime import datetime
+
+    monkeypatch.setenv("TZ", "EST+5")  # POSIX: five hours behind UTC, no zone files needed
+    time.tzset()
+    try:
+        exr.write_exr_frame(tmp_path / "t.exr", _pixels(), metadata=_metadata(),
+                            capture_time=datetime(2026, 12, 1, 9, 30, 0))
+        header = OpenEXR.File(str(tmp_path / "t.exr")).header()
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert header["capDate"] == "2026:12:01 09:30:00"
+    assert header["utcOffset"] == 5 * 3600.0  # OpenEXR: UTC == local time + utcOffset

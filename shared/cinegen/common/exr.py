@@ -2,8 +2,8 @@
 
 Frames out (DESIGN.md, "Frames on disk"): half float RGBA, ZIP by default (PIZ, DWAA, none), the
 standard ``chromaticities`` of the working space, ``framesPerSecond`` (rational), ``software``,
-``capDate``, ``envmap`` = latitude-longitude for panoramas, and the ``cinegen:*`` string attributes
-that say how the frame was made. A frame is written under a hidden temporary name in its own
+``capDate`` (local time) with ``utcOffset``, ``pixelAspectRatio``, ``envmap`` = latitude-longitude for
+panoramas, and the ``cinegen:*`` string attributes that say how the frame was made. A frame is written under a hidden temporary name in its own
 folder, synced to disk and renamed onto its final name (``os.replace`` is atomic on POSIX and
 Windows), so a reader sees either no file or a complete one.
 
@@ -194,8 +194,13 @@ def _frame_spec(width: int, height: int, metadata: ExrMetadata, compression: str
         spec.attribute("framesPerSecond", oiio.TypeRational, fps_as_rational(metadata.fps))
     spec.attribute("software", software_name())
     spec.attribute("PixelAspectRatio", float(metadata.pixel_aspect))  # OpenImageIO's name for pixelAspectRatio
-    # OpenImageIO writes its DateTime as the standard capDate.
-    spec.attribute("DateTime", (capture_time or datetime.now()).strftime("%Y:%m:%d %H:%M:%S"))
+    # OpenImageIO writes its DateTime as the standard capDate, which is local time; utcOffset says which
+    # (UTC == local + utcOffset), so frames rendered on machines in other zones compare.
+    captured = capture_time or datetime.now()
+    spec.attribute("DateTime", captured.strftime("%Y:%m:%d %H:%M:%S"))
+    local_offset = captured.astimezone().utcoffset()
+    if local_offset is not None:
+        spec.attribute("utcOffset", float(-local_offset.total_seconds()))
     if metadata.latlong:
         # OpenImageIO writes envmap=ENVMAP_LATLONG for this; one level keeps it a plain image.
         spec.attribute("textureformat", "LatLong Environment")
