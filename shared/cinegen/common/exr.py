@@ -3,9 +3,9 @@
 Frames out (DESIGN.md, "Frames on disk"): half float RGBA, ZIP by default (PIZ, DWAA, none), the
 standard ``chromaticities`` of the working space, ``framesPerSecond`` (rational), ``software``,
 ``capDate`` (local time) with ``utcOffset``, ``pixelAspectRatio``, ``envmap`` = latitude-longitude for
-panoramas, and the ``cinegen:*`` string attributes that say how the frame was made. A frame is written under a hidden temporary name in its own
-folder, synced to disk and renamed onto its final name (``os.replace`` is atomic on POSIX and
-Windows), so a reader sees either no file or a complete one.
+panoramas, and the ``cinegen:*`` string attributes that say how the frame was made. A frame is
+written under a hidden temporary name in its own folder, synced to disk and renamed onto its final
+name (``os.replace`` is atomic on POSIX and Windows), so a reader sees either no file or a complete one.
 
 Plates in: any format OpenImageIO reads. Float files (EXR, HDR, float TIFF) are taken as scene
 linear already; integer files (PNG, JPEG, 8/16-bit TIFF) as sRGB-encoded, converted with color.py.

@@ -190,7 +190,8 @@ class RunContext:
             self.frame_written(frame, path, seq)
 
         transform = display_transform_for(common.display_transform, bool(getattr(self.job.params, "input", "")))
-        meta = dataclasses.replace(meta, extra={**meta.extra, "display_transform": transform}, pixel_aspect=pixel_aspect)
+        meta = dataclasses.replace(meta, extra={**meta.extra, "display_transform": transform},
+                                   pixel_aspect=pixel_aspect)
         sink = FrameSink(pattern, resolved.first_frame, meta, compression=common.compression or "zip",
                          display_transform=transform,
                          sequence=sequence, on_written=on_written, existing=self.existing_frames)
