@@ -85,7 +85,41 @@ def child(workdir: Path, server: str) -> dict:
         facts["plate"] = plate_scenario(bpy, scene)
         facts["cancel"] = cancel_scenario(bpy, scene)
         facts["layout"] = layout_scenario(bpy, scene)
+    facts["undo"] = undo_scenario(bpy, workdir)  # last: an undo gives Blender's data new Python objects
     return facts
+
+
+def undo_scenario(bpy, workdir: Path) -> dict:
+    """A queued job's results loaded by the timer, then something else done and undone: the results stay
+    (without an undo step of their own, Ctrl+Z went back to before them)."""
+    import numpy as np
+
+    from cinegen.common.exr import ExrMetadata, write_exr_frame
+    from cinegen.common.proto import generator_pb2 as pb
+    from cinegen.plugin.backend.job_runner import JobDraft, JobOutcome
+    from cinegen.plugin.hosts.blender_host import BlenderHost
+    from cinegen.plugin.model.jobs import JobRecord
+
+    runtime, operators = sys.modules["cinegen_blender.runtime"], sys.modules["cinegen_blender.operators"]
+    scene = bpy.data.scenes.new("undo")
+    bpy.context.window.scene = scene
+    (workdir / "undo").mkdir()
+    files = [str(workdir / "undo" / f"u_v001.{frame:04d}.exr") for frame in (1, 2)]
+    for path in files:
+        write_exr_frame(path, np.full((8, 8, 4), 0.5, np.float32), metadata=ExrMetadata(colorspace="ACEScg"))
+    bpy.ops.ed.undo_push(message="before the result")
+    job = runtime.BlenderJob(JobDraft(pb.JobRequest(job_id="image-undo")), JobRecord("image-undo", "image"),
+                             on_done=lambda j: operators.finish_queued(scene, j, BlenderHost("sequencer")))
+    job.updates.put(("outcome", JobOutcome(job.job_id, "completed", files)))
+    runtime.STATE.jobs[job.job_id] = job
+    runtime.drain()  # the timer loads it
+    scene.frame_current = 40  # something the artist does afterwards, and takes back
+    bpy.ops.ed.undo_push(message="frame 40")
+    bpy.ops.ed.undo()
+    undone = bpy.data.scenes["undo"]
+    del runtime.STATE.jobs[job.job_id]
+    editor = undone.sequence_editor  # None when the undo went back to before the result
+    return {"frame": undone.frame_current, "strips": len(editor.strips) if editor else 0}
 
 
 def colour_and_rate_scenario(bpy, blender_host, workdir: Path) -> dict:
@@ -457,6 +491,10 @@ def test_frames_this_machine_cannot_read_are_explained_and_the_timer_keeps_going
 
 def test_a_job_running_while_the_addon_is_enabled_again_is_followed_again(facts):
     assert facts["reregistered"] == {"followed": True, "settings": True}
+
+
+def test_results_loaded_by_the_timer_survive_undoing_what_came_after(facts):
+    assert facts["undo"] == {"frame": 1, "strips": 1}
 
 
 def test_the_manifest_declares_an_addon_for_blender_4_2_and_later():

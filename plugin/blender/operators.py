@@ -133,6 +133,18 @@ def finish(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
     return loaded
 
 
+def finish_queued(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
+    """`finish` from the timer: the results loaded become an undo step of their own. Otherwise the
+    next Ctrl+Z (of anything done since) goes back to before them, and they vanish."""
+    loaded = finish(scene, job, host)
+    if loaded:
+        try:
+            bpy.ops.ed.undo_push(message=f"cinegen: load {job.job_id}")
+        except RuntimeError:  # no undo in this context: the results are loaded all the same
+            pass
+    return loaded
+
+
 def unreadable(results: list, *, shared_disk: bool) -> str:
     """A sentence when a finished job's frames are not on this machine (Blender can't load what isn't there)."""
     missing = next((r for r in results if not os.path.isfile(r.first_file)), None)
@@ -216,7 +228,7 @@ def submit(scene, *, wait: bool) -> runtime.BlenderJob:
         raise
     model = values.get("model") or ""
     job = runtime.BlenderJob(draft, JobRecord(job_id, pipeline, prompt=props.prompt, seed=props.seed, model=model),
-                             claimed_folder=place.claimed_folder, on_done=lambda j: finish(scene, j, host))
+                             claimed_folder=place.claimed_folder, on_done=lambda j: finish_queued(scene, j, host))
     runtime.history().add(HistoryEntry(job_id, pipeline, values=values, seed=props.seed, model=model,
                                        prompt=props.prompt, server=settings.address))
     props.job_id, props.progress, props.stage, props.last_error, props.notice = job_id, 0.0, "submitting", "", ""
@@ -288,6 +300,7 @@ class CINEGEN_OT_clear_queue(bpy.types.Operator):
 
 class CINEGEN_OT_plate_from_strip(bpy.types.Operator):
     bl_idname = "cinegen.plate_from_strip"
+    bl_options = {"REGISTER", "UNDO"}  # it changes the scene: Ctrl+Z takes it back
     bl_label = "Plate from active strip"
     bl_description = "Use the active image-sequence strip of the Sequencer as this pipeline's input"
 
@@ -311,6 +324,7 @@ class CINEGEN_OT_plate_from_strip(bpy.types.Operator):
 
 class CINEGEN_OT_rerun(bpy.types.Operator):
     bl_idname = "cinegen.rerun"
+    bl_options = {"REGISTER", "UNDO"}  # it changes the scene: Ctrl+Z takes it back
     bl_label = "Re-run"
     bl_description = "Put this job's settings back in the panel (seed locked to the one used) and run it again"
 
@@ -341,6 +355,7 @@ class CINEGEN_OT_rerun(bpy.types.Operator):
 
 class CINEGEN_OT_new_seed(bpy.types.Operator):
     bl_idname = "cinegen.new_seed"
+    bl_options = {"REGISTER", "UNDO"}  # it changes the scene: Ctrl+Z takes it back
     bl_label = "New seed"
     bl_description = "Draw a new random seed now"
 
