@@ -177,3 +177,17 @@ def test_edl_reels_tell_the_shots_apart(tmp_path):
     assert main(["export-cut", str(cut), "--to", "edl"]) == 0
     back = otio.adapters.read_from_file(str(cut.with_suffix(".edl")), rate=RATE)
     assert [c.metadata["cmx_3600"]["reel"] for c in back.find_clips()] == ["A001C003", "0_sh0020", "0_sh0030"]
+
+
+def test_an_edl_from_editorial_converts_with_its_media_and_record_start(cut, tmp_path):
+    # the CMX reader leaves media without an available range (FCP 7 writer: AttributeError) and keeps the
+    # record start as the track's negative source start (FCPXML writer: 'computed time range would be invalid')
+    path, records = cut
+    edl = tmp_path / "from editorial.edl"
+    assert main(["export-cut", str(path), "--to", "edl", "--out", str(edl)]) == 0
+    for to in ("fcp7", "fcpxml"):
+        assert main(["export-cut", str(edl), "--to", to]) == 0
+        exported = edl.with_suffix(FORMATS[to][1])
+        back = otio.adapters.read_from_file(str(exported), adapter_name=FORMATS[to][0])
+        assert _clips(back) == [(r.shot, float(r.frames), RATE) for r in records]
+        assert _record_start(back, exported, to) == ONE_HOUR

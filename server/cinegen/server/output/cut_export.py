@@ -62,6 +62,7 @@ def export_cut(cut: Path, out: Path, options: ExportOptions) -> Path:
         raise CutExportError(f"{cut} could not be read as an OpenTimelineIO file ({exc}).") from exc
     if not isinstance(timeline, otio.schema.Timeline):
         raise CutExportError(f"{cut} holds a {timeline.schema_name()}, not a timeline: export a file with one cut.")
+    _record_start_from_edl(timeline)
     if options.record_start is not None:
         rate = _rate(timeline)
         try:
@@ -106,6 +107,8 @@ def for_editorial(timeline: otio.schema.Timeline, base: Path, *, sequences_as_fi
                                      f"give the clip a source range in the .otio.") from None
     for clip in timeline.find_clips():
         ref = clip.media_reference
+        if ref.available_range is None:  # an EDL's media has none: the FCP writers need the file's extent
+            ref.available_range = clip.source_range
         if isinstance(ref, otio.schema.ImageSequenceReference):
             if absolute:
                 ref.target_url_base = _absolute_url(ref.target_url_base, base)
@@ -144,6 +147,17 @@ def _reel_names(names) -> dict[str, str]:
             reels[name] = reel
             used.add(reel)
     return {name: reels.get(name, "AX") for name in clean}
+
+
+def _record_start_from_edl(timeline: otio.schema.Timeline) -> None:
+    """The CMX 3600 reader keeps an EDL's record start as its track's negative source start (the FCPXML
+    writer then fails, FCP 7 XML starts at 0); as the timeline's start it is what the writers know."""
+    if timeline.global_start_time is not None or len(timeline.tracks) != 1:
+        return
+    track = timeline.tracks[0]
+    if track.source_range is not None and track.source_range.start_time.value < 0:
+        timeline.global_start_time = -track.source_range.start_time
+        track.source_range = None
 
 
 def _check_fits_an_edl(cut: Path, timeline: otio.schema.Timeline) -> None:
