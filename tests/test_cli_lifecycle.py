@@ -125,3 +125,16 @@ def test_a_state_dir_that_cannot_be_a_folder_is_a_sentence(tmp_path):
     with pytest.raises(SystemExit, match=r"Cannot keep the job journal in .*afile/state \(Not a directory\); give "
                        "--state-dir a folder"):
         server_config(args, host=args.host, port=args.port)
+
+
+def test_the_demos_look_command_can_be_pasted_in_a_folder_with_spaces(tmp_path, monkeypatch, capsys):
+    """The demo's `oiiotool --info -v PATH` hint used to split a path with a space into two arguments."""
+    import shlex
+
+    from cinegen.server import demo
+    from cinegen.server.cli import main
+
+    monkeypatch.setattr(demo, "demo_jobs", lambda out: [])  # the closing hint only, no jobs
+    assert main(["demo", "--out", str(tmp_path / "my demo"), "--no-hf-cache"]) == 0
+    hint = next(line for line in capsys.readouterr().out.splitlines() if "oiiotool" in line)
+    assert shlex.split(hint)[-1] == str(tmp_path / "my demo" / "image" / "demo.1001.exr")

@@ -7,6 +7,7 @@ noise-like pictures: that is expected (see the README for real weights).
 from __future__ import annotations
 
 import argparse
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
             for line in summarise_paths(result.outputs):
                 print(f"  {job.pipeline:10s} {line}")
     print(f"\nDemo outputs are under {out}. Look at a frame with:\n"
-          f"  oiiotool --info -v {out}/image/demo.1001.exr\n"
+          f"  oiiotool --info -v {shlex.quote(str(out / 'image' / 'demo.1001.exr'))}\n"  # pasteable with spaces
           "The demo uses toy-image and toy-video, small models trained on coloured discs and squares (they "
           "ship with cinegen), so expect simple shapes on a sky, not photographs. Point cinegen at real "
           "weights with --models DIR (see README).")
