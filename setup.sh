@@ -9,13 +9,31 @@ shift || true
 PY="${PYTHON:-python3}"
 VENV="${CINEGEN_VENV:-.venv}"
 
+# cinegen needs Python 3.10+ (pyproject's requires-python): said here, before pip fails on torch
+# in its own words, and before an old Python leaves a virtual environment every later run would reuse.
+need_python() {  # $1: the interpreter, $2: what to do instead
+    local version
+    version=$("$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || version=""
+    local major="${version%%.*}" minor="${version#*.}"
+    if [ -z "$version" ] || [ "$major" -lt 3 ] || { [ "$major" -eq 3 ] && [ "$minor" -lt 10 ]; }; then
+        echo "cinegen: needs Python 3.10 or newer, but ${1} is ${version:+Python }${version:-not a working Python}. $2" >&2
+        exit 2
+    fi
+}
+newer="Install Python 3.10+ (3.11 is tested) and run: PYTHON=/path/to/python3.11 ./setup.sh $what"
+
 # A virtual environment that still sees packages already on the machine, so a torch that is already
 # installed (CPU or CUDA build) is kept instead of downloaded again.
 if [ -z "${VIRTUAL_ENV:-}" ]; then
     if [ ! -x "$VENV/bin/python" ]; then
+        need_python "$PY" "$newer"
         "$PY" -m venv --system-site-packages "$VENV"
+    else
+        need_python "$VENV/bin/python" "It is the Python of the existing $VENV: remove it (rm -rf $VENV), then: PYTHON=/path/to/python3.11 ./setup.sh $what"
     fi
     PY="$VENV/bin/python"
+else
+    need_python "$PY" "$newer (outside the active virtual environment, or in one made with a newer Python)"
 fi
 pip() { "$PY" -m pip "$@"; }
 

@@ -138,3 +138,28 @@ def test_the_demos_look_command_can_be_pasted_in_a_folder_with_spaces(tmp_path, 
     assert main(["demo", "--out", str(tmp_path / "my demo"), "--no-hf-cache"]) == 0
     hint = next(line for line in capsys.readouterr().out.splitlines() if "oiiotool" in line)
     assert shlex.split(hint)[-1] == str(tmp_path / "my demo" / "image" / "demo.1001.exr")
+
+
+@pytest.mark.parametrize("where", ["PYTHON", "existing venv"])
+def test_setup_says_which_python_is_too_old_before_installing_anything(tmp_path, where):
+    """With Python 3.9, `./setup.sh demo` used to make a 3.9 venv (reused by every later run) and stop on
+    pip's 'ResolutionImpossible' for torch, never naming the Python version."""
+    from pathlib import Path
+
+    old = tmp_path / "python3.9"
+    old.write_text("#!/bin/sh\necho 3.9\n")  # answers the version question as Python 3.9 would
+    old.chmod(0o755)
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(CINEGEN_VENV=str(venv), PYTHON=str(old))
+    if where == "existing venv":
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "python").symlink_to(old)
+        env["PYTHON"] = sys.executable
+    setup = Path(__file__).resolve().parents[1] / "setup.sh"
+    done = subprocess.run(["bash", str(setup), "demo"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "needs Python 3.10 or newer" in done.stderr and "is Python 3.9" in done.stderr
+    assert "PYTHON=/path/to/python3.11 ./setup.sh demo" in done.stderr
+    assert (f"rm -rf {venv}" in done.stderr) == (where == "existing venv")
+    assert (venv.exists()) == (where == "existing venv"), "no venv made with the old Python"
