@@ -175,6 +175,12 @@ def test_output_files_group_into_sequences_with_their_frame_range_and_padding():
                                       ("/o/big.#####.exr", FrameRange(12345, 12345))]
 
 
+def test_a_story_cut_whose_title_ends_in_a_number_is_not_taken_for_a_frame():
+    """A story titled "Episode 2" writes Episode_2.otio beside its shots: it became a Read of "Episode_#.otio"."""
+    outputs = ["/o/sh010/sh010.1001.exr", "/o/Episode_2.otio", "/o/Reel 3.otio", "/o/Episode_2.keyframes.png"]
+    assert group_sequences(outputs) == [("/o/sh010/sh010.####.exr", FrameRange(1001, 1001))]
+
+
 # ---- EXR header ----------------------------------------------------------------------------------
 def test_plain_python_header_reader_agrees_with_openimageio(tmp_path):
     path = tmp_path / "f.1001.exr"

@@ -17,6 +17,9 @@ from cinegen.common.sequence import FrameRange, SequencePattern
 _VERSION = re.compile(r"^v(\d{3,})$")
 _FRAME_IN_NAME = re.compile(r"^(?P<prefix>.*?)(?P<frame>-?\d+)(?P<suffix>\.[A-Za-z0-9]+)$")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+# Pictures a host reads as a sequence; a job's other files (a story's cut, Episode_2.otio) are never frames.
+PICTURE_SUFFIXES = (".exr", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dpx", ".cin", ".hdr", ".tga", ".bmp",
+                    ".webp", ".sgi", ".rgb", ".jp2", ".j2c")
 
 
 def safe_name(text: str, fallback: str = "cinegen") -> str:
@@ -87,7 +90,8 @@ class ResultSequence:
 
 
 def group_sequences(paths: Iterable[str]) -> list[tuple[str, FrameRange]]:
-    """Frame files grouped into ``(DIR/NAME.####.ext, first-last)``; files without a frame number are left out.
+    """Frame files grouped into ``(DIR/NAME.####.ext, first-last)``; files without a frame number, and files that
+    are not pictures (a story titled "Episode 2" writes Episode_2.otio), are left out.
 
     The padding is that of the shortest number in a group (1001 with ``####``; 12345 still fits).
     """
@@ -95,7 +99,7 @@ def group_sequences(paths: Iterable[str]) -> list[tuple[str, FrameRange]]:
     for path in paths:
         folder, name = os.path.split(path)
         match = _FRAME_IN_NAME.match(name)
-        if not match:
+        if not match or match.group("suffix").lower() not in PICTURE_SUFFIXES:
             continue
         digits = match.group("frame").lstrip("-")
         groups.setdefault((folder, match.group("prefix"), match.group("suffix")), []).append(
