@@ -268,7 +268,8 @@ def describe_node(node) -> dict:
 def describe_strip(strip) -> dict:
     return {"frame_start": strip.frame_start, "duration": strip.frame_final_duration, "channel": strip.channel,
             "files": [e.filename for e in strip.elements], "directory": strip.directory,
-            "colorspace": strip.colorspace_settings.name, "name": strip.name}
+            "colorspace": strip.colorspace_settings.name, "name": strip.name,
+            "scale": [strip.transform.scale_x, strip.transform.scale_y]}
 
 
 def trajectory_scenario(bpy, blender_host) -> dict:
@@ -523,6 +524,8 @@ def test_a_sequence_becomes_a_sequencer_strip_with_every_frame_at_the_right_plac
     assert strip["files"] == ["gen_v001.1001.exr", "gen_v001.1002.exr", "gen_v001.1003.exr"]
     assert strip["directory"].rstrip("/").endswith("gen") and strip["colorspace"] == "ACEScg"
     assert "seed 42" in strip["name"]
+    # 16 x 8 frames in the 1920 x 1080 scene, fitted as a strip added by hand (Scale to Fit), not 16 pixels wide
+    assert strip["scale"] == [120.0, 120.0]
 
 
 def test_earlier_results_are_kept_and_an_unknown_colorspace_falls_back_to_scene_linear(facts):

@@ -240,7 +240,8 @@ def load_into_sequencer(scene: Any, result: ResultSequence, colorspace: str | No
     names = result.file_names()
     lowest = 1 if source is None else source.channel + 1  # above its plate, for a glance from one to the other
     strip = strips.new_image(name=result.label[:NAME_LIMIT], filepath=result.first_file,
-                             channel=free_channel(strips, start, start + len(names), lowest), frame_start=start)
+                             channel=free_channel(strips, start, start + len(names), lowest), frame_start=start,
+                             fit_method=fit_method(scene))
     for name in names[1:]:
         strip.elements.append(name)
     colorspace = blender_colorspace(result.colorspace) if colorspace is None else colorspace
@@ -248,6 +249,13 @@ def load_into_sequencer(scene: Any, result: ResultSequence, colorspace: str | No
         strip.colorspace_settings.name = colorspace
     strip["cinegen_job"] = result.job_id or "cinegen"
     return strip
+
+
+def fit_method(scene: Any) -> str:
+    """How a strip of another size than the scene is fitted: the scene's own choice (Scale to Fit unless the
+    artist changed it), as for a strip added by hand; `new_image` alone keeps the original size."""
+    tools = getattr(scene.tool_settings, "sequencer_tool_settings", None)
+    return getattr(tools, "fit_method", "FIT")
 
 
 def free_channel(strips: Any, start: int, end: int, lowest: int = 1) -> int:
