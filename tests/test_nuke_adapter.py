@@ -610,3 +610,15 @@ def test_the_pane_nuke_builds_from_menu_py_shows_this_sessions_options(nuke, mon
         panel.shutdown()
         panel.deleteLater()
         app.processEvents()
+
+
+def test_each_group_of_equivalent_names_is_one_space_in_ocios_own_aces_config():
+    """The names a Read may be tagged with instead of the file's are aliases of one space (OCIO's built-in ACES
+    config knows the ACES 1.x and short names); nuke-default's `linear` is Rec.709 linear (common.color)."""
+    PyOpenColorIO = pytest.importorskip("PyOpenColorIO")
+    from cinegen.plugin.model.colorspace_names import EQUIVALENT_NAMES
+
+    config = PyOpenColorIO.Config.CreateFromFile("ocio://default")
+    for names in EQUIVALENT_NAMES:
+        spaces = {config.getColorSpace(n).getName() for n in names if n != "linear"}
+        assert len(spaces) == 1 and None not in spaces, names
