@@ -12,6 +12,7 @@ curves). Values come from ``getValueAt(frame, track * 31 + column)``; names only
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -261,10 +262,12 @@ def _read_of(result: ResultSequence) -> Any:
 
 
 def _same_form(path: str) -> str:
+    """One spelling per sequence: `####`, forward or back slashes (Nuke writes / on Windows too), case on Windows."""
     try:
-        return SequencePattern.parse(path, any_extension=True).hash_form()
+        path = SequencePattern.parse(path, any_extension=True).hash_form()
     except SequencePatternError:
-        return path
+        pass
+    return os.path.normcase(os.path.normpath(path))
 
 
 def _listed_colorspaces(knob: Any) -> list[str]:
