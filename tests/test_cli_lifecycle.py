@@ -163,3 +163,21 @@ def test_setup_says_which_python_is_too_old_before_installing_anything(tmp_path,
     assert "PYTHON=/path/to/python3.11 ./setup.sh demo" in done.stderr
     assert (f"rm -rf {venv}" in done.stderr) == (where == "existing venv")
     assert (venv.exists()) == (where == "existing venv"), "no venv made with the old Python"
+
+
+def test_a_server_that_does_not_answer_is_said_while_waiting(monkeypatch, capsys):
+    """`--server` at a port nothing listens on used to be 30 s of silence before the error."""
+    import socket
+
+    from cinegen.server import job_client
+    from cinegen.server.cli import main
+
+    with socket.socket() as probe:  # a free port, closed again: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(job_client, "SERVER_PATIENCE", 1.5, raising=False)
+    monkeypatch.setattr(job_client, "QUIET_WAIT", 0.3, raising=False)
+    assert main(["models", "--server", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    notice, error = err.index("no answer yet from the server at"), err.index("Can't reach the cinegen server")
+    assert notice < error and "check --server, or Ctrl-C to stop" in err

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -162,12 +163,30 @@ def connect(args: argparse.Namespace) -> Iterator[GeneratorClient]:
     else:
         client = GeneratorClient(address, timeout=60.0)
     try:
-        client.wait_ready(timeout=30.0)
+        _wait_for(client, remote=running is None)
         yield client
     finally:
         client.close()
         if running:
             running.stop()
+
+
+SERVER_PATIENCE = 30.0  # seconds to wait for a server to answer (`cinegen serve` binds after ~10 s of imports)
+QUIET_WAIT = 2.0  # seconds of that spent before saying so on stderr
+
+
+def _wait_for(client: GeneratorClient, remote: bool) -> None:
+    """Wait for the server; a --server that does not answer at once is said on stderr, not waited on in silence
+    (a mistyped address), while one still starting gets its time."""
+    if not remote:
+        client.wait_ready(timeout=SERVER_PATIENCE)
+        return
+    try:
+        client.wait_ready(timeout=QUIET_WAIT)
+    except ServerUnavailable:
+        print(f"cinegen: no answer yet from the server at {client.address}; waiting up to {SERVER_PATIENCE:.0f} s "
+              "(check --server, or Ctrl-C to stop).", file=sys.stderr, flush=True)
+        client.wait_ready(timeout=max(0.1, SERVER_PATIENCE - QUIET_WAIT))
 
 
 def run_job(client: GeneratorClient, request, label: str) -> JobResult:
