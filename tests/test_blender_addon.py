@@ -81,6 +81,7 @@ def child(workdir: Path, server: str) -> dict:
     facts["trajectory"] = trajectory_scenario(bpy, blender_host)
     if server:
         facts["generate"] = generate_scenario(bpy, scene, server)
+        facts["unwritable"] = unwritable_output_scenario(bpy, scene, workdir)
         facts["trajectory_job"] = trajectory_job_scenario(bpy, scene)
         facts["plate"] = plate_scenario(bpy, scene)
         facts["cancel"] = cancel_scenario(bpy, scene)
@@ -339,6 +340,26 @@ def generate_scenario(bpy, scene, server: str) -> dict:
             "fps": float(read_exr_header(bpy.path.abspath(newest.image.filepath))["framesPerSecond"])}
 
 
+def unwritable_output_scenario(bpy, scene, workdir: Path) -> dict:
+    """Generate where the version folder can't be made (a file in the way, a read-only share): a sentence, not
+    a Python traceback."""
+    from cinegen.plugin.hosts.blender_host import BlenderHost
+
+    blocker = workdir / "not-a-folder"
+    blocker.write_text("")
+    original, BlenderHost.output_root = BlenderHost.output_root, lambda self: blocker
+    try:
+        with bpy.context.temp_override(scene=scene):
+            try:
+                result = sorted(bpy.ops.cinegen.generate(wait=True))
+            except RuntimeError as exc:  # headless, an operator's error report is raised
+                result = [str(exc)]
+    finally:
+        BlenderHost.output_root = original
+    error, scene.cinegen.last_error = scene.cinegen.last_error, ""
+    return {"result": result, "error": error}
+
+
 def trajectory_job_scenario(bpy, scene) -> dict:
     """An object animated over the scene's default 1-250 and a trajectory job of 8 frames from 1001: the
     track sent is sampled on the job's own frames (it used to be the scene's 250, and was refused)."""
@@ -579,6 +600,12 @@ def test_the_sidebar_generate_operator_runs_a_job_headless_and_loads_it(facts):
     outputs = {Path(p).name for p in Path(facts["workdir"]).joinpath("cinegen").rglob("shot010_image_*.exr")}
     assert outputs == {"shot010_image_v001.0001.exr", "shot010_image_v001.0002.exr"}
 
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_sentence_not_a_traceback(facts):
+    u = facts["unwritable"]
+    assert "not-a-folder" in u["error"] and "check the path" in u["error"], u
+    assert "Traceback" not in u["result"][0] and u["result"][0].startswith("Error: A file on this machine")
 
 
 def test_a_trajectory_is_sampled_over_the_jobs_own_frames_not_the_scenes(facts):

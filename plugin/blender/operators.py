@@ -218,8 +218,11 @@ def submit(scene, *, wait: bool) -> runtime.BlenderJob:
     # the strip's name only while the input is still the sequence taken from it
     source = props.plate_source if values.get(PLATE_FIELD) and values[PLATE_FIELD] == props.plate_pattern else ""
     job_id = new_job_id(pipeline)
-    place = plan_output(values, settings=settings, output_root=host.output_root(),
-                        name=f"{safe_name(host.shot_name())}_{pipeline}", folder_output=form.output_is_folder)
+    try:
+        place = plan_output(values, settings=settings, output_root=host.output_root(),
+                            name=f"{safe_name(host.shot_name())}_{pipeline}", folder_output=form.output_is_folder)
+    except OSError as exc:  # the version folder can't be made (a read-only share, a file in the way)
+        raise ValueError(describe_error(exc, settings)) from exc
     try:
         draft = make_draft(pipeline, form.fields, values, job_id=job_id, settings=settings, place=place,
                            client=host.client_name(), source=source)
