@@ -7,7 +7,7 @@ import numpy as np
 import OpenImageIO as oiio
 import pytest
 
-from cinegen.common import exr
+from cinegen.common import color, exr
 from cinegen.common.exr import ImageReadError
 
 
@@ -176,3 +176,45 @@ def test_a_png_plate_converted_from_its_colour_space_is_premultiplied_after_the_
     pixels, _ = exr.read_exr_frame(converted.input.replace("####", "1001"))
     straight = color.to_working_space(np.array([[128, 64, 255]], np.float32) / 255, "sRGB Encoded P3-D65")
     np.testing.assert_allclose(pixels[0, 0, :3], straight[0] * 128 / 255, rtol=2e-3, atol=1e-4)  # a half copy
+
+
+def _layered(path, names, values) -> str:
+    pixels = np.broadcast_to(np.asarray(values, np.float32), (4, 4, len(names))).copy()
+    return _write(path, [(pixels, tuple(names), "float", (0, 0), None)])
+
+
+CRYPTO = ("CryptoObject00.R", "CryptoObject00.G", "CryptoObject00.B", "CryptoObject00.A")
+CRYPTO_VALUES = (3.1e-5, 0.7, 1.2e-3, 0.3)  # object IDs and coverage ranks, not colour
+
+
+def test_a_cryptomatte_layer_s_alpha_is_not_taken_for_the_beauty_s_matte(tmp_path) -> None:
+    path = _layered(tmp_path / "rgb_crypto.exr", ("R", "G", "B", *CRYPTO), (0.5, 0.25, 0.125, *CRYPTO_VALUES))
+    np.testing.assert_array_equal(exr.read_image(path, keep_alpha=True)[0, 0], [0.5, 0.25, 0.125, 1.0])
+
+
+@pytest.mark.parametrize("beauty", ["beauty", "ViewLayer.Combined", "rgba"])
+def test_of_layers_only_the_beauty_layer_is_the_picture_with_its_own_alpha(tmp_path, beauty) -> None:
+    names = (*CRYPTO, *(f"{beauty}.{c}" for c in "RGBA"), "ViewLayer.Depth.Z")
+    path = _layered(tmp_path / "layers.exr", names, (*CRYPTO_VALUES, 0.5, 0.25, 0.125, 0.75, 9.0))
+    np.testing.assert_array_equal(exr.read_image(path, keep_alpha=True)[0, 0], [0.5, 0.25, 0.125, 0.75])
+
+
+def test_layers_with_no_picture_among_them_are_refused_naming_them(tmp_path) -> None:
+    names = (*(f"diffuse.{c}" for c in "RGB"), *(f"specular.{c}" for c in "RGB"))
+    path = _layered(tmp_path / "aovs.exr", names, (0.1, 0.2, 0.3, 0.4, 0.5, 0.6))
+    with pytest.raises(ImageReadError, match=r"aovs\.exr.*diffuse, specular.*rgba"):
+        exr.read_image(path)
+    with pytest.raises(ImageReadError, match="diffuse, specular"):
+        exr.image_size(path)
+
+
+def test_the_colour_space_copy_of_a_plate_takes_the_picture_s_channels_not_a_cryptomatte_s(tmp_path) -> None:
+    from cinegen.common.params import UpscaleParams
+    from cinegen.server.plate_colour import converted_params
+
+    _layered(tmp_path / "rc.1001.exr", ("R", "G", "B", *CRYPTO), (0.5, 0.25, 0.125, *CRYPTO_VALUES))
+    converted = converted_params(UpscaleParams(input=str(tmp_path / "rc.####.exr"), input_colorspace="ACES2065-1"),
+                                 tmp_path / "job")
+    pixels, _ = exr.read_exr_frame(converted.input.replace("####", "1001"))
+    expected = color.to_working_space(np.array([[0.5, 0.25, 0.125]], np.float32), "ACES2065-1")[0]
+    np.testing.assert_allclose(pixels[0, 0], [*expected, 1.0], rtol=2e-3)  # a half copy; no alpha in the plate

@@ -17,7 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from cinegen.common import color
-from cinegen.common.exr import UNASSOCIATED, ExrMetadata, ImageReadError, read_exr_frame, write_exr_frame
+from cinegen.common.exr import (UNASSOCIATED, ExrMetadata, ImageReadError, picture_rgb_and_alpha, read_exr_frame,
+                               write_exr_frame)
 from cinegen.common.sequence import SequencePattern, SequencePatternError
 
 from .errors import FailedPrecondition, InvalidArgument
@@ -83,11 +84,10 @@ def remove_converted(folder: Path) -> None:
 def _convert_file(source: str, target: str, space: str, shown: str) -> None:
     try:
         pixels, header = read_exr_frame(source)  # OpenImageIO: stored values, integers scaled to [0, 1]
-    except ImageReadError as exc:  # cut short on disk or changed since Submit: the artist's to fix
+        # the channels a plate is read from: the picture layer's, not a cryptomatte's or another AOV's
+        rgb, alpha = picture_rgb_and_alpha(pixels, header["channels"], source)
+    except ImageReadError as exc:  # cut short on disk, changed since Submit, no picture: the artist's to fix
         raise InvalidArgument(f"{shown} could not be read: {exc}") from exc
-    channels = pixels.shape[2]
-    rgb = pixels[..., :3] if channels >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
-    alpha = pixels[..., 3:4] if channels >= 4 else (pixels[..., 1:2] if channels == 2 else np.ones_like(rgb[..., :1]))
     linear = color.to_working_space(np.ascontiguousarray(rgb), space)
     if header.get(UNASSOCIATED) == 1:  # straight alpha (PNG): premultiplied once linear, as the EXR copy must be
         linear = linear * alpha

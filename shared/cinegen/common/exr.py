@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from fractions import Fraction
@@ -327,8 +327,35 @@ def _open_image(path: str) -> oiio.ImageInput:
 
 
 def _has_colour(spec: oiio.ImageSpec) -> bool:
-    names = {name.split(".")[-1].upper() for name in spec.channelnames}
-    return {"R", "G", "B"} <= names or "Y" in names
+    layers = _layers(spec.channelnames)
+    return bool(_rgb_layers(layers)) or "Y" in layers.get("", {})
+
+
+# Where the picture is among layers: Nuke's rgba (no prefix, or "rgba."), a renderer's beauty, Blender's Combined.
+_PICTURE_LAYERS = ("", "rgba", "beauty", "combined")
+
+
+def _layers(names: Sequence[str]) -> dict[str, dict[str, int]]:
+    """{layer: {channel (upper case): index}}; "diffuse.R" is channel R of layer diffuse, "R" of layer ""."""
+    layers: dict[str, dict[str, int]] = {}
+    for index, name in enumerate(names):
+        layer, _, channel = name.rpartition(".")
+        layers.setdefault(layer, {}).setdefault(channel.upper(), index)
+    return layers
+
+
+def _rgb_layers(layers: dict[str, dict[str, int]]) -> list[str]:
+    return [layer for layer, channels in layers.items() if {"R", "G", "B"} <= channels.keys()]
+
+
+def _picture_layer(layers: dict[str, dict[str, int]]) -> str | None:
+    """The layer with the picture: a known name first, else the only one with R, G, B; None if none or unsure."""
+    with_rgb = _rgb_layers(layers)
+    for wanted in _PICTURE_LAYERS:
+        for layer in with_rgb:
+            if layer.rpartition(".")[2].lower() == wanted:
+                return layer
+    return with_rgb[0] if len(with_rgb) == 1 else None
 
 
 def _display_window(spec: oiio.ImageSpec) -> tuple[int, int, int, int]:
@@ -357,23 +384,41 @@ def _read_display_window(image: oiio.ImageInput, spec: oiio.ImageSpec, path: str
     return framed
 
 
-def _channels(spec: oiio.ImageSpec) -> tuple[list[int], int]:
-    """Indices of the colour channels (R, G, B; or the one grey channel) and of alpha (-1 when none)."""
-    names = [name.split(".")[-1].upper() for name in spec.channelnames]
-    alpha_index = spec.alpha_channel
-    if alpha_index < 0 and "A" in names:
-        alpha_index = names.index("A")
-    if all(name in names for name in "RGB"):
-        return [names.index(name) for name in "RGB"], alpha_index
-    # greyscale (Y, or Y + A): the one value goes in all three channels
-    return [index for index in range(spec.nchannels) if index != alpha_index][:1], alpha_index
+def _channels(names: Sequence[str]) -> tuple[list[int], int]:
+    """Indices of the colour channels (R, G, B of the picture layer; or the one grey channel) and of that
+    layer's alpha (-1 when none: a cryptomatte's or other AOV's A is no matte of the picture). No colour
+    channels when several layers have R, G, B and none is known as the picture."""
+    layers = _layers(names)
+    layer = _picture_layer(layers)
+    if layer is not None:
+        own = layers[layer]
+        return [own[name] for name in "RGB"], own.get("A", own.get("ALPHA", -1))
+    if _rgb_layers(layers):
+        return [], -1
+    main = layers.get("", {})
+    alpha_index = main.get("A", main.get("ALPHA", -1))
+    if "Y" in main:
+        return [main["Y"]], alpha_index
+    # greyscale of another name (one channel, or one + A): the one value goes in all three channels
+    return [index for index in range(len(names)) if index != alpha_index][:1], alpha_index
+
+
+def _picture_channels(names: Sequence[str], path: str) -> tuple[list[int], int]:
+    """`_channels`, refusing a file with none (the message names the file and what to do)."""
+    colour, alpha_index = _channels(names)
+    if not colour and _rgb_layers(_layers(names)):
+        raise ImageReadError(
+            f"'{path}' has no main R, G, B channels but several layers with them "
+            f"({', '.join(sorted(_rgb_layers(_layers(names))))}): shuffle the one to use into rgba (or name it "
+            "beauty) and write the plate again.")
+    if not colour:
+        raise ImageReadError(f"'{path}' has no colour channels (channels: {', '.join(names)}).")
+    return colour, alpha_index
 
 
 def _colour_format(spec: oiio.ImageSpec, path: str) -> str:
     """How the colour channels are stored ("half", "uint8"...); refuses 32-bit integers."""
-    colour, _ = _channels(spec)
-    if not colour:
-        raise ImageReadError(f"'{path}' has no colour channels (channels: {', '.join(spec.channelnames)}).")
+    colour, _ = _picture_channels(spec.channelnames, path)
     formats = spec.channelformats or (spec.format,) * spec.nchannels  # empty when all channels share one
     stored = str(formats[colour[0]])
     if stored == "uint":
@@ -384,7 +429,13 @@ def _colour_format(spec: oiio.ImageSpec, path: str) -> str:
 
 def _rgb_and_alpha(pixels: np.ndarray, spec: oiio.ImageSpec, path: str) -> tuple[np.ndarray, np.ndarray]:
     _colour_format(spec, path)
-    colour, alpha_index = _channels(spec)
+    return picture_rgb_and_alpha(pixels, spec.channelnames, path)
+
+
+def picture_rgb_and_alpha(pixels: np.ndarray, names: Sequence[str], path: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """RGB (H, W, 3; grey repeated) and alpha (H, W, 1; 1 when none) of pixels with channels ``names``, chosen
+    as a plate is read: the picture layer's R, G, B and A, never an AOV's (:class:`ImageReadError` if unsure)."""
+    colour, alpha_index = _picture_channels(names, path)
     rgb = pixels[..., colour] if len(colour) == 3 else np.repeat(pixels[..., colour], 3, axis=2)
     alpha = pixels[..., alpha_index:alpha_index + 1] if alpha_index >= 0 else np.ones_like(rgb[..., :1])
     return np.ascontiguousarray(rgb), np.ascontiguousarray(alpha)
