@@ -270,7 +270,8 @@ def describe_strip(strip) -> dict:
     return {"frame_start": strip.frame_start, "duration": strip.frame_final_duration, "channel": strip.channel,
             "files": [e.filename for e in strip.elements], "directory": strip.directory,
             "colorspace": strip.colorspace_settings.name, "name": strip.name,
-            "scale": [strip.transform.scale_x, strip.transform.scale_y]}
+            "scale": [strip.transform.scale_x, strip.transform.scale_y],
+            "made": {k: strip.get(f"cinegen_{k}") for k in ("prompt", "seed", "model")}}
 
 
 def trajectory_scenario(bpy, blender_host) -> dict:
@@ -596,6 +597,7 @@ def test_the_sidebar_generate_operator_runs_a_job_headless_and_loads_it(facts):
     assert strip["files"] == ["shot010_image_v001.0001.exr", "shot010_image_v001.0002.exr"]
     assert strip["frame_start"] == 1 and node["colorspace"] == strip["colorspace"] == "ACEScg"
     assert "seed 77" in node["label"] and g["strip_job"].startswith("image-")
+    assert strip["made"] == {"prompt": "a fox", "seed": "77", "model": "tiny-sd"}  # the prompt too, on the strip
     assert g["fps"] == 25.0 and not g["notice"]  # the scene's rate is recorded (it was 24 whatever the scene)
     outputs = {Path(p).name for p in Path(facts["workdir"]).joinpath("cinegen").rglob("shot010_image_*.exr")}
     assert outputs == {"shot010_image_v001.0001.exr", "shot010_image_v001.0002.exr"}

@@ -227,7 +227,7 @@ def load_into_compositor(scene: Any, result: ResultSequence, colorspace: str | N
     node.frame_start = placement_frame(scene, result.frames, source_strip(scene, result))
     node.frame_offset = result.frames.first - 1  # file frame = F - frame_start + 1 + offset
     node.label = result.label[:NAME_LIMIT]
-    node["cinegen_job"] = result.job_id or "cinegen"
+    tag(node, result)
     node.location = (-600.0, -320.0 * len(ours))  # one below the other: earlier results stay
     return node
 
@@ -247,8 +247,17 @@ def load_into_sequencer(scene: Any, result: ResultSequence, colorspace: str | No
     colorspace = blender_colorspace(result.colorspace) if colorspace is None else colorspace
     if colorspace:
         strip.colorspace_settings.name = colorspace
-    strip["cinegen_job"] = result.job_id or "cinegen"
+    tag(strip, result)
     return strip
+
+
+def tag(item: Any, result: ResultSequence) -> None:
+    """How it was made, as custom properties (a strip's Custom Properties panel shows them): the name holds
+    pipeline, seed and model, not the prompt."""
+    item["cinegen_job"] = result.job_id or "cinegen"
+    item["cinegen_prompt"] = result.prompt
+    item["cinegen_model"] = result.model
+    item["cinegen_seed"] = "" if result.seed is None else str(result.seed)  # text: a seed may pass 32 bits
 
 
 def fit_method(scene: Any) -> str:
