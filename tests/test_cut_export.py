@@ -191,3 +191,15 @@ def test_an_edl_from_editorial_converts_with_its_media_and_record_start(cut, tmp
         back = otio.adapters.read_from_file(str(exported), adapter_name=FORMATS[to][0])
         assert _clips(back) == [(r.shot, float(r.frames), RATE) for r in records]
         assert _record_start(back, exported, to) == ONE_HOUR
+
+
+def test_an_edl_keeps_a_title_with_a_line_break_on_its_title_line(tmp_path):
+    # a YAML title can hold a line break: the EDL's second title line was 'Unknown event type' to its reader
+    shot = _record("sh010", 3)
+    for frame in range(1001, 1004):
+        shot_frame_path(tmp_path, "sh010", frame).parent.mkdir(parents=True, exist_ok=True)
+        shot_frame_path(tmp_path, "sh010", frame).write_bytes(b"exr")
+    cut = write_story_timeline(tmp_path, "Act 1\nDraft 2", RATE, [shot])
+    assert main(["export-cut", str(cut), "--to", "edl"]) == 0
+    back = otio.adapters.read_from_file(str(cut.with_suffix(".edl")), rate=RATE)
+    assert back.name == "Act 1 Draft 2" and _clips(back) == [("sh010", 3.0, RATE)]

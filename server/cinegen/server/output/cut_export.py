@@ -80,6 +80,7 @@ def export_cut(cut: Path, out: Path, options: ExportOptions) -> Path:
                              absolute=options.absolute_urls or options.to != "otio")
     if options.to == "edl":
         _check_fits_an_edl(cut, exported)
+        _names_on_one_line(exported)
     try:
         text = otio.adapters.write_to_string(exported, adapter_name=adapter)
     except Exception as exc:  # each adapter raises its own types (NotSupportedError, AttributeError, ...)
@@ -158,6 +159,19 @@ def _record_start_from_edl(timeline: otio.schema.Timeline) -> None:
     if track.source_range is not None and track.source_range.start_time.value < 0:
         timeline.global_start_time = -track.source_range.start_time
         track.source_range = None
+
+
+def _names_on_one_line(timeline: otio.schema.Timeline) -> None:
+    """An EDL is lines: a title, clip or marker name with a line break (a YAML title can have one) would
+    start a line no reader understands; breaks and other control characters become spaces."""
+    def one_line(text: str) -> str:
+        return re.sub(r"[\x00-\x1f\x7f]+", " ", text).strip()
+
+    timeline.name = one_line(timeline.name)
+    for item in timeline.find_children(descended_from_type=otio.core.Item):
+        item.name = one_line(item.name)
+        for marker in item.markers:
+            marker.name = one_line(marker.name)
 
 
 def _check_fits_an_edl(cut: Path, timeline: otio.schema.Timeline) -> None:
