@@ -321,6 +321,11 @@ def test_capdate_is_local_time_and_utc_offset_says_which(tmp_path, monkeypatch) 
         exr.write_exr_frame(tmp_path / "t.exr", _pixels(), metadata=_metadata(),
                             capture_time=datetime(2026, 12, 1, 9, 30, 0))
         header = OpenEXR.File(str(tmp_path / "t.exr")).header()
+        monkeypatch.setenv("TZ", "UTC0")
+        time.tzset()
+        exr.write_exr_frame(tmp_path / "utc.exr", _pixels(), metadata=_metadata())
+        at_utc = OpenEXR.File(str(tmp_path / "utc.exr")).header()["utcOffset"]
+        assert at_utc == 0.0 and str(at_utc) == "0.0"  # not -0.0, which exrheader shows as "-0"
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()

@@ -200,7 +200,7 @@ def _frame_spec(width: int, height: int, metadata: ExrMetadata, compression: str
     spec.attribute("DateTime", captured.strftime("%Y:%m:%d %H:%M:%S"))
     local_offset = captured.astimezone().utcoffset()
     if local_offset is not None:
-        spec.attribute("utcOffset", float(-local_offset.total_seconds()))
+        spec.attribute("utcOffset", 0.0 - local_offset.total_seconds())  # 0.0 -: no "-0" at UTC
     if metadata.latlong:
         # OpenImageIO writes envmap=ENVMAP_LATLONG for this; one level keeps it a plain image.
         spec.attribute("textureformat", "LatLong Environment")
