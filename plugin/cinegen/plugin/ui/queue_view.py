@@ -124,8 +124,8 @@ class JobRow(QtWidgets.QFrame):
         if record.state == "cancelled":
             return "cancelled"
         text = record.stage or record.state
-        if record.state == "running" and record.eta_seconds > 0:
-            text += f" · about {record.eta_seconds:.0f} s left"
+        if record.state == "running" and record.eta_seconds >= 0.5:
+            text += f" · about {time_left(record.eta_seconds)} left"
         if record.cancel_requested and not record.done:
             text += " · cancelling…"
         return text
@@ -133,6 +133,17 @@ class JobRow(QtWidgets.QFrame):
     def thumbnail_pixmap(self) -> QtGui.QPixmap | None:
         pixmap = self.thumbnail.pixmap()
         return pixmap if pixmap is not None and not pixmap.isNull() else None
+
+
+def time_left(seconds: float) -> str:
+    """A duration as an artist reads it: "40 s", "12 min", "2 h 05 min" (a long video job said "7385 s")."""
+    seconds = round(seconds)
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 class QueueView(QtWidgets.QWidget):
