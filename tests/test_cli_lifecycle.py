@@ -181,3 +181,33 @@ def test_a_server_that_does_not_answer_is_said_while_waiting(monkeypatch, capsys
     err = capsys.readouterr().err
     notice, error = err.index("no answer yet from the server at"), err.index("Can't reach the cinegen server")
     assert notice < error and "check --server, or Ctrl-C to stop" in err
+
+
+def test_a_job_stopped_by_a_server_restart_is_followed_again_with_its_job_id(registry, tmp_path, capsys):
+    """The shutdown event said 'watch it again then' with no way to from the shell; the CLI now names the
+    rerun with --job-id, which follows the restored job to its frames instead of queueing a new one."""
+    from server_kit import private_server
+
+    from cinegen.server.cli import main
+
+    state, job_id = tmp_path / "state", f"restart-{uuid.uuid4().hex[:8]}"
+    argv = ["generate", "image", "--job-id", job_id, "--prompt", "a disc", "--steps", "120", "--width", "64",
+            "--height", "64", "--out", str(tmp_path / "out" / "r.####.exr")]
+    codes: list[int] = []
+    with private_server(registry, state_dir=state) as first:
+        cli = threading.Thread(target=lambda: codes.append(main([*argv, "--server", first.address])))
+        cli.start()
+        with GeneratorClient(first.address, timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not any(j.job_id == job_id and j.state == "running"
+                                                          for j in client.list_jobs().jobs):
+                time.sleep(0.05)
+        first.stop(grace=0.5)
+        cli.join(60)
+    assert codes == [1]
+    assert f"run this same command again with --job-id {job_id}" in capsys.readouterr().err
+    with private_server(registry, state_dir=state) as second:
+        assert main([*argv, "--server", second.address]) == 0
+        with GeneratorClient(second.address, timeout=30) as client:
+            assert [j.job_id for j in client.list_jobs().jobs] == [job_id], "the same job, not a second one"
+    assert (tmp_path / "out" / "r.1001.exr").is_file()

@@ -142,6 +142,9 @@ def _report(result: JobResult) -> int:
             print(f"  {path}")
         return 0
     print(f"{result.state}: {result.message}", file=sys.stderr)
+    if result.code == "UNAVAILABLE":  # the server stopped; the job waits in its journal for the restart
+        print(f"To follow it once the server is back, run this same command again with --job-id {result.job_id} "
+              "(the same request with the same id is the same job, not a new one).", file=sys.stderr)
     return 1 if result.state == "failed" else 130
 
 
