@@ -154,6 +154,14 @@ def test_files_an_editor_saved_otherwise_are_a_sentence_with_the_line(tmp_path):
     assert load_story(bom_crlf) == load_story(STORY)
 
 
+def test_fps_can_be_the_exact_ratio_editorial_tools_write():
+    assert load_story(broken(2, "fps: 24000/1001")).fps == 24000 / 1001
+    assert load_story(broken(2, "fps: 30000 / 1001")).fps == 30000 / 1001
+    for bad in ("fps: 24/0", "fps: 2400/1", "fps: 24000/1001/2"):
+        with pytest.raises(StoryError, match="line 2: fps must be a number"):
+            load_story(broken(2, bad))
+
+
 def test_shot_ids_that_differ_only_in_case_are_refused():
     # OUT/SH020/ and OUT/sh020/ are one folder on a Windows or macOS disk: the second shot overwrote the first
     with pytest.raises(StoryError, match=r"line 18: shot id 'SH020' differs from 'sh020' \(line 14\) only in") as caught:

@@ -3,7 +3,7 @@
 Example::
 
     title: The Lighthouse
-    fps: 24
+    fps: 24              # or 23.976, or 24000/1001
     style: moody 35mm film still, teal and orange
     characters:
       Mira: a tall lighthouse keeper with a red scarf
@@ -208,10 +208,13 @@ class _StoryReader:
 
     def fps(self, node: yaml.Node) -> float:
         value = self.value(node)
+        ratio = re.fullmatch(r"\s*(\d{1,9})\s*/\s*(\d{1,9})\s*", value) if isinstance(value, str) else None
+        if ratio and int(ratio[2]) > 0:  # 24000/1001, as ffprobe and editorial tools write NTSC rates
+            value = int(ratio[1]) / int(ratio[2])
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                 or not 0 < value <= MAX_FPS):
             raise self.fail(f"fps must be a number of frames per second between 0 and {MAX_FPS:g} "
-                            f"(e.g. 24 or 23.976), not {self.text(node)!r}", node)
+                            f"(e.g. 24, 23.976 or 24000/1001), not {self.text(node)!r}", node)
         return float(value)
 
     def characters(self, node: yaml.Node) -> dict[str, str]:
