@@ -91,6 +91,13 @@ def test_nuke_form_is_hash_path_then_frame_range() -> None:
     assert pattern.nuke_form(1001, 1096) == "/shots/sh010/sh010.####.exr 1001-1096"
 
 
+@pytest.mark.parametrize("text", ["/plates/sh010.####.exr 1001-1096", "/plates/sh010.%04d.dpx 1001"])
+def test_a_path_copied_from_nuke_s_file_knob_with_its_range_says_where_the_range_goes(text: str) -> None:
+    with pytest.raises(SequencePatternError, match=r"ends in the frame range .*: give the path alone "
+                                                   r"\('/plates/sh010\.(####|%04d)\.(exr|dpx)'\)"):
+        SequencePattern.parse(text, any_extension=True, what="plate")
+
+
 def _touch(path: str) -> None:
     with open(path, "wb") as handle:
         handle.write(b"x")

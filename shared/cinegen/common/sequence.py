@@ -28,6 +28,7 @@ OUTPUT_EXTENSION = ".exr"
 _FRAME_TOKEN = re.compile(r"(?P<hashes>#+)|%(?:0(?P<printf>\d+))?d|\$F(?P<houdini>\d*)(?![A-Za-z_])")
 _FRAME_RANGE = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?$")
 _SPELLINGS_HINT = "NAME.####.exr (or %04d / $F4)"
+_TRAILING_RANGE = re.compile(r"\.[A-Za-z0-9]+(?P<range>\s+-?\d+(?:\s*-\s*-?\d+)?\s*)$")
 
 
 class SequencePatternError(ValueError):
@@ -127,6 +128,12 @@ class SequencePattern:
                 f"as in {_SPELLINGS_HINT}.")
         token = tokens[0]
         prefix, suffix = name[: token.start()], name[token.end():]
+        pasted_range = _TRAILING_RANGE.search(suffix)
+        if pasted_range:  # Nuke's file knob shows "PATH 1001-1096"; the range is not part of the file name
+            alone = text[: len(text) - len(pasted_range.group("range"))]
+            raise SequencePatternError(
+                f"The {what} '{text}' ends in the frame range '{pasted_range.group('range').strip()}': give the path "
+                f"alone ('{alone}'); the frames are chosen apart from it.")
         if not any_extension and not suffix.lower().endswith(OUTPUT_EXTENSION):
             raise SequencePatternError(
                 f"The {what} '{text}' must be an OpenEXR sequence ending in '.exr', "
