@@ -188,6 +188,23 @@ def test_a_refusal_names_the_forms_labels_not_cli_flags_and_marks_the_field(pane
     assert form.labels["keep_first_frame"].property("invalid") and not form.labels["input"].property("invalid")
 
 
+def test_a_refused_field_is_unfolded_and_scrolled_into_view(panel):
+    """The marked field was out of sight when the artist had folded its section or scrolled the form away."""
+    from cinegen.plugin.ui.form import Section
+
+    form = _shown(panel, "panorama")
+    own = next(s for s in form.findChildren(Section) if s.body.isAncestorOf(form.editors["keep_first_frame"]))
+    own.toggle.setChecked(False)  # folded
+    panel.form_scroll.verticalScrollBar().setValue(panel.form_scroll.verticalScrollBar().maximum())
+    form.set_values({"prompt": "a bay at dawn", "keep_first_frame": True})
+    panel.generate()
+    wait_until(lambda: panel.banner.kind == "error", "the refusal")
+    editor = form.editors["keep_first_frame"]
+    wait_until(lambda: editor.isVisible() and not editor.visibleRegion().isEmpty(), "the field to come into view")
+    top_left = editor.mapTo(panel.form_scroll.viewport(), editor.rect().topLeft())
+    assert 0 <= top_left.y() and top_left.y() + editor.height() <= panel.form_scroll.viewport().height()
+
+
 def test_each_parameter_type_the_server_publishes_has_its_editor():
     from cinegen.common.params import PIPELINE_PARAMS, CommonParams, describe
     from cinegen.plugin.model.forms import FieldSpec

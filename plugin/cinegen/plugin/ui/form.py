@@ -199,6 +199,14 @@ class ParamForm(QtWidgets.QWidget):
                 _set_invalid(widget, True)
         return named
 
+    def open_section_of(self, name: str) -> QtWidgets.QWidget:
+        """Unfold the section that holds field `name` (the artist may have folded it); returns its editor."""
+        editor = self.editors[name]
+        for section in self.findChildren(Section):
+            if section.body.isAncestorOf(editor) and not section.toggle.isChecked():
+                section.toggle.setChecked(True)
+        return editor
+
     def clear_highlights(self) -> None:
         for name in self.editors:
             for widget in self._marked_widgets(name):

@@ -263,7 +263,11 @@ class Panel(PanelView):
         self.history_view.refresh()
         self.banner.show_message(sentence)
         if form is not None:
-            form.highlight_fields_named_in(sentence)
+            named = form.highlight_fields_named_in(sentence)
+            if named and form is self.current_form():  # the marked field in view, not folded away or scrolled off
+                editor = form.open_section_of(named[0])
+                # after the unfolded section is laid out (posted layout events run before a 0 ms timer)
+                QtCore.QTimer.singleShot(0, lambda: self.form_scroll.ensureWidgetVisible(editor))
 
     def cancel(self, job_id: str) -> None:
         record = self._record(job_id)

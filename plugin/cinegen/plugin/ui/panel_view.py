@@ -77,6 +77,7 @@ class PanelView(QtWidgets.QWidget):
         scroll.setWidget(form_page)
         scroll.viewport().installEventFilter(self)  # its width decides one or two fields a row
         self._viewport = scroll.viewport()
+        self.form_scroll = scroll
         top = QtWidgets.QWidget()
         top_layout = QtWidgets.QVBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)
