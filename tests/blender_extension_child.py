@@ -29,6 +29,24 @@ def spec_origin(name: str) -> str | None:
     return None if spec is None else (spec.origin or str(list(spec.submodule_search_locations or [])))
 
 
+def python_compat(zip_path: str) -> dict:
+    """Blender's own verdict on the zip for each Python a Blender embeds (4.2-5.0: 3.11, 5.1 on: 3.13)."""
+    import tomllib
+    import zipfile
+
+    from bl_pkg.bl_extension_utils import pkg_manifest_params_compatible_or_error, python_versions_from_wheels
+
+    manifest = tomllib.loads(zipfile.ZipFile(zip_path).read("blender_manifest.toml").decode())
+    versions = [".".join(str(i) for i in v) for v in python_versions_from_wheels(manifest["wheels"])]
+    verdicts = {}
+    for python, blender in (((3, 11, 9), (4, 2, 0)), ((3, 13, 5), (5, 1, 0))):
+        verdicts[".".join(map(str, python[:2]))] = pkg_manifest_params_compatible_or_error(
+            blender_version_min=manifest["blender_version_min"], blender_version_max="",
+            platforms=manifest["platforms"], python_versions=versions, this_platform="linux-x64",
+            this_blender_version=blender, this_python_version=python, error_fn=print)
+    return verdicts
+
+
 def describe_prop(group, name: str) -> dict:
     rna = group.bl_rna.properties[name]
     out = {"type": rna.type, "name": rna.name, "description": rna.description}
@@ -68,6 +86,9 @@ def main(args: dict) -> dict:
     facts["after"] = {name: spec_origin(name) for name in ("grpc", "google.protobuf", "cinegen.plugin",
                                                            "cinegen.common.client")}
     facts["enabled"] = ADDON in bpy.context.preferences.addons
+    facts["python_compat"] = python_compat(args["zip"])
+    grpc_folder = Path(facts["after"]["grpc"]).parent
+    facts["grpc_binaries"] = sorted(p.name for p in grpc_folder.glob("_cython/cygrpc*.so"))
     runtime = sys.modules[f"{ADDON}.runtime"]
     farm = importlib.import_module(f"{ADDON}.farm")
     scene = bpy.context.scene

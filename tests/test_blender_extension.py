@@ -79,12 +79,15 @@ def test_the_zip_is_blenders_own_build_and_bundles_every_wheel(extension_zip):
             modules = set(wheel.namelist())
     assert manifest["wheels"] == sorted(f"./{n}" for n in names if n.endswith(".whl"))
     wheels = [n.split("/")[-1] for n in names if n.endswith(".whl")]
-    for package in ("grpcio-", "protobuf-"):
-        # one wheel per platform; macOS universal2 serves both arm64 and x86-64 Macs
+    for package, pythons in (("grpcio-", ("cp311", "cp313")), ("protobuf-", ("abi3",))):
+        # one wheel per platform and Blender Python (4.2-5.0: 3.11, 5.1 on: 3.13; protobuf's abi3 serves both);
+        # macOS universal2 serves both arm64 and x86-64 Macs
         for platform_tag in ("manylinux2014_x86_64", "win_amd64", "universal2"):
-            assert any(w.startswith(package) and platform_tag in w for w in wheels), (package, platform_tag, wheels)
+            for python in pythons:
+                assert any(w.startswith(package) and platform_tag in w and python in w for w in wheels), \
+                    (package, platform_tag, python, wheels)
     assert any(w.startswith("typing_extensions-") for w in wheels)  # grpcio needs it
-    assert all("cp311" in n or "abi3" in n or "py3-none-any" in n for n in names if n.endswith(".whl"))
+    assert all("cp311" in n or "cp313" in n or "abi3" in n or "py3-none-any" in n for n in names if n.endswith(".whl"))
     # the client wheel: plugin and light common modules only, nothing that needs OIIO/OCIO/YAML/torch
     assert {"cinegen/common/client.py", "cinegen/common/proto/generator_pb2.py", "cinegen/plugin/hosts/blender_host.py",
             "cinegen/common/trajectory_io.py"} <= modules
@@ -97,6 +100,12 @@ def test_blenders_validator_accepts_the_source_folder_and_the_zip(extension_zip)
     for target in (ROOT / "plugin" / "blender", extension_zip):
         report = builder.run_extension_tool(["validate", str(target)])
         assert "Success" in report, report
+
+
+def test_blender_takes_the_zip_on_python_3_11_and_on_the_3_13_of_blender_5_1_and_installs_its_own(facts):
+    # with cp311 wheels only, Blender 5.1+ said "This Python version (3.13) isn't compatible with (3.11)"
+    assert facts["python_compat"] == {"3.11": None, "3.13": None}
+    assert facts["grpc_binaries"] and all("311" in name for name in facts["grpc_binaries"])  # this Blender's 3.11
 
 
 def test_only_the_bundled_wheels_provide_grpc_protobuf_and_cinegen(facts):

@@ -6,9 +6,10 @@ with nothing else (Blender unpacks the wheels into the extension's own site fold
 - cinegen's client side as a pure-Python wheel made here: the light `cinegen.common` modules
   (client, connection, params, sequence, trajectory export, proto stubs) and `cinegen.plugin`;
   no server code, nothing that needs OpenImageIO, OpenColorIO, PyYAML or torch;
-- grpcio and protobuf (and grpcio's typing-extensions) for Blender's Python 3.11 on Linux x86-64,
-  Windows x64 and macOS arm64/x86-64, fetched from PyPI with `pip download --only-binary` at build
-  time into a cache folder (reused on the next build, so a rebuild needs no network).
+- grpcio and protobuf (and grpcio's typing-extensions) for Blender's Python 3.11 (Blender 4.2 to 5.0)
+  and 3.13 (5.1 on) on Linux x86-64, Windows x64 and macOS arm64/x86-64, fetched from PyPI with
+  `pip download --only-binary` at build time into a cache folder (reused on the next build, so a
+  rebuild needs no network).
 numpy ships with Blender. The versions are the ones installed next to this script, the ones the
 tests ran with.
 
@@ -35,7 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ADDON_DIR = ROOT / "plugin" / "blender"
 MANIFEST = "blender_manifest.toml"
-BLENDER_PYTHON = "3.11"  # Blender 4.2 to 5.x embed CPython 3.11
+# The CPython each Blender embeds: 4.2 to 5.0 have 3.11, 5.1 and later 3.13. Blender installs the wheels for
+# its own and refuses an extension with none ("This Python version (3.13) isn't compatible with (3.11)").
+BLENDER_PYTHONS = ("3.11", "3.13")
 DEFAULT_CACHE = Path(os.environ.get("CINEGEN_WHEEL_CACHE", Path.home() / ".cache" / "cinegen-wheels"))
 
 
@@ -184,22 +187,23 @@ def _cached(folder: Path, requirements: list[str]) -> list[Path] | None:
     return found
 
 
-def download_wheels(platform: Platform, cache: Path, requirements: list[str]) -> list[Path]:
-    """The platform's wheels for Blender's Python, from the cache or `pip download` (binary only)."""
-    folder = cache / f"py{BLENDER_PYTHON}-{platform.blender}"
+def download_wheels(platform: Platform, cache: Path, requirements: list[str],
+                    python: str = BLENDER_PYTHONS[0]) -> list[Path]:
+    """The platform's wheels for one Blender Python, from the cache or `pip download` (binary only)."""
+    folder = cache / f"py{python}-{platform.blender}"
     folder.mkdir(parents=True, exist_ok=True)
     cached = _cached(folder, requirements)
     if cached is not None:
         return cached
     command = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--no-deps",
-               "--disable-pip-version-check", "--python-version", BLENDER_PYTHON, "--implementation", "cp",
+               "--disable-pip-version-check", "--python-version", python, "--implementation", "cp",
                "-d", str(folder)]
     for tag in platform.pip_tags:
         command += ["--platform", tag]
     done = subprocess.run(command + requirements, capture_output=True, text=True, timeout=600)
     wheels = _cached(folder, requirements)
     if done.returncode != 0 or wheels is None:
-        raise WheelDownloadError(f"pip download for {platform.blender} failed: "
+        raise WheelDownloadError(f"pip download for {platform.blender} (Python {python}) failed: "
                                  f"{(done.stderr or done.stdout).strip()[-1500:]}")
     return wheels
 
@@ -254,11 +258,13 @@ def build(output_dir: Path = ROOT / "dist", cache: Path = DEFAULT_CACHE, blender
     with tempfile.TemporaryDirectory(prefix="cinegen-blender-") as tmp:
         tmp_path = Path(tmp)
         wheels = [build_client_wheel(version, tmp_path)]
-        for platform in platforms:
-            found = download_wheels(platform, cache, requirements)
-            log(f"{platform.blender}: {', '.join(w.name for w in found)}")
-            wheels += found
-        unique = list({w.name: w for w in wheels}.values())  # macOS universal2 wheels serve both Macs
+        for blender_python in BLENDER_PYTHONS:
+            for platform in platforms:
+                found = download_wheels(platform, cache, requirements, blender_python)
+                log(f"{platform.blender}, Python {blender_python}: {', '.join(w.name for w in found)}")
+                wheels += found
+        # macOS universal2 wheels serve both Macs; abi3 and pure-Python wheels serve both Pythons
+        unique = list({w.name: w for w in wheels}.values())
         source = stage_addon(tmp_path / "stage", unique)
         target = output_dir / f"cinegen-{version}.zip"
         target.unlink(missing_ok=True)
