@@ -15,3 +15,24 @@ from cinegen.plugin.ui.queue_view import JobRow  # noqa: E402
 def test_the_time_left_reads_in_seconds_minutes_or_hours(eta, shown):
     record = JobRecord("image-1", "image", state="running", stage="denoise 3/30", eta_seconds=eta)
     assert JobRow._stage_text(record) == shown
+
+
+def test_a_failed_jobs_stage_line_is_red_not_the_muted_grey_of_the_others():
+    from cinegen.plugin.qt import QtGui, QtWidgets, ensure_application
+    from cinegen.plugin.ui.style import ERROR, apply_style
+
+    app = ensure_application()
+    panel = QtWidgets.QWidget()
+    apply_style(panel)
+    layout = QtWidgets.QVBoxLayout(panel)
+    running = JobRow(JobRecord("image-1", "image", state="running", stage="denoise 3/30"))
+    failed = JobRow(JobRecord("image-2", "image", state="running", stage="denoise 3/30"))
+    layout.addWidget(running)
+    layout.addWidget(failed)
+    panel.show()
+    failed.update_from(JobRecord("image-2", "image", state="failed", message="out of GPU memory"))
+    app.processEvents()
+    colour = failed.stage.palette().color(QtGui.QPalette.WindowText)
+    assert colour == QtGui.QColor(ERROR) and running.stage.palette().color(QtGui.QPalette.WindowText) != colour
+    panel.close()
+    panel.deleteLater()

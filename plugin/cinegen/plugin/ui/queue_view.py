@@ -102,10 +102,11 @@ class JobRow(QtWidgets.QFrame):
         self.up.setEnabled(waiting and record.queue_position > 1)  # already next: nowhere to go
         self.progress.setValue(int(round(record.fraction * 1000)))
         self.progress.setFormat(f"{record.fraction * 100:.0f}%")
-        if self.progress.property("state") != record.state:
-            self.progress.setProperty("state", record.state)
-            self.progress.style().unpolish(self.progress)
-            self.progress.style().polish(self.progress)
+        for widget in (self.progress, self.stage):  # the style sheet colours them by state (a failure in red)
+            if widget.property("state") != record.state:
+                widget.setProperty("state", record.state)
+                widget.style().unpolish(widget)
+                widget.style().polish(widget)
         self.stage.set_full_text(self._stage_text(record))
         self.stage.setToolTip(record.message or record.stage)
         self.cancel.setVisible(not record.done)

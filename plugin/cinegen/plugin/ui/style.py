@@ -58,6 +58,7 @@ STYLESHEET = f"""
 #cinegenPanel #jobRow {{ background: #323232; border: 1px solid #3c3c3c; border-radius: 4px; }}
 #cinegenPanel #jobTitle {{ color: #f0f0f0; font-weight: bold; }}
 #cinegenPanel #jobPrompt, #cinegenPanel #jobStage, #cinegenPanel #muted {{ color: {MUTED}; font-size: 11px; }}
+#cinegenPanel #jobStage[state="failed"] {{ color: {ERROR}; }}
 #cinegenPanel #thumbnail {{ background: #1a1a1a; border: 1px solid #3a3a3a; color: #5a5a5a; font-size: 10px; }}
 #cinegenPanel #banner {{ border-radius: 4px; padding: 4px; }}
 #cinegenPanel #banner[kind="error"] {{ background: #4a2522; border: 1px solid {ERROR}; }}
