@@ -211,3 +211,37 @@ def test_a_job_stopped_by_a_server_restart_is_followed_again_with_its_job_id(reg
         with GeneratorClient(second.address, timeout=30) as client:
             assert [j.job_id for j in client.list_jobs().jobs] == [job_id], "the same job, not a second one"
     assert (tmp_path / "out" / "r.1001.exr").is_file()
+
+
+def _frame_job(path) -> str:
+    from cinegen.common.exr import read_exr_frame
+
+    return read_exr_frame(path)[1]["cinegen:job"]
+
+
+def test_an_overwrite_job_resumed_after_a_restart_still_replaces_the_old_frames(registry, tmp_path):
+    """A resumed job kept every frame at its paths as its own: an --overwrite job interrupted by a restart
+    left the old sequence's frames in place (and reported them as its output)."""
+    from server_kit import private_server, tiny_request
+
+    state, out = tmp_path / "state", tmp_path / "out"
+    old = tiny_request(out, job_id="old-seq", frames=2, width=64, height=64)
+    old.common.out = str(out / "s.####.exr")
+    new = tiny_request(out, job_id=f"ow-{uuid.uuid4().hex[:6]}", frames=2, width=64, height=64, steps=150, seed=9,
+                       overwrite=True)
+    new.common.out = old.common.out
+    with private_server(registry, state_dir=state) as first:
+        with GeneratorClient(first.address, timeout=30) as client:
+            assert client.run(old).state == "completed"
+            client.submit(new)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not any(j.job_id == new.job_id and j.state == "running"
+                                                          for j in client.list_jobs().jobs):
+                time.sleep(0.05)
+        first.stop(grace=0.5)  # the overwrite job stops mid-way and stays queued in the journal
+    assert [_frame_job(out / f"s.{f}.exr") for f in (1001, 1002)] == ["old-seq"] * 2
+    with private_server(registry, state_dir=state) as second:
+        with GeneratorClient(second.address, timeout=30) as client:
+            events = list(client.watch(new.job_id))
+    assert events[-1].WhichOneof("kind") == "completed", events[-1]
+    assert [_frame_job(out / f"s.{f}.exr") for f in (1001, 1002)] == [new.job_id] * 2

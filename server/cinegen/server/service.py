@@ -657,10 +657,12 @@ def _start_ray(config: ServerConfig, registry: ModelRegistry) -> Any:
 
 
 def _existing_frames_policy(job: Job, pipeline: Pipeline) -> str:
-    """keep: a resumed job keeps the frames it wrote; write: replace; refuse: never overwrite a frame."""
+    """write: replace; refuse: never overwrite a frame; a resumed job keeps the frames it wrote (their
+    cinegen:job) and treats any other as the job would have: written over (keep-or-write) or refused (keep)."""
+    replaces = getattr(job.spec.common, "overwrite", False) or pipeline.output_is_folder
     if job.resume:
-        return "keep"
-    if getattr(job.spec.common, "overwrite", False) or pipeline.output_is_folder:
+        return "keep-or-write" if replaces else "keep"
+    if replaces:
         return "write"  # a story's folder is its own: re-running shots replaces them by design
     return "refuse"
 

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import OpenImageIO as oiio
 import torch
 
 from cinegen.common.color import DISPLAY_SRGB, DISPLAY_VIEW, display_to_scene_linear, working_space_name
-from cinegen.common.exr import ExrMetadata, write_exr_frame
+from cinegen.common.exr import CINEGEN_PREFIX, ExrMetadata, write_exr_frame
 from cinegen.common.sequence import SequencePattern
 
 from ..errors import AlreadyExists
@@ -78,7 +79,9 @@ class FrameSink:
     max_pending: int = 2
     device_colour: bool | None = None  # None: on the device when the pixels are on a GPU
     display_transform: str = DISPLAY_SRGB  # color.display_to_scene_linear: view (generated frames) | srgb
-    existing: str = "write"  # a final frame already on disk: write over it | keep it (resumed job) | refuse
+    # a final frame already on disk: "write" over it | "refuse" | "keep" it when this job wrote it (its
+    # cinegen:job header; a resumed job), refusing any other | "keep-or-write": keep the job's own, write over others
+    existing: str = "write"
     _written: list[str] = field(default_factory=list, init=False, repr=False)
     _queue: queue.Queue = field(init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -97,14 +100,16 @@ class FrameSink:
         meta = dataclasses.replace(self.metadata, frame=frame, extra={**self.metadata.extra, **(extra or {})})
         path = self.pattern.path_for(frame)
         if self.existing != "write" and os.path.isfile(path):
-            if self.existing == "refuse":
+            own = self.existing != "refuse" and written_by_job(path, self.metadata.job)
+            if not own and self.existing in ("refuse", "keep"):
                 raise AlreadyExists(f"{path} already exists (it appeared after the job was queued); the job "
                                     "stops rather than overwrite it. Ask to overwrite to replace it.")
-            self.flush()  # keep the order of `written`: the kept frame takes its place after queued ones
-            self._written.append(path)
-            if self.on_written:
-                self.on_written(frame, path, self.sequence)
-            return path
+            if own:  # whole (written, then renamed): a resumed or retried job keeps it
+                self.flush()  # keep the order of `written`: the kept frame takes its place after queued ones
+                self._written.append(path)
+                if self.on_written:
+                    self.on_written(frame, path, self.sequence)
+                return path
         pixels, pending_alpha = self._prepare(display_rgb, alpha)
         pending = _PendingFrame(frame, path, pixels, pending_alpha, meta, highlights)
         self._queue.put(pending)  # blocks while the writer is behind
@@ -187,6 +192,17 @@ class FrameSink:
         self._written.append(item.path)
         if self.on_written:
             self.on_written(item.frame, item.path, self.sequence)
+
+
+def written_by_job(path: str, job: str) -> bool:
+    """Whether the EXR frame at `path` records `job` as its job (cinegen:job); unreadable or foreign: False."""
+    image = oiio.ImageInput.open(path) if job else None
+    if image is None:
+        return False
+    try:
+        return image.spec().get_string_attribute(CINEGEN_PREFIX + "job") == job
+    finally:
+        image.close()
 
 
 def display_transform_for(choice: str, has_input: bool = False) -> str:

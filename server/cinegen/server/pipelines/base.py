@@ -96,7 +96,7 @@ class RunContext:
         self._is_cancelled = is_cancelled
         self.outputs: list[str] = []
         self._last_preview_at = -PREVIEW_INTERVAL_S
-        self.existing_frames = "write"  # write | keep (a resumed job) | refuse (never overwrite): see FrameSink
+        self.existing_frames = "write"  # write | refuse | keep / keep-or-write (a resumed job): see FrameSink
         self._job_models = contextlib.ExitStack()  # the job's LoRAs, removed when the pipeline's run ends
         self._with_loras: set[str] = set()
         self._runs = 0
