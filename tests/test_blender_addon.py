@@ -55,6 +55,13 @@ def child(workdir: Path, server: str) -> dict:
     facts["token"] = token_scenario(bpy, scene, workdir)
     facts["unreadable"] = unreadable_scenario(bpy, scene)
     facts["reregistered"] = reregister_scenario(bpy, addon)
+    farm = importlib.import_module("cinegen_blender.farm")
+    facts["farm_servers"] = {text: list(farm.server_address(text, 50051))
+                             for text in ("gpu01:50052", "gpu01", "[::1]:50053", "::1", "10.0.0.5")}
+    try:
+        farm.server_address("gpu01:port", 50051)
+    except farm.JobFailed as exc:
+        facts["farm_servers"]["bad"] = str(exc)
 
     # a generated sequence, 1001-1003, written like the server writes it
     frames = workdir / "gen"
@@ -518,6 +525,14 @@ def test_a_job_running_while_the_addon_is_enabled_again_is_followed_again(facts)
 
 def test_results_loaded_by_the_timer_survive_undoing_what_came_after(facts):
     assert facts["undo"] == {"frame": 1, "strips": 1}
+
+
+def test_the_farm_helper_takes_a_server_with_or_without_its_port(facts):
+    # `server="gpu01"` raised ValueError (int("gpu01")); an IPv6 address lost its brackets' meaning
+    assert facts["farm_servers"] == {"gpu01:50052": ["gpu01", 50052], "gpu01": ["gpu01", 50051],
+                                     "[::1]:50053": ["[::1]", 50053], "::1": ["::1", 50051],
+                                     "10.0.0.5": ["10.0.0.5", 50051],
+                                     "bad": "server='gpu01:port': give it as HOST or HOST:PORT, such as gpu01:50051."}
 
 
 def test_the_manifest_declares_an_addon_for_blender_4_2_and_later():

@@ -45,6 +45,21 @@ def apply_values(scene: Any, pipeline: str, values: dict[str, Any]) -> None:
     options.write_values(options.group_of(scene, pipeline), options.own_fields(form), values)
 
 
+def server_address(server: str, port: int) -> tuple[str, int]:
+    """`gpu01:50051`, `gpu01` (keeping `port`), `[::1]:50051` or `::1` as (host, port)."""
+    text = server.strip()
+    if text.startswith("["):  # [IPv6] or [IPv6]:PORT
+        host, _, rest = text.partition("]")
+        host, number = host + "]", rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+    else:  # a bare name, or a bare IPv6 address
+        host, number = text, ""
+    if not host or (number and not number.isdigit()):
+        raise JobFailed(f"server={server!r}: give it as HOST or HOST:PORT, such as gpu01:50051.")
+    return host, int(number) if number else port
+
+
 def submit_and_wait(pipeline: str = "", *, server: str = "", token: str = "", scene: Any = None,
                     stdout: TextIO | None = None, **values: Any) -> list[dict]:
     """Run one job to its end with the scene's settings plus `values`; the results are loaded.
@@ -54,8 +69,7 @@ def submit_and_wait(pipeline: str = "", *, server: str = "", token: str = "", sc
     props = scene.cinegen
     runtime.STATE.echo = stdout or sys.stdout
     if server:
-        host, _, port = server.rpartition(":")
-        props.host, props.port = host or props.host, int(port)
+        props.host, props.port = server_address(server, props.port)
     if token:
         runtime.set_token(token)
     if runtime.STATE.client is None and not operators.connect_scene(scene):
