@@ -538,6 +538,20 @@ def test_the_read_gets_the_projects_own_name_for_the_files_space(nuke, host, con
     assert host.take_notices() == []
 
 
+def test_with_roles_hidden_from_the_menus_an_unknown_space_leaves_the_reads_default_and_says_so(nuke, host):
+    """Preferences > Color can hide OCIO roles from colour-space menus: tagging 'scene_linear' then failed, and
+    the finished frames were reported as not loaded."""
+    CONFIG_SPACES["no-roles"] = ("ACES - ACEScg", "Utility - Linear - sRGB")
+    nuke.root_node["OCIO_config"]._value = "no-roles"
+    try:
+        read = host.load_result(result(colorspace="Some studio space"))
+    finally:
+        del CONFIG_SPACES["no-roles"]
+    assert read["colorspace"].value() == "default"
+    (notice,) = host.take_notices()
+    assert "Some studio space" in notice and "'default'" in notice
+
+
 def test_a_jobs_shots_are_read_side_by_side_and_loading_again_reuses_the_read(nuke, host):
     """A story's shots come back as one Read each: Nuke puts unconnected new nodes on one spot, so they went on
     top of each other; History > Load result again made a second Read of the same files."""

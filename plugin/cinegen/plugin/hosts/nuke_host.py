@@ -244,11 +244,15 @@ def _set_colorspace(read: Any, colorspace: str) -> str:
                 return ""
             except (ValueError, NameError):  # Nuke refuses a name its config doesn't have
                 pass
-    read["colorspace"].setValue(SCENE_LINEAR)
+    tagged = SCENE_LINEAR
+    if not listed or name_in(SCENE_LINEAR, listed):
+        read["colorspace"].setValue(SCENE_LINEAR)
+    else:  # roles hidden from colour-space menus (a Preferences switch): Nuke's float default is scene-linear
+        tagged = str(read["colorspace"].value())
     if colorspace == SCENE_LINEAR:
         return ""
     return (f"The result is in {colorspace}, which this project's OCIO config ({config or 'unknown'}) does not "
-            f"have: its Read is tagged '{SCENE_LINEAR}' and colours may shift. Switch the project to an ACES "
+            f"have: its Read is tagged '{tagged}' and colours may shift. Switch the project to an ACES "
             f"config (Project Settings > Color) or convert with an OCIOColorSpace node from {colorspace}.")
 
 
