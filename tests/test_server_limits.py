@@ -181,8 +181,15 @@ def test_existing_frames_are_not_overwritten_unless_asked(client, tmp_path):
     assert result.state == "completed" and before.stat().st_mtime_ns != stamp
 
 
-def test_a_frame_that_appears_after_submit_is_not_overwritten_either(client, tmp_path):
-    blocker = client.submit(tiny_request(tmp_path / "b", steps=400, width=64, height=64))
+def started(server, ticket):
+    """The blocker runs (else it still counts as queued, and a busy box refuses the next Submit)."""
+    while server.service.jobs.get(ticket.job_id).state == "queued":
+        time.sleep(0.02)
+    return ticket
+
+
+def test_a_frame_that_appears_after_submit_is_not_overwritten_either(server, client, tmp_path):
+    blocker = started(server, client.submit(tiny_request(tmp_path / "b", steps=400, width=64, height=64)))
     first = client.submit(tiny_request(tmp_path, out=str(tmp_path / "race.####.exr"), seed=1))
     second = client.submit(tiny_request(tmp_path, out=str(tmp_path / "race.####.exr"), seed=2))
     client.cancel(blocker.job_id)
@@ -237,7 +244,7 @@ def test_download_serves_only_this_clients_regular_outputs(server, tmp_path):
 
 def test_queue_limits_in_total_and_per_client(server, tmp_path):
     with GeneratorClient(server.address, client_id="q1") as q1, GeneratorClient(server.address, client_id="q2") as q2:
-        blocker = q1.submit(tiny_request(tmp_path / "b", steps=400, width=64, height=64))
+        blocker = started(server, q1.submit(tiny_request(tmp_path / "b", steps=400, width=64, height=64)))
         tickets = [q1.submit(tiny_request(tmp_path / "q")), q1.submit(tiny_request(tmp_path / "q"))]
         try:
             err = rejected(q1, tiny_request(tmp_path / "q"))
