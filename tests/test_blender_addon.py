@@ -234,9 +234,15 @@ def unreadable_scenario(bpy, scene) -> dict:
         runtime.drain()  # the timer again: it must not have raised the first time either
     except Exception as exc:  # noqa: BLE001
         raised = repr(exc)
+    sys.path.insert(0, str(ROOT / "tools"))
+    from blender_panel_listing import RecordingLayout
+
+    queue = RecordingLayout()
+    sys.modules["cinegen_blender.ui"].draw_queue(queue, scene)
     found = {"error": scene.cinegen.last_error, "broken": [jobs["broken"].record.state, jobs["broken"].record.message],
              "other_active": jobs["other"] in runtime.active_jobs(), "raised": raised,
-             "new_nodes": len(compositor_tree(scene).nodes) - nodes_before}
+             "new_nodes": len(compositor_tree(scene).nodes) - nodes_before,
+             "queue": [line.strip() for line in queue.lines]}
     for job in jobs.values():
         del runtime.STATE.jobs[job.job_id]
     scene.cinegen.job_id, scene.cinegen.last_error = "", ""
@@ -517,6 +523,9 @@ def test_frames_this_machine_cannot_read_are_explained_and_the_timer_keeps_going
                                  "/mnt/gpu-server/renders") and "Untick Shared disk" in u["error"]
     assert u["new_nodes"] == 0 and u["raised"] is None and u["other_active"]
     assert u["broken"] == ["failed", "Loading the results failed: division by zero"]
+    # the queue row shows the whole sentence, wrapped, not one label cut at the panel's edge
+    texts = [line[len("- label: '"):-1] for line in u["queue"] if line.startswith("- label: ")]
+    assert "at that path here." in " ".join(texts) and all(len(text) <= 48 for text in texts), u["queue"]
 
 
 def test_a_job_running_while_the_addon_is_enabled_again_is_followed_again(facts):

@@ -147,8 +147,9 @@ def draw_queue(layout, scene) -> None:
         icon = runtime.preview_icon(job.job_id)
         if icon:
             box.template_icon(icon_value=icon, scale=6.0)
-        if job.finished:
-            box.label(text=f"{record.state}: {job.error or record.message or record.stage}")
+        if job.finished:  # wrapped: a refusal's sentence says what to do, all of it must show
+            for line in _wrap(f"{record.state}: {job.error or record.message or record.stage}"):
+                box.label(text=line)
         else:
             _progress(box, record.fraction, record.stage or record.state)
     if any(job.finished for job in jobs):
