@@ -245,3 +245,19 @@ def test_an_overwrite_job_resumed_after_a_restart_still_replaces_the_old_frames(
             events = list(client.watch(new.job_id))
     assert events[-1].WhichOneof("kind") == "completed", events[-1]
     assert [_frame_job(out / f"s.{f}.exr") for f in (1001, 1002)] == [new.job_id] * 2
+
+
+def test_a_second_server_on_the_same_state_dir_is_refused(registry, tmp_path):
+    """Two servers on one --state-dir (two GPUs, the default folder): the second took the first's running
+    job for an interrupted one and ran it again beside it."""
+    from server_kit import private_server
+
+    with private_server(registry, state_dir=tmp_path) as first:
+        with GeneratorClient(first.address, timeout=30) as client:
+            assert client.list_jobs() is not None
+        with pytest.raises(SystemExit, match=rf"Another cinegen server \(process {os.getpid()}\) uses the state "
+                           rf"folder {tmp_path}; give each server its own --state-dir"):
+            with private_server(registry, state_dir=tmp_path):
+                pass
+    with private_server(registry, state_dir=tmp_path):  # the first one's stop (or death) frees the folder
+        pass

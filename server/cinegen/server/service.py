@@ -42,6 +42,7 @@ from .documents import Origin, check_story, check_trajectory
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, UserError
 from .jobs import InProcessExecutor, Job, JobManager, Journal
 from .jobs.queue import TERMINAL
+from .jobs.state_lock import StateLock
 from .limits import ASSUMED_SIDE, MAX_NAME_CHARS, MAX_PATH_CHARS, Limits, check_job, check_text, over
 from .memory_check import check_fits, device_budget
 from .models.job_models import JobModels
@@ -67,6 +68,8 @@ _STATUS = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT, "NOT_FOUND": gr
            "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
            "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED, "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
            "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED, "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE}
+NAME_MAX = 255  # bytes of one file name on Linux, macOS and Windows file systems
+TEMP_NAME_EXTRA = 32  # '.' + '.tmp-' + a process id + '-' + 8 hex digits, with room to spare
 _TEMP_FRAME = re.compile(r"^\.(?P<name>.+)\.tmp-\d+-[0-9a-f]+$")  # write_exr_frame's temporary names
 
 
@@ -175,6 +178,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         self._owns_state_dir = config.state_dir is None  # a temporary folder is removed on close()
         self.state_dir = Path(config.state_dir or tempfile.mkdtemp(prefix="cinegen-server-"))
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_lock = StateLock(self.state_dir)  # before the journal: a second server would re-run its jobs
         self.uploads_dir = self.state_dir / "uploads"
         fenced = bool(config.input_roots or config.output_roots)
         input_roots = list(config.input_roots) + ([self.uploads_dir] if fenced else [])
@@ -191,6 +195,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     def close(self) -> None:
         self.jobs.stop()
         self.journal.close()
+        self._state_lock.release()
         if self.unit_runner is not None and self.config.ray:  # workers this service started
             self.unit_runner.close()
         if self._owns_state_dir:
@@ -402,6 +407,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         except SequencePatternError as exc:
             raise InvalidArgument(str(exc)) from exc
         self.paths.output(pattern.directory or ".", "The output folder")
+        _check_frame_name_length(pattern, c)
         try:
             check_output_writable(pattern)
         except Exception as exc:  # OutputNotWritableError carries the sentence
@@ -676,6 +682,18 @@ def _refuse_existing_frames(pattern: SequencePattern, first: int, frames: int | 
         raise AlreadyExists(f"{len(clash)} frame(s) of {pattern.hash_form()} already exist (first: "
                             f"{pattern.file_name_for(clash[0])}); pick another output, delete them, or ask to "
                             "overwrite (--overwrite, or 'Overwrite' in the panel).")
+
+
+def _check_frame_name_length(pattern: SequencePattern, c: CommonParams) -> None:
+    """A frame's name with room for the temporary name it is written under first (`.NAME.tmp-PID-XXXXXXXX`)
+    fits the file system's name limit: refused now, not when the job writes its first frame."""
+    last = (c.first_frame if c.first_frame is not None else 1001) + (c.frames or 1) - 1
+    name = os.path.basename(pattern.path_for(last))
+    room = NAME_MAX - TEMP_NAME_EXTRA
+    if len(name.encode("utf-8")) > room:
+        raise InvalidArgument(f"The frame file name '{name[:40]}…' is {len(name.encode('utf-8'))} bytes long; frames "
+                              f"are written under names of at most {room} bytes (the disk's limit of {NAME_MAX}, "
+                              "less room for the temporary name). Shorten the NAME in --out.")
 
 
 def _folder_size(folder: Path) -> int:
