@@ -261,3 +261,22 @@ def test_a_second_server_on_the_same_state_dir_is_refused(registry, tmp_path):
                 pass
     with private_server(registry, state_dir=tmp_path):  # the first one's stop (or death) frees the folder
         pass
+
+
+def test_a_full_disk_outside_the_frame_writer_is_not_called_a_bug():
+    """A full disk while writing a story's cut or keyframes failed as 'unexpected error ... please report it'."""
+    from cinegen.common.proto import generator_pb2 as pb
+    from cinegen.server.jobs import InProcessExecutor, Job, JobManager
+
+    def writes_a_cut(job, events):
+        raise OSError(28, "No space left on device", "/shows/previz/My_Story.otio")
+
+    manager = JobManager(InProcessExecutor(writes_a_cut))
+    try:
+        job, _ = manager.submit(Job(id="cut", request=pb.JobRequest(job_id="cut", pipeline="story")))
+        failed = [e for e in manager.watch(job.id, 0) if e.WhichOneof("kind") == "failed"][0].failed
+    finally:
+        manager.stop()
+    assert failed.code == "RESOURCE_EXHAUSTED"
+    assert failed.message == ("A disk the job writes to is full (/shows/previz/My_Story.otio). Free space there or "
+                              "choose another output folder, then submit again.")

@@ -12,6 +12,7 @@ length, so n queued jobs cost O(n) events, not O(n²). ListJobs and the ticket g
 from __future__ import annotations
 
 import bisect
+import errno
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ from .journal import Journal
 log = logging.getLogger(__name__)
 
 TERMINAL = ("completed", "failed", "cancelled")
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 POSITION_REPORTS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 SHUTDOWN_MESSAGE = ("The server is shutting down. The job stays queued and runs again (keeping the frames "
                     "already written) when the server restarts; watch it again then.")
@@ -326,6 +328,10 @@ def _for_journal(event: pb.JobEvent) -> pb.JobEvent:
 
 def _describe_crash(exc: Exception) -> tuple[str, str]:
     text = str(exc)
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:  # a cut, a keyframe, a converted plate: not a bug
+        where = f" ({exc.filename})" if exc.filename else ""
+        return ("RESOURCE_EXHAUSTED", f"A disk the job writes to is full{where}. Free space there or choose "
+                "another output folder, then submit again.")
     if isinstance(exc, ColorConfigError):  # the server's $OCIO, found lacking mid-job: its sentence says the fix
         return ("FAILED_PRECONDITION", text)
     if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
