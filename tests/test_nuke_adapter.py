@@ -309,6 +309,18 @@ def test_plate_comes_from_the_selected_read_in_canonical_hash_form(nuke, host):
     assert (plate.width, plate.height, plate.source, plate.colorspace) == (2048, 858, "Plate", "ACEScg")
 
 
+def test_a_read_of_one_picture_is_offered_as_it_is(nuke, host):
+    """A still (a matte painting for a panorama's input image) is a selection too; where a pipeline needs a
+    sequence the panel says so (test_panel_plate_selection)."""
+    read = nuke.add(Node("Read", "Matte", width=4096, height=2048), selected=True)
+    read["file"]._value = "/plates/sh010/matte.exr"
+    plate = host.selected_plate()
+    assert (plate.pattern, plate.frames, plate.width) == ("/plates/sh010/matte.exr", FrameRange(1, 1), 4096)
+    read["file"]._value = ""
+    with pytest.raises(HostSelectionError, match="reads no file"):
+        host.selected_plate()
+
+
 def test_plate_selection_errors_say_what_to_select(nuke, host):
     with pytest.raises(HostSelectionError, match="Select the Read node"):
         host.selected_plate()

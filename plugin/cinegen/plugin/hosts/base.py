@@ -24,7 +24,7 @@ class HostSelectionError(ValueError):
 @dataclass(frozen=True)
 class PlateSelection:
     """A plate the artist selected: frames on disk and their format."""
-    pattern: str  # DIR/NAME.####.ext
+    pattern: str  # DIR/NAME.####.ext, or one file (a still)
     frames: FrameRange
     width: int
     height: int

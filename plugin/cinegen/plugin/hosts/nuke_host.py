@@ -48,13 +48,14 @@ class NukeHost(HostAdapter):
         node = _selected("Read", "Select the Read node of the plate first (one node).")
         # nuke.filename evaluates the file knob's TCL ([file dirname ...], $env(SHOTS)); value() does not.
         text = nuke.filename(node) or ""
+        if not text.strip():
+            raise HostSelectionError(f"The selected Read node '{node.name()}' reads no file: set its file first.")
         try:
-            pattern = SequencePattern.parse(text, any_extension=True, what="plate")
-        except SequencePatternError as exc:
-            raise HostSelectionError(f"The selected Read node '{node.name()}' reads '{text}', which is not an "
-                                     f"image sequence: {exc}") from None
+            text = SequencePattern.parse(text, any_extension=True, what="plate").hash_form()
+        except SequencePatternError:
+            pass  # one picture (a still for a panorama's input image); the panel says so where a sequence is needed
         first, last = int(node["first"].value()), int(node["last"].value())
-        return PlateSelection(pattern=pattern.hash_form(), frames=FrameRange(first, last), width=int(node.width()),
+        return PlateSelection(pattern=text, frames=FrameRange(first, last), width=int(node.width()),
                               height=int(node.height()), source=node.name(),
                               colorspace=_plate_colorspace(node), frame_offset=_frame_offset(node))
 

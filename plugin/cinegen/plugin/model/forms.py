@@ -80,6 +80,12 @@ class FieldSpec:
         return "\n".join(parts)
 
     @property
+    def wants_sequence(self) -> bool:
+        """A path to a frame sequence (its help writes the frame number as ####, the server's own spelling), not
+        to one picture: the upscale plate is a sequence, a panorama's input image one file."""
+        return self.type == "path" and "####" in self.help
+
+    @property
     def automatic_at_minimum(self) -> bool:
         """A number whose smallest value stands for "the server decides" ("0 = automatic"): shown as auto."""
         if self.optional or self.minimum is None or self.type not in ("int", "float"):

@@ -13,7 +13,7 @@ from typing import Any
 from cinegen.common.client import new_job_id
 from cinegen.common.connection import ConnectionSettings
 from cinegen.common.proto import generator_pb2 as pb
-from cinegen.common.sequence import FrameRange
+from cinegen.common.sequence import FrameRange, SequencePattern, SequencePatternError
 from cinegen.common.trajectory_io import to_json
 
 from ..backend.drafting import make_draft, plan_output, release_folder
@@ -321,11 +321,26 @@ class Panel(PanelView):
         except HostSelectionError as exc:
             self.banner.show_message(str(exc))
             return
-        form.set_values({PLATE_FIELD: plate.pattern, "frames": plate.frames.count, "first_frame": plate.frames.first,
-                         PLATE_COLORSPACE_FIELD: plate.colorspace})  # the server converts from that space
+        try:
+            sequence = SequencePattern.parse(plate.pattern, any_extension=True, what="plate")
+        except SequencePatternError:
+            sequence = None  # one file: a still
+        field = next(spec for spec in form.fields if spec.name == PLATE_FIELD)
+        if field.wants_sequence:
+            if sequence is None:
+                self.banner.show_message(f"The selection reads one file ({plate.pattern}), not an image sequence: "
+                                         f"{form.pipeline} takes a sequence such as DIR/NAME.####.exr.")
+                return
+            form.set_values({PLATE_FIELD: plate.pattern, "frames": plate.frames.count,
+                             "first_frame": plate.frames.first})
+            shown = f"Plate {plate.pattern} ({plate.frames}, "
+        else:  # one picture (a panorama's input image): the selection's first frame, the job's frames stay
+            path = sequence.path_for(plate.frames.first) if sequence is not None else plate.pattern
+            form.set_values({PLATE_FIELD: path})
+            shown = f"Image {path} ({'frame ' + str(plate.frames.first) + ', ' if sequence is not None else ''}"
+        form.set_values({PLATE_COLORSPACE_FIELD: plate.colorspace})  # the server converts from that space
         self._plate_source = plate.source
-        self.banner.show_message(f"Plate {plate.pattern} ({plate.frames}, {plate.width}×{plate.height}) set as the "
-                                 "input.", "info")
+        self.banner.show_message(f"{shown}{plate.width}×{plate.height}) set as the input.", "info")
 
     def trajectory_from_selection(self) -> None:
         form = self.current_form()
