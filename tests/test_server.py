@@ -129,6 +129,7 @@ def test_same_job_id_is_idempotent(client, tmp_path):
     (dict(steps=0), "INVALID_ARGUMENT", "at least 1"),
     (dict(model="no-such-model"), "NOT_FOUND", "Known models"),
     (dict(out="frames/img.exr"), "INVALID_ARGUMENT", "####"),
+    (dict(out="n" * 230 + ".####.exr"), "INVALID_ARGUMENT", "Shorten the NAME"),  # was a job failing at frame 1
 ])
 def test_bad_input_gets_a_status_and_a_sentence(client, tmp_path, change, code, words):
     if "out" in change:
