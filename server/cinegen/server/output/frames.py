@@ -82,6 +82,7 @@ class FrameSink:
     # a final frame already on disk: "write" over it | "refuse" | "keep" it when this job wrote it (its
     # cinegen:job header; a resumed job), refusing any other | "keep-or-write": keep the job's own, write over others
     existing: str = "write"
+    on_log: Callable[[str], None] | None = None  # a line for the job's log (writer thread): NaN pixels written black
     _written: list[str] = field(default_factory=list, init=False, repr=False)
     _queue: queue.Queue = field(init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -174,7 +175,7 @@ class FrameSink:
                 self._queue.task_done()
 
     def _write_now(self, item: _PendingFrame) -> None:
-        pixels = item.pixels
+        pixels = self._finite(item)
         if pixels.shape[-1] == 3:  # display RGB left for this thread: OpenColorIO on the host
             linear = display_to_scene_linear(pixels, self.display_transform)
             a = np.ones(linear.shape[:2] + (1,), np.float32) if item.alpha is None \
@@ -192,6 +193,22 @@ class FrameSink:
         self._written.append(item.path)
         if self.on_written:
             self.on_written(item.frame, item.path, self.sequence)
+
+
+    def _finite(self, item: _PendingFrame) -> np.ndarray:
+        """The frame's pixels with those the model left NaN or infinite made black (display or linear 0): a NaN in
+        an EXR spreads through every blur and merge of a comp; the job's log says how many there were."""
+        pixels = item.pixels
+        bad = ~np.isfinite(pixels[..., :3]).all(axis=-1)  # before OpenColorIO, which maps NaN to arbitrary values
+        count = int(np.count_nonzero(bad))
+        if not count:
+            return pixels
+        pixels = np.array(pixels, copy=True)
+        pixels[..., :3][bad] = 0
+        if self.on_log:
+            self.on_log(f"frame {item.frame}: {count} of {bad.size} pixels came out of the model as NaN or infinite "
+                        "(a number overflow in it or its VAE, often half precision) and are written black.")
+        return pixels
 
 
 def written_by_job(path: str, job: str) -> bool:

@@ -194,7 +194,7 @@ class RunContext:
                                    pixel_aspect=pixel_aspect)
         sink = FrameSink(pattern, resolved.first_frame, meta, compression=common.compression or "zip",
                          display_transform=transform,
-                         sequence=sequence, on_written=on_written, existing=self.existing_frames)
+                         sequence=sequence, on_written=on_written, existing=self.existing_frames, on_log=self.log)
         self._sinks.append(sink)
         return sink
 
