@@ -351,7 +351,8 @@ def generate_scenario(bpy, scene, server: str) -> dict:
             "error": props.last_error, "progress": props.progress, "stage": props.stage,
             "new_nodes": len(tree.nodes) - nodes_before, "node": describe_node(newest),
             "strip_job": strip["cinegen_job"], "strip": describe_strip(strip), "notice": props.notice,
-            "fps": float(read_exr_header(bpy.path.abspath(newest.image.filepath))["framesPerSecond"])}
+            "fps": float(read_exr_header(bpy.path.abspath(newest.image.filepath))["framesPerSecond"]),
+            "server_port": int(port), "new_scene": [bpy.data.scenes.new("next shot").cinegen.port, props.port]}
 
 
 def unwritable_output_scenario(bpy, scene, workdir: Path) -> dict:
@@ -623,6 +624,8 @@ def test_the_sidebar_generate_operator_runs_a_job_headless_and_loads_it(facts):
     assert "seed 77" in node["label"] and g["strip_job"].startswith("image-")
     assert strip["made"] == {"prompt": "a fox", "seed": "77", "model": "tiny-sd"}  # the prompt too, on the strip
     assert g["fps"] == 25.0 and not g["notice"]  # the scene's rate is recorded (it was 24 whatever the scene)
+    # a new scene reaches the server connected to last, not 127.0.0.1:50051 (it kept its own once set)
+    assert g["new_scene"] == [g["server_port"], g["server_port"]] and g["server_port"] != 50051
     outputs = {Path(p).name for p in Path(facts["workdir"]).joinpath("cinegen").rglob("shot010_image_*.exr")}
     assert outputs == {"shot010_image_v001.0001.exr", "shot010_image_v001.0002.exr"}
 

@@ -178,6 +178,7 @@ def connect_scene(scene) -> bool:
         props.status = props.last_error = describe_error(exc, settings)
         return False
     settings.save()
+    runtime.STATE.saved = settings  # a new scene starts from these
     device = capabilities.device.name or capabilities.device.kind
     props.status = f"Connected to {settings.address} · cinegen {capabilities.server_version} · {device}"
     props.last_error = ""

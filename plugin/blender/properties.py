@@ -21,15 +21,27 @@ def _set_token(self, value: str) -> None:
     runtime.set_token(value)
 
 
+def _scene_or_saved(name: str, kind: type, low: int = 0, high: int = 0):
+    """A connection setting the scene keeps once set in it; until then the user's last Connect's (so a new
+    .blend reaches the studio's server, not 127.0.0.1)."""
+    def get(self):
+        return kind(self.get(name, getattr(runtime.saved_settings(), name)))
+
+    def set(self, value) -> None:
+        self[name] = min(max(value, low), high) if high else value  # a setter of its own skips min and max
+    return {"get": get, "set": set}
+
+
 class CinegenSettings(bpy.types.PropertyGroup):
-    host: bpy.props.StringProperty(name="Host", default="127.0.0.1", description="The cinegen server's address")
-    port: bpy.props.IntProperty(name="Port", default=50051, min=1, max=65535)
+    host: bpy.props.StringProperty(name="Host", default="127.0.0.1", description="The cinegen server's address (a "
+                                   "new scene: the last one connected to)", **_scene_or_saved("host", str))
+    port: bpy.props.IntProperty(name="Port", default=50051, min=1, max=65535, **_scene_or_saved("port", int, 1, 65535))
     # kept in this user's cinegen settings, not in the scene: a .blend is shared (farm, vendors, bug reports)
     token: bpy.props.StringProperty(name="Token", subtype="PASSWORD", get=_get_token, set=_set_token,
                                     description="Access token the server was started with (empty when none); "
                                                 "kept in your user settings, never saved in the .blend")
-    shared_disk: bpy.props.BoolProperty(name="Shared disk", default=True,
-                                        description="Off: upload plates to the server and download results")
+    shared_disk: bpy.props.BoolProperty(name="Shared disk", default=True, description="Off: upload plates to the "
+                                        "server and download results", **_scene_or_saved("shared_disk", bool))
     # a dynamic menu's default is an item's number (a new scene would otherwise hold 0, no pipeline)
     pipeline: bpy.props.EnumProperty(name="Pipeline", items=_pipeline_items,
                                      default=runtime.pipeline_number(runtime.DEFAULT_PIPELINE),

@@ -65,6 +65,7 @@ class Runtime:
     echo: TextIO | None = None  # headless: progress lines go here
     on_change: Callable[[], None] | None = None  # redraw after an update
     token: str | None = None  # the access token (None: not read from the user's settings yet)
+    saved: ConnectionSettings | None = None  # the user's settings as the last Connect saved them (None: not read)
 
 
 STATE = Runtime()
@@ -90,10 +91,17 @@ def form_of(name: str) -> forms_mod.PipelineForm | None:
     return next((f for f in STATE.forms if f.name == name), None)
 
 
+def saved_settings() -> ConnectionSettings:
+    """The connection settings the last Connect saved for this user (read once, then kept up to date)."""
+    if STATE.saved is None:
+        STATE.saved = ConnectionSettings.load()
+    return STATE.saved
+
+
 def token() -> str:
     """The access token the panel shows: this session's, else the one saved with the connection settings."""
     if STATE.token is None:
-        STATE.token = ConnectionSettings.load().token
+        STATE.token = saved_settings().token
     return STATE.token
 
 
