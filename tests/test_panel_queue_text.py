@@ -36,3 +36,30 @@ def test_a_failed_jobs_stage_line_is_red_not_the_muted_grey_of_the_others():
     assert colour == QtGui.QColor(ERROR) and running.stage.palette().color(QtGui.QPalette.WindowText) != colour
     panel.close()
     panel.deleteLater()
+
+
+def test_rows_read_in_the_order_the_jobs_run_and_a_move_moves_the_row():
+    """Listed newest first, the running job sank under every job queued after it and ▲ only changed a number."""
+    from cinegen.plugin.qt import ensure_application
+    from cinegen.plugin.ui.queue_view import QueueView
+
+    ensure_application()
+    view = QueueView()
+    records = {n: JobRecord(f"image-{n}", "image") for n in range(5)}
+    for record in records.values():
+        view.show_record(record)  # submitting, in the order sent
+    assert view.ordered_ids() == ["image-0", "image-1", "image-2", "image-3", "image-4"]
+    for n, (state, position) in enumerate([("completed", 0), ("running", 0), ("queued", 1), ("queued", 2),
+                                           ("queued", 3)]):
+        records[n].state, records[n].queue_position = state, position
+        view.show_record(records[n])
+    assert view.ordered_ids() == ["image-1", "image-2", "image-3", "image-4", "image-0"]
+    records[4].queue_position, records[2].queue_position = 1, 2  # ▲ on image-4, twice: the server's new order
+    records[3].queue_position = 3
+    for n in (4, 2, 3):
+        view.show_record(records[n])
+    assert view.ordered_ids() == ["image-1", "image-4", "image-2", "image-3", "image-0"]
+    records[1].state = "completed"  # done: below the waiting ones, above the older finished job
+    view.show_record(records[1])
+    assert view.ordered_ids() == ["image-4", "image-2", "image-3", "image-1", "image-0"]
+    view.deleteLater()

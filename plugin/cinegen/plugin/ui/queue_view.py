@@ -1,6 +1,10 @@
 """The queue: one row per job with its live preview, progress bar, stage text, cancel and, while it waits,
 move up / move down (the server's Reorder). Rows never get wider than the list: text is elided to the
-row's width, so nothing is cut off once the scroll bar appears."""
+row's width, so nothing is cut off once the scroll bar appears.
+
+Rows read in the order the jobs run: the running job on top, then the waiting ones by their place in the
+server's queue (so ▲ moves a row up), then those being sent, then finished jobs, newest first. Listed
+newest first, the running job sank under every job queued after it, and ▲ only changed a number."""
 from __future__ import annotations
 
 from ..model.jobs import JobRecord
@@ -147,6 +151,18 @@ def time_left(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+_RUN_GROUP = {"running": 0, "downloading": 0, "queued": 1, "submitting": 2, "uploading": 2}
+
+
+def _run_order(record: JobRecord, arrival: int) -> tuple[int, int, int]:
+    if record.done:
+        return 3, -arrival, 0  # finished: newest first
+    group = _RUN_GROUP.get(record.state, 2)
+    if group == 1:
+        return 1, record.queue_position if record.queue_position > 0 else 1 << 30, arrival
+    return group, arrival, 0  # running (several on a Ray cluster) and being sent: in the order they were sent
+
+
 class QueueView(QtWidgets.QWidget):
     cancel_requested = Signal(str)
     move_requested = Signal(str, int)
@@ -155,6 +171,8 @@ class QueueView(QtWidgets.QWidget):
     def __init__(self, parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
         self.rows: dict[str, JobRow] = {}
+        self._records: dict[str, tuple[JobRecord, int]] = {}  # job id -> (its record, arrival number)
+        self._arrivals = 0
         self.container = QtWidgets.QWidget()
         self.list = QtWidgets.QVBoxLayout(self.container)
         self.list.setContentsMargins(2, 2, 2, 2)
@@ -187,14 +205,31 @@ class QueueView(QtWidgets.QWidget):
             row.cancel_requested.connect(self.cancel_requested.emit)
             row.move_requested.connect(self.move_requested.emit)
             self.rows[record.job_id] = row
-            self.list.insertWidget(0, row)  # newest on top
+            self._arrivals += 1
+            self.list.insertWidget(0, row)
             self.empty.hide()
         else:
             row.update_from(record)
+        self._records[record.job_id] = (record, self._records.get(record.job_id, (record, self._arrivals))[1])
+        self._arrange()
         return row
+
+    def ordered_ids(self) -> list[str]:
+        """Job ids top to bottom, as shown."""
+        widgets = [self.list.itemAt(i).widget() for i in range(self.list.count())]
+        return [w.job_id for w in widgets if isinstance(w, JobRow)]
+
+    def _arrange(self) -> None:
+        wanted = sorted(self.rows, key=lambda job_id: _run_order(*self._records[job_id]))
+        if wanted == self.ordered_ids():
+            return  # most events (progress) change nothing: no relayout
+        for index, job_id in enumerate(wanted):
+            self.list.removeWidget(self.rows[job_id])
+            self.list.insertWidget(index, self.rows[job_id])
 
     def remove(self, job_id: str) -> None:
         row = self.rows.pop(job_id, None)
+        self._records.pop(job_id, None)
         if row is not None:
             row.setParent(None)
             row.deleteLater()
