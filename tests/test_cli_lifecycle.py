@@ -280,3 +280,27 @@ def test_a_full_disk_outside_the_frame_writer_is_not_called_a_bug():
     assert failed.code == "RESOURCE_EXHAUSTED"
     assert failed.message == ("A disk the job writes to is full (/shows/previz/My_Story.otio). Free space there or "
                               "choose another output folder, then submit again.")
+
+
+def test_relative_plate_and_lora_paths_are_sent_as_this_shells_paths(tmp_path, monkeypatch):
+    """`--input`/`--lora` relative paths went to --server as they were, so a server started in another folder
+    looked for the plate there (NOT_FOUND naming the server's folder); --out was already made absolute.
+    And `generate upscale --lora` crashed (TypeError): the list went into upscale's deprecated text field too."""
+    import contextlib
+
+    from cinegen.common.client import JobResult
+    from cinegen.server import cli
+
+    sent = []
+    monkeypatch.setattr(cli, "connect", lambda args: contextlib.nullcontext(None))
+    monkeypatch.setattr(cli, "run_job", lambda client, request, name: sent.append(request) or
+                        JobResult(request.job_id, "completed", []))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["generate", "upscale", "--server", "gpu01:50051", "--input", "plates/sh010.####.exr",
+                     "--lora", "loras/style.safetensors:0.5", "--lora", "a.safetensors,b.safetensors",
+                     "--out", "up/sh010.####.exr"]) == 0
+    request = sent[0]
+    assert request.upscale.input == str(tmp_path / "plates" / "sh010.####.exr")
+    assert list(request.common.lora) == [f"{tmp_path}/loras/style.safetensors:0.5",
+                                         f"{tmp_path}/a.safetensors,{tmp_path}/b.safetensors"]
+    assert request.common.out == str(tmp_path / "up" / "sh010.####.exr")

@@ -106,17 +106,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
     common = CommonParams(**{f.name: values[f.name] for f in dataclasses.fields(CommonParams)
                              if values.get(f.name) is not None})
     cls = PIPELINE_PARAMS[name]
+    # only the pipeline's own options: upscale's deprecated `lora` text shares its name with the common
+    # --lora list, and taking that list for it crashed every `generate upscale --lora`
+    offered = {d.name for d in describe(cls, name) if d.cli}
     params = cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)
-                    if f.name in values and values[f.name] is not None})
+                    if f.name in offered and values.get(f.name) is not None})
     if name == "story" and args.story_file:
         params.story = args.story_file
     _send_local_files(args, params)
-    if common.out:  # the server may run elsewhere: never send it a relative path
-        common.out = str(Path(common.out).expanduser().absolute())
+    _absolute_paths(common, params)
     request = build_request(name, common, params, job_id=args.job_id or new_job_id(name), client="cinegen cli")
     with connect(args) as client:
         result = run_job(client, request, name)
     return _report(result)
+
+
+def _absolute_paths(common: CommonParams, params: Any) -> None:
+    """The server may run elsewhere or in another folder: never send it a path relative to this shell
+    (a relative plate or LoRA was looked for in the server's working folder)."""
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().absolute())
+
+    if common.out:
+        common.out = absolute(common.out)
+    # PATH[:WEIGHT], several comma-separated: the weight stays a suffix of the absolute path
+    common.lora = [",".join(absolute(part.strip()) for part in item.split(",") if part.strip())
+                   for item in common.lora]
+    if getattr(params, "input", ""):  # a plate pattern (####) or a still: its folder is what is relative
+        params.input = absolute(params.input)
 
 
 def _send_local_files(args: argparse.Namespace, params: Any) -> None:
