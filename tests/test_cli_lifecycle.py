@@ -304,3 +304,21 @@ def test_relative_plate_and_lora_paths_are_sent_as_this_shells_paths(tmp_path, m
     assert list(request.common.lora) == [f"{tmp_path}/loras/style.safetensors:0.5",
                                          f"{tmp_path}/a.safetensors,{tmp_path}/b.safetensors"]
     assert request.common.out == str(tmp_path / "up" / "sh010.####.exr")
+
+
+def test_a_server_lost_mid_job_names_the_rerun_that_finds_the_job_again(monkeypatch, capsys):
+    import contextlib
+
+    from cinegen.common.client import ServerUnavailable
+    from cinegen.server import cli
+
+    class LostServer:
+        def run(self, request, on_event=None):
+            raise ServerUnavailable("Can't reach the cinegen server at gpu01:50051. Start it with `cinegen serve` "
+                                    "(or check the address and port in the settings), then try again.")
+
+    monkeypatch.setattr(cli, "connect", lambda args: contextlib.nullcontext(LostServer()))
+    assert cli.main(["generate", "image", "--server", "gpu01:50051", "--job-id", "sh010-v3",
+                     "--out", "/tmp/x.####.exr"]) == 2
+    err = capsys.readouterr().err
+    assert "run this same command again with --job-id sh010-v3: it follows the job if the server has it" in err

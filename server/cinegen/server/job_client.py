@@ -197,6 +197,10 @@ def run_job(client: GeneratorClient, request, label: str) -> JobResult:
     except KeyboardInterrupt:
         bar.close()
         raise Interrupted(cancel_interrupted(client, request.job_id)) from None
+    except ServerUnavailable as exc:  # lost mid-job: the journal may hold it, and the id finds it again
+        raise ServerUnavailable(f"{exc} Once it is back, run this same command again with --job-id "
+                                f"{request.job_id}: it follows the job if the server has it, else queues it "
+                                "once.", exc.details) from None
     finally:
         bar.close()
 
