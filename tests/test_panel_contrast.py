@@ -56,3 +56,28 @@ def test_a_check_box_stands_out_from_the_panel_in_a_dark_host(dark_host, checked
     panel.close()
     panel.deleteLater()
     assert best >= NON_TEXT_CONTRAST
+
+
+def test_a_disabled_tool_button_looks_disabled(dark_host):
+    """▲ on the job already next in the queue is disabled; it looked exactly like the enabled ▼ beside it."""
+    panel = QtWidgets.QWidget()
+    apply_style(panel)
+    layout = QtWidgets.QHBoxLayout(panel)
+    up, down = QtWidgets.QToolButton(), QtWidgets.QToolButton()
+    up.setText("▲")
+    down.setText("▼")
+    up.setEnabled(False)
+    layout.addWidget(up)
+    layout.addWidget(down)
+    panel.show()
+    dark_host.processEvents()
+    image = panel.grab().toImage()
+
+    def brightest(button) -> float:
+        rect = button.geometry()
+        return max(_luminance(image.pixelColor(x, y)) for x in range(rect.left(), rect.right())
+                   for y in range(rect.top(), rect.bottom()))
+
+    assert _contrast(brightest(down), brightest(up)) >= 2.0
+    panel.close()
+    panel.deleteLater()

@@ -31,6 +31,7 @@ STYLESHEET = f"""
     background: #353535; color: #d8d8d8; border: 1px solid #444; border-radius: 3px; padding: 2px 6px;
 }}
 #cinegenPanel QToolButton:hover {{ background: #404040; }}
+#cinegenPanel QToolButton:disabled {{ color: #5a5a5a; background: #303030; border-color: #3a3a3a; }}
 #cinegenPanel QToolButton:checked {{ background: #4a3b22; border-color: {ACCENT}; color: {ACCENT}; }}
 #cinegenPanel QToolButton#sectionHeader {{
     background: transparent; border: none; border-bottom: 1px solid #3a3a3a; border-radius: 0;
