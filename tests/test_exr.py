@@ -93,8 +93,11 @@ def test_metadata_read_back_equals_what_was_written(tmp_path) -> None:
 def test_latlong_panoramas_carry_the_standard_envmap_attribute(tmp_path) -> None:
     path = tmp_path / "pano.1001.exr"
     exr.write_exr_frame(path, _pixels(16, 32), metadata=_metadata(latlong=True))
-    envmap = OpenEXR.File(str(path)).header()["envmap"]
+    standard = OpenEXR.File(str(path)).header()
+    envmap = standard["envmap"]
     assert isinstance(envmap, OpenEXR.Envmap) and envmap == OpenEXR.ENVMAP_LATLONG  # typed, not an int
+    assert standard["type"] == OpenEXR.scanlineimage and "tiles" not in standard  # a plain image, one level
+    assert "openexr:levelmode" not in standard  # OpenImageIO's writer hint, no attribute of the file
     read, header = exr.read_exr_frame(path)
     assert header["envmap"] == "latlong" and read.shape == (16, 32, 4)
     assert ExrMetadata.from_header(header).latlong

@@ -202,9 +202,8 @@ def _frame_spec(width: int, height: int, metadata: ExrMetadata, compression: str
     if local_offset is not None:
         spec.attribute("utcOffset", 0.0 - local_offset.total_seconds())  # 0.0 -: no "-0" at UTC
     if metadata.latlong:
-        # OpenImageIO writes envmap=ENVMAP_LATLONG for this; one level keeps it a plain image.
+        # OpenImageIO writes envmap=ENVMAP_LATLONG for this (still a scanline image of one level).
         spec.attribute("textureformat", "LatLong Environment")
-        spec.attribute("openexr:levelmode", 0)
     for name, value in metadata.cinegen_attributes().items():
         spec.attribute(name, value)
     return spec
