@@ -370,6 +370,9 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if common.model:
             self.registry.entry(common.model)  # NOT_FOUND with the list of models
         pipeline.validate(spec, self.registry)
+        if not resume:  # a half-downloaded model folder: refused naming the file it lacks, before any load
+            for model_id in pipeline.lora_models(spec, self.registry).values():  # the job's models, by role
+                self.registry.check_files(model_id)
         pipeline.check_loras(spec, self.registry)  # every LoRA fits a model of the job, or a sentence why not
         check_frame_range(spec, pipeline.name, pipeline.frame_ranges)
         if not resume:  # a journaled job was accepted once: it is not refused on restart

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 
 from .family import ModelEntry
+from .folder_check import check_loaded, weights_variant
 from .memory_estimate import kl_decode_frame_bytes, kl_decode_frames_that_fit
 from .sd import SDAdapter, _repeat_halves, keep_vae_in_float32
 from .toy import read_sidecar
@@ -142,10 +143,15 @@ def load_animatediff(entry: ModelEntry, device: torch.device, dtype: torch.dtype
 
     cls = animatediff_pipeline_class(Path(entry.path))
     if entry.source == "paired":  # an SD 1.x/SDXL folder + a MotionAdapter folder, assembled as AnimateDiff ships
-        motion = MotionAdapter.from_pretrained(entry.extra_path, dtype=dtype, local_files_only=True)
-        pipe = cls.from_pretrained(str(Path(entry.path)), motion_adapter=motion, dtype=dtype, local_files_only=True)
+        motion = MotionAdapter.from_pretrained(entry.extra_path, dtype=dtype, local_files_only=True,
+                                               variant=weights_variant(Path(entry.extra_path)))
+        check_loaded(motion)
+        pipe = cls.from_pretrained(str(Path(entry.path)), motion_adapter=motion, dtype=dtype, local_files_only=True,
+                                   variant=weights_variant(Path(entry.path)))
     else:
-        pipe = cls.from_pretrained(str(Path(entry.path)), dtype=dtype, local_files_only=True)
+        pipe = cls.from_pretrained(str(Path(entry.path)), dtype=dtype, local_files_only=True,
+                                   variant=weights_variant(Path(entry.path)))
+    check_loaded(pipe)  # before the move: tensors the files lack are refused, never left random
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     keep_vae_in_float32(pipe, dtype)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .family import Conditioning, FamilyAdapter, ModelEntry
+from .folder_check import check_loaded, weights_variant
 from .sd import _repeat_halves
 
 COGVIDEOX_PIPELINE_CLASSES = ("CogVideoXPipeline", "ToraPipeline")
@@ -281,7 +282,9 @@ def load_cogvideox(entry: ModelEntry, device: torch.device, dtype: torch.dtype) 
     if _class_name(folder) == "ToraPipeline":
         pipe = _load_components(folder, dtype)
     else:
-        pipe = CogVideoXPipeline.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+        pipe = CogVideoXPipeline.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
+                                                 variant=weights_variant(folder))
+    check_loaded(pipe)  # before the move: tensors the files lack are refused, never left random
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     config = pipe.transformer.config

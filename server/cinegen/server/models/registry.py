@@ -21,6 +21,7 @@ from ..errors import FailedPrecondition, NotFound, ResourceExhausted
 from .families import all_families
 from .checkpoint_kinds import classify_file
 from .family import AddOn, Family, FamilyAdapter, ModelEntry, TinyModel
+from .folder_check import missing_parts, model_folder_missing, read_index
 from .sparsectrl import SPARSECTRL_KIND, is_sparsectrl_folder
 from .precision import device_supports_bf16, dtype_for
 from .speedups import Speedups
@@ -70,10 +71,7 @@ def quiet_library_progress() -> None:
 
 
 def _model_index_class(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "model_index.json").read_text()).get("_class_name")
-    except (OSError, ValueError):
-        return None
+    return read_index(folder).get("_class_name")  # {} for a missing, unreadable or non-object file
 
 
 def _folder_kind(folder: Path) -> str:
@@ -254,15 +252,35 @@ class ModelRegistry:
             tiny = next(t for t in fam.tiny if t.id == entry.id)
             entry = ModelEntry(entry.id, entry.family, "builtin", str(ensure_tiny_model(tiny, self.cache_dir)),
                                entry.description)
+        if entry.source != "builtin":
+            self.check_files(entry.id)
         log.info("loading %s (%s) from %s", entry.id, entry.family, entry.path)
         try:
             return fam.load(entry, self.device, self.dtype_of(entry.family))
         except torch.cuda.OutOfMemoryError as exc:  # type: ignore[attr-defined]
             raise ResourceExhausted(f"Model '{entry.id}' does not fit in GPU memory. Close other GPU programs, "
                                     "or lower --memory-budget so other models are unloaded first.") from exc
-        except (OSError, ValueError, KeyError) as exc:
+        except FailedPrecondition:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user's folder is input: a sentence naming it, never a traceback
+            log.warning("loading %s from %s failed", entry.id, entry.path, exc_info=True)
             raise FailedPrecondition(f"Model '{entry.id}' at {entry.path} could not be loaded ({exc}). "
                                      "Check that the folder is a complete diffusers model.") from exc
+
+    def check_files(self, model_id: str) -> None:
+        """FAILED_PRECONDITION naming what a model's folder lacks (a half-finished download), read from its
+        files without loading them: Submit refuses the job instead of it failing when the model loads."""
+        entry = self.entry(model_id)
+        if entry.source not in ("folder", "hf-cache", "paired"):
+            return
+        missing = [f"{Path(entry.path).name}/{m}" for m in missing_parts(Path(entry.path))]
+        if entry.extra_path:  # a paired MotionAdapter folder: its weights
+            missing += model_folder_missing(Path(entry.extra_path))
+        if missing:
+            raise FailedPrecondition(
+                f"Model '{entry.id}' at {entry.path} is incomplete: {'; '.join(missing[:3])}"
+                f"{' and more' if len(missing) > 3 else ''} (a download that did not finish?). Fetch the missing "
+                "files again (`huggingface-cli download` on a machine with internet), or remove the folder.")
 
     def dtype_of(self, family: str) -> torch.dtype:
         return self.dtype or dtype_for(family, self.device, bf16_supported=self.bf16_supported)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .family import Conditioning, FamilyAdapter, ModelEntry
+from .folder_check import check_loaded, weights_variant
 
 
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5  # StableDiffusionXLImg2ImgPipeline's defaults
@@ -141,10 +142,11 @@ def load_sd(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> SDAd
     else:
         class_name = _pipeline_class_name(path)
         cls = getattr(diffusers, class_name) if class_name in SD_PIPELINE_CLASSES else StableDiffusionPipeline
-        kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=True)
+        kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=True, variant=weights_variant(path))
         if cls is StableDiffusionPipeline:
             kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipe = cls.from_pretrained(str(path), **kwargs)
+        check_loaded(pipe)  # before the move: tensors the files lack are refused, never left random
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     keep_vae_in_float32(pipe, dtype)

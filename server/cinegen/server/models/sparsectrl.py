@@ -38,7 +38,11 @@ def is_sparsectrl_folder(folder: Path) -> bool:
 def load_sparsectrl(path: str | Path, device: torch.device, dtype: torch.dtype):
     from diffusers import SparseControlNetModel
 
-    model = SparseControlNetModel.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    from .folder_check import check_loaded, weights_variant
+
+    model = SparseControlNetModel.from_pretrained(str(path), dtype=dtype, local_files_only=True,
+                                                  variant=weights_variant(Path(path)))
+    check_loaded(model)
     return model.to(device).eval()
 
 

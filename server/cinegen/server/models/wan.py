@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import InvalidArgument
 from .family import Conditioning, Family, FamilyAdapter, ModelEntry, TinyModel
+from .folder_check import check_loaded, weights_variant
 from .wan_text import WAN_MAX_SEQUENCE_LENGTH
 
 WAN_PIPELINE_CLASSES = ("WanPipeline", "WanImageToVideoPipeline")
@@ -351,10 +352,12 @@ def load_wan(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> Wan
     cls = getattr(diffusers, class_name if class_name in WAN_PIPELINE_CLASSES else "WanPipeline")
     dtype = wan_dtype(dtype)
     parts: dict[str, Any] = {}
+    variant = weights_variant(folder)
     if dtype != torch.float32:  # the Wan VAE runs in float32, as diffusers' examples load it
         parts["vae"] = diffusers.AutoencoderKLWan.from_pretrained(str(folder), subfolder="vae", dtype=torch.float32,
-                                                        local_files_only=True)
-    pipe = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **parts)
+                                                        local_files_only=True, variant=variant)
+    pipe = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True, variant=variant, **parts)
+    check_loaded(pipe)  # before the move: tensors the files lack are refused, never left random
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     return WanAdapter(pipe, entry, device, dtype, infer_profile(pipe, folder))
