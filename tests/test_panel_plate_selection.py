@@ -58,3 +58,14 @@ def test_a_panorama_takes_the_selections_first_frame_or_the_still_and_keeps_its_
     assert values["frames"] is None and values["first_frame"] is None  # the panorama's own length, not the plate's
     assert _take(panel, "panorama", STILL)["input"] == "/plates/sh010/matte.exr"
     assert panel.banner.kind == "info"
+
+
+def test_a_refusal_quoting_a_path_marks_that_field(panel):
+    """The server's sentence about a missing plate quotes its path; the Input plate field was not marked."""
+    form = panel.forms["upscale"]
+    panel.select_pipeline("upscale")
+    form.set_values({"model": "tiny-sd", "mode": "plate", "input": "/nowhere/plate.####.exr", "prompt": "x"})
+    panel.generate()
+    wait_until(lambda: panel.banner.kind == "error", "the refusal")
+    assert "'/nowhere/plate.####.exr'" in panel.banner.text
+    assert form.labels["input"].property("invalid") and not form.labels["out"].property("invalid")

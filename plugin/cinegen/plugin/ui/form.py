@@ -189,10 +189,15 @@ class ParamForm(QtWidgets.QWidget):
         return plain_help(sentence, {spec.name: spec.label for spec in self.fields})
 
     def highlight_fields_named_in(self, sentence: str) -> list[str]:
-        """Mark the fields a server message starts by naming ("Width 100 is not…"); returns their names."""
+        """Mark the fields a server message starts by naming ("Width 100 is not…"), or whose path it quotes ("No
+        frames of the plate '/p/bg.####.exr' were found"); returns their names."""
         lowered = sentence.lower()
         named = [spec.name for spec in self.fields
                  if lowered.startswith(spec.label.lower() + " ") or lowered.startswith(spec.name + " ")]
+        values = self.values()
+        named += [spec.name for spec in self.fields if spec.type == "path" and spec.name not in named
+                  and isinstance(values.get(spec.name), str) and values[spec.name].strip()
+                  and f"'{values[spec.name].strip()}'" in sentence]
         self.clear_highlights()
         for name in named:
             for widget in self._marked_widgets(name):
