@@ -67,7 +67,7 @@ def describe_results(job) -> list[dict]:
             "node": None if node is None else {"frame_duration": node.frame_duration, "frame_start": node.frame_start,
                                                "frame_offset": node.frame_offset, "image": node.image.filepath,
                                                "source": node.image.source, "label": node.label},
-            "strip": None if strip is None else {"frame_start": strip.frame_start,
+            "strip": None if strip is None else {"frame_start": strip.frame_start, "channel": strip.channel,
                                                  "duration": strip.frame_final_duration,
                                                  "files": [e.filename for e in strip.elements], "name": strip.name}})
     return found

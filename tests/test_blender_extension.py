@@ -171,11 +171,14 @@ def test_a_story_from_the_file_picker_loads_one_sequence_per_shot(facts):
     assert facts["story_run"] == ["FINISHED"] and story["state"] == "completed", story["error"]
     by_name = {Path(r["node"]["image"]).name: r for r in story["results"]}
     assert set(by_name) == {"sh010.0001.exr", "sh020.0001.exr"}  # numbered like the scene, from frame 1
-    for name, result in by_name.items():
-        shot = name.split(".")[0]
+    # one after the other as in the story's cut (its .otio), not both stacked at frame 1
+    for name, start in (("sh010.0001.exr", 1), ("sh020.0001.exr", 3)):
+        result, shot = by_name[name], name.split(".")[0]
         assert (result["node"]["frame_duration"], result["node"]["frame_start"], result["node"]["frame_offset"]) \
-            == (2, 1, 0)
+            == (2, start, 0)
         assert result["strip"]["files"] == [f"{shot}.0001.exr", f"{shot}.0002.exr"]
+        assert result["strip"]["frame_start"] == start
+    assert by_name["sh010.0001.exr"]["strip"]["channel"] == by_name["sh020.0001.exr"]["strip"]["channel"]
 
 
 def test_history_keeps_seed_model_prompt_and_reruns_the_job_as_it_was(facts):

@@ -201,6 +201,22 @@ def test_header_reader_refuses_files_that_are_not_exr(tmp_path):
     assert exr_colorspace(tmp_path / "x.exr") == "" and exr_colorspace(tmp_path / "missing.exr") == ""
 
 
+# ---- a story's cut --------------------------------------------------------------------------------
+def test_shot_offsets_place_each_finished_shot_where_the_cut_has_it(tmp_path):
+    from cinegen.plugin.backend.story_cut import shot_offsets
+    from cinegen.server.output.otio_cut import MissingShot, ShotRecord, write_story_timeline
+
+    shots = [ShotRecord("sh010", "a", 1, "m", "k", "job", first_frame=1, frames=12, fps=24.0),
+             MissingShot("sh020", "b", frames=8, fps=24.0),  # a gap in the cut: sh030 still starts at 20
+             ShotRecord("sh 030", "c", 3, "m", "k", "job", first_frame=1, frames=5, fps=24.0)]
+    cut = write_story_timeline(tmp_path, "Harbour", 24.0, shots)
+    assert shot_offsets(cut) == {str(tmp_path / "sh010"): 0, str(tmp_path / "sh 030"): 20}
+    absolute = write_story_timeline(tmp_path / "abs", "Harbour", 24.0, shots[:1], absolute_urls=True)
+    assert shot_offsets(absolute) == {str(tmp_path / "abs" / "sh010"): 0}  # file:// URLs too
+    (tmp_path / "bad.otio").write_text("{")
+    assert shot_offsets(tmp_path / "bad.otio") == {} and shot_offsets(tmp_path / "none.otio") == {}
+
+
 # ---- error sentences ------------------------------------------------------------------------------
 def test_errors_become_sentences_that_say_what_to_do():
     settings = ConnectionSettings(host="gpu01", port=50051)

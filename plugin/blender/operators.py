@@ -22,8 +22,9 @@ from cinegen.common.trajectory_io import to_json
 from cinegen.plugin.backend.drafting import make_draft, plan_output, release_folder
 from cinegen.plugin.backend.errors import describe_error
 from cinegen.plugin.backend.results import results_from_outputs
+from cinegen.plugin.backend.story_cut import shot_offsets
 from cinegen.plugin.hosts.base import HostSelectionError
-from cinegen.plugin.hosts.blender_host import BlenderHost
+from cinegen.plugin.hosts.blender_host import BlenderHost, placement_frame, sequencer_channel
 from cinegen.plugin.model.forms import PLATE_COLORSPACE_FIELD, PLATE_FIELD, TRAJECTORY_FIELD
 from cinegen.plugin.model.history import HistoryEntry
 from cinegen.plugin.model.jobs import JobRecord
@@ -120,7 +121,10 @@ def finish(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
         release_folder(job.claimed_folder)
         history.update(record.job_id, state=state, message=message)
     else:
-        loaded = job.loaded = [host.load_result(result) for result in results]
+        starts = cut_starts(scene, results, outcome.outputs)
+        channel = cut_channel(scene, results, starts) if starts and host.target != "compositor" else None
+        loaded = job.loaded = [host.load_result(r, starts.get(r.pattern), channel if r.pattern in starts else None)
+                               for r in results]
         notices = host.take_notices()  # a colour space Blender lacks, another frame rate than the scene's
         if props.job_id == job.job_id:
             props.progress, props.stage, props.last_error = 1.0, f"loaded {len(results)} sequence(s)", ""
@@ -143,6 +147,27 @@ def finish_queued(scene, job: runtime.BlenderJob, host: BlenderHost) -> list:
         except RuntimeError:  # no undo in this context: the results are loaded all the same
             pass
     return loaded
+
+
+def cut_starts(scene, results: list, outputs: list[str]) -> dict[str, int]:
+    """A story's shots one after another as in its cut (the .otio among the outputs), from where its first
+    shot would land: the sequencer shows the edit, not every shot stacked at one frame."""
+    cut = next((path for path in outputs if path.endswith(".otio")), None)
+    offsets = shot_offsets(cut) if cut and len(results) > 1 else {}
+    folders = {r.pattern: os.path.normpath(os.path.dirname(r.first_file)) for r in results}
+    placed = [r for r in results if folders[r.pattern] in offsets]
+    if not placed:
+        return {}
+    # every shot is numbered from the same first frame: where one would land is where the cut starts (a
+    # re-run of sh020 alone still lands after sh010)
+    start = placement_frame(scene, placed[0].frames)
+    return {r.pattern: start + offsets[folders[r.pattern]] for r in placed}
+
+
+def cut_channel(scene, results: list, starts: dict[str, int]) -> int:
+    """One sequencer channel free for the whole cut, so its shots read as one edit."""
+    ends = [starts[r.pattern] + r.frames.count for r in results if r.pattern in starts]
+    return sequencer_channel(scene, min(starts.values()), max(ends))
 
 
 def unreadable(results: list, *, shared_disk: bool) -> str:

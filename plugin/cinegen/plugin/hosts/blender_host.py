@@ -80,16 +80,19 @@ class BlenderHost(HostAdapter):
         frames = frames or FrameRange(scene.frame_start, scene.frame_end)
         return object_trajectory(scene, bpy.context.view_layer.objects.active, scene.camera, frames, width, height)
 
-    def load_result(self, result: ResultSequence) -> dict[str, Any]:
+    def load_result(self, result: ResultSequence, start: int | None = None,
+                    channel: int | None = None) -> dict[str, Any]:
+        """The sequence as an Image node and / or a strip, from scene frame `start` (None: `placement_frame`),
+        the strip in `channel` (None: the lowest free one)."""
         scene = self.scene or bpy.context.scene
         header = _header(result.first_file)
         colorspace, notice = result_colorspace(result, header.get("chromaticities"))
         self._notices += [n for n in (notice, fps_notice(scene, result, header.get("framesPerSecond"))) if n]
         loaded: dict[str, Any] = {}
         if self.target in ("compositor", "both"):
-            loaded["node"] = load_into_compositor(scene, result, colorspace)
+            loaded["node"] = load_into_compositor(scene, result, colorspace, start)
         if self.target in ("sequencer", "both"):
-            loaded["strip"] = load_into_sequencer(scene, result, colorspace)
+            loaded["strip"] = load_into_sequencer(scene, result, colorspace, start, channel)
         return loaded
 
     def take_notices(self) -> list[str]:
@@ -218,13 +221,14 @@ def compositor_tree(scene: Any) -> Any:
     return scene.node_tree
 
 
-def load_into_compositor(scene: Any, result: ResultSequence, colorspace: str | None = None) -> Any:
+def load_into_compositor(scene: Any, result: ResultSequence, colorspace: str | None = None,
+                         start: int | None = None) -> Any:
     tree = compositor_tree(scene)
     ours = [n for n in tree.nodes if n.bl_idname == "CompositorNodeImage" and n.get("cinegen_job")]
     node = tree.nodes.new("CompositorNodeImage")
     node.image = load_image_sequence(result, colorspace)
     node.frame_duration = result.frames.count
-    node.frame_start = placement_frame(scene, result.frames, source_strip(scene, result))
+    node.frame_start = placement_frame(scene, result.frames, source_strip(scene, result)) if start is None else start
     node.frame_offset = result.frames.first - 1  # file frame = F - frame_start + 1 + offset
     node.label = result.label[:NAME_LIMIT]
     tag(node, result)
@@ -232,16 +236,18 @@ def load_into_compositor(scene: Any, result: ResultSequence, colorspace: str | N
     return node
 
 
-def load_into_sequencer(scene: Any, result: ResultSequence, colorspace: str | None = None) -> Any:
+def load_into_sequencer(scene: Any, result: ResultSequence, colorspace: str | None = None,
+                        start: int | None = None, channel: int | None = None) -> Any:
     editor = scene.sequence_editor or scene.sequence_editor_create()
     strips = editor.strips if hasattr(editor, "strips") else editor.sequences  # 4.4+ / before
     source = source_strip(scene, result)
-    start = placement_frame(scene, result.frames, source)
+    start = placement_frame(scene, result.frames, source) if start is None else start
     names = result.file_names()
     lowest = 1 if source is None else source.channel + 1  # above its plate, for a glance from one to the other
-    strip = strips.new_image(name=result.label[:NAME_LIMIT], filepath=result.first_file,
-                             channel=free_channel(strips, start, start + len(names), lowest), frame_start=start,
-                             fit_method=fit_method(scene))
+    if channel is None:
+        channel = free_channel(strips, start, start + len(names), lowest)
+    strip = strips.new_image(name=result.label[:NAME_LIMIT], filepath=result.first_file, channel=channel,
+                             frame_start=start, fit_method=fit_method(scene))
     for name in names[1:]:
         strip.elements.append(name)
     colorspace = blender_colorspace(result.colorspace) if colorspace is None else colorspace
@@ -265,6 +271,12 @@ def fit_method(scene: Any) -> str:
     artist changed it), as for a strip added by hand; `new_image` alone keeps the original size."""
     tools = getattr(scene.tool_settings, "sequencer_tool_settings", None)
     return getattr(tools, "fit_method", "FIT")
+
+
+def sequencer_channel(scene: Any, start: int, end: int) -> int:
+    """The lowest channel of the scene's sequencer free over [start, end) (one channel for a whole cut)."""
+    editor = scene.sequence_editor or scene.sequence_editor_create()
+    return free_channel(editor.strips if hasattr(editor, "strips") else editor.sequences, start, end)
 
 
 def free_channel(strips: Any, start: int, end: int, lowest: int = 1) -> int:
