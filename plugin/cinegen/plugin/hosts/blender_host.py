@@ -4,8 +4,9 @@ a trajectory; plates from the active image strip.
 Image sequences follow Blender's image-user rule (``BKE_image_user_frame_calc``): at scene frame F
 an Image node shows file frame ``F - frame_start + 1 + frame_offset``, so a sequence numbered from
 1001 placed at scene frame S needs ``frame_start = S`` and ``frame_offset = 1000``. A result made from
-a plate strip lands where that strip starts, one channel above it; any other at its own frame numbers
-when the scene's range holds them, else at the scene's first frame.
+a plate strip lands where that strip starts, one channel above it; a story's shots one after another as
+in its cut, on one channel (`start`/`channel` of `load_result`, from the add-on); any other at its own
+frame numbers when the scene's range holds them, else at the scene's first frame.
 
 The trajectory is the active object's world position on each frame the job generates (first ..
 first + frames - 1, not the scene's range) through `bpy_extras.object_utils.world_to_camera_view`
