@@ -322,3 +322,26 @@ def test_a_server_lost_mid_job_names_the_rerun_that_finds_the_job_again(monkeypa
                      "--out", "/tmp/x.####.exr"]) == 2
     err = capsys.readouterr().err
     assert "run this same command again with --job-id sh010-v3: it follows the job if the server has it" in err
+
+
+def test_an_output_folder_swapped_for_a_link_while_queued_is_refused_when_the_job_starts(registry, tmp_path):
+    """The roots were checked at Submit only: a folder inside --output-root replaced by a link to elsewhere
+    while the job waited in the queue took its frames outside the root."""
+    from server_kit import private_server, tiny_request
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sh010").mkdir(parents=True)
+    outside.mkdir()
+    blocker = tiny_request(root, job_id=f"blk-{uuid.uuid4().hex[:6]}", steps=400, width=64, height=64)
+    queued = tiny_request(root / "sh010", job_id=f"sw-{uuid.uuid4().hex[:6]}")
+    with private_server(registry, state_dir=tmp_path / "state", output_roots=[root]) as running:
+        with GeneratorClient(running.address, timeout=30) as client:
+            client.submit(blocker)
+            client.submit(queued)  # checked now: inside the root
+            (root / "sh010").rmdir()
+            (root / "sh010").symlink_to(outside, target_is_directory=True)
+            client.cancel(blocker.job_id)
+            failed = [e for e in client.watch(queued.job_id) if e.WhichOneof("kind") == "failed"]
+    assert failed and failed[0].failed.code == "PERMISSION_DENIED", failed
+    assert "outside the folders this server may use" in failed[0].failed.message
+    assert os.listdir(outside) == []

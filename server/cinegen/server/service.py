@@ -617,6 +617,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     # ---- running a job -----------------------------------------------------------------------
     def _run_job(self, job: Job, manager) -> list[str]:
         pipeline = self.pipelines[job.spec.pipeline]
+        self._recheck_roots(job.spec, pipeline)
         started = time.perf_counter()
         model_id = pipeline.model_id(job.spec, self.registry)
         manager.emit(job, started=pb.Started(model=model_id, seed=job.spec.common.seed or 0,
@@ -657,6 +658,21 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             models.close()
             job.outputs = list(ctx.outputs)
             remove_converted(plates)
+
+
+    def _recheck_roots(self, spec: JobSpec, pipeline: Pipeline) -> None:
+        """The roots again as the job starts: a folder inside one swapped for a link to elsewhere while the job
+        waited in the queue would otherwise take its frames (or give its plate) outside them."""
+        if not (self.paths.output_roots or self.paths.input_roots):
+            return
+        out = spec.common.out
+        self.paths.output(out if pipeline.output_is_folder else SequencePattern.parse(out).directory or ".",
+                          "The output folder")
+        plate = getattr(spec.params, "input", "")
+        if plate:
+            self.paths.input(os.path.dirname(plate) if "#" in plate or "%" in plate else plate, "The input path")
+        for lora in job_loras(spec.common, spec.params):
+            self.paths.input(lora.path, "The LoRA path")
 
 
 def _start_ray(config: ServerConfig, registry: ModelRegistry) -> Any:
