@@ -70,3 +70,42 @@ def test_a_config_problem_met_mid_job_fails_it_as_a_precondition_not_a_server_bu
     assert (result.state, result.code) == ("failed", "FAILED_PRECONDITION"), result.message
     assert "no sRGB texture colour space" in result.message and "report it" not in result.message
 
+
+
+def test_a_display_whose_first_view_is_raw_uses_its_first_picture_view(tmp_path, monkeypatch):
+    from cinegen.common import color
+
+    # CreateRaw's display "sRGB" lists "Raw" first: through it a picture would be written as if it were linear
+    monkeypatch.setenv("OCIO", _config(tmp_path / "rawfirst.ocio"))
+    assert color.load_config().getDefaultView("sRGB") == "Raw"
+    assert color.sdr_view() == ("sRGB", "sRGB")
+    np.testing.assert_allclose(color.display_to_scene_linear(np.full((1, 3), 0.5, np.float32)), 0.5 ** 2.4,
+                               rtol=1e-5)
+
+
+def test_a_display_with_no_picture_view_is_refused_at_submit(client, tmp_path, monkeypatch):
+    config = OCIO.Config.CreateRaw()  # one display, one view: Raw
+    config.addColorSpace(OCIO.ColorSpace(name="linear"))
+    config.setRole("scene_linear", "linear")
+    (tmp_path / "rawonly.ocio").write_text(config.serialize())
+    monkeypatch.setenv("OCIO", str(tmp_path / "rawonly.ocio"))
+    with pytest.raises(RequestRejected) as refused:
+        client.submit(_image_job(tmp_path))
+    assert refused.value.code == "FAILED_PRECONDITION" and "no view that makes a picture" in refused.value.message
+
+
+def test_a_config_copied_without_its_lut_files_is_refused_at_submit_naming_the_file(client, tmp_path, monkeypatch):
+    config = OCIO.Config.CreateRaw()
+    config.addColorSpace(OCIO.ColorSpace(name="linear"))
+    config.setRole("scene_linear", "linear")
+    film = OCIO.ColorSpace(name="film")
+    film.setTransform(OCIO.FileTransform(src="film.spi1d"), OCIO.COLORSPACE_DIR_FROM_REFERENCE)
+    config.addColorSpace(film)
+    config.addDisplayView("sRGB", "Film", "film")
+    config.setActiveViews("Film")
+    config.setSearchPath("luts")  # the folder was not copied with config.ocio
+    (tmp_path / "noluts.ocio").write_text(config.serialize())
+    monkeypatch.setenv("OCIO", str(tmp_path / "noluts.ocio"))
+    with pytest.raises(RequestRejected) as refused:
+        client.submit(_image_job(tmp_path))
+    assert refused.value.code == "FAILED_PRECONDITION" and "film.spi1d" in refused.value.message

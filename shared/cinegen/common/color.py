@@ -48,6 +48,10 @@ SRGB_ENCODED_NAMES = ("sRGB Encoded Rec.709 (sRGB)", "srgb_tx", "sRGB - Texture"
 DISPLAY_VIEW, DISPLAY_SRGB = "view", "srgb"  # the display_to_scene_linear choices (params.DISPLAY_TRANSFORMS)
 
 
+# PyOpenColorIO's errors: a missing LUT file (a config copied without its luts folder) is not an OCIO.Exception.
+_OCIO_ERRORS = (OCIO.Exception, OCIO.ExceptionMissingFile)
+
+
 class ColorConfigError(RuntimeError):
     """The OCIO config cannot be used as asked; the message names the config and the fix."""
 
@@ -102,7 +106,7 @@ def load_config() -> OCIO.Config:
 def _config_from(source: str) -> OCIO.Config:
     try:
         return OCIO.Config.CreateFromFile(source)
-    except (OCIO.Exception, OCIO.ExceptionMissingFile) as error:  # unrelated classes in PyOpenColorIO
+    except _OCIO_ERRORS as error:
         raise ColorConfigError(
             f"The OpenColorIO config '{source}' could not be loaded ({error}): fix the file or "
             "unset $OCIO to use the built-in config.") from error
@@ -147,7 +151,7 @@ def _cpu_processor(source: str, src: str, dst: str) -> OCIO.CPUProcessor:
     config = _config_from(source)
     try:
         processor = config.getProcessor(src, dst)
-    except OCIO.Exception as error:
+    except _OCIO_ERRORS as error:
         raise ColorConfigError(
             f"OpenColorIO cannot convert from '{src}' to '{dst}' with the config '{source}' "
             f"({error}).") from error
@@ -192,7 +196,7 @@ def _is_identity(config: OCIO.Config, src: str, dst: str) -> bool:
     try:
         converted = probe.copy()
         config.getProcessor(src, dst).getDefaultCPUProcessor().applyRGB(converted)
-    except OCIO.Exception:
+    except _OCIO_ERRORS:
         return False
     return bool(np.allclose(converted, probe, atol=1e-4))
 
@@ -200,7 +204,9 @@ def _is_identity(config: OCIO.Config, src: str, dst: str) -> bool:
 # ---------------------------------------------------------------------------------- display <-> scene
 def sdr_view(config: OCIO.Config | None = None) -> tuple[str, str]:
     """(display, view) whose inverse turns display-referred pixels into scene light: the config's
-    default display and that display's default view (built-in config: sRGB, ACES 2.0 SDR 100 nits)."""
+    default display and that display's default view (built-in config: sRGB, ACES 2.0 SDR 100 nits), or
+    its first view that makes a picture when the default is a data one (Raw, None: a picture through it
+    would be written as if it were scene light)."""
     config = config or load_config()
     display = config.getDefaultDisplay()
     view = config.getDefaultView(display) if display else ""
@@ -208,7 +214,24 @@ def sdr_view(config: OCIO.Config | None = None) -> tuple[str, str]:
         raise ColorConfigError(
             f"The OpenColorIO config '{config_source()}' has no default display and view: add them, or "
             "choose the srgb display transform.")
-    return display, view
+    for candidate in dict.fromkeys([view, *config.getViews(display)]):
+        if _makes_a_picture(config, display, candidate):
+            return display, candidate
+    raise ColorConfigError(
+        f"The OpenColorIO config '{config_source()}' has no view that makes a picture on its display '{display}' "
+        f"(its views pass values through as data: {', '.join(config.getViews(display))}): add one, or choose "
+        "the srgb display transform.")
+
+
+def _makes_a_picture(config: OCIO.Config, display: str, view: str) -> bool:
+    space = config.getColorSpace(config.getDisplayViewColorSpaceName(display, view))
+    if space is not None and space.isData():
+        return False
+    try:
+        transform = OCIO.DisplayViewTransform(src=working_space_name(config), display=display, view=view)
+        return not config.getProcessor(transform).isNoOp()
+    except _OCIO_ERRORS:
+        return True  # a view that cannot be built is reported by the caller that builds it, with its reason
 
 
 def display_to_scene_linear(rgb: np.ndarray, transform: str = DISPLAY_VIEW) -> np.ndarray:
@@ -311,7 +334,7 @@ def _view_processor(source: str, inverse: bool) -> OCIO.CPUProcessor:
         direction=OCIO.TRANSFORM_DIR_INVERSE if inverse else OCIO.TRANSFORM_DIR_FORWARD)
     try:
         processor = config.getProcessor(transform)
-    except OCIO.Exception as error:
+    except _OCIO_ERRORS as error:
         raise ColorConfigError(f"OpenColorIO cannot build the '{view}' view of '{display}' with the config "
                                f"'{source}' ({error}).") from error
     return processor.getOptimizedCPUProcessor(OCIO.OPTIMIZATION_LOSSLESS)
