@@ -23,7 +23,7 @@ def show_panel():
     """Dock the panel beside the Properties bin (or float it when that pane is not there); when a cinegen pane is
     open already (Nuke restored it with a saved layout, or Windows > Custom made it) bring that one forward: a
     second panel would be a second connection with its own queue."""
-    from cinegen.plugin.ui.panel import open_panel, reveal
+    from cinegen.plugin.ui.open_panels import open_panel, reveal
 
     shown = open_panel("nuke")
     if shown is not None:

@@ -7,7 +7,6 @@ never imports a host module, and it never clears the artist's form: on any error
 from __future__ import annotations
 
 import functools
-import weakref
 from typing import Any
 
 from cinegen.common.client import new_job_id
@@ -29,12 +28,12 @@ from ..model.history import History, HistoryEntry
 from ..model.jobs import JobQueue, JobRecord
 from ..model.outputs import ResultSequence, safe_name
 from ..qt import QtCore, QtGui, QtWidgets, exec_dialog
+from . import open_panels
 from .connection import SettingsDialog
 from .form import ParamForm
 from .panel_view import PanelView
 
 
-_OPEN_PANELS: weakref.WeakSet[Panel] = weakref.WeakSet()  # this application's panels not yet shut down
 FORM_SAVE_DELAY_MS = 500  # after the last change: typing is not a write per key, a closed pane loses at most this
 
 
@@ -59,7 +58,7 @@ class Panel(PanelView):
         self._save_timer.setInterval(FORM_SAVE_DELAY_MS)
         self._save_timer.timeout.connect(self.save_form_state)
         self._wire()
-        _OPEN_PANELS.add(self)
+        open_panels.add(self)
         app = QtWidgets.QApplication.instance()
         if app is not None:  # a host (or python -m cinegen.plugin) quitting with jobs still streaming
             app.aboutToQuit.connect(self.shutdown)
@@ -367,47 +366,13 @@ class Panel(PanelView):
         """Close the connection and wait for the network threads (idempotent; also on application quit)."""
         if not self._shut_down:
             self._shut_down = True
-            _OPEN_PANELS.discard(self)
+            open_panels.discard(self)
             self.save_form_state()
             self.session.close()
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt's name)
         self.shutdown()
         super().closeEvent(event)
-
-
-def open_panel(host: str = "") -> Panel | None:
-    """This application's panel (for `host`, a HostAdapter name) that is still open, or None: a host may have made
-    one already (Nuke builds a pane's widget itself when it restores a saved layout), and a second panel would be a
-    second connection with its own queue."""
-    for panel in list(_OPEN_PANELS):
-        try:
-            panel.objectName()
-        except RuntimeError:  # its pane was closed and Qt deleted it without a close event
-            _OPEN_PANELS.discard(panel)
-            continue
-        if not host or panel.host.name == host:
-            return panel
-    return None
-
-
-def reveal(panel: QtWidgets.QWidget) -> None:
-    """Bring a docked or floating panel to the front: its tab made current in every tab widget above it."""
-    chain = [panel]
-    while chain[-1].parentWidget() is not None:
-        chain.append(chain[-1].parentWidget())
-    for depth, widget in enumerate(chain[1:], start=1):
-        if isinstance(widget, QtWidgets.QTabWidget):  # its pages sit in its own stack, one level further down
-            index = next((i for i in (widget.indexOf(w) for w in chain[:depth]) if i >= 0), -1)
-            if index >= 0:
-                widget.setCurrentIndex(index)
-        elif isinstance(widget, QtWidgets.QStackedWidget) and not isinstance(widget.parentWidget(),
-                                                                               QtWidgets.QTabWidget):
-            widget.setCurrentWidget(chain[depth - 1])
-    if panel.isWindow():  # floating; a docked one is shown by its tab (show() would paint it over another tab)
-        panel.show()
-    panel.window().raise_()
-    panel.window().activateWindow()
 
 
 def _restore(form: ParamForm, values: dict[str, Any]) -> None:
