@@ -218,3 +218,19 @@ def test_the_colour_space_copy_of_a_plate_takes_the_picture_s_channels_not_a_cry
     pixels, _ = exr.read_exr_frame(converted.input.replace("####", "1001"))
     expected = color.to_working_space(np.array([[0.5, 0.25, 0.125]], np.float32), "ACES2065-1")[0]
     np.testing.assert_allclose(pixels[0, 0], [*expected, 1.0], rtol=2e-3)  # a half copy; no alpha in the plate
+
+
+def test_a_colour_space_plate_is_converted_only_for_the_frames_the_job_reads(client, tmp_path) -> None:
+    from cinegen.common.client import build_request
+    from cinegen.common.params import CommonParams, UpscaleParams
+
+    for frame in range(1001, 1007):
+        _write(tmp_path / f"long.{frame}.exr", [(np.full((64, 64, 4), 0.18, np.float32), RGBA, "half", (0, 0), None)])
+    whole = (tmp_path / "long.1005.exr").read_bytes()
+    (tmp_path / "long.1005.exr").write_bytes(whole[:len(whole) // 2])  # beyond the two frames asked for
+    common = CommonParams(model="tiny-sd", steps=2, frames=2, out=str(tmp_path / "up" / "u.####.exr"))
+    params = UpscaleParams(input=str(tmp_path / "long.####.exr"), scale=1.0, strength=0.0,
+                           input_colorspace="ACES2065-1")
+    result = client.run(build_request("upscale", common, params))
+    assert result.state == "completed", result.message
+    assert sorted(p.rsplit("/", 1)[1] for p in result.outputs) == ["u.1001.exr", "u.1002.exr"]

@@ -52,8 +52,11 @@ def needs_conversion(params: Any) -> bool:
     return color.resolve_colorspace(space, config) != color.working_space_name(config)
 
 
-def converted_params(params: Any, folder: Path, log: Callable[[str], None] = lambda text: None) -> Any:
-    """`params` with its input replaced by a working-space copy in `folder` (unchanged when none is needed)."""
+def converted_params(params: Any, folder: Path, log: Callable[[str], None] = lambda text: None,
+                     frames: int | None = None) -> Any:
+    """`params` with its input replaced by a working-space copy in `folder` (unchanged when none is needed);
+    `frames`: the job's frame count, which the plate pipelines read from the plate's first frame on disk
+    (only those are converted; all when None)."""
     if not needs_conversion(params):
         return params
     space, source = getattr(params, COLORSPACE_FIELD), getattr(params, INPUT_FIELD)
@@ -68,6 +71,9 @@ def converted_params(params: Any, folder: Path, log: Callable[[str], None] = lam
         _convert_file(source, new_input, space, f"The input image '{source}'")
     else:
         files = pattern.glob_existing()
+        if frames and files:
+            last = min(files) + frames - 1
+            files = {frame: path for frame, path in files.items() if frame <= last}
         # the same file name and padding, so frame numbers and the pipeline's checks stay as they were
         out = SequencePattern.parse(str(folder / f"{pattern.prefix}{'#' * pattern.padding}.exr"))
         for frame, path in files.items():

@@ -644,7 +644,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             manager.emit(job, log=pb.Log(level="info", message=message))
 
         plates = self.state_dir / "plates" / job.id  # working-space copies of a plate in another colour space
-        spec = dataclasses.replace(job.spec, params=converted_params(job.spec.params, plates, report_log))
+        spec = dataclasses.replace(job.spec, params=converted_params(job.spec.params, plates, report_log,
+                                                                     job.spec.common.frames))
         models = JobModels(self.registry, spec.common.offload, report_log)  # --offload on what the job loads
         ctx = RunContext(job=spec, registry=models, report_progress=report_progress,
                          report_preview=report_preview, report_frame=report_frame, report_log=report_log,
