@@ -84,5 +84,70 @@ def test_a_half_downloaded_folder_is_refused_at_submit_naming_the_file(tiny_sd, 
         with pytest.raises(RequestRejected) as err:
             client.submit(tiny_request(tmp_path / "out", model="half"))
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION.name
-    assert f"'half' at {folder} is incomplete: half/{said}" in err.value.message
+    assert f"'half' at {folder} is incomplete: {said}" in err.value.message
     assert not registry.is_loaded("half")
+
+
+def _write_json(path: Path, change) -> None:
+    import json
+
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_a_folder_of_folders_of_models_is_found_with_each_model_under_its_path(tiny_sd, tmp_path, tiny_model_cache):
+    # a studio's tree (and ComfyUI's models/ layout): groups of diffusers folders and of single files
+    root = tmp_path / "models"
+    shutil.copytree(tiny_sd, root / "sd15" / "realistic")
+    shutil.copytree(tiny_sd, root / "top-sd")
+    lora = {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(4, 32)}
+    (root / "loras" / "styles").mkdir(parents=True)
+    save_file(lora, str(root / "loras" / "styles" / "ink.safetensors"))
+    registry = _registry(root, tiny_model_cache)
+    entries = {e.id: e for e in registry.entries() if e.source != "builtin"}
+    assert set(entries) == {"top-sd", "sd15/realistic"}, "top-level ids stay the folder's name"
+    assert entries["sd15/realistic"].path == str(root / "sd15" / "realistic")
+    assert [(a.id, a.kind) for a in registry.addons()] == [("loras/styles/ink", "lora")]
+    assert registry.get("sd15/realistic").native_size == (64, 64)
+
+
+def test_folders_cinegen_cannot_run_are_skipped_each_with_a_line_saying_why(tiny_sd, tmp_path, tiny_model_cache,
+                                                                           caplog):
+    root = tmp_path / "models"
+    shutil.copytree(tiny_sd, root / "inpainting")  # a 9-channel UNet under a plain SD model_index.json
+    _write_json(root / "inpainting" / "unet" / "config.json", lambda c: c.update(in_channels=9))
+    shutil.copytree(tiny_sd, root / "controlnet")
+    _write_json(root / "controlnet" / "model_index.json",
+                lambda c: c.update(_class_name="StableDiffusionControlNetPipeline"))
+    (root / "odd").mkdir()
+    (root / "odd" / "model_index.json").write_text("[]")  # valid JSON, not an object: discovery crashed on it
+    shutil.copytree(tiny_sd / "vae", root / "vae-alone")
+    (root / "old.ckpt").write_bytes(b"PK\x03\x04")
+    shutil.copytree(tiny_sd, root / "fine")
+    with caplog.at_level("WARNING", logger="cinegen.server.models.registry"):
+        ids = {e.id for e in _registry(root, tiny_model_cache).entries() if e.source != "builtin"}
+    assert ids == {"fine"}
+    said = {Path(r.args[0]).name: r.getMessage() for r in caplog.records if r.args}
+    assert "9 input channels" in said["inpainting"] and "inpainting" in said["inpainting"]
+    assert "StableDiffusionControlNetPipeline folder, which cinegen does not run" in said["controlnet"]
+    assert "cannot be read" in said["odd"]
+    assert "AutoencoderKL" in said["vae-alone"] and "not a whole diffusers pipeline" in said["vae-alone"]
+    assert ".safetensors files only" in said["old.ckpt"]
+
+
+def test_the_hf_cache_offers_the_whole_snapshot_main_points_at_not_a_newer_partial_one(
+        tiny_sd, tmp_path, tiny_model_cache, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    repo = tmp_path / "hub" / "models--acme--sd"
+    whole, partial = repo / "snapshots" / ("a" * 40), repo / "snapshots" / ("b" * 40)
+    shutil.copytree(tiny_sd, whole)
+    partial.mkdir(parents=True)
+    shutil.copy(tiny_sd / "model_index.json", partial)  # one file of a later revision, fetched last
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    (repo / "blobs").mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    registry = ModelRegistry(use_hf_cache=True, cache_dir=tiny_model_cache)
+    assert registry.entry("acme/sd").path == str(whole)

@@ -130,9 +130,9 @@ def missing_parts(folder: Path) -> list[str]:
     """What a diffusers pipeline folder lacks to load (empty when whole), read from its files only."""
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
-        return ["model_index.json"]
+        return ["model_index.json is missing"]
     if not read_index(folder):
-        return ["a readable model_index.json"]
+        return ["model_index.json cannot be read"]
     variant = weights_variant(folder)
     out = []
     for name, (_library, _cls) in components(folder).items():
@@ -140,7 +140,7 @@ def missing_parts(folder: Path) -> list[str]:
         if name in OPTIONAL:
             continue
         if not part.is_dir():
-            out.append(f"{name}/")
+            out.append(f"{name}/ is missing")
         elif (part / "config.json").is_file():
             problem = _model_weights_problem(part, variant)
             if problem:

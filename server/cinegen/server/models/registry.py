@@ -22,7 +22,7 @@ from .families import all_families
 from .checkpoint_kinds import classify_file
 from .family import AddOn, Family, FamilyAdapter, ModelEntry, TinyModel
 from .folder_check import missing_parts, model_folder_missing, read_index
-from .sparsectrl import SPARSECTRL_KIND, is_sparsectrl_folder
+from .sparsectrl import SPARSECTRL_CLASS, SPARSECTRL_KIND, is_sparsectrl_folder
 from .precision import device_supports_bf16, dtype_for
 from .speedups import Speedups
 
@@ -85,6 +85,68 @@ def _config_class(folder: Path) -> str | None:
         return json.loads((folder / "config.json").read_text()).get("_class_name")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+PICKLED = (".ckpt", ".pt", ".pth")  # a single-file checkpoint saved with pickle
+MAX_DEPTH = 3  # DIR/group/subgroup/model: a studio's folder of folders of models, not a model's own parts
+MODEL_CONFIGS = ("model_index.json", "config.json")
+
+
+def _walk(root: Path) -> tuple[list[Path], list[Path]]:
+    """(model folders, folders that may hold single files): `root` itself, and below it every folder
+    that is a diffusers model (not descended into), through group folders (neither) up to MAX_DEPTH."""
+    candidates, groups = [root], [root]
+    level = [root] if not any((root / c).is_file() for c in MODEL_CONFIGS) else []
+    for _depth in range(MAX_DEPTH):
+        below = []
+        for group in level:
+            try:
+                children = sorted(p for p in group.iterdir() if p.is_dir())
+            except OSError as exc:
+                log.warning("models folder %s cannot be read (%s); skipped", group, exc.strerror or exc)
+                continue
+            for child in children:
+                if child.name.startswith((".", "__")) or (  # `x.config/` beside `x.safetensors`: its config
+                        child.suffix == ".config" and child.with_suffix(".safetensors").is_file()):
+                    continue
+                if any((child / c).is_file() for c in MODEL_CONFIGS):
+                    candidates.append(child)
+                elif child.name.startswith("models--") and (child / "snapshots").is_dir():
+                    log.warning("%s is a Hugging Face cache repository; point $HF_HUB_CACHE at its parent "
+                                "folder instead of --models; skipped", child)
+                else:
+                    groups.append(child)
+                    below.append(child)
+        level = below
+    return candidates, groups
+
+
+def _id(root: Path, path: Path) -> str:
+    """A model's id: its folder's name at the top of a --models folder, its path below it when nested."""
+    rel = path.relative_to(root)
+    return path.name if len(rel.parts) <= 1 else rel.as_posix()
+
+
+def _unusable(folder: Path, family: str | None, families: dict) -> str:
+    """Why a diffusers folder is not offered ("" when it is, or when it is not a pipeline folder)."""
+    if not (folder / "model_index.json").is_file():
+        return ""
+    index = read_index(folder)
+    if not index:
+        return "has a model_index.json that cannot be read (a download that did not finish?)"
+    if not family:
+        served = sorted(c for fam in families.values() for c in fam.pipeline_classes)
+        return (f"is a {index.get('_class_name') or 'pipeline'} folder, which cinegen does not run "
+                f"(it runs {', '.join(served)})")
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())["in_channels"]
+        latent = json.loads((folder / "vae" / "config.json").read_text())["latent_channels"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if unet != latent:  # inpainting (9 = latents + mask + masked image), depth or instruct-pix2pix (8)
+        return (f"has a UNet of {unet} input channels for {latent}-channel latents (an inpainting, depth or "
+                "instruct model); cinegen's pipelines run text-to-image UNets")
+    return ""
 
 
 def _motion_fits(adapter: Path, base: Path) -> bool:
@@ -152,29 +214,40 @@ class ModelRegistry:
         if not root.is_dir():
             log.warning("models folder %s does not exist", root)
             return out
-        # a checkpoint's own config folder (`x.config/` beside `x.safetensors`) has no weights: not a model
-        candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir() and not (
-            p.suffix == ".config" and p.with_suffix(".safetensors").is_file()))
+        candidates, groups = _walk(root)
+        ids = {folder: _id(root, folder) for folder in candidates}
         for folder in candidates:
             family = self.family_of_class(_model_index_class(folder))
-            if family:
-                out.append(ModelEntry(folder.name, family, "folder", str(folder), kind=_folder_kind(folder)))
-        out += self._paired_animatediff(candidates)
+            why_not = _unusable(folder, family, self.families)
+            if family and not why_not:
+                out.append(ModelEntry(ids[folder], family, "folder", str(folder), kind=_folder_kind(folder)))
+            elif why_not:
+                log.warning("%s %s; skipped", folder, why_not)
+            elif _config_class(folder) not in (None, "MotionAdapter", SPARSECTRL_CLASS):
+                log.warning("%s holds one part of a model (%s), not a whole diffusers pipeline "
+                            "(model_index.json and its parts); skipped", folder, _config_class(folder))
+        out += self._paired_animatediff([f for f in candidates if not _unusable(f, "sd", self.families)], ids)
         # SparseCtrl RGB encoders (diffusers folders) condition AnimateDiff (SD 1.x) on keyframes: add-ons
-        self._addons += [AddOn(f.name, SPARSECTRL_KIND, "sd1", str(f)) for f in candidates if is_sparsectrl_folder(f)]
+        self._addons += [AddOn(ids[f], SPARSECTRL_KIND, "sd1", str(f)) for f in candidates if is_sparsectrl_folder(f)]
         single = [f for f in self.families.values() if f.single_file]
-        for ckpt in sorted(root.glob("*.safetensors")):
-            kind = classify_file(ckpt)  # from the tensor names, never the file name
-            if kind.is_checkpoint and single:
-                out.append(ModelEntry(ckpt.stem, single[0].name, "single-file", str(ckpt),
-                                      f"{kind.kind} checkpoint ({kind.why})", kind=kind.kind))
-            elif kind.is_addon:
-                self._addons.append(AddOn(ckpt.stem, kind.kind, kind.base, str(ckpt)))
-            else:
-                log.warning("%s is not a model or add-on cinegen knows (%s); skipped", ckpt, kind.why)
+        for group in groups:
+            for ckpt in sorted(group.glob("*.safetensors")):
+                kind = classify_file(ckpt)  # from the tensor names, never the file name
+                name = _id(root, ckpt.with_suffix("")) if group != root else ckpt.stem
+                if kind.is_checkpoint and single:
+                    out.append(ModelEntry(name, single[0].name, "single-file", str(ckpt),
+                                          f"{kind.kind} checkpoint ({kind.why})", kind=kind.kind))
+                elif kind.is_addon:
+                    self._addons.append(AddOn(name, kind.kind, kind.base, str(ckpt)))
+                else:
+                    log.warning("%s is not a model or add-on cinegen knows (%s); skipped", ckpt, kind.why)
+            for pickled in sorted(p for p in group.glob("*.*") if p.suffix in PICKLED and p.is_file()):
+                log.warning("%s is a pickled checkpoint; cinegen reads .safetensors files only (they cannot run "
+                            "code when opened): convert it once, e.g. with diffusers' from_single_file and "
+                            "save_pretrained, and put the result under --models; skipped", pickled)
         return out
 
-    def _paired_animatediff(self, folders: list[Path]) -> list[ModelEntry]:
+    def _paired_animatediff(self, folders: list[Path], ids: dict[Path, str]) -> list[ModelEntry]:
         """AnimateDiff as it ships: an SD 1.x (or SDXL) folder + a MotionAdapter folder. Each motion adapter
         is paired with every base whose UNet it fits (same block widths: SD 1.5 adapters have four blocks,
         SDXL ones three), as `BASE+MOTION`; with several bases every fitting pair is offered, so a request
@@ -183,11 +256,16 @@ class ModelRegistry:
             return []
         motion = [f for f in folders if _config_class(f) == "MotionAdapter"]
         bases = [f for f in folders if _model_index_class(f) in ("StableDiffusionPipeline", "StableDiffusionXLPipeline")]
-        return [ModelEntry(f"{base.name}+{adapter.name}", "animatediff", "paired", str(base),
-                           f"{base.name} with the motion adapter {adapter.name}"
-                           + (" (AnimateDiff-SDXL)" if _model_index_class(base) == "StableDiffusionXLPipeline" else ""),
-                           extra_path=str(adapter))
-                for adapter in motion for base in bases if _motion_fits(adapter, base)]
+        pairs = [ModelEntry(f"{ids[base]}+{ids[adapter]}", "animatediff", "paired", str(base),
+                            f"{ids[base]} with the motion adapter {ids[adapter]}"
+                            + (" (AnimateDiff-SDXL)" if _model_index_class(base) == "StableDiffusionXLPipeline" else ""),
+                            extra_path=str(adapter))
+                 for adapter in motion for base in bases if _motion_fits(adapter, base)]
+        for adapter in motion:
+            if not any(p.extra_path == str(adapter) for p in pairs):
+                log.warning("%s is a motion adapter, and no SD 1.5 or SDXL folder under the same --models folder "
+                            "has a UNet it fits (same block widths); put its base model beside it. Skipped", adapter)
+        return pairs
 
     def addons(self) -> list[AddOn]:
         """LoRAs, motion modules, VAEs and embeddings found beside the models (after discovery)."""
@@ -205,7 +283,10 @@ class ModelRegistry:
         for repo in info.repos:
             if repo.repo_type != "model":
                 continue
-            for rev in sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True):
+            # the snapshot `main` points at, unless a whole one is there and it is not: a later partial
+            # download (one file of another revision) must not hide the model fetched before it
+            for rev in sorted(repo.revisions, key=lambda r: (not missing_parts(Path(r.snapshot_path)),
+                                                             "main" in r.refs, r.last_modified), reverse=True):
                 family = self.family_of_class(_model_index_class(Path(rev.snapshot_path)))
                 if family:
                     out.append(ModelEntry(repo.repo_id, family, "hf-cache", str(rev.snapshot_path),
@@ -273,14 +354,15 @@ class ModelRegistry:
         entry = self.entry(model_id)
         if entry.source not in ("folder", "hf-cache", "paired"):
             return
-        missing = [f"{Path(entry.path).name}/{m}" for m in missing_parts(Path(entry.path))]
+        missing = missing_parts(Path(entry.path))
         if entry.extra_path:  # a paired MotionAdapter folder: its weights
-            missing += model_folder_missing(Path(entry.extra_path))
+            missing += [f"the motion adapter's {m}" for m in model_folder_missing(Path(entry.extra_path))]
         if missing:
+            fetch = f"`huggingface-cli download {entry.id}`" if entry.source == "hf-cache" else "`huggingface-cli download`"
             raise FailedPrecondition(
                 f"Model '{entry.id}' at {entry.path} is incomplete: {'; '.join(missing[:3])}"
                 f"{' and more' if len(missing) > 3 else ''} (a download that did not finish?). Fetch the missing "
-                "files again (`huggingface-cli download` on a machine with internet), or remove the folder.")
+                f"files again ({fetch} on a machine with internet), or remove the folder.")
 
     def dtype_of(self, family: str) -> torch.dtype:
         return self.dtype or dtype_for(family, self.device, bf16_supported=self.bf16_supported)
