@@ -55,6 +55,7 @@ def child(workdir: Path, server: str) -> dict:
     facts["token"] = token_scenario(bpy, scene, workdir)
     facts["unreadable"] = unreadable_scenario(bpy, scene)
     facts["reregistered"] = reregister_scenario(bpy, addon)
+    facts["cancel_unreachable"] = cancel_unreachable_scenario(bpy, scene)
     farm = importlib.import_module("cinegen_blender.farm")
     facts["farm_servers"] = {text: list(farm.server_address(text, 50051))
                              for text in ("gpu01:50052", "gpu01", "[::1]:50053", "::1", "10.0.0.5")}
@@ -188,6 +189,44 @@ def token_scenario(bpy, scene, workdir: Path) -> dict:
     runtime.set_token("")
     ConnectionSettings().save()
     return found
+
+
+def cancel_unreachable_scenario(bpy, scene) -> dict:
+    """Cancel while the server doesn't answer: the button returns at once (the call waits on a worker
+    thread, it held the UI for the whole time-out), and the refusal shows in the job's progress line."""
+    import threading
+    import time
+
+    from cinegen.common.client import ServerUnavailable
+    from cinegen.common.proto import generator_pb2 as pb
+    from cinegen.plugin.backend.job_runner import JobDraft
+    from cinegen.plugin.model.jobs import JobRecord
+
+    class Unanswering:
+        def __init__(self):
+            self.release, self.thread = threading.Event(), None
+
+        def cancel(self, job_id):
+            self.thread = threading.current_thread().name
+            self.release.wait(5)
+            raise ServerUnavailable("Can't reach the cinegen server at gpu01:50051.")
+
+    runtime = sys.modules["cinegen_blender.runtime"]
+    job = runtime.BlenderJob(JobDraft(pb.JobRequest(job_id="image-far")), JobRecord("image-far", "image"))
+    runtime.STATE.jobs[job.job_id], runtime.STATE.client = job, Unanswering()
+    client = runtime.STATE.client
+    with bpy.context.temp_override(scene=scene):
+        cancelled = sorted(bpy.ops.cinegen.cancel(job_id=job.job_id))
+    returned_first = not client.release.is_set()
+    client.release.set()
+    deadline = time.monotonic() + 10
+    while not job.record.stage and time.monotonic() < deadline:
+        runtime._apply_updates(job)
+        time.sleep(0.02)
+    runtime.STATE.client = None
+    del runtime.STATE.jobs[job.job_id]
+    return {"cancel": cancelled, "returned_first": returned_first, "thread": client.thread,
+            "stage": job.record.stage, "requested": job.record.cancel_requested}
 
 
 def reregister_scenario(bpy, addon) -> dict:
@@ -543,6 +582,12 @@ def test_the_farm_helper_takes_a_server_with_or_without_its_port(facts):
                                      "[::1]:50053": ["[::1]", 50053], "::1": ["::1", 50051],
                                      "10.0.0.5": ["10.0.0.5", 50051],
                                      "bad": "server='gpu01:port': give it as HOST or HOST:PORT, such as gpu01:50051."}
+
+
+def test_cancel_returns_at_once_when_the_server_does_not_answer(facts):
+    c = facts["cancel_unreachable"]
+    assert c["cancel"] == ["FINISHED"] and c["returned_first"] and c["thread"] != "MainThread" and c["requested"]
+    assert c["stage"] == "cancel failed: Can't reach the cinegen server at gpu01:50051."
 
 
 def test_the_manifest_declares_an_addon_for_blender_4_2_and_later():

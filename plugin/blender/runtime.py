@@ -207,11 +207,24 @@ def active_jobs() -> list[BlenderJob]:
 
 
 def cancel(job_id: str) -> None:
-    job = STATE.jobs.get(job_id)
+    """Ask the server to cancel, on a worker thread: a call to an unreachable host would hold Blender's UI
+    for the whole call time-out. A refusal shows in the job's progress line."""
+    job, client, settings = STATE.jobs.get(job_id), STATE.client, STATE.settings
     if job is not None:
         job.record.cancel_requested = True
-    if STATE.client is not None:
-        STATE.client.cancel(job_id)
+    if client is None:
+        return
+
+    def work() -> None:
+        try:
+            client.cancel(job_id)
+        except Exception as exc:  # gone, or the job is unknown there: say so where the artist looks
+            sentence = f"cancel failed: {describe_error(exc, settings)}"
+            if job is not None:
+                job.updates.put(("stage", sentence))
+            else:
+                print(f"cinegen: {job_id} {sentence}", file=sys.stderr)
+    threading.Thread(target=work, name=f"cinegen-cancel-{job_id}", daemon=True).start()
 
 
 def clear_finished() -> None:
@@ -272,6 +285,8 @@ def _apply_updates(job: BlenderJob) -> bool:
             job.record.set_transfer(*value)
         elif kind == "reconnect":
             _reconnecting(job.record, *value)
+        elif kind == "stage":
+            job.record.stage = value
         elif kind == "outcome":
             job.outcome = value
         elif kind == "error":
