@@ -445,3 +445,14 @@ def test_an_input_image_the_server_cannot_read_is_refused_at_submit_not_mid_job(
     with pytest.raises(RequestRejected) as err:
         client.submit(request)
     assert err.value.code == "INVALID_ARGUMENT" and "Could not read" in err.value.message
+
+
+def test_an_input_image_cut_short_on_disk_fails_the_job_with_its_name_not_as_a_server_bug(client, tmp_path):
+    write_exr_frame(tmp_path / "cut.exr", np.random.default_rng(0).uniform(0, 1, (64, 64, 4)).astype(np.float32),
+                    metadata=ExrMetadata())
+    whole = (tmp_path / "cut.exr").read_bytes()
+    (tmp_path / "cut.exr").write_bytes(whole[:len(whole) * 3 // 4])  # the header reads (Submit), the pixels not
+    common = CommonParams(seed=2, steps=2, width=128, height=64, out=str(tmp_path / "x.####.exr"))
+    result = client.run(build_request("panorama", common, PanoramaParams(input=str(tmp_path / "cut.exr"))))
+    assert (result.state, result.code) == ("failed", "INVALID_ARGUMENT"), result.message
+    assert "cut.exr" in result.message and "report it" not in result.message

@@ -262,7 +262,11 @@ def encode_input(adapter: FamilyAdapter, image: torch.Tensor, frames: int = 1) -
 def read_input_image(path: str, transform: str = DISPLAY_VIEW, plates: list[ModelPlate] | None = None) -> torch.Tensor:
     """An image file as model pixels (3, H, W) in [0, 1], through the display transform forward (the output
     comes back through its inverse); its ModelPlate (highlights beyond the model) appended to `plates`."""
-    seen = plate_to_model(read_image(path), transform)
+    try:
+        linear = read_image(path)
+    except ImageReadError as exc:  # the header read at Submit, the pixels do not (cut short, changed since)
+        raise InvalidArgument(f"The input image could not be read: {exc}") from exc
+    seen = plate_to_model(linear, transform)
     if plates is not None:
         plates.append(seen)
     return torch.from_numpy(seen.display).permute(2, 0, 1)
