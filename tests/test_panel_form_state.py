@@ -61,10 +61,13 @@ def test_a_damaged_or_outdated_form_state_is_ignored(open_panel, tmp_path):
     state = tmp_path / "config" / "panel.json"
     state.parent.mkdir(parents=True)
     state.write_text(json.dumps({"pipeline": "no-such-pipeline",
-                                 "forms": {"image": {"width": "wide", "steps": 9, "gone_option": 1}, "story": 3}}))
+                                 "forms": {"image": {"width": "wide", "steps": 9, "gone_option": 1}, "story": 3,
+                                           "no-such-pipeline": {"prompt": "kept for a server that has it"}}}))
     panel = open_panel()
     assert panel.current_pipeline() == "image"  # the first pipeline, as with no state
     values = panel.forms["image"].values()
     assert values["steps"] == 9 and values["width"] is None  # the bad value left at its default, the rest kept
+    panel.save_form_state()
+    assert json.loads(state.read_text())["forms"]["no-such-pipeline"] == {"prompt": "kept for a server that has it"}
     state.write_text("{ not json")
     open_panel()

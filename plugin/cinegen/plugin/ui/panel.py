@@ -53,6 +53,7 @@ class Panel(PanelView):
         self._connection_error_shown = False
         self._shut_down = False
         self.form_state = FormState(self.history.path.parent / FORM_STATE_FILE)
+        self._other_forms: dict[str, dict[str, Any]] = {}
         self._save_timer = QtCore.QTimer(self)
         self._save_timer.setSingleShot(True)
         self._save_timer.setInterval(FORM_SAVE_DELAY_MS)
@@ -110,6 +111,7 @@ class Panel(PanelView):
         kept = {name: form.values() for name, form in self.forms.items()}
         if not self.forms:  # the first forms of this panel: what they held when it was last open
             current, kept = self.form_state.load()
+            self._other_forms = kept  # pipelines this server lacks keep their values for the next one that has them
         for form in self.forms.values():
             self.stack.removeWidget(form)
             form.deleteLater()
@@ -360,7 +362,8 @@ class Panel(PanelView):
         """Keep the pipeline shown and every form's values for the next time the panel opens."""
         self._save_timer.stop()
         if self.forms:  # a panel that never connected has nothing to say over the last one's values
-            self.form_state.save(self.current_pipeline(), {name: form.values() for name, form in self.forms.items()})
+            forms = {**self._other_forms, **{name: form.values() for name, form in self.forms.items()}}
+            self.form_state.save(self.current_pipeline(), forms)
 
     def shutdown(self) -> None:
         """Close the connection and wait for the network threads (idempotent; also on application quit)."""
