@@ -470,6 +470,31 @@ def plate_scenario(bpy, scene) -> dict:
     (loaded,) = sys.modules["cinegen_blender.runtime"].STATE.jobs[props.job_id].loaded
     facts["upscale"] = {"generate": sorted(upscaled), "error": props.last_error, "plate_channel": strip.channel,
                         "strip": describe_strip(loaded["strip"]), "node": describe_node(loaded["node"])}
+    # a panorama's input is one picture: the strip's first frame, not its #### pattern (the server refused that)
+    props.pipeline = "panorama"
+    with bpy.context.temp_override(scene=scene):
+        scene.sequence_editor.active_strip = strip
+        facts["panorama_input"] = [sorted(bpy.ops.cinegen.plate_from_strip()),
+                                   scene.cinegen_options.pipeline_panorama.input]
+    # a strip of one picture without a frame number: a panorama's input, never an upscale plate
+    import numpy as np
+
+    from cinegen.common.exr import ExrMetadata, write_exr_frame
+
+    write_exr_frame(Path(bpy.path.abspath("//")) / "sky.exr", np.full((8, 16, 4), 0.5, np.float32),
+                    metadata=ExrMetadata(colorspace="ACEScg"))
+    still = scene.sequence_editor.strips.new_image(name="sky", filepath=bpy.path.abspath("//sky.exr"), channel=9,
+                                                   frame_start=200)
+    with bpy.context.temp_override(scene=scene):
+        scene.sequence_editor.active_strip = still
+        facts["still_panorama"] = [sorted(bpy.ops.cinegen.plate_from_strip()),
+                                   scene.cinegen_options.pipeline_panorama.input]
+        props.pipeline = "upscale"
+        try:
+            facts["still_upscale"] = sorted(bpy.ops.cinegen.plate_from_strip())
+        except RuntimeError as exc:  # headless, an operator's error report is raised
+            facts["still_upscale"] = [str(exc)]
+    scene.sequence_editor.strips.remove(still)
     return facts
 
 
@@ -725,6 +750,9 @@ def test_the_active_strip_becomes_the_plate_of_a_pipeline_that_takes_one(facts):
     assert p["input"].endswith("shot010_image_v001.####.exr") and p["source"] == p["strip"]
     assert p["pattern"] == p["input"]  # the strip's name goes with the job only while the input is its sequence
     assert p["colorspace"] and p["colorspace"] == p["strip_colorspace"]  # the server converts from the strip's space
+    assert p["panorama_input"][0] == ["FINISHED"] and p["panorama_input"][1].endswith("shot010_image_v001.0001.exr")
+    assert p["still_panorama"][0] == ["FINISHED"] and p["still_panorama"][1].endswith("sky.exr")
+    assert "is one picture" in p["still_upscale"][0] and "takes a sequence" in p["still_upscale"][0]
     # the result of a plate strip lands where the strip starts, one channel above it, node and strip alike
     u = p["upscale"]
     assert u["generate"] == ["FINISHED"], u["error"]

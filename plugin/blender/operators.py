@@ -17,7 +17,7 @@ import bpy
 from cinegen.common.client import new_job_id
 from cinegen.common.connection import ConnectionSettings
 from cinegen.common.params import plain_help
-from cinegen.common.sequence import FrameRange
+from cinegen.common.sequence import FrameRange, SequencePattern, SequencePatternError
 from cinegen.common.trajectory_io import to_json
 from cinegen.plugin.backend.drafting import make_draft, plan_output, release_folder
 from cinegen.plugin.backend.errors import describe_error
@@ -336,14 +336,27 @@ class CINEGEN_OT_plate_from_strip(bpy.types.Operator):
         except HostSelectionError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        group = options.group_of(scene, props.pipeline)
-        if group is None or not hasattr(group, PLATE_FIELD):
+        group, form = options.group_of(scene, props.pipeline), runtime.form_of(props.pipeline)
+        field = form.field(PLATE_FIELD) if form is not None else None
+        if group is None or field is None or not hasattr(group, PLATE_FIELD):
             self.report({"ERROR"}, f"The '{props.pipeline}' pipeline takes no plate.")
             return {"CANCELLED"}
-        setattr(group, PLATE_FIELD, plate.pattern)
+        try:
+            sequence = SequencePattern.parse(plate.pattern, any_extension=True, what="plate")
+        except SequencePatternError:
+            sequence = None  # one file: a still
+        if field.wants_sequence:  # the upscale plate
+            if sequence is None:
+                self.report({"ERROR"}, f"The strip '{plate.source}' is one picture ({plate.pattern}), not an image "
+                                       f"sequence: {props.pipeline} takes a sequence such as DIR/NAME.####.exr.")
+                return {"CANCELLED"}
+            value = plate.pattern
+        else:  # one picture (a panorama's input image): the strip's first frame
+            value = sequence.path_for(plate.frames.first) if sequence is not None else plate.pattern
+        setattr(group, PLATE_FIELD, value)
         if plate.colorspace and hasattr(group, PLATE_COLORSPACE_FIELD):
             setattr(group, PLATE_COLORSPACE_FIELD, plate.colorspace)  # the server converts from that space
-        props.plate_source, props.plate_pattern = plate.source, bpy.path.abspath(plate.pattern)
+        props.plate_source, props.plate_pattern = plate.source, bpy.path.abspath(value)
         return {"FINISHED"}
 
 

@@ -65,10 +65,14 @@ class BlenderHost(HostAdapter):
         if strip is None or strip.type != "IMAGE":
             raise HostSelectionError("Make an image-sequence strip active in the Sequencer to use it as the plate.")
         folder = bpy.path.abspath(strip.directory)
-        groups = group_sequences(os.path.join(folder, element.filename) for element in strip.elements)
-        if not groups:
+        files = [os.path.join(folder, element.filename) for element in strip.elements]
+        groups = group_sequences(files)
+        if groups:
+            pattern, frames = groups[0]
+        elif len(files) == 1:  # one picture without a frame number: a still (a panorama's input image)
+            pattern, frames = files[0], FrameRange(1, 1)
+        else:
             raise HostSelectionError(f"The strip '{strip.name}' has no numbered frames: use an image sequence.")
-        pattern, frames = groups[0]
         render = scene.render
         return PlateSelection(pattern=pattern, frames=frames, width=render.resolution_x,
                               height=render.resolution_y, source=strip.name,
