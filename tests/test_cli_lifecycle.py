@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 
+import numpy as np
 import pytest
 
 from cinegen.common.client import GeneratorClient
@@ -345,3 +346,33 @@ def test_an_output_folder_swapped_for_a_link_while_queued_is_refused_when_the_jo
     assert failed and failed[0].failed.code == "PERMISSION_DENIED", failed
     assert "outside the folders this server may use" in failed[0].failed.message
     assert os.listdir(outside) == []
+
+
+@pytest.mark.parametrize("links", ["hard links", "a share without hard links"])
+def test_a_frame_another_server_publishes_meanwhile_is_never_written_over(tmp_path, monkeypatch, links):
+    """Two servers writing one sequence: the no-overwrite check ran when the frame was queued and the frame was
+    then renamed over whatever had landed meanwhile (the other server's frame, silently replaced)."""
+    from cinegen.common import exr
+    from cinegen.common.exr import ExrMetadata
+    from cinegen.common.sequence import SequencePattern
+    from cinegen.server.errors import AlreadyExists
+    from cinegen.server.output.frames import FrameSink
+
+    real_check = exr._check_readable_exr
+    theirs = tmp_path / "s.1001.exr"
+
+    def other_server_publishes_first(path):
+        real_check(path)
+        if not theirs.exists():
+            theirs.write_bytes(b"the other server's frame")
+
+    monkeypatch.setattr(exr, "_check_readable_exr", other_server_publishes_first)
+    if links != "hard links":
+        monkeypatch.setattr(os, "link", lambda *args: (_ for _ in ()).throw(PermissionError(1, "Operation not permitted")))
+    sink = FrameSink(SequencePattern.parse(str(tmp_path / "s.####.exr")), 1001, ExrMetadata(pipeline="t", job="mine"),
+                     existing="refuse")
+    sink.write(0, np.full((8, 8, 3), 0.5, np.float32))
+    with pytest.raises(AlreadyExists, match="appeared while the job was writing it"):
+        sink.flush()
+    assert theirs.read_bytes() == b"the other server's frame"
+    assert os.listdir(tmp_path) == ["s.1001.exr"], "no temporary frame left"

@@ -18,6 +18,7 @@ colour channels (object IDs) are refused.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -128,8 +129,11 @@ def fps_as_rational(fps: float | Fraction) -> tuple[int, int]:
 
 
 def write_exr_frame(path: str | os.PathLike[str], rgba: np.ndarray, *, metadata: ExrMetadata,
-                    compression: str = "zip", capture_time: datetime | None = None) -> None:
-    """Write one scene-linear frame atomically: half float RGBA (alpha 1 added to RGB)."""
+                    compression: str = "zip", capture_time: datetime | None = None, replace: bool = True) -> None:
+    """Write one scene-linear frame atomically: half float RGBA (alpha 1 added to RGB).
+
+    `replace=False`: never over a file that is there when the frame is published (another process
+    writing the same sequence); `FileExistsError` then, and nothing of this frame stays."""
     path = os.fspath(path)
     if compression not in COMPRESSIONS:
         raise ValueError(f"Unknown EXR compression '{compression}': use one of {', '.join(COMPRESSIONS)}.")
@@ -143,12 +147,28 @@ def write_exr_frame(path: str | os.PathLike[str], rgba: np.ndarray, *, metadata:
         _write_with_oiio(temporary, spec, pixels)
         _check_readable_exr(temporary)
         _fsync(temporary)
-        os.replace(temporary, path)
+        _publish(temporary, path, replace)
         _fsync_folder(folder)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def _publish(temporary: str, path: str, replace: bool) -> None:
+    if replace:
+        os.replace(temporary, path)
+        return
+    try:  # a hard link is created only where no file is: the check and the publish are one step
+        os.link(temporary, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links (some shares): checked, then renamed
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "File exists", path) from None
+        os.replace(temporary, path)
+        return
+    os.remove(temporary)
 
 
 def write_exr_sequence(pattern: str | SequencePattern, frames: Iterable[tuple[int, np.ndarray]],

@@ -187,7 +187,14 @@ class FrameSink:
             pixels = item.highlights.apply(pixels)
         try:
             Path(item.path).parent.mkdir(parents=True, exist_ok=True)
-            write_exr_frame(item.path, pixels, metadata=item.metadata, compression=self.compression)
+            # refuse/keep: the frame was not there when queued; another server writing the same sequence may
+            # publish it meanwhile, and is never written over
+            write_exr_frame(item.path, pixels, metadata=item.metadata, compression=self.compression,
+                            replace=self.existing in ("write", "keep-or-write"))
+        except FileExistsError:
+            raise AlreadyExists(f"{item.path} appeared while the job was writing it (another job or server "
+                                "writing the same sequence?); the job stops rather than overwrite it. Ask to "
+                                "overwrite to replace it.") from None
         except OSError as error:  # a full disk or a lost share: a sentence saying what to do, not a crash
             raise frame_write_error(error, item.path, pixels.nbytes) from error
         self._written.append(item.path)
