@@ -50,9 +50,22 @@ if ! torch_ok; then
         echo "cinegen: installing torch for the NVIDIA GPU"
         pip install "torch>=2.4,<3"
     else
-        # No GPU: never pull the multi-GB CUDA wheels. 2.13.0 resolves to the CPU build here.
-        echo "cinegen: installing the CPU build of torch"
-        pip install "torch==2.13.0"
+        # No GPU: never pull the multi-GB CUDA wheels. PyPI's Linux torch *is* the CUDA build (it pulls
+        # nvidia-* packages), so the pin names the CPU build's local version, which only a wheel house in
+        # pip's configuration or PyTorch's CPU index has; macOS wheels on PyPI are CPU builds already.
+        spec="torch==2.13.0+cpu"
+        [ "$(uname -s)" = Darwin ] && spec="torch==2.13.0"
+        cpu_index="https://download.pytorch.org/whl/cpu"
+        log="$(cd "$VENV" && pwd)/torch-install.log"
+        [ -n "${VIRTUAL_ENV:-}" ] && log="$(mktemp -t cinegen-torch.XXXXXX)"
+        echo "cinegen: installing the CPU build of torch (about 200 MB)"
+        # pip's configured indexes first (a studio mirror without internet), then PyTorch's CPU index.
+        if ! pip install -q "$spec" >"$log" 2>&1 \
+            && ! pip install -q "$spec" --extra-index-url "$cpu_index" >>"$log" 2>&1; then
+            pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+            echo "cinegen: no CPU build of torch ($spec) for Python $pyver was found in pip's indexes or at $cpu_index (pip's words: $log); install a CPU torch>=2.4,<3 into $("$PY" -c 'import sys; print(sys.prefix)') and run ./setup.sh $what again." >&2
+            exit 2
+        fi
     fi
 fi
 
