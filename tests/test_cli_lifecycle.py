@@ -376,3 +376,20 @@ def test_a_frame_another_server_publishes_meanwhile_is_never_written_over(tmp_pa
         sink.flush()
     assert theirs.read_bytes() == b"the other server's frame"
     assert os.listdir(tmp_path) == ["s.1001.exr"], "no temporary frame left"
+
+
+@pytest.mark.parametrize("reply, said", [(dict(cancelled=True, state="running"), "cancelled (it stops at its next"),
+                                         (dict(cancelled=False, state="completed"), "completed; its frames are"),
+                                         (dict(cancelled=False, state="failed"), "had ended (failed)")])
+def test_an_interrupt_says_what_became_of_the_job(reply, said):
+    """A job that had already failed when Ctrl-C came was reported as cancelled."""
+    from cinegen.common.proto import generator_pb2 as pb
+    from cinegen.server.job_client import cancel_interrupted
+
+    class Client:
+        timeout = 60.0
+
+        def cancel(self, job_id):
+            return pb.CancelReply(**reply)
+
+    assert said in cancel_interrupted(Client(), "j1")

@@ -219,6 +219,8 @@ def cancel_interrupted(client: GeneratorClient, job_id: str) -> str:
                 f"{CANCEL_TIMEOUT:.0f} s, so it may still run.")
     if reply.state == "completed":
         return f"interrupted after job {job_id} completed; its frames are written."
+    if not reply.cancelled:  # it had already ended otherwise (failed, cancelled)
+        return f"interrupted after job {job_id} had ended ({reply.state})."
     return f"interrupted: job {job_id} cancelled (it stops at its next step; the frames it finished are kept)."
 
 
