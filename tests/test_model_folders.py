@@ -151,3 +151,30 @@ def test_the_hf_cache_offers_the_whole_snapshot_main_points_at_not_a_newer_parti
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     registry = ModelRegistry(use_hf_cache=True, cache_dir=tiny_model_cache)
     assert registry.entry("acme/sd").path == str(whole)
+
+
+def test_an_sdxl_folder_with_a_text_encoder_left_out_is_refused_before_its_first_step(tmp_path, tiny_model_cache):
+    from tiny_checkpoints import tiny_sdxl
+
+    folder = tmp_path / "models" / "sdxl-no-te"
+    tiny_sdxl().save_pretrained(str(folder))
+    shutil.rmtree(folder / "text_encoder")  # saved without the CLIP ViT-L tower: its UNet still attends to both
+    _write_json(folder / "model_index.json", lambda c: c.update(text_encoder=[None, None], tokenizer=[None, None]))
+    registry = _registry(folder.parent, tiny_model_cache)
+    with pytest.raises(FailedPrecondition, match=r"'sdxl-no-te' .* is incomplete: its UNet attends to 96-wide text "
+                                                 r"but its text encoders \(text_encoder_2\) give 64"):
+        registry.check_files("sdxl-no-te")
+
+
+def test_a_single_file_cut_short_is_refused_as_cut_short_not_as_a_config_mismatch(tmp_path, tiny_model_cache):
+    from ldm_layout import write_single_file
+    from tiny_checkpoints import BUILDERS
+
+    file = tmp_path / "models" / "cut.safetensors"
+    file.parent.mkdir()
+    write_single_file(BUILDERS["sd1"](), "sd1", file)
+    file.write_bytes(file.read_bytes()[: file.stat().st_size * 3 // 4])  # header whole, tensors not
+    registry = _registry(file.parent, tiny_model_cache)
+    assert registry.entry("cut").kind == "sd1"
+    with pytest.raises(FailedPrecondition, match="'cut' at .* is cut short: the file ends before the tensors"):
+        registry.get("cut")

@@ -54,7 +54,7 @@ def _variant_of(path: Path) -> str | None:
     return match.group(1) if match else None
 
 
-def _short(path: Path) -> bool:
+def is_cut_short(path: Path) -> bool:
     """A safetensors file that ends before the tensors its header lists (a download that stopped)."""
     try:
         with open(path, "rb") as handle:
@@ -95,7 +95,7 @@ def _model_weights_problem(part: Path, variant: str | None) -> str | None:
     for path in mine:
         if not path.is_file():  # a shard the index names, or an HF-cache symlink whose blob never arrived
             return f"{part.name}/{path.name} is missing"
-        if path.name.endswith(".safetensors") and _short(path):
+        if path.name.endswith(".safetensors") and is_cut_short(path):
             return f"{part.name}/{path.name} is cut short"
     return None
 
@@ -147,7 +147,30 @@ def missing_parts(folder: Path) -> list[str]:
                 out.append(problem)
         elif _MODEL_CLASS.search(_cls) and not any(part.iterdir()):
             out.append(f"{name}/ is empty")
-    return out
+    return out + _text_width_mismatch(folder)
+
+
+def _config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _text_width_mismatch(folder: Path) -> list[str]:
+    """A UNet attends to its text encoders' outputs side by side (SDXL: 768 + 1280 = 2048); a text encoder
+    left out of model_index.json (set to null, its folder deleted) fails only at the first step."""
+    parts = components(folder)
+    width = _config(folder / "unet" / "config.json").get("cross_attention_dim")
+    encoders = [name for name in parts if name.startswith("text_encoder")]
+    if "unet" not in parts or not isinstance(width, int) or not encoders:
+        return []
+    given = sum(int(_config(folder / name / "config.json").get("hidden_size") or 0) for name in encoders)
+    if not given or given == width:
+        return []
+    return [f"its UNet attends to {width}-wide text but its text encoders ({', '.join(encoders)}) give {given} "
+            "(a text encoder left out of model_index.json?)"]
 
 
 def check_loaded(pipe: Any) -> None:
@@ -169,4 +192,4 @@ def check_loaded(pipe: Any) -> None:
                              f"the config asks for, such as {missing[0]} (an incomplete or mismatched file)")
 
 
-__all__ = ["check_loaded", "components", "missing_parts", "model_folder_missing", "read_index", "weights_variant"]
+__all__ = ["check_loaded", "components", "is_cut_short", "missing_parts", "model_folder_missing", "read_index", "weights_variant"]

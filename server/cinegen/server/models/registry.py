@@ -21,7 +21,7 @@ from ..errors import FailedPrecondition, NotFound, ResourceExhausted
 from .families import all_families
 from .checkpoint_kinds import classify_file
 from .family import AddOn, Family, FamilyAdapter, ModelEntry, TinyModel
-from .folder_check import missing_parts, model_folder_missing, read_index
+from .folder_check import is_cut_short, missing_parts, model_folder_missing, read_index
 from .sparsectrl import SPARSECTRL_CLASS, SPARSECTRL_KIND, is_sparsectrl_folder
 from .precision import device_supports_bf16, dtype_for
 from .speedups import Speedups
@@ -119,6 +119,13 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
                     below.append(child)
         level = below
     return candidates, groups
+
+
+def _warn_incomplete(folder: Path) -> None:
+    missing = missing_parts(folder)
+    if missing:
+        log.warning("%s is incomplete (%s); listed, and refused at Submit until its files are fetched",
+                    folder, "; ".join(missing[:3]))
 
 
 def _id(root: Path, path: Path) -> str:
@@ -221,6 +228,7 @@ class ModelRegistry:
             why_not = _unusable(folder, family, self.families)
             if family and not why_not:
                 out.append(ModelEntry(ids[folder], family, "folder", str(folder), kind=_folder_kind(folder)))
+                _warn_incomplete(folder)
             elif why_not:
                 log.warning("%s %s; skipped", folder, why_not)
             elif _config_class(folder) not in (None, "MotionAdapter", SPARSECTRL_CLASS):
@@ -291,6 +299,7 @@ class ModelRegistry:
                 if family:
                     out.append(ModelEntry(repo.repo_id, family, "hf-cache", str(rev.snapshot_path),
                                           kind=_folder_kind(Path(rev.snapshot_path))))
+                    _warn_incomplete(Path(rev.snapshot_path))
                     break
         return out
 
@@ -344,7 +353,8 @@ class ModelRegistry:
         except FailedPrecondition:
             raise
         except Exception as exc:  # noqa: BLE001 - a user's folder is input: a sentence naming it, never a traceback
-            log.warning("loading %s from %s failed", entry.id, entry.path, exc_info=True)
+            expected = isinstance(exc, (OSError, ValueError, KeyError))  # what a bad folder raises: no traceback
+            log.warning("loading %s from %s failed: %s", entry.id, entry.path, exc, exc_info=not expected)
             raise FailedPrecondition(f"Model '{entry.id}' at {entry.path} could not be loaded ({exc}). "
                                      "Check that the folder is a complete diffusers model.") from exc
 
@@ -352,6 +362,10 @@ class ModelRegistry:
         """FAILED_PRECONDITION naming what a model's folder lacks (a half-finished download), read from its
         files without loading them: Submit refuses the job instead of it failing when the model loads."""
         entry = self.entry(model_id)
+        if entry.source == "single-file" and is_cut_short(Path(entry.path)):
+            raise FailedPrecondition(f"Model '{entry.id}' at {entry.path} is cut short: the file ends before the "
+                                     "tensors its header lists (a download or copy that did not finish?). "
+                                     "Fetch or copy it again.")
         if entry.source not in ("folder", "hf-cache", "paired"):
             return
         missing = missing_parts(Path(entry.path))
