@@ -56,6 +56,7 @@ from ..output.plate_highlights import HighlightCount, ModelPlate, PlateHighlight
 from .base import JobSpec, Pipeline, Resolved, RunContext, StepProgress, seeded_generator
 from .panorama_i2v import WanImagePanorama, is_wan_image_to_video
 from .panorama_sparsectrl import SparseCtrlPanorama, input_sparsectrl
+from .upscale_dit import check_wan_frames
 
 PROJECTIONS = ("plane", "ring", "sphere")
 PROJECTING_FRACTION = 15 / 48  # PPD steps of the sphere, as in the reference schedule
@@ -143,6 +144,8 @@ def check_request(adapter: FamilyAdapter, r: Resolved, s: PanoramaSettings) -> N
     if r.width % multiple or r.height % multiple:
         raise InvalidArgument(f"Width and height must be multiples of {multiple} for this model "
                               f"(got {r.width}×{r.height}).")
+    if int(getattr(adapter, "temporal_scale_factor", 1)) > 1:  # a causal video VAE decodes 4k + 1 frames only
+        check_wan_frames(r.frames, "panorama")
     if s.loop and adapter.kind != "video":
         raise InvalidArgument("--loop makes a looping video, and this is an image model. Pick a video model "
                               "with --model (see `cinegen models`), or drop --loop.")
