@@ -178,3 +178,19 @@ def test_a_single_file_cut_short_is_refused_as_cut_short_not_as_a_config_mismatc
     assert registry.entry("cut").kind == "sd1"
     with pytest.raises(FailedPrecondition, match="'cut' at .* is cut short: the file ends before the tensors"):
         registry.get("cut")
+
+
+def test_a_folder_named_in_another_encoding_is_skipped_and_the_model_list_still_answers(tiny_sd, tmp_path,
+                                                                                        tiny_model_cache):
+    import os
+
+    from cinegen.common.client import GeneratorClient
+    from server_kit import private_server
+
+    root = tmp_path / "models"
+    shutil.copytree(tiny_sd, root / "fine")
+    shutil.copytree(tiny_sd, root / os.fsdecode(b"mod\xe8le"))  # Latin-1 bytes, as copied from an old share
+    with private_server(_registry(root, tiny_model_cache)) as running, \
+            GeneratorClient(running.address, timeout=30) as client:
+        ids = {m.id for m in client.capabilities().models}
+    assert "fine" in ids and "tiny-sd" in ids

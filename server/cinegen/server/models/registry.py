@@ -106,6 +106,8 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
                 log.warning("models folder %s cannot be read (%s); skipped", group, exc.strerror or exc)
                 continue
             for child in children:
+                if not _utf8(child):
+                    continue
                 if child.name.startswith((".", "__")) or (  # `x.config/` beside `x.safetensors`: its config
                         child.suffix == ".config" and child.with_suffix(".safetensors").is_file()):
                     continue
@@ -126,6 +128,18 @@ def _warn_incomplete(folder: Path) -> None:
     if missing:
         log.warning("%s is incomplete (%s); listed, and refused at Submit until its files are fetched",
                     folder, "; ".join(missing[:3]))
+
+
+def _utf8(path: Path) -> bool:
+    """Ids and paths travel as proto strings (UTF-8): a name in another encoding (a folder copied from an
+    old share) would break the whole model list, so it is skipped, with a line saying so."""
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        log.warning("%s is named in an encoding other than UTF-8; rename it to list it; skipped",
+                    str(path).encode("utf-8", "backslashreplace").decode())
+        return False
 
 
 def _id(root: Path, path: Path) -> str:
@@ -239,7 +253,7 @@ class ModelRegistry:
         self._addons += [AddOn(ids[f], SPARSECTRL_KIND, "sd1", str(f)) for f in candidates if is_sparsectrl_folder(f)]
         single = [f for f in self.families.values() if f.single_file]
         for group in groups:
-            for ckpt in sorted(group.glob("*.safetensors")):
+            for ckpt in sorted(f for f in group.glob("*.safetensors") if _utf8(f)):
                 kind = classify_file(ckpt)  # from the tensor names, never the file name
                 name = _id(root, ckpt.with_suffix("")) if group != root else ckpt.stem
                 if kind.is_checkpoint and single:
