@@ -393,3 +393,13 @@ def test_an_interrupt_says_what_became_of_the_job(reply, said):
             return pb.CancelReply(**reply)
 
     assert said in cancel_interrupted(Client(), "j1")
+
+
+def test_a_sequence_named_with_an_underscore_is_summarised_as_one_line():
+    """`--out sh010_####.exr` (or `%02d`) listed every frame on its own line: only NAME.####.exr was grouped."""
+    from cinegen.server.job_client import summarise_paths
+
+    assert summarise_paths([f"/s/sh010_{f}.exr" for f in range(1001, 1101)]) == ["/s/sh010_####.exr (1001-1100, "
+                                                                                  "100 frames)"]
+    assert summarise_paths(["/s/a.01.exr", "/s/a.02.exr", "/s/cut.otio"]) == ["/s/a.##.exr (1-2, 2 frames)",
+                                                                              "/s/cut.otio"]

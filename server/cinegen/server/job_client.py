@@ -229,7 +229,8 @@ def summarise_paths(paths: list[str]) -> list[str]:
     groups: dict[str, list[int]] = {}
     others = []
     for p in paths:
-        m = re.match(r"^(.*\.)(\d{4,})(\.exr)$", p)
+        # the frame number is the digits before .exr, whatever precedes them (NAME.####, NAME_####, padding 1+)
+        m = re.match(r"^(.*?)(\d+)(\.exr)$", p)
         if m:
             groups.setdefault(m.group(1) + "#" * len(m.group(2)) + m.group(3), []).append(int(m.group(2)))
         else:
