@@ -403,3 +403,21 @@ def test_a_sequence_named_with_an_underscore_is_summarised_as_one_line():
                                                                                   "100 frames)"]
     assert summarise_paths(["/s/a.01.exr", "/s/a.02.exr", "/s/cut.otio"]) == ["/s/a.##.exr (1-2, 2 frames)",
                                                                               "/s/cut.otio"]
+
+
+def test_an_overwrite_shorter_than_the_old_sequence_says_the_old_tail_remains(client, tmp_path):
+    """Re-rendering a shot shorter with --overwrite left the old tail beside the new frames without a word."""
+    from cinegen.common.client import build_request
+    from cinegen.common.params import CommonParams
+
+    out = str(tmp_path / "sh.####.exr")
+    old = CommonParams(prompt="x", seed=1, steps=1, width=64, height=64, frames=4, out=out)
+    assert client.run(build_request("image", old, job_id=f"long-{uuid.uuid4().hex[:6]}")).state == "completed"
+    short = CommonParams(prompt="x", seed=2, steps=1, width=64, height=64, frames=2, out=out, overwrite=True)
+    ticket = client.submit(build_request("image", short, job_id=f"short-{uuid.uuid4().hex[:6]}"))
+    events = list(client.watch(ticket.job_id))
+    assert events[-1].WhichOneof("kind") == "completed"
+    warnings = [e.log.message for e in events if e.WhichOneof("kind") == "log" and e.log.level == "warning"]
+    assert warnings == [f"2 frame(s) of {out} from an earlier run remain beside this job's frames (1003-1004); a "
+                        "Read node shows them as part of the sequence: delete them if they are not wanted."]
+    assert len(os.listdir(tmp_path)) == 4, "never deleted"

@@ -652,13 +652,17 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                          is_cancelled=lambda: manager.is_stopping_or_cancelled(job))
         ctx.existing_frames = _existing_frames_policy(job, pipeline)
         try:
-            return self.unit_runner.run(pipeline, ctx) if self.unit_runner else pipeline.run(ctx)
+            outputs = self.unit_runner.run(pipeline, ctx) if self.unit_runner else pipeline.run(ctx)
         finally:
             ctx.wait_for_frames()  # frames still being written land (and are reported) before the job ends
             self._last_preview.pop(job.id, None)
             models.close()
             job.outputs = list(ctx.outputs)
             remove_converted(plates)
+        note = _left_over_frames(job.spec, pipeline, outputs)
+        if note:
+            manager.emit(job, log=pb.Log(level="warning", message=note))
+        return outputs
 
 
     def _recheck_roots(self, spec: JobSpec, pipeline: Pipeline) -> None:
@@ -680,6 +684,22 @@ def _start_ray(config: ServerConfig, registry: ModelRegistry) -> Any:
     from .scaleout.ray_executor import start_ray_runner  # Ray is an optional extra
 
     return start_ray_runner(config, registry)
+
+
+def _left_over_frames(spec: JobSpec, pipeline: Pipeline, outputs: list[str]) -> str:
+    """An --overwrite job shorter than the sequence it replaced leaves the old tail beside its frames, and a
+    Read node takes it for part of the sequence: said (never deleted: they may be wanted)."""
+    common = spec.common
+    if pipeline.output_is_folder or not getattr(common, "overwrite", False) or common.frame_range:
+        return ""
+    pattern = SequencePattern.parse(common.out)
+    written = {os.path.abspath(p) for p in outputs}
+    left = [frame for frame, path in pattern.glob_existing().items() if os.path.abspath(path) not in written]
+    if not left:
+        return ""
+    return (f"{len(left)} frame(s) of {pattern.hash_form()} from an earlier run remain beside this job's frames "
+            f"({min(left)}-{max(left)}); a Read node shows them as part of the sequence: delete them if they are "
+            "not wanted.")
 
 
 def _existing_frames_policy(job: Job, pipeline: Pipeline) -> str:
