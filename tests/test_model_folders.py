@@ -194,3 +194,16 @@ def test_a_folder_named_in_another_encoding_is_skipped_and_the_model_list_still_
             GeneratorClient(running.address, timeout=30) as client:
         ids = {m.id for m in client.capabilities().models}
     assert "fine" in ids and "tiny-sd" in ids
+
+
+def test_a_lora_cut_short_is_refused_as_cut_short_not_as_a_lora_for_another_model(tmp_path):
+    from cinegen.server.errors import InvalidArgument
+    from cinegen.server.models.lora import LoraSpec, check_lora
+
+    layer = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+    file = tmp_path / "style.safetensors"
+    save_file({f"{layer}.lora_A.weight": torch.ones(4, 32), f"{layer}.lora_B.weight": torch.ones(32, 4)}, str(file))
+    check_lora(LoraSpec(str(file)))
+    file.write_bytes(file.read_bytes()[:-100])
+    with pytest.raises(InvalidArgument, match="'style.safetensors' is cut short"):
+        check_lora(LoraSpec(str(file)))

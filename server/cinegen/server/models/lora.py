@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import InvalidArgument
 from .checkpoint_kinds import classify_file
 from .family import FamilyAdapter
+from .folder_check import is_cut_short
 
 JOB_ADAPTER_PREFIX = "cinegen-job-lora"
 MAX_LORAS = 32  # LoRAs one job may name: far more than anyone stacks
@@ -189,6 +190,9 @@ def check_lora(spec: LoraSpec, family: str | None = None) -> None:
     if not file.is_file() or file.suffix.lower() != ".safetensors":
         raise InvalidArgument(f"The LoRA '{spec.path}' is not a .safetensors file on the server.")
     kind = classify_file(file)
+    if kind.kind in ("lora", "motion-lora") and is_cut_short(file):
+        raise InvalidArgument(f"The LoRA '{file.name}' is cut short: the file ends before the tensors its header "
+                              "lists (a download or copy that did not finish?). Copy it again.")
     if kind.kind not in ("lora", "motion-lora"):
         raise InvalidArgument(f"'{file.name}' is not a LoRA but a {kind.kind} file ({kind.why}); "
                               "give a LoRA with --lora.")
