@@ -14,7 +14,10 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package (dev extra)
+    import tomli as tomllib
 import zipfile
 from pathlib import Path
 

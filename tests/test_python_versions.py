@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package (dev extra)
+    import tomli as tomllib
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,21 @@ def test_packaging_admits_python_3_10_and_keeps_server_libraries_out_of_the_base
 
 def _name(spec: str) -> str:
     return spec.split(";")[0].split("[")[0].split(">")[0].split("<")[0].split("=")[0].split("~")[0].strip().lower()
+
+
+@pytest.mark.parametrize("script", ["tools/check_dependencies.py", "tools/build_blender_extension.py",
+                                    "tests/test_python_versions.py", "tests/test_blender_extension.py"])
+def test_the_scripts_that_read_toml_import_without_tomllib_as_on_python_3_10(script):
+    """`./setup.sh test` on Python 3.10 stopped at collection on `import tomllib` (3.11+), and
+    `python tools/build_blender_extension.py` with it; there the dev extra's tomli is the same parser."""
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert "tomli>=2; python_version < '3.11'" in dev
+    pytest.importorskip("tomli", reason="tomli stands in for tomllib on Python 3.10 only; this Python lacks it")
+    probe = ("import importlib.util, sys\n"
+             "sys.modules['tomllib'] = None  # unimportable, as on Python 3.10\n"
+             f"sys.path[:0] = [{str(ROOT / 'tools')!r}, {str(ROOT / 'tests')!r}]\n"
+             f"spec = importlib.util.spec_from_file_location('probe', {str(ROOT / script)!r})\n"
+             "sys.modules['probe'] = module = importlib.util.module_from_spec(spec)  # for its dataclasses\n"
+             "spec.loader.exec_module(module)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -28,7 +28,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package (dev extra)
+    import tomli as tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
