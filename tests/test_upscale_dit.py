@@ -271,6 +271,10 @@ def test_default_refinement_settings_follow_cinescale_scaled_to_the_training_gri
     ({}, UpscaleParams(lora="/nowhere/style.safetensors"), "LoRA"),
     ({"steps": 4}, UpscaleParams(strength=0.1), "at least 0.25"),
     ({}, UpscaleParams(stages=1, scale=2.0), "at least 2 stages"),
+    # FreeScale's UNet knobs used to be accepted and silently ignored on the DiT path
+    ({}, UpscaleParams(cosine_scale=3.0), "--cosine-scale tunes FreeScale"),
+    ({}, UpscaleParams(mode="plate", input="/tmp/p.####.exr", matte_cosine_scale=2.0, dilate_tau=3),
+     "--dilate-tau and --matte-cosine-scale tune"),
 ])
 def test_bad_requests_are_rejected_with_the_nearest_valid_value(wan_registry, common, params, hint):
     with pytest.raises(InvalidArgument, match=hint):

@@ -459,6 +459,13 @@ def validate_dit_upscale(job: JobSpec, registry) -> None:
         raise InvalidArgument(f"Unknown upscale mode '{mode}': use generate, plate or refine.")
     if params.scale is not None and (common.width or common.height):
         raise InvalidArgument("Give either --scale or --width/--height as the target, not both.")
+    unused = [flag for flag, value in (("--cosine-scale", params.cosine_scale), ("--dilate-tau", params.dilate_tau),
+                                       ("--matte-cosine-scale", params.matte_cosine_scale)) if value is not None]
+    if unused:  # FreeScale's UNet knobs: the DiT path has neither a cosine mix nor convolutions to dilate
+        raise InvalidArgument(f"{' and '.join(unused)} {'tunes' if len(unused) == 1 else 'tune'} FreeScale's UNet "
+                              "cascade (SD and AnimateDiff models); CineScale on Wan re-noises the upsampled video "
+                              f"instead and would ignore {'it' if len(unused) == 1 else 'them'}: drop "
+                              f"{'it' if len(unused) == 1 else 'them'}, or pick an SD or AnimateDiff model.")
     check_wan_size(common.width, common.height, _size_multiple_of(entry.path) if entry.path else 16)
     if mode == "generate":
         if i2v and not params.input:
