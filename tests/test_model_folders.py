@@ -207,3 +207,20 @@ def test_a_lora_cut_short_is_refused_as_cut_short_not_as_a_lora_for_another_mode
     file.write_bytes(file.read_bytes()[:-100])
     with pytest.raises(InvalidArgument, match="'style.safetensors' is cut short"):
         check_lora(LoraSpec(str(file)))
+
+
+def test_models_hidden_by_a_namesake_or_a_corrupt_hf_cache_entry_are_named_in_the_log(
+        tiny_sd, tmp_path, tiny_model_cache, monkeypatch, caplog):
+    import huggingface_hub.constants as constants
+
+    for root in ("a", "b"):
+        shutil.copytree(tiny_sd, tmp_path / root / "sd15")
+    (tmp_path / "hub" / "models--acme--broken" / "refs").mkdir(parents=True)  # no snapshots/: the scan drops it
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with caplog.at_level("WARNING", logger="cinegen.server.models.registry"):
+        registry = ModelRegistry([tmp_path / "a", tmp_path / "b"], use_hf_cache=True, cache_dir=tiny_model_cache)
+        assert registry.entry("sd15").path == str(tmp_path / "b" / "sd15")
+    text = caplog.text
+    assert f"two models are named 'sd15': {tmp_path / 'b' / 'sd15'} is offered, {tmp_path / 'a' / 'sd15'} is hidden" \
+        in text
+    assert "Hugging Face cache:" in text and "models--acme--broken" in text

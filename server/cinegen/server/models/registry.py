@@ -206,7 +206,12 @@ class ModelRegistry:
         with self._lock:
             if self._entries is None:
                 self._addons = []
-                self._entries = {e.id: e for e in self._discover()}
+                self._entries = {}
+                for e in self._discover():
+                    if e.id in self._entries:  # the later one is offered, as before; say which is hidden
+                        log.warning("two models are named '%s': %s is offered, %s is hidden (rename one)",
+                                    e.id, e.path, self._entries[e.id].path or "the built-in one")
+                    self._entries[e.id] = e
             return list(self._entries.values())
 
     def refresh(self) -> None:
@@ -301,6 +306,8 @@ class ModelRegistry:
             info = scan_cache_dir(constants.HF_HUB_CACHE)
         except Exception:  # no cache folder yet, or an unreadable one: nothing to offer
             return []
+        for problem in info.warnings:  # a repository the scan could not read: say so, it is not listed
+            log.warning("Hugging Face cache: %s; skipped", problem)
         out = []
         for repo in info.repos:
             if repo.repo_type != "model":
