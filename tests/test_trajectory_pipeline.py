@@ -89,6 +89,25 @@ def test_bad_trajectories_are_refused_with_a_sentence_naming_the_track_and_point
     assert not any(tmp_path.rglob("*.exr"))
 
 
+@pytest.mark.parametrize("common, params, words", [
+    # no --frames: the clip is the model's 16 frames, known at Submit (the job used to fail once running)
+    (dict(frames=None), dict(trajectory_json=json.dumps(_document(frames=30))), ["frame 1030", "1001–1016"]),
+    (dict(model="tiny-cogvideox", width=72, frames=9), {}, ["multiples of 16", "try 64×64"]),
+    # Tora's sampling options used to be silently ignored on the training-free path
+    (dict(), dict(tora_sampler="ddim"), ["--tora-sampler", "FreeTraj"]),
+    (dict(), dict(dynamic_cfg=False, flow_kernel="scaled"), ["--no-dynamic-cfg, --flow-kernel", "CogVideoX"]),
+])
+def test_what_the_model_cannot_do_is_refused_at_submit(client, tmp_path, common, params, words):
+    request = _request(tmp_path, _document(frames=common.get("frames") or 4), **common)
+    for name, value in params.items():
+        setattr(request.trajectory, name, value)
+    with pytest.raises(RequestRejected) as err:
+        client.submit(request)
+    assert err.value.code == "INVALID_ARGUMENT"
+    for word in words:
+        assert word in err.value.message
+
+
 def test_a_request_without_tracks_says_how_to_give_them(client, tmp_path):
     request = build_request("trajectory", CommonParams(model="tiny-animatediff", out=str(tmp_path / "t.####.exr")),
                             TrajectoryParams())

@@ -236,6 +236,18 @@ def generate_trajectory_video(adapter: FamilyAdapter, r: Resolved, trajectory: T
     return adapter.decode(latents)[0]
 
 
+def check_no_tora_options(inference: ToraInference, model_id: str) -> None:
+    """The Tora sampling options mean nothing to the training-free path: refused, not ignored."""
+    default = ToraInference()
+    changed = [flag for flag, field in (("--tora-sampler", "sampler"), ("--no-dynamic-cfg", "dynamic_cfg"),
+                                        ("--flow-latents", "flow_latents"), ("--flow-kernel", "flow_kernel"))
+               if getattr(inference, field) != getattr(default, field)]
+    if changed:
+        raise InvalidArgument(f"{', '.join(changed)} {'sets' if len(changed) == 1 else 'set'} how Tora samples on "
+                              f"CogVideoX models; '{model_id}' follows the tracks training-free (FreeTraj) and would "
+                              "ignore it: drop it, or pick a CogVideoX model with --model.")
+
+
 def check_geometry(adapter: FamilyAdapter, r: Resolved) -> None:
     if adapter.family == "cogvideox":
         step = adapter.vae_scale_factor * int(adapter.denoiser.config.patch_size)
@@ -264,10 +276,19 @@ class TrajectoryPipeline(Pipeline):
         ToraInference.from_params(job.params)  # refuses unknown sampler/latent/kernel names at Submit
         c = job.common
         check_trajectory_fits(trajectory, c.first_frame if c.first_frame is not None else 1001, c.frames)
-        entry = registry.entry(self.model_id(job, registry))
+        model_id = self.model_id(job, registry)
+        entry = registry.entry(model_id)
         if entry.family == "cogvideox" and entry.source != "builtin" and not tora_weight_files(entry.path):
             raise FailedPrecondition(f"Model '{entry.id}' has no Tora weights: put Tora's diffusers transformer "
                                      "(Tora_T2V_diffusers) or a tora/ folder of its weights beside the model.")
+        if entry.family != "cogvideox":
+            check_no_tora_options(ToraInference.from_params(job.params), entry.id)
+        # The clip's default length and the frame grid need the model; tiny and loaded ones are checked now.
+        if registry.is_loaded(model_id) or entry.source == "builtin":
+            adapter = registry.get(model_id)
+            r = self.resolve(job, adapter)
+            check_trajectory_fits(trajectory, r.first_frame, r.frames)
+            check_geometry(adapter, r)
 
     def run(self, ctx: RunContext) -> list[str]:
         adapter = ctx.model(self.model_id(ctx.job, ctx.registry))  # with the job's LoRAs, off after run
