@@ -224,3 +224,17 @@ def test_models_hidden_by_a_namesake_or_a_corrupt_hf_cache_entry_are_named_in_th
     assert f"two models are named 'sd15': {tmp_path / 'b' / 'sd15'} is offered, {tmp_path / 'a' / 'sd15'} is hidden" \
         in text
     assert "Hugging Face cache:" in text and "models--acme--broken" in text
+
+
+def test_a_wan_folder_with_only_its_transformer_in_fp16_files_loads_on_half_precision(tmp_path, tiny_model_cache):
+    # the Wan VAE loads apart (float32) from its own plain files while the transformer takes the fp16 variant
+    from cinegen.server.models.families import all_families
+
+    folder = tmp_path / "models" / "wan-fp16"
+    shutil.copytree(ensure_tiny_model(all_families()["wan"].tiny[0], tiny_model_cache), folder)
+    for plain in (folder / "transformer").glob("*.safetensors"):
+        save_file(load_file(str(plain)), str(plain.with_name(plain.stem + ".fp16.safetensors")), metadata={"format": "pt"})
+        plain.unlink()
+    registry = ModelRegistry([folder.parent], use_hf_cache=False, cache_dir=tiny_model_cache, dtype=torch.bfloat16)
+    adapter = registry.get("wan-fp16")
+    assert adapter.pipe.vae.dtype == torch.float32 and adapter.pipe.transformer.dtype == torch.bfloat16

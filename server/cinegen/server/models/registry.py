@@ -269,9 +269,10 @@ class ModelRegistry:
                 else:
                     log.warning("%s is not a model or add-on cinegen knows (%s); skipped", ckpt, kind.why)
             for pickled in sorted(p for p in group.glob("*.*") if p.suffix in PICKLED and p.is_file()):
-                log.warning("%s is a pickled checkpoint; cinegen reads .safetensors files only (they cannot run "
-                            "code when opened): convert it once, e.g. with diffusers' from_single_file and "
-                            "save_pretrained, and put the result under --models; skipped", pickled)
+                log.warning("%s is a pickled file; cinegen reads .safetensors files only (they cannot run code "
+                            "when opened): if it is a checkpoint cinegen runs, convert it once (e.g. diffusers' "
+                            "from_single_file, then save_pretrained) and put the result under --models; skipped",
+                            pickled)
         return out
 
     def _paired_animatediff(self, folders: list[Path], ids: dict[Path, str]) -> list[ModelEntry]:

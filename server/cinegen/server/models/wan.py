@@ -355,7 +355,8 @@ def load_wan(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> Wan
     variant = weights_variant(folder)
     if dtype != torch.float32:  # the Wan VAE runs in float32, as diffusers' examples load it
         parts["vae"] = diffusers.AutoencoderKLWan.from_pretrained(str(folder), subfolder="vae", dtype=torch.float32,
-                                                        local_files_only=True, variant=variant)
+                                                        local_files_only=True,
+                                                        variant=weights_variant(folder / "vae"))  # its own files
     pipe = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True, variant=variant, **parts)
     check_loaded(pipe)  # before the move: tensors the files lack are refused, never left random
     pipe.set_progress_bar_config(disable=True)
