@@ -421,3 +421,31 @@ def test_an_overwrite_shorter_than_the_old_sequence_says_the_old_tail_remains(cl
     assert warnings == [f"2 frame(s) of {out} from an earlier run remain beside this job's frames (1003-1004); a "
                         "Read node shows them as part of the sequence: delete them if they are not wanted."]
     assert len(os.listdir(tmp_path)) == 4, "never deleted"
+
+
+def test_a_farm_task_retried_keeps_the_frames_its_first_attempt_finished(registry, tmp_path):
+    """An export-job step (fixed --job-id and --seed, an in-process server per attempt) retried by the farm after
+    it died mid-chunk was refused forever: ALREADY_EXISTS for the frames its own first attempt had written."""
+    from server_kit import private_server
+
+    from cinegen.common.client import RequestRejected, build_request
+    from cinegen.common.params import CommonParams
+
+    def attempt(**change):
+        common = dict(prompt="a disc", seed=5, steps=1, width=64, height=64, frames=8, frame_range="1001-1004",
+                      out=str(tmp_path / "f.####.exr"))
+        with private_server(registry) as fresh, GeneratorClient(fresh.address, timeout=30) as client:
+            return client.run(build_request("image", CommonParams(**{**common, **change}), job_id="farm-j1"))
+
+    assert attempt().state == "completed"
+    (tmp_path / "f.1003.exr").unlink()  # the first attempt died before these two
+    (tmp_path / "f.1004.exr").unlink()
+    kept = {n: (tmp_path / n).stat().st_mtime_ns for n in ("f.1001.exr", "f.1002.exr")}
+    retry = attempt()
+    assert retry.state == "completed", retry.message
+    assert {n: (tmp_path / n).stat().st_mtime_ns for n in kept} == kept, "the finished frames are not rewritten"
+    assert (tmp_path / "f.1004.exr").is_file()
+    with pytest.raises(RequestRejected, match="already exist"):
+        attempt(seed=6)  # the same id with another seed is another job
+    other = attempt(prompt="a square")  # same id and seed, another prompt: the frames on disk are not its own
+    assert other.state == "failed" and "already exists" in other.message

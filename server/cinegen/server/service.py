@@ -29,7 +29,7 @@ import grpc
 import numpy as np
 import torch
 
-from cinegen.common.exr import srgb_preview_png
+from cinegen.common.exr import CINEGEN_PREFIX, srgb_preview_png
 from cinegen.common.params import (DISPLAY_TRANSFORMS, UNUSED_COMMON, CommonParams, ParamDescription, describe,
                                    from_proto, plain_help)
 from cinegen.common.proto import generator_pb2 as pb
@@ -51,6 +51,7 @@ from .models.lora import MAX_LORAS, job_loras
 from .models.registry import ModelRegistry
 from .models.speedups import Speedups
 from .named_values import apply_named_values
+from .output.frames import frame_header
 from .plate_colour import check_colour_config, check_plate_colorspace, converted_params, remove_converted
 from .paths import PathPolicy, decode_utf8, read_request_file
 from .pipelines import load_pipelines
@@ -362,7 +363,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         common.out = self.paths.job_output(common.out)  # what is checked below is where the frames go
         if getattr(params, "input", ""):
             params.input = os.path.abspath(os.path.expanduser(params.input))  # read where it was checked
-        self._validate_common(common, pipeline, resume=resume)
+        self._validate_common(common, pipeline, resume=resume, job_id=job_id)
         self._check_inputs(params, common)
         if common.seed is None:
             common.seed = secrets.randbelow(2**31)  # chosen now so every event and header reports it
@@ -379,7 +380,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             check_fits(pipeline, spec, self.registry, device_budget(self.device, self.config.device_memory), self.device)
         return spec
 
-    def _validate_common(self, c: CommonParams, pipeline: Pipeline, *, resume: bool) -> None:
+    def _validate_common(self, c: CommonParams, pipeline: Pipeline, *, resume: bool, job_id: str = "") -> None:
         cfg = self.config
         for name, value, limit in (("width", c.width, cfg.max_width), ("height", c.height, cfg.max_height)):
             if value is None:
@@ -418,7 +419,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if not resume and not getattr(c, "overwrite", False):
             chunk = parse_frame_range(c.frame_range)  # a farm chunk only clashes with frames of its own range
             first = chunk.first if chunk else c.first_frame if c.first_frame is not None else 1001
-            _refuse_existing_frames(pattern, first, chunk.count if chunk else c.frames)
+            _refuse_existing_frames(pattern, first, chunk.count if chunk else c.frames, job_id, c.seed)
 
     def _check_inputs(self, params: Any, common: CommonParams) -> None:
         """Input paths inside the roots; story and trajectory documents safe to parse and within limits."""
@@ -703,21 +704,27 @@ def _left_over_frames(spec: JobSpec, pipeline: Pipeline, outputs: list[str]) -> 
 
 
 def _existing_frames_policy(job: Job, pipeline: Pipeline) -> str:
-    """write: replace; refuse: never overwrite a frame; a resumed job keeps the frames it wrote (their
-    cinegen:job) and treats any other as the job would have: written over (keep-or-write) or refused (keep)."""
+    """write: replace (--overwrite, a story's folder); keep: never overwrite, keeping only the frames this job
+    wrote (same id, seed, prompt and options: a resumed job, a retried farm task); keep-or-write: a resumed
+    --overwrite job keeps its own frames and writes over any other."""
     replaces = getattr(job.spec.common, "overwrite", False) or pipeline.output_is_folder
     if job.resume:
         return "keep-or-write" if replaces else "keep"
     if replaces:
         return "write"  # a story's folder is its own: re-running shots replaces them by design
-    return "refuse"
+    return "keep"  # never overwrite; only this job's own frames (a retried farm task's) are kept
 
 
-def _refuse_existing_frames(pattern: SequencePattern, first: int, frames: int | None) -> None:
+def _refuse_existing_frames(pattern: SequencePattern, first: int, frames: int | None, job_id: str = "",
+                            seed: int | None = None) -> None:
     # without --frames the count is the model's or the plate's, known at run time: the first frame is
-    # checked now, and the frame sink refuses any other existing frame before writing over it
+    # checked now, and the frame sink refuses any other existing frame before writing over it. Frames of
+    # this very job (its id and seed: a farm task retried, a resubmit to a new server) are no clash: the
+    # sink keeps those whose prompt and options match too
     last = first + (frames or 1) - 1
-    clash = [f for f in pattern.glob_existing() if first <= f <= last]
+    same = {CINEGEN_PREFIX + "job": job_id, CINEGEN_PREFIX + "seed": str(seed)}
+    clash = [f for f, path in pattern.glob_existing().items() if first <= f <= last
+             and not (job_id and seed is not None and same.items() <= frame_header(path).items())]
     if clash:
         raise AlreadyExists(f"{len(clash)} frame(s) of {pattern.hash_form()} already exist (first: "
                             f"{pattern.file_name_for(clash[0])}); pick another output, delete them, or ask to "

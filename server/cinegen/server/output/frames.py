@@ -79,8 +79,9 @@ class FrameSink:
     max_pending: int = 2
     device_colour: bool | None = None  # None: on the device when the pixels are on a GPU
     display_transform: str = DISPLAY_SRGB  # color.display_to_scene_linear: view (generated frames) | srgb
-    # a final frame already on disk: "write" over it | "refuse" | "keep" it when this job wrote it (its
-    # cinegen:job header; a resumed job), refusing any other | "keep-or-write": keep the job's own, write over others
+    # a final frame already on disk: "write" over it | "refuse" | "keep" it when this job wrote it (same
+    # cinegen:job, seed, prompt, model and params: a resumed or retried job), refusing any other |
+    # "keep-or-write": keep the job's own, write over others
     existing: str = "write"
     on_log: Callable[[str], None] | None = None  # a line for the job's log (writer thread): NaN pixels written black
     _written: list[str] = field(default_factory=list, init=False, repr=False)
@@ -101,7 +102,7 @@ class FrameSink:
         meta = dataclasses.replace(self.metadata, frame=frame, extra={**self.metadata.extra, **(extra or {})})
         path = self.pattern.path_for(frame)
         if self.existing != "write" and os.path.isfile(path):
-            own = self.existing != "refuse" and written_by_job(path, self.metadata.job)
+            own = self.existing != "refuse" and written_by_same_job(path, self.metadata)
             if not own and self.existing in ("refuse", "keep"):
                 raise AlreadyExists(f"{path} already exists (it appeared after the job was queued); the job "
                                     "stops rather than overwrite it. Ask to overwrite to replace it.")
@@ -218,15 +219,27 @@ class FrameSink:
         return pixels
 
 
-def written_by_job(path: str, job: str) -> bool:
-    """Whether the EXR frame at `path` records `job` as its job (cinegen:job); unreadable or foreign: False."""
-    image = oiio.ImageInput.open(path) if job else None
+SAME_JOB_KEYS = ("job", "seed", "prompt", "model", "params")  # what makes a frame on disk this job's frame
+
+
+def frame_header(path: str) -> dict[str, str]:
+    """The cinegen:* attributes of the EXR frame at `path`, as strings; {} when it cannot be read."""
+    image = oiio.ImageInput.open(path)
     if image is None:
-        return False
+        return {}
     try:
-        return image.spec().get_string_attribute(CINEGEN_PREFIX + "job") == job
+        return {a.name: str(a.value) for a in image.spec().extra_attribs if a.name.startswith(CINEGEN_PREFIX)}
     finally:
         image.close()
+
+
+def written_by_same_job(path: str, metadata: ExrMetadata) -> bool:
+    """Whether the frame at `path` is one this job writes: the same job id, seed, prompt, model and options
+    (a job id reused with another seed or prompt is not the same job); unreadable or foreign: False."""
+    if not metadata.job:
+        return False
+    header, expected = frame_header(path), metadata.cinegen_attributes()
+    return all(header.get(CINEGEN_PREFIX + key) == expected.get(CINEGEN_PREFIX + key) for key in SAME_JOB_KEYS)
 
 
 def display_transform_for(choice: str, has_input: bool = False) -> str:
