@@ -238,3 +238,19 @@ def test_a_wan_folder_with_only_its_transformer_in_fp16_files_loads_on_half_prec
     registry = ModelRegistry([folder.parent], use_hf_cache=False, cache_dir=tiny_model_cache, dtype=torch.bfloat16)
     adapter = registry.get("wan-fp16")
     assert adapter.pipe.vae.dtype == torch.float32 and adapter.pipe.transformer.dtype == torch.bfloat16
+
+
+def test_a_tora_folder_of_fp16_variant_files_loads(tmp_path, tiny_model_cache):
+    # a ToraPipeline folder loads part by part (models/cogvideox.py), each from its own files
+    from cinegen.server.models.families import all_families
+
+    folder = tmp_path / "models" / "tora-fp16"
+    shutil.copytree(ensure_tiny_model(all_families()["cogvideox"].tiny[0], tiny_model_cache), folder)
+    _write_json(folder / "model_index.json", lambda c: c.update(_class_name="ToraPipeline"))
+    for part in ("transformer", "text_encoder"):
+        for plain in (folder / part).glob("*.safetensors"):
+            save_file(load_file(str(plain)), str(plain.with_name(plain.stem + ".fp16.safetensors")),
+                      metadata={"format": "pt"})
+            plain.unlink()
+    adapter = _registry(folder.parent, tiny_model_cache).get("tora-fp16")
+    assert type(adapter.pipe).__name__ == "CogVideoXPipeline" and adapter.tora is not None

@@ -244,12 +244,12 @@ def _load_components(folder: Path, dtype: torch.dtype):
     from transformers import AutoTokenizer, T5EncoderModel
 
     kwargs = dict(local_files_only=True)
+    own = lambda part: dict(dtype=dtype, variant=weights_variant(folder / part), **kwargs)  # noqa: E731 - fp16 files
     return CogVideoXPipeline(
         tokenizer=AutoTokenizer.from_pretrained(str(folder / "tokenizer"), **kwargs),
-        text_encoder=T5EncoderModel.from_pretrained(str(folder / "text_encoder"), dtype=dtype, **kwargs),
-        vae=AutoencoderKLCogVideoX.from_pretrained(str(folder / "vae"), dtype=dtype, **kwargs),
-        transformer=CogVideoXTransformer3DModel.from_pretrained(str(folder / "transformer"), dtype=dtype,
-                                                                **kwargs),
+        text_encoder=T5EncoderModel.from_pretrained(str(folder / "text_encoder"), **own("text_encoder")),
+        vae=AutoencoderKLCogVideoX.from_pretrained(str(folder / "vae"), **own("vae")),
+        transformer=CogVideoXTransformer3DModel.from_pretrained(str(folder / "transformer"), **own("transformer")),
         scheduler=CogVideoXDDIMScheduler.from_pretrained(str(folder / "scheduler"), **kwargs))
 
 
