@@ -431,6 +431,9 @@ def test_input_image_file_through_the_server(client, tmp_path):
     (dict(width=128, height=64), dict(input="/no/such/image.exr"), "no input image"),
     # Wan's causal VAE decodes 4k + 1 frames: 7 used to complete with 5 frames written and no word said
     (dict(model="tiny-wan", width=64, height=32, frames=7), dict(projection="ring"), "Use 5 or 9 frames"),
+    # sphere-only options on a ring used to be accepted and ignored
+    (dict(width=128, height=64), dict(projection="ring", view_batch=3), "use --projection sphere"),
+    (dict(width=128, height=64), dict(view_order="plan"), "use --projection sphere"),
 ])
 def test_bad_panorama_requests_are_invalid_arguments(client, tmp_path, common, params, words):
     request = build_request("panorama", CommonParams(steps=2, out=str(tmp_path / "x.####.exr"), **common),

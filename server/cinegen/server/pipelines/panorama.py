@@ -115,6 +115,9 @@ class PanoramaSettings:
         view_batch = int(getattr(params, "view_batch", 0) or 0)
         if not 0 <= view_batch <= 64:
             raise InvalidArgument(f"Views per call must be between 0 (automatic) and 64; got {view_batch}.")
+        if projection != "sphere" and (view_batch or orders["view_order"] != "disjoint"):
+            raise InvalidArgument("--view-order and --view-batch set how a sphere's perspective views are denoised; "
+                                  "use --projection sphere, or drop them.")
         return cls(projection, bool(params.loop), scale if scale and scale > 1.0 else None, params.input,
                    bool(params.early_overlap), bands, bool(params.keep_first_frame), view_batch=view_batch, **orders)
 
