@@ -254,3 +254,16 @@ def test_a_tora_folder_of_fp16_variant_files_loads(tmp_path, tiny_model_cache):
             plain.unlink()
     adapter = _registry(folder.parent, tiny_model_cache).get("tora-fp16")
     assert type(adapter.pipe).__name__ == "CogVideoXPipeline" and adapter.tora is not None
+
+
+def test_a_half_downloaded_sparsectrl_folder_is_named_when_picked_not_when_the_motion_stage_loads_it(tmp_path):
+    from cinegen.server.models.family import AddOn
+    from cinegen.server.models.sparsectrl import SPARSECTRL_KIND, build_tiny_sparsectrl, pick_sparsectrl
+
+    folder = tmp_path / "sc-rgb"
+    build_tiny_sparsectrl(folder, seed=1)
+    addons = [AddOn("sc-rgb", SPARSECTRL_KIND, "sd1", str(folder))]
+    assert pick_sparsectrl(addons, "auto", "", "animatediff") == addons[0]
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(FailedPrecondition, match=r"SparseCtrl 'sc-rgb' at .* is incomplete: sc-rgb/ has no weights"):
+        pick_sparsectrl(addons, "auto", "", "animatediff")

@@ -162,6 +162,13 @@ def pick_sparsectrl(addons, mode: str, name: str, family: str):
             raise FailedPrecondition("No SparseCtrl model is installed: put a SparseCtrl RGB diffusers folder beside "
                                      "the models (--models DIR), or use --keyframe-motion pinning.")
         return None
+    from .folder_check import model_folder_missing
+
+    missing = model_folder_missing(Path(folders[0].path))
+    if missing:  # picked at Submit: a half-downloaded folder is named now, not when the motion stage loads it
+        raise FailedPrecondition(f"SparseCtrl '{folders[0].id}' at {folders[0].path} is incomplete: "
+                                 f"{'; '.join(missing)} (a download that did not finish?). Fetch it again, or use "
+                                 "--keyframe-motion pinning.")
     return folders[0]
 
 
