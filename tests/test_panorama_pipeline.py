@@ -342,7 +342,9 @@ def test_an_input_on_wan_is_kept_as_the_latent_of_the_image_held_still(registry)
     assert torch.equal(latent[region], held.to(latent.dtype))
 
 
-def test_global_motion_guidance_refines_the_upsampled_low_resolution_result(registry):
+# 3 steps: the full-size run starts at step ⌊15/48·3⌋ = 0, where the upsampled result was taken for x_T as it was
+@pytest.mark.parametrize("steps", [4, 3])
+def test_global_motion_guidance_refines_the_upsampled_low_resolution_result(registry, steps):
     adapter = registry.get("tiny-sd")
     seen = []
 
@@ -355,17 +357,19 @@ def test_global_motion_guidance_refines_the_upsampled_low_resolution_result(regi
             seen.append(("after", index, x.clone()))
             return x
 
-    r = _resolved(steps=4)
+    r = _resolved(steps=steps)
+    start = steps * 15 // 48
     generate_panorama(adapter, r, PanoramaSettings(projection="ring", scale_down=2.0, early_overlap=False), hooks=(Spy(),))
     shapes = [(kind, index, tuple(x.shape[-2:])) for kind, index, x in seen if kind == "before"]
-    assert shapes == [("before", i, (8, 16)) for i in range(4)] + [("before", i, (8, 32)) for i in (1, 2, 3)]
-    low_result = seen[7][2]
-    full_start = seen[8][2]
+    assert shapes == ([("before", i, (8, 16)) for i in range(steps)]
+                      + [("before", i, (8, 32)) for i in range(start, steps)])
+    low_result = seen[2 * steps - 1][2]
+    full_start = seen[2 * steps][2]
     scheduler = adapter.new_scheduler()
-    scheduler.set_timesteps(4)
+    scheduler.set_timesteps(steps)
     levels = NoiseLevels.for_scheduler(scheduler)
     noise = torch.randn(1, 4, 8, 32, generator=torch.Generator().manual_seed(r.seed)).unsqueeze(2)
-    expected = levels.noised(upsample_latent(low_result, (8, 32), wrap_width=True), noise, 1)
+    expected = levels.noised(upsample_latent(low_result, (8, 32), wrap_width=True), noise, start)
     torch.testing.assert_close(full_start, expected)
 
 

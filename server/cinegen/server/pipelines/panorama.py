@@ -332,14 +332,17 @@ def generate_panorama(
         placed, top_px, left_px = place_input(input_image, r.width, r.height, cell)
         clean_input, top, left = encode_input(adapter, placed, r.frames), top_px // cell, left_px // cell
 
-    def run(plan: PanoramaPlan, x: torch.Tensor, start: int, label: str, keep: Callable) -> torch.Tensor:
+    def run(plan: PanoramaPlan, x: torch.Tensor, start: int, label: str, keep: Callable,
+            renoise: bool = False) -> torch.Tensor:
+        """``renoise``: ``x`` is a clean latent (GMG's upsampled result) brought to step ``start``'s level,
+        also at step 0 (few steps); otherwise ``x`` is the initial noise."""
         scheduler = adapter.new_scheduler()
         scheduler.set_timesteps(r.steps, device=adapter.device)
         levels = NoiseLevels.for_scheduler(scheduler)
-        if start == 0:
-            x = x * getattr(scheduler, "init_noise_sigma", 1.0)
-        else:
+        if renoise:
             x = levels.noised(x, noise, start)
+        else:
+            x = x * getattr(scheduler, "init_noise_sigma", 1.0)
         step = (lambda done, todo: on_step(label, done, todo)) if on_step else None
         region_predict = i2v.at(*_pixel_size(adapter, plan)) if i2v is not None else None
         return denoise_panorama(
@@ -365,7 +368,7 @@ def generate_panorama(
     low = run(low_plan, low_noise, 0, "global motion (low resolution)", keeping(low_plan, low_noise, ratio))
     upsampled = upsample_latent(low, plan.latent_size[1:], wrap_width=s.wraps)
     start = min(r.steps - 1, int(r.steps * GMG_START_FRACTION))
-    return run(plan, upsampled, start, "denoise", keeping(plan, noise))
+    return run(plan, upsampled, start, "denoise", keeping(plan, noise), renoise=True)
 
 
 def _pixel_size(adapter: FamilyAdapter, plan: PanoramaPlan) -> tuple[int, int]:
