@@ -69,3 +69,22 @@ def test_demo_writes_half_float_exr_frames_with_metadata(tmp_path):
     _, meta = read_exr_frame(frames[0])
     assert meta["pixel_type"] == "half" and list(meta["channels"]) == ["R", "G", "B", "A"]
     assert meta["cinegen:pipeline"]
+
+
+def test_a_story_sent_to_a_remote_server_is_read_as_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    """--server sends the file's text: it is decoded as UTF-8 as the server would read the file (the shell's
+    locale, cp1252 on Windows, garbled it), and a Latin-1 file is a sentence, not a UnicodeDecodeError."""
+    from cinegen.server import cli
+
+    story = tmp_path / "story.yaml"
+    story.write_bytes("title: Café\nshots:\n  - id: sh010\n    prompt: crème brûlée\n".encode("utf-8"))
+    sent = []
+    monkeypatch.setattr(cli, "build_request", lambda name, common, params, **kw: sent.append(params) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # stops before any connection is made
+        main(["generate", "story", str(story), "--server", "127.0.0.1:1"])
+    assert sent[0].story_yaml.startswith("title: Café") and sent[0].story == ""
+
+    story.write_bytes("title: Caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "story", str(story), "--server", "127.0.0.1:1"])
+    assert "is not UTF-8 text (byte 0xe9 on line 1): save it as UTF-8" in str(exc.value)

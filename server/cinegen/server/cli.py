@@ -144,9 +144,15 @@ def _send_local_files(args: argparse.Namespace, params: Any) -> None:
             continue
         if getattr(args, "server", None):
             try:
-                setattr(params, text_field, Path(path).read_text())
+                raw = Path(path).read_bytes()
             except OSError as exc:
                 raise SystemExit(f"Cannot read the {path_field} file {path}: {exc.strerror}.") from exc
+            try:  # UTF-8 as the server reads a file, whatever this shell's locale (cp1252 on Windows)
+                setattr(params, text_field, raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                line = raw[:exc.start].count(b"\n") + 1
+                raise SystemExit(f"The {path_field} file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on "
+                                 f"line {line}): save it as UTF-8.") from None
             setattr(params, path_field, "")
         else:
             setattr(params, path_field, str(Path(path).expanduser().absolute()))
