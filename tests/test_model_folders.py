@@ -267,3 +267,19 @@ def test_a_half_downloaded_sparsectrl_folder_is_named_when_picked_not_when_the_m
     (folder / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(FailedPrecondition, match=r"SparseCtrl 'sc-rgb' at .* is incomplete: sc-rgb/ has no weights"):
         pick_sparsectrl(addons, "auto", "", "animatediff")
+
+
+def test_models_folders_from_the_environment_take_a_tilde_and_are_reported_whole(tiny_sd, tmp_path, tiny_model_cache,
+                                                                                  monkeypatch, caplog):
+    shutil.copytree(tiny_sd, tmp_path / "home" / "models" / "sd15")
+    shutil.copytree(tiny_sd, tmp_path / "work" / "local" / "sd-local")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CINEGEN_MODELS", "~/models")  # as an env file or a systemd unit leaves it
+    monkeypatch.chdir(tmp_path / "work")
+    file = tmp_path / "one.safetensors"
+    file.write_bytes(b"")
+    with caplog.at_level("WARNING", logger="cinegen.server.models.registry"):
+        registry = ModelRegistry([Path("local"), file], use_hf_cache=False, cache_dir=tiny_model_cache)
+        assert registry.entry("sd15").path == str(tmp_path / "home" / "models" / "sd15")
+    assert registry.entry("sd-local").path == str(tmp_path / "work" / "local" / "sd-local")  # absolute for clients
+    assert f"--models takes folders; {file} is a file: give the folder that holds it ({tmp_path})" in caplog.text

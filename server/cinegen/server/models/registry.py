@@ -192,6 +192,8 @@ class ModelRegistry:
         env = os.environ.get("CINEGEN_MODELS")
         if env:
             self.models_dirs += [Path(p) for p in env.split(os.pathsep) if p]
+        # `~` is left as it is by an env file or a quoted shell word; paths go to clients on other machines whole
+        self.models_dirs = [p.expanduser().absolute() for p in self.models_dirs]
         self.use_hf_cache = use_hf_cache
         self.memory_budget = memory_budget if memory_budget is not None else _default_budget(self.device)
         self.families: dict[str, Family] = all_families()
@@ -237,6 +239,9 @@ class ModelRegistry:
 
     def _discover_folder(self, root: Path) -> list[ModelEntry]:
         out: list[ModelEntry] = []
+        if root.is_file():
+            log.warning("--models takes folders; %s is a file: give the folder that holds it (%s)", root, root.parent)
+            return out
         if not root.is_dir():
             log.warning("models folder %s does not exist", root)
             return out
