@@ -27,11 +27,21 @@ newer="Install Python 3.10+ (3.11 is tested) and run: PYTHON=/path/to/python3.11
 if [ -z "${VIRTUAL_ENV:-}" ]; then
     if [ ! -x "$VENV/bin/python" ]; then
         need_python "$PY" "$newer"
-        "$PY" -m venv --system-site-packages "$VENV"
+        # Debian's and Ubuntu's Python leaves a venv without pip when python3-venv is missing: removed
+        # again, or every later run would reuse it and fail on `-m pip` (what it was not made with).
+        if ! "$PY" -m venv --system-site-packages "$VENV"; then
+            rm -rf "$VENV"
+            echo "cinegen: $PY could not make the virtual environment $VENV (on Debian or Ubuntu: sudo apt install python$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv), then run ./setup.sh $what again." >&2
+            exit 2
+        fi
     else
         need_python "$VENV/bin/python" "It is the Python of the existing $VENV: remove it (rm -rf $VENV), then: PYTHON=/path/to/python3.11 ./setup.sh $what"
     fi
     PY="$VENV/bin/python"
+    if ! "$PY" -m pip --version >/dev/null 2>&1; then
+        echo "cinegen: the virtual environment $VENV has no pip (made without ensurepip): remove it (rm -rf $VENV) and run ./setup.sh $what again." >&2
+        exit 2
+    fi
 else
     need_python "$PY" "$newer (outside the active virtual environment, or in one made with a newer Python)"
 fi
@@ -78,9 +88,13 @@ case "$what" in
         pip install -q -e ".[dev]"
         # Real headless Blender for the add-on tests. bpy pins numpy<2 in its metadata but runs with
         # numpy 2, which OpenImageIO needs, so it is installed without its pins (Python 3.11 only).
-        if "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
-            && ! "$PY" -c 'import bpy' >/dev/null 2>&1; then
-            pip install -q --no-deps "bpy==5.0.1" zstandard cython requests || echo "cinegen: bpy not installed; Blender tests will be skipped"
+        # Its own dependencies are installed with theirs (requests needs urllib3, idna, certifi, ...).
+        if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)'; then
+            "$PY" -c 'import bpy' >/dev/null 2>&1 \
+                || echo "cinegen: bpy (headless Blender 5.0) is made for Python 3.11 only; the Blender tests will be skipped"
+        elif ! "$PY" -c 'import bpy' >/dev/null 2>&1; then
+            { pip install -q --no-deps "bpy==5.0.1" && pip install -q zstandard cython requests; } \
+                || echo "cinegen: bpy not installed; Blender tests will be skipped"
         fi
         exec "$PY" -m pytest -q "$@"
         ;;

@@ -96,3 +96,44 @@ def test_macos_takes_pypis_torch_which_is_the_cpu_build_there(tmp_path):
     done, calls = _setup(tmp_path, torch_fails=0, system="Darwin")
     assert done.returncode == 0, done.stdout + done.stderr
     assert _torch_installs(calls) == ["install -q torch==2.13.0"]
+
+
+DEBIAN_PYTHON = """#!/bin/sh
+# A Debian or Ubuntu Python 3.12 without the python3-venv package: `-m venv` makes the folder and its
+# python, then fails at ensurepip.
+case "$1" in
+  -c) echo 3.12; exit 0 ;;
+  -m) [ "$2" = venv ] || exit 1
+      for last; do :; done
+      mkdir -p "$last/bin" && ln -s /bin/false "$last/bin/python"
+      echo "The virtual environment was not created successfully because ensurepip is not available." >&2
+      exit 1 ;;
+esac
+exit 1
+"""
+
+
+def test_a_python_without_ensurepip_leaves_no_venv_behind_and_names_the_package(tmp_path):
+    python, venv = tmp_path / "python3.12", tmp_path / "venv"
+    python.write_text(DEBIAN_PYTHON)
+    python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(PYTHON=str(python), CINEGEN_VENV=str(venv))
+    done = subprocess.run(["bash", str(SETUP), "demo"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert not venv.exists(), "a half-made venv was reused by every later run, which then failed on `-m pip`"
+    assert "could not make the virtual environment" in done.stderr
+    assert "sudo apt install python3.12-venv), then run ./setup.sh demo again." in done.stderr
+
+
+def test_an_existing_venv_without_pip_is_one_sentence(tmp_path):
+    import sys
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHON")}
+    env["CINEGEN_VENV"] = str(venv)
+    done = subprocess.run(["bash", str(SETUP), "demo"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == (f"cinegen: the virtual environment {venv} has no pip (made without ensurepip): "
+                                   f"remove it (rm -rf {venv}) and run ./setup.sh demo again.")
