@@ -88,3 +88,17 @@ def test_a_story_sent_to_a_remote_server_is_read_as_utf8_whatever_the_locale(tmp
     with pytest.raises(SystemExit) as exc:
         main(["generate", "story", str(story), "--server", "127.0.0.1:1"])
     assert "is not UTF-8 text (byte 0xe9 on line 1): save it as UTF-8" in str(exc.value)
+
+
+def test_max_frames_is_a_server_option_named_where_frames_are_refused(tmp_path, capsys):
+    """A 3000-frame plate was refused by a fixed 2000-frame limit that no flag changed."""
+    from cinegen.server.job_client import server_config
+
+    assert server_config(build_parser().parse_args(["generate", "image", "--max-frames", "5000"])).max_frames == 5000
+    assert server_config(build_parser().parse_args(["generate", "image"])).max_frames == 2000
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--max-frames", "0"])
+    code = main(["generate", "image", "--model", "tiny-sd", "--width", "32", "--height", "32", "--steps", "1",
+                 "--max-frames", "2", "--frames", "3", "--out", str(tmp_path / "x.####.exr")])
+    assert code == 2
+    assert "Frames must be between 1 and 2 (got 3) (`cinegen serve --max-frames N` changes it)" in capsys.readouterr().err

@@ -13,6 +13,9 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="Where the models run; auto = the GPU when torch sees one, else the CPU. Default: auto.")
     p.add_argument("--max-size", type=int, default=8192, help="Largest width/height the server accepts.")
+    p.add_argument("--max-frames", type=positive_int, default=2000, metavar="N",
+                   help="Most frames one job may ask for (--frames; the pixel budget --max-pixels applies too). "
+                   "Default: 2000.")
     p.add_argument("--memory-budget", type=float, default=None, help="GB the model cache may use.")
     p.add_argument("--device-memory", type=memory_size, default=None, metavar="SIZE",
                    help="Device memory a job may use at its peak, such as 24GB or 512MB (default: the GPU's free "
@@ -49,3 +52,13 @@ def memory_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"'{text}' is not a memory size such as 24GB or 512MB")
     unit = (match.group(2) or "g")[0]
     return int(float(match.group(1)) * {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[unit])
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value

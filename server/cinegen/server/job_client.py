@@ -112,6 +112,7 @@ def server_config(args: argparse.Namespace, host: str = "127.0.0.1", port: int =
 
     config = ServerConfig(host=host, port=port, models_dirs=[Path(p) for p in args.models], device=args.device,
                           max_width=args.max_size, max_height=args.max_size,
+                          max_frames=getattr(args, "max_frames", None) or ServerConfig.max_frames,
                           memory_budget=int(args.memory_budget * (1 << 30)) if args.memory_budget else None,
                           device_memory=getattr(args, "device_memory", None),
                           use_hf_cache=not args.no_hf_cache, compile=getattr(args, "compile", None),

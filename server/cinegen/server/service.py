@@ -394,7 +394,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if c.steps is not None and c.steps <= 0:
             raise InvalidArgument(f"Steps must be at least 1 (got {c.steps}).")
         if c.frames is not None and not 1 <= c.frames <= cfg.max_frames:
-            raise InvalidArgument(f"Frames must be between 1 and {cfg.max_frames} (got {c.frames}).")
+            hint = " (`cinegen serve --max-frames N` changes it)" if c.frames > cfg.max_frames else ""
+            raise InvalidArgument(f"Frames must be between 1 and {cfg.max_frames} (got {c.frames}){hint}.")
         if c.guidance is not None and c.guidance < 0:
             raise InvalidArgument(f"Guidance must be 0 or more (got {c.guidance}).")
         c.offload = normalise_mode(c.offload)  # INVALID_ARGUMENT naming the modes
