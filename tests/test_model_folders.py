@@ -283,3 +283,22 @@ def test_models_folders_from_the_environment_take_a_tilde_and_are_reported_whole
         assert registry.entry("sd15").path == str(tmp_path / "home" / "models" / "sd15")
     assert registry.entry("sd-local").path == str(tmp_path / "work" / "local" / "sd-local")  # absolute for clients
     assert f"--models takes folders; {file} is a file: give the folder that holds it ({tmp_path})" in caplog.text
+
+
+def test_a_folder_of_several_variants_only_runs_from_fp16_and_names_the_variants_it_cannot_choose(tmp_path):
+    import json
+
+    from cinegen.server.models.folder_check import missing_parts, weights_variant
+
+    folder = tmp_path / "sd"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                         "unet": ["diffusers", "UNet2DConditionModel"]}))
+    (folder / "unet" / "config.json").write_text("{}")
+    for variant in ("non_ema", "fp16"):  # runwayml's layout without the plain (EMA) files
+        save_file({"w": torch.zeros(1)}, str(folder / "unet" / f"diffusion_pytorch_model.{variant}.safetensors"))
+    assert weights_variant(folder) == "fp16" and missing_parts(folder) == []
+    (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").rename(
+        folder / "unet" / "diffusion_pytorch_model.ema.safetensors")
+    assert weights_variant(folder) is None
+    assert missing_parts(folder) == ["unet/ has no weights file (only ema, non_ema variant files)"]

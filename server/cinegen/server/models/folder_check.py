@@ -28,6 +28,7 @@ import torch
 OPTIONAL = ("safety_checker", "feature_extractor")  # the SD loader passes None for them: not needed
 WEIGHTS = ("*.safetensors", "*.bin")
 VARIANT = re.compile(r"^[^.]+\.([A-Za-z0-9_]+)\.(?:safetensors|bin)$")  # model.fp16.safetensors → fp16
+INFERENCE_VARIANTS = ("fp16", "bf16", "fp32")  # what a folder of variants only is run from, in this order
 SHARD = re.compile(r"-\d{5}-of-\d{5}")
 _MODEL_CLASS = re.compile(r"(Model|Adapter|Transformer|Autoencoder|UNet|ControlNet)", re.I)
 
@@ -84,7 +85,9 @@ def _model_weights_problem(part: Path, variant: str | None) -> str | None:
         variant = None  # the plain files are there: they are what loads
     mine = [f for f in files if _variant_of(_stem(f)) == variant]
     if not mine:
-        return f"{part.name}/ has no {variant} weights file"
+        found = sorted({str(_variant_of(_stem(f))) for f in files})
+        return (f"{part.name}/ has no {variant + ' ' if variant else ''}weights file (only "
+                f"{', '.join(found)} variant files)")
     indexes = [f for f in mine if f.name.endswith(".index.json")]
     if indexes:  # sharded: every shard its weight map names, whole
         try:
@@ -114,7 +117,8 @@ def weights_variant(folder: Path) -> str | None:
         variants = {_variant_of(f) for f in names}
         if names and None not in variants:
             found |= variants
-    return sorted(found)[0] if len(found) == 1 else None
+    preferred = [v for v in INFERENCE_VARIANTS if v in found]  # fp16 beside non_ema (a training copy): fp16
+    return preferred[0] if preferred else (sorted(found)[0] if len(found) == 1 else None)
 
 
 def model_folder_missing(folder: Path) -> list[str]:
