@@ -302,3 +302,17 @@ def test_a_folder_of_several_variants_only_runs_from_fp16_and_names_the_variants
         folder / "unet" / "diffusion_pytorch_model.ema.safetensors")
     assert weights_variant(folder) is None
     assert missing_parts(folder) == ["unet/ has no weights file (only ema, non_ema variant files)"]
+
+
+def test_the_memory_estimate_counts_the_variant_that_loads_not_every_variant_file(tmp_path):
+    from cinegen.server.models.architecture import architecture_of
+    from cinegen.server.models.family import ModelEntry
+
+    folder = tmp_path / "sd"
+    (folder / "unet").mkdir(parents=True)
+    save_file({"w": torch.zeros(1000, dtype=torch.float16)}, str(folder / "unet" / "diffusion_pytorch_model.fp16.safetensors"))
+    entry = ModelEntry("sd", "sd", "folder", str(folder))
+    alone = architecture_of(entry, "sd", torch.float16).components
+    save_file({"w": torch.zeros(1000)}, str(folder / "unet" / "diffusion_pytorch_model.non_ema.safetensors"))
+    assert architecture_of(entry, "sd", torch.float16).components == alone
+    assert [c.parameter_bytes for c in alone] == [2000]

@@ -23,6 +23,7 @@ import torch
 
 from ..diffusion.tora import PUBLISHED_PREFIXES as TORA_PREFIXES
 from .checkpoint_kinds import read_header
+from .folder_check import INFERENCE_VARIANTS
 from .memory_estimate import Architecture, Component
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -59,7 +60,13 @@ VARIANT = re.compile(r"\.(fp16|bf16|fp32|ema|non_ema)\.")  # diffusers' variant 
 def _weight_files(folder: Path, pattern: str) -> list[Path]:
     files = sorted(folder.glob(pattern))
     plain = [f for f in files if not VARIANT.search(f.name)]
-    return plain or files  # what diffusers loads without `variant=`: the plain files when both exist
+    if plain:
+        return plain  # what diffusers loads without `variant=`: the plain files when both exist
+    for variant in INFERENCE_VARIANTS:  # else the variant the loaders pick (folder_check.weights_variant)
+        mine = [f for f in files if f".{variant}." in f.name]
+        if mine:
+            return mine
+    return files
 
 
 @lru_cache(maxsize=64)
