@@ -316,3 +316,18 @@ def test_the_memory_estimate_counts_the_variant_that_loads_not_every_variant_fil
     save_file({"w": torch.zeros(1000)}, str(folder / "unet" / "diffusion_pytorch_model.non_ema.safetensors"))
     assert architecture_of(entry, "sd", torch.float16).components == alone
     assert [c.parameter_bytes for c in alone] == [2000]
+
+
+def test_an_inpainting_single_file_is_not_offered_as_a_text_to_image_checkpoint(tmp_path):
+    from cinegen.server.models.checkpoint_kinds import classify_file
+
+    unet = "model.diffusion_model."
+    tensors = {unet + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(1, 768),
+               "first_stage_model.decoder.conv_in.weight": torch.zeros(1, 1),
+               "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.zeros(1, 77)}
+    for channels, kind in ((4, "sd1"), (9, "unknown")):  # sd-v1-5-inpainting: latents + mask + masked image
+        save_file({**tensors, unet + "input_blocks.0.0.weight": torch.zeros(1, channels, 3, 3)},
+                  str(tmp_path / "v1-5.safetensors"))
+        found = classify_file(tmp_path / "v1-5.safetensors")
+        assert found.kind == kind
+    assert "9 input channels: an inpainting" in found.why

@@ -29,6 +29,8 @@ from pathlib import Path
 
 CHECKPOINT_KINDS = ("sd1", "sd2", "sdxl", "sdxl-refiner")
 ADDON_KINDS = ("lora", "motion-lora", "motion-module", "vae", "textual-inversion", "sparsectrl")
+CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"  # (out, in, 3, 3): `in` is 4 for text-to-image
+LATENT_CHANNELS = 4
 MAX_HEADER_BYTES = 100 << 20  # a header larger than this is not a safetensors file we can read
 
 
@@ -86,6 +88,10 @@ def classify_names(table: dict[str, dict]) -> FileKind:
 
 def _checkpoint_kind(table: dict[str, dict], names: list[str]) -> FileKind:
     starts = lambda prefix: any(n.startswith(prefix) for n in names)  # noqa: E731
+    conv_in = table.get(CONV_IN, {}).get("shape") or []
+    if len(conv_in) == 4 and int(conv_in[1]) != LATENT_CHANNELS:  # 9: latents + mask + masked image; 8, 5: ...
+        return FileKind("unknown", "", f"a UNet of {int(conv_in[1])} input channels: an inpainting, depth or "
+                                       "instruct model, which cinegen's text-to-image pipelines do not run")
     if starts("conditioner.embedders.1."):
         return FileKind("sdxl", "sdxl", "conditioner.embedders.0 and .1")
     if starts("conditioner.embedders.0.model."):
