@@ -331,3 +331,17 @@ def test_an_inpainting_single_file_is_not_offered_as_a_text_to_image_checkpoint(
         found = classify_file(tmp_path / "v1-5.safetensors")
         assert found.kind == kind
     assert "9 input channels: an inpainting" in found.why
+
+
+def test_an_inpainting_model_in_the_hf_cache_is_skipped_saying_why(tiny_sd, tmp_path, tiny_model_cache, monkeypatch,
+                                                                   caplog):
+    import huggingface_hub.constants as constants
+
+    snapshot = tmp_path / "hub" / "models--acme--inpainting" / "snapshots" / ("e" * 40)
+    shutil.copytree(tiny_sd, snapshot)
+    _write_json(snapshot / "unet" / "config.json", lambda c: c.update(in_channels=9))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with caplog.at_level("WARNING", logger="cinegen.server.models.registry"):
+        ids = {e.id for e in ModelRegistry(use_hf_cache=True, cache_dir=tiny_model_cache).entries()}
+    assert "acme/inpainting" not in ids
+    assert "Hugging Face cache: acme/inpainting has a UNet of 9 input channels" in caplog.text

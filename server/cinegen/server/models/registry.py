@@ -322,12 +322,21 @@ class ModelRegistry:
             # download (one file of another revision) must not hide the model fetched before it
             for rev in sorted(repo.revisions, key=lambda r: (not missing_parts(Path(r.snapshot_path)),
                                                              "main" in r.refs, r.last_modified), reverse=True):
-                family = self.family_of_class(_model_index_class(Path(rev.snapshot_path)))
-                if family:
-                    out.append(ModelEntry(repo.repo_id, family, "hf-cache", str(rev.snapshot_path),
-                                          kind=_folder_kind(Path(rev.snapshot_path))))
-                    _warn_incomplete(Path(rev.snapshot_path))
+                snapshot = Path(rev.snapshot_path)
+                family = self.family_of_class(_model_index_class(snapshot))
+                why_not = _unusable(snapshot, family, self.families) if family else ""
+                if why_not:  # an inpainting UNet under a text-to-image class
+                    log.warning("Hugging Face cache: %s %s; skipped", repo.repo_id, why_not)
                     break
+                if family:
+                    out.append(ModelEntry(repo.repo_id, family, "hf-cache", str(snapshot), kind=_folder_kind(snapshot)))
+                    _warn_incomplete(snapshot)
+                    break
+            else:
+                why_not = next((_unusable(Path(r.snapshot_path), None, self.families) for r in repo.revisions
+                                if (Path(r.snapshot_path) / "model_index.json").is_file()), "")
+                if why_not:  # a pipeline cinegen does not run (ControlNet, inpainting, SD3, ...): -v says so
+                    log.info("Hugging Face cache: %s %s; not offered", repo.repo_id, why_not)
         return out
 
     def entry(self, model_id: str) -> ModelEntry:
