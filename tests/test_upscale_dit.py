@@ -19,8 +19,8 @@ from cinegen.server.models.registry import ModelRegistry
 from cinegen.server.models.wan import (TINY_PROFILE, tiny_wan_transformer, tiny_wan_vae,
                                        wan_flow_scheduler)
 from cinegen.server.pipelines.base import JobSpec, Pipeline, RunContext
-from cinegen.server.pipelines.upscale_dit import (CineScaleOptions, plan_dit_stages, read_plate_clip, refine_settings,
-                                                  run_dit_upscale, stage_sizes, validate_dit_upscale)
+from cinegen.server.pipelines.upscale_dit import (CineScaleOptions, dit_target_size, plan_dit_stages, read_plate_clip,
+                                                  refine_settings, run_dit_upscale, stage_sizes, validate_dit_upscale)
 
 IDENTITY = CineScaleOptions(base_shift=1.0, refine_shift=1.0, ntk_alpha=1.0, attention_coef=1.0, tile=(2, 2))
 
@@ -279,6 +279,22 @@ def test_default_refinement_settings_follow_cinescale_scaled_to_the_training_gri
 def test_bad_requests_are_rejected_with_the_nearest_valid_value(wan_registry, common, params, hint):
     with pytest.raises(InvalidArgument, match=hint):
         validate_dit_upscale(_job("/tmp/x.####.exr", params, **common), wan_registry)
+
+
+def test_a_plate_with_a_missing_frame_or_a_target_below_it_is_refused_at_submit(wan_registry, tmp_path):
+    for frame, width in ((1001, 48), (1002, 48), (1004, 48), (1005, 48)):  # 1003 missing (it used to fail mid-job)
+        write_exr_frame(tmp_path / f"p.{frame}.exr", np.ones((48, width, 4), np.float32), metadata=ExrMetadata())
+    pattern = str(tmp_path / "p.####.exr")
+    with pytest.raises(InvalidArgument, match="missing 1 of its 5 frames"):
+        validate_dit_upscale(_job("/tmp/x.####.exr", UpscaleParams(mode="plate", input=pattern)), wan_registry)
+    write_exr_frame(tmp_path / "p.1003.exr", np.ones((48, 48, 4), np.float32), metadata=ExrMetadata())
+    with pytest.raises(InvalidArgument, match="smaller than the input's 48x48"):  # it was made 32×32
+        validate_dit_upscale(_job("/tmp/x.####.exr", UpscaleParams(mode="plate", input=pattern), width=32, height=32),
+                             wan_registry)
+    common = CommonParams(width=None, height=None)
+    # a scale rounds to whole 16 px, never below the plate (a 40 px plate at scale 1 was made 32 px)
+    assert dit_target_size(16, common, UpscaleParams(scale=1.0), (40, 24), plate=True) == (48, 32)
+    assert dit_target_size(16, common, UpscaleParams(scale=2.0), (40, 24), plate=True) == (80, 48)
 
 
 def test_a_plate_that_is_not_4k_plus_1_frames_long_suggests_a_frame_count(wan_registry, plate, tmp_path):

@@ -276,16 +276,24 @@ def encode_plate(adapter: WanAdapter, clip: torch.Tensor, width: int, height: in
 
 
 # ---- the pipeline path ----------------------------------------------------------------------------
-def dit_target_size(adapter: WanAdapter, common, params: UpscaleParams, base: tuple[int, int]) -> tuple[int, int]:
-    """--width/--height when given (checked), else base × scale (default 2) rounded to the size multiple."""
-    m = adapter.size_multiple
+def dit_target_size(m: int, common, params: UpscaleParams, base: tuple[int, int], plate: bool = False
+                    ) -> tuple[int, int]:
+    """--width/--height when given (checked), else base × scale (default 2) rounded to the size multiple ``m``;
+    a plate (``plate``) is never made smaller: a target below it is refused, a scale rounds up to it."""
     if common.width or common.height:
         width = common.width or round(base[0] * common.height / base[1] / m) * m
         height = common.height or round(base[1] * common.width / base[0] / m) * m
         check_wan_size(width, height, m)
+        if plate and (width < base[0] or height < base[1]):
+            raise InvalidArgument(f"The target {width}x{height} is smaller than the input's {base[0]}x{base[1]}; "
+                                  "upscale only goes up: ask for a scale of 1 or more.")
         return width, height
     scale = params.scale or 2.0
-    return max(m, round(base[0] * scale / m) * m), max(m, round(base[1] * scale / m) * m)
+
+    def side(length: int) -> int:
+        nearest = max(m, round(length * scale / m) * m)
+        return max(nearest, -(-length // m) * m) if plate else nearest  # a 40 px plate at scale 1: 48, not 32
+    return side(base[0]), side(base[1])
 
 
 def dit_mode(params: UpscaleParams, image_to_video: bool = False) -> str:
@@ -349,7 +357,7 @@ def _run_dit_upscale(ctx: RunContext, adapter: WanAdapter, resolved: Resolved, p
         frames, start = clip.shape[2], (clip.shape[-1], clip.shape[-2])
         first = clip[0, :, 0] if i2v else None
     check_wan_frames(frames, "video" if clip is None else "plate")
-    target = dit_target_size(adapter, ctx.job.common, params, start)
+    target = dit_target_size(adapter.size_multiple, ctx.job.common, params, start, plate=clip is not None)
     stages = params.stages or (2 if mode == "generate" else 1)
     plan = plan_dit_stages(adapter, "generate" if clip is None else "plate", start, target, stages, start_index,
                            options)
@@ -466,7 +474,8 @@ def validate_dit_upscale(job: JobSpec, registry) -> None:
                               "cascade (SD and AnimateDiff models); CineScale on Wan re-noises the upsampled video "
                               f"instead and would ignore {'it' if len(unused) == 1 else 'them'}: drop "
                               f"{'it' if len(unused) == 1 else 'them'}, or pick an SD or AnimateDiff model.")
-    check_wan_size(common.width, common.height, _size_multiple_of(entry.path) if entry.path else 16)
+    multiple = _size_multiple_of(entry.path) if entry.path else 16
+    check_wan_size(common.width, common.height, multiple)
     if mode == "generate":
         if i2v and not params.input:
             raise InvalidArgument(f"'{entry.id}' is an image-to-video model: give the video's first frame with "
@@ -484,6 +493,10 @@ def validate_dit_upscale(job: JobSpec, registry) -> None:
         count = plate_frame_count(params.input)
         if common.frames and common.frames > count:
             raise InvalidArgument(f"The plate has {count} frames; --frames {common.frames} asks for more.")
+        from .upscale import inspect_plate  # the UNet path's checks (no import circle: upscale imports us late)
+
+        plate = inspect_plate(params.input, common.frames)  # a missing frame, a frame of another size: now
+        dit_target_size(multiple, common, params, plate.size, plate=True)  # a target below the plate: now
         check_wan_frames(common.frames or count, "plate")
     for spec in job_loras(common, params):  # files now; whether they fit the model: Pipeline.check_loras
         check_lora(spec, "wan")
