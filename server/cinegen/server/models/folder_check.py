@@ -196,4 +196,5 @@ def check_loaded(pipe: Any) -> None:
                              f"the config asks for, such as {missing[0]} (an incomplete or mismatched file)")
 
 
-__all__ = ["check_loaded", "components", "is_cut_short", "missing_parts", "model_folder_missing", "read_index", "weights_variant"]
+__all__ = ["INFERENCE_VARIANTS", "check_loaded", "components", "is_cut_short", "missing_parts", "model_folder_missing",
+           "read_index", "weights_variant"]

@@ -408,7 +408,7 @@ class ModelRegistry:
         if entry.extra_path:  # a paired MotionAdapter folder: its weights
             missing += [f"the motion adapter's {m}" for m in model_folder_missing(Path(entry.extra_path))]
         if missing:
-            fetch = f"`huggingface-cli download {entry.id}`" if entry.source == "hf-cache" else "`huggingface-cli download`"
+            fetch = "`huggingface-cli download" + (f" {entry.id}`" if entry.source == "hf-cache" else "`")
             raise FailedPrecondition(
                 f"Model '{entry.id}' at {entry.path} is incomplete: {'; '.join(missing[:3])}"
                 f"{' and more' if len(missing) > 3 else ''} (a download that did not finish?). Fetch the missing "
