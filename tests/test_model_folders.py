@@ -123,6 +123,8 @@ def test_folders_cinegen_cannot_run_are_skipped_each_with_a_line_saying_why(tiny
     (root / "odd").mkdir()
     (root / "odd" / "model_index.json").write_text("[]")  # valid JSON, not an object: discovery crashed on it
     shutil.copytree(tiny_sd / "vae", root / "vae-alone")
+    shutil.copytree(tiny_sd, root / "wrong-vae")  # a 16-channel (SD3/Flux) VAE dropped into an SD folder
+    _write_json(root / "wrong-vae" / "vae" / "config.json", lambda c: c.update(latent_channels=16))
     (root / "old.ckpt").write_bytes(b"PK\x03\x04")
     shutil.copytree(tiny_sd, root / "fine")
     with caplog.at_level("WARNING", logger="cinegen.server.models.registry"):
@@ -134,6 +136,7 @@ def test_folders_cinegen_cannot_run_are_skipped_each_with_a_line_saying_why(tiny
     assert "cannot be read" in said["odd"]
     assert "AutoencoderKL" in said["vae-alone"] and "not a whole diffusers pipeline" in said["vae-alone"]
     assert ".safetensors files only" in said["old.ckpt"]
+    assert "a VAE of 16-channel latents for a UNet of 4 input channels" in said["wrong-vae"]
 
 
 def test_the_hf_cache_offers_the_whole_snapshot_main_points_at_not_a_newer_partial_one(

@@ -164,9 +164,11 @@ def _unusable(folder: Path, family: str | None, families: dict) -> str:
         latent = json.loads((folder / "vae" / "config.json").read_text())["latent_channels"]
     except (OSError, ValueError, KeyError, TypeError):
         return ""
-    if unet != latent:  # inpainting (9 = latents + mask + masked image), depth or instruct-pix2pix (8)
+    if unet > latent:  # inpainting (9 = latents + mask + masked image), depth or pix2pix (8)
         return (f"has a UNet of {unet} input channels for {latent}-channel latents (an inpainting, depth or "
                 "instruct model); cinegen's pipelines run text-to-image UNets")
+    if unet != latent:  # a VAE of another model family dropped in (SD3/Flux: 16 channels)
+        return f"has a VAE of {latent}-channel latents for a UNet of {unet} input channels: the VAE is another model's"
     return ""
 
 
