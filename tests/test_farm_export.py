@@ -87,10 +87,11 @@ def test_a_frame_range_outside_the_sequence_or_on_a_pipeline_that_cannot_chunk_i
         client.submit(build_request("image", CommonParams(out=str(tmp_path / "i.####.exr"), frame_range="10-2"),
                                     ImageParams()))
     assert info.value.code == "INVALID_ARGUMENT"
-    result = client.run(build_request("image", CommonParams(out=str(tmp_path / "i.####.exr"), frames=2, steps=1,
-                                                            width=64, height=64, frame_range="2001-2004"),
-                                      ImageParams()))
-    assert result.state == "failed" and "outside the sequence 1001-1002" in result.message
+    with pytest.raises(RequestRejected) as info:  # at Submit (the job used to be queued, then fail)
+        client.submit(build_request("image", CommonParams(out=str(tmp_path / "i.####.exr"), frames=2, steps=1,
+                                                          width=64, height=64, frame_range="2001-2004"),
+                                    ImageParams()))
+    assert info.value.code == "INVALID_ARGUMENT" and "outside the sequence 1001-1002" in info.value.message
     assert not list(tmp_path.glob("i.*.exr"))
 
 

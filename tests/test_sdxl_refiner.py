@@ -8,7 +8,8 @@ from cinegen.server.models.family import ModelEntry
 from cinegen.server.models.sd import SDAdapter
 from cinegen.server.pipelines.base import Resolved
 from cinegen.server.pipelines.image import generate_images
-from cinegen.server.pipelines.refiner import RefinerStage, split_schedule
+from cinegen.server.errors import InvalidArgument
+from cinegen.server.pipelines.refiner import RefinerStage, check_refiner_request, split_schedule
 from ldm_layout import write_single_file
 from tiny_checkpoints import tiny_refiner, tiny_sdxl
 
@@ -137,6 +138,12 @@ def test_a_refiner_request_that_cannot_work_is_refused_with_a_sentence(models_di
     err = capsys.readouterr().err
     assert "INVALID_ARGUMENT" in err and says in err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_refiner_split_without_a_refiner_is_refused_not_ignored(registry):
+    with pytest.raises(InvalidArgument, match="give the refiner with --refiner, or drop --refiner-split"):
+        check_refiner_request(registry, "tiny-sd", "", 0.5)
+    check_refiner_request(registry, "tiny-sd", "", None)  # neither: the base alone
 
 
 def test_cinegen_models_shows_both_refiners_as_refiners(models_dir, tmp_path):

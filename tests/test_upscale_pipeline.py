@@ -379,6 +379,7 @@ def test_resizing_a_matte_keeps_its_range_and_a_constant_matte_constant():
     ("scale off the grid", "INVALID_ARGUMENT", "multiple of 8"),
     ("smaller than native", "INVALID_ARGUMENT", "smaller than"),
     ("no input", "INVALID_ARGUMENT", "--input"),
+    ("frame range outside the plate", "INVALID_ARGUMENT", "outside the sequence 1-3"),  # was a failed job
 ])
 def test_bad_requests_are_refused_at_submit_with_a_sentence(client, tmp_path, case, code, words):
     pattern, paths = write_plate(tmp_path, frames=range(1, 4))
@@ -403,6 +404,8 @@ def test_bad_requests_are_refused_at_submit_with_a_sentence(client, tmp_path, ca
         params, common = UpscaleParams(), dict(common, width=32, height=32)
     elif case == "no input":
         params = UpscaleParams(mode="plate")
+    elif case == "frame range outside the plate":
+        common.update(frame_range="5-6")
     with pytest.raises(RequestRejected) as err:
         client.submit(build_request("upscale", CommonParams(**common), params))
     assert err.value.code == code and words in err.value.message

@@ -68,6 +68,8 @@ class ImagePipeline(Pipeline):
     def validate(self, job: JobSpec, registry) -> None:
         self.check_family(job, registry)
         requested_range(job)  # a malformed --frame-range fails at submit
+        c = job.common  # and one outside the sequence too, not once the job runs
+        wanted_indices(job, c.first_frame if c.first_frame is not None else 1001, c.frames or 1)
         check_refiner_request(registry, self.model_id(job, registry), getattr(job.params, "refiner", ""),
                               getattr(job.params, "refiner_split", None))
 

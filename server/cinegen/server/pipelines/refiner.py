@@ -45,6 +45,9 @@ def check_refiner_request(registry, base_id: str, refiner_id: str, split: float 
         raise InvalidArgument(f"'{base.id}' is an SDXL refiner: it finishes the picture of an SDXL base model. "
                               f"Pick an SDXL model with --model and pass '{base.id}' as --refiner.")
     if not refiner_id:
+        if split is not None:  # it would have nothing to split
+            raise InvalidArgument("--refiner-split is where the refiner takes over from the base model; give the "
+                                  "refiner with --refiner, or drop --refiner-split.")
         return
     if sd_kind(base) != "sdxl":
         raise InvalidArgument(f"--refiner runs after an SDXL base model, and '{base.id}' is not one "

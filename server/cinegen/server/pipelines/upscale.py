@@ -336,6 +336,8 @@ class UpscalePipeline(Pipeline):
         check_frame_range(job, self.name, mode != "generate", " in generate mode")
         if mode != "generate":
             plate = inspect_plate(p.input, job.common.frames)
+            first = job.common.first_frame if job.common.first_frame is not None else plate.frames.first
+            wanted_indices(job, first, plate.frames.count)  # a --frame-range outside the plate: now, not mid-job
             check_target(mode, plate.size, resolve_target(plate.size, p.scale, job.common.width,
                                                           job.common.height), model_id)
             return
