@@ -348,3 +348,28 @@ def test_an_inpainting_model_in_the_hf_cache_is_skipped_saying_why(tiny_sd, tmp_
         ids = {e.id for e in ModelRegistry(use_hf_cache=True, cache_dir=tiny_model_cache).entries()}
     assert "acme/inpainting" not in ids
     assert "Hugging Face cache: acme/inpainting has a UNet of 9 input channels" in caplog.text
+
+
+def test_an_sd_repo_and_a_motion_adapter_repo_in_the_hf_cache_make_an_animatediff_model(tiny_sd, tmp_path,
+                                                                                         tiny_model_cache, monkeypatch):
+    # `huggingface-cli download` of a base and of guoyww/animatediff-motion-adapter-v1-5-3, as AnimateDiff ships
+    import huggingface_hub.constants as constants
+    from diffusers import AnimateDiffPipeline
+
+    from cinegen.server.models.families import all_families
+
+    def snapshot(repo: str, rev: str) -> Path:
+        folder = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
+        (folder / "refs").mkdir(parents=True, exist_ok=True)
+        (folder / "refs" / "main").write_text(rev * 40)
+        (folder / "blobs").mkdir(exist_ok=True)
+        return folder / "snapshots" / (rev * 40)
+
+    shutil.copytree(tiny_sd, snapshot("acme/sd15", "a"))
+    tiny_ad = ensure_tiny_model(all_families()["animatediff"].tiny[0], tiny_model_cache)
+    AnimateDiffPipeline.from_pretrained(str(tiny_ad)).motion_adapter.save_pretrained(str(snapshot("acme/mm", "b")))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    registry = ModelRegistry(use_hf_cache=True, cache_dir=tiny_model_cache)
+    entry = registry.entry("acme/sd15+acme/mm")
+    assert (entry.family, entry.source, entry.extra_path) == ("animatediff", "paired", str(snapshot("acme/mm", "b")))
+    assert type(registry.get(entry.id).pipe.unet).__name__ == "UNetMotionModel"

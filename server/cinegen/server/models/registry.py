@@ -298,8 +298,9 @@ class ModelRegistry:
                  for adapter in motion for base in bases if _motion_fits(adapter, base)]
         for adapter in motion:
             if not any(p.extra_path == str(adapter) for p in pairs):
-                log.warning("%s is a motion adapter, and no SD 1.5 or SDXL folder under the same --models folder "
-                            "has a UNet it fits (same block widths); put its base model beside it. Skipped", adapter)
+                log.warning("%s is a motion adapter, and no SD 1.5 or SDXL model beside it (under the same --models "
+                            "folder, or in the HF cache) has a UNet it fits (same block widths); put its base "
+                            "model beside it. Skipped", adapter)
         return pairs
 
     def addons(self) -> list[AddOn]:
@@ -317,13 +318,22 @@ class ModelRegistry:
         for problem in info.warnings:  # a repository the scan could not read: say so, it is not listed
             log.warning("Hugging Face cache: %s; skipped", problem)
         out = []
+        ids: dict[Path, str] = {}  # snapshots of pipelines and of single models, for AnimateDiff pairs
         for repo in info.repos:
             if repo.repo_type != "model":
                 continue
             # the snapshot `main` points at, unless a whole one is there and it is not: a later partial
             # download (one file of another revision) must not hide the model fetched before it
-            for rev in sorted(repo.revisions, key=lambda r: (not missing_parts(Path(r.snapshot_path)),
-                                                             "main" in r.refs, r.last_modified), reverse=True):
+            revisions = sorted(repo.revisions, key=lambda r: (not missing_parts(Path(r.snapshot_path)),
+                                                              "main" in r.refs, r.last_modified), reverse=True)
+            single = next((Path(r.snapshot_path) for r in revisions  # a MotionAdapter or SparseCtrl repository
+                           if _config_class(Path(r.snapshot_path)) in ("MotionAdapter", SPARSECTRL_CLASS)), None)
+            if single is not None:
+                ids[single] = repo.repo_id
+                if is_sparsectrl_folder(single):
+                    self._addons.append(AddOn(repo.repo_id, SPARSECTRL_KIND, "sd1", str(single)))
+                continue
+            for rev in revisions:
                 snapshot = Path(rev.snapshot_path)
                 family = self.family_of_class(_model_index_class(snapshot))
                 why_not = _unusable(snapshot, family, self.families) if family else ""
@@ -333,13 +343,14 @@ class ModelRegistry:
                 if family:
                     out.append(ModelEntry(repo.repo_id, family, "hf-cache", str(snapshot), kind=_folder_kind(snapshot)))
                     _warn_incomplete(snapshot)
+                    ids[snapshot] = repo.repo_id
                     break
             else:
                 why_not = next((_unusable(Path(r.snapshot_path), None, self.families) for r in repo.revisions
                                 if (Path(r.snapshot_path) / "model_index.json").is_file()), "")
                 if why_not:  # a pipeline cinegen does not run (ControlNet, inpainting, SD3, ...): -v says so
                     log.info("Hugging Face cache: %s %s; not offered", repo.repo_id, why_not)
-        return out
+        return out + self._paired_animatediff(list(ids), ids)  # e.g. guoyww/animatediff-motion-adapter-v1-5-3
 
     def entry(self, model_id: str) -> ModelEntry:
         for e in self.entries():
