@@ -275,6 +275,7 @@ def test_default_refinement_settings_follow_cinescale_scaled_to_the_training_gri
     ({}, UpscaleParams(cosine_scale=3.0), "--cosine-scale tunes FreeScale"),
     ({}, UpscaleParams(mode="plate", input="/tmp/p.####.exr", matte_cosine_scale=2.0, dilate_tau=3),
      "--dilate-tau and --matte-cosine-scale tune"),
+    ({}, UpscaleParams(fast=True), "--fast tunes FreeScale"),  # generate mode: nothing reads it
 ])
 def test_bad_requests_are_rejected_with_the_nearest_valid_value(wan_registry, common, params, hint):
     with pytest.raises(InvalidArgument, match=hint):

@@ -469,6 +469,8 @@ def validate_dit_upscale(job: JobSpec, registry) -> None:
         raise InvalidArgument("Give either --scale or --width/--height as the target, not both.")
     unused = [flag for flag, value in (("--cosine-scale", params.cosine_scale), ("--dilate-tau", params.dilate_tau),
                                        ("--matte-cosine-scale", params.matte_cosine_scale)) if value is not None]
+    if params.fast and dit_mode(params, i2v) == "generate":  # on a plate it encodes first (latent_first)
+        unused.append("--fast")
     if unused:  # FreeScale's UNet knobs: the DiT path has neither a cosine mix nor convolutions to dilate
         raise InvalidArgument(f"{' and '.join(unused)} {'tunes' if len(unused) == 1 else 'tune'} FreeScale's UNet "
                               "cascade (SD and AnimateDiff models); CineScale on Wan re-noises the upsampled video "
