@@ -412,6 +412,17 @@ def test_bad_requests_are_refused_at_submit_with_a_sentence(client, tmp_path, ca
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+def test_stages_that_cannot_run_as_asked_are_said_in_the_job_log(registry, tmp_path):
+    # 64 -> 80 px on tiny-sd: stages are whole 16 px, so stages in between merge (it used to pass unsaid)
+    ctx = run_upscale(registry, params=UpscaleParams(scale=1.25, stages=4), steps=1)
+    assert any("--stages 4 gives 2 stage(s) (64x64 -> 80x80)" in line for line in ctx.logs), ctx.logs
+    pattern, _ = write_plate(tmp_path, frames=range(1, 2))
+    ctx = run_upscale(registry, params=UpscaleParams(input=pattern, mode="refine", stages=2), steps=1)
+    assert any("--stages 2 is not used: refine mode is one pass" in line for line in ctx.logs), ctx.logs
+    ctx = run_upscale(registry, params=UpscaleParams(scale=2.0, stages=3), steps=1)  # 64 -> 96 -> 128
+    assert not any("--stages" in line for line in ctx.logs)
+
+
 # ---- small pieces ---------------------------------------------------------------------------------
 def test_target_from_scale_or_one_side_keeps_the_aspect():
     assert resolve_target((64, 32), 2.0, None, None) == (128, 64)

@@ -229,6 +229,22 @@ def plan_upscale(adapter: FamilyAdapter, job: JobSpec, steps: int) -> UpscalePla
     return UpscalePlan(mode, target, stages, reference_size(adapter, target), settings, plate)
 
 
+def stages_note(asked: int | None, plan: UpscalePlan) -> str:
+    """A sentence for the job log when --stages cannot be run as asked, else ""."""
+    made = len(plan.stages)
+    if not asked or asked == made:
+        return ""
+    sizes = " -> ".join(f"{w}x{h}" for w, h in plan.stages)
+    if plan.mode == "refine" or (plan.mode == "plate" and plan.settings.strength == 0):
+        what = "refine mode is one pass at the target size" if plan.mode == "refine" else \
+            "a plate at strength 0 is only resized"
+        return f"upscale: --stages {asked} is not used: {what} ({sizes})."
+    if made < asked:  # stage sizes are whole multiples of the UNet's grid: close ones merge
+        return (f"upscale: --stages {asked} gives {made} stage(s) ({sizes}): stage sizes are rounded to the "
+                "model's grid, and stages closer than one grid step are one.")
+    return ""
+
+
 # ---- running ------------------------------------------------------------------------------------
 def run_with_memory_retry(work: Callable[[CascadeSettings], T], settings: CascadeSettings,
                           log: Callable[[str], None]) -> T:
@@ -382,6 +398,9 @@ class UpscalePipeline(Pipeline):
             return run_dit_upscale(ctx, adapter, self.resolve(ctx.job, adapter), ctx.job.params)
         r = self.resolve(ctx.job, adapter)
         plan = plan_upscale(adapter, ctx.job, r.steps)
+        note = stages_note(ctx.job.params.stages, plan)
+        if note:
+            ctx.log(note)
         r = dataclasses.replace(r, width=plan.target[0], height=plan.target[1])
         if ctx.job.common.first_frame is None and plan.plate is not None:
             r = dataclasses.replace(r, first_frame=plan.plate.frames.first)  # frames keep the plate's numbers
