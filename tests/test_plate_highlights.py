@@ -207,7 +207,9 @@ def test_a_panorama_keeps_the_highlights_of_its_pasted_input(registry, tmp_path)
     out = read_exr_frame(paths[0])[0][..., :3]
     top, left = 16, 48  # centred, as place_input puts it
     np.testing.assert_allclose(out[top + 8:top + 24, left + 8:left + 24], 300.0, rtol=HALF)
-    assert out[:, :left].max() < 130.0 and sum(BEYOND in line for line in logs) == 1  # elsewhere: the model's
+    # elsewhere the model's own values, never the plate's 300 (the inverse view alone can reach ~170 on the tiny
+    # model's saturated near-white, e.g. display (1, 0.998, 1) -> (125, 52, 173), so no fixed bound below it)
+    assert not np.isclose(out[:, :left], 300.0, rtol=0.05).any() and sum(BEYOND in line for line in logs) == 1
 
 
 def test_the_device_colour_path_keeps_the_highlights_too(tmp_path):
