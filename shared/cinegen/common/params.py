@@ -175,7 +175,7 @@ class UpscaleParams:
     dilate_tau: int | None = param(None, label="Dilation steps", help="For how many of the first steps of each upscaled stage the wider "
                                    "(dilated) convolutions hold the layout; empty = 70% of the steps.",
                                    minimum=0, maximum=1000)
-    fast: bool = param(False, label="Fast global attention", help="Dilated-sampling global attention (faster, slightly less coherent).")
+    fast: bool = param(False, label="Fast global attention", help="Dilated-sampling global attention (faster, slightly less coherent); on a Wan plate, the plate is encoded at its own size and resized as latents (faster, softer), as Latent resize.")
     vae_tile: int | None = param(None, label="VAE tile size", help="VAE tile size in pixels for large frames; empty = automatic.",
                                  minimum=64, maximum=8192, step=64)
     lora: str = param("", label="LoRA weights", help="Deprecated: use the common --lora (CommonParams.lora). LoRA "
