@@ -66,8 +66,8 @@ if ! torch_ok; then
         spec="torch==2.13.0+cpu"
         [ "$(uname -s)" = Darwin ] && spec="torch==2.13.0"
         cpu_index="https://download.pytorch.org/whl/cpu"
-        log="$(cd "$VENV" && pwd)/torch-install.log"
-        [ -n "${VIRTUAL_ENV:-}" ] && log="$(mktemp -t cinegen-torch.XXXXXX)"
+        # an active virtual environment has no $VENV folder of ours: its log goes to a temporary file
+        if [ -n "${VIRTUAL_ENV:-}" ]; then log="$(mktemp -t cinegen-torch.XXXXXX)"; else log="$(cd "$VENV" && pwd)/torch-install.log"; fi
         echo "cinegen: installing the CPU build of torch (about 200 MB)"
         # pip's configured indexes first (a studio mirror without internet), then PyTorch's CPU index.
         if ! pip install -q "$spec" >"$log" 2>&1 \

@@ -137,3 +137,27 @@ def test_an_existing_venv_without_pip_is_one_sentence(tmp_path):
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.strip() == (f"cinegen: the virtual environment {venv} has no pip (made without ensurepip): "
                                    f"remove it (rm -rf {venv}) and run ./setup.sh demo again.")
+
+
+def test_an_active_virtual_environment_installs_torch_without_a_venv_folder_of_ours(tmp_path):
+    """With $VIRTUAL_ENV set there is no .venv of ours: the install log went under it and set -e stopped the
+    script silently ('cd: .venv: No such file or directory') before torch was installed."""
+    venv, tools = tmp_path / "active", tmp_path / "tools"
+    (venv / "bin").mkdir(parents=True)
+    tools.mkdir()
+    python = venv / "bin" / "python"
+    python.write_text(FAKE_PYTHON)
+    (venv / "bin" / "cinegen").write_text("#!/bin/sh\nexit 0\n")
+    (tools / "uname").write_text("#!/bin/sh\necho Linux\n")
+    for script in (python, venv / "bin" / "cinegen", tools / "uname"):
+        script.chmod(0o755)
+    path = f"{tools}:/usr/bin:/bin"
+    if shutil.which("nvidia-smi", path=path):
+        pytest.skip("this machine has nvidia-smi: setup.sh takes the GPU branch here, not the CPU one tested")
+    log = tmp_path / "pip.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHON")}
+    env.update(PATH=path, VIRTUAL_ENV=str(venv), PYTHON=str(python), CINEGEN_VENV=str(tmp_path / "no-such-venv"),
+               PIP_LOG=str(log), TORCH_FAILS="0", FAKE_PREFIX=str(venv))
+    done = subprocess.run(["bash", str(SETUP), "demo"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _torch_installs(log.read_text().splitlines()) == ["install -q torch==2.13.0+cpu"]
