@@ -38,7 +38,9 @@ exit 1
 """
 
 
-def _setup(tmp_path: Path, torch_fails: int, system: str = "Linux") -> tuple[subprocess.CompletedProcess, list[str]]:
+def _setup(tmp_path: Path, torch_fails: int, system: str = "Linux",
+           active: bool = False) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`active`: the stand-in is an activated virtual environment ($VIRTUAL_ENV), with no $CINEGEN_VENV folder."""
     venv, tools = tmp_path / "venv", tmp_path / "tools"
     (venv / "bin").mkdir(parents=True)
     tools.mkdir()
@@ -55,6 +57,8 @@ def _setup(tmp_path: Path, torch_fails: int, system: str = "Linux") -> tuple[sub
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHON")}
     env.update(PATH=path, CINEGEN_VENV=str(venv), PIP_LOG=str(log), TORCH_FAILS=str(torch_fails),
                FAKE_PREFIX=str(venv))
+    if active:
+        env.update(VIRTUAL_ENV=str(venv), PYTHON=str(python), CINEGEN_VENV=str(tmp_path / "no-such-venv"))
     done = subprocess.run(["bash", str(SETUP), "demo"], env=env, capture_output=True, text=True, timeout=60)
     return done, (log.read_text().splitlines() if log.exists() else [])
 
@@ -142,22 +146,6 @@ def test_an_existing_venv_without_pip_is_one_sentence(tmp_path):
 def test_an_active_virtual_environment_installs_torch_without_a_venv_folder_of_ours(tmp_path):
     """With $VIRTUAL_ENV set there is no .venv of ours: the install log went under it and set -e stopped the
     script silently ('cd: .venv: No such file or directory') before torch was installed."""
-    venv, tools = tmp_path / "active", tmp_path / "tools"
-    (venv / "bin").mkdir(parents=True)
-    tools.mkdir()
-    python = venv / "bin" / "python"
-    python.write_text(FAKE_PYTHON)
-    (venv / "bin" / "cinegen").write_text("#!/bin/sh\nexit 0\n")
-    (tools / "uname").write_text("#!/bin/sh\necho Linux\n")
-    for script in (python, venv / "bin" / "cinegen", tools / "uname"):
-        script.chmod(0o755)
-    path = f"{tools}:/usr/bin:/bin"
-    if shutil.which("nvidia-smi", path=path):
-        pytest.skip("this machine has nvidia-smi: setup.sh takes the GPU branch here, not the CPU one tested")
-    log = tmp_path / "pip.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHON")}
-    env.update(PATH=path, VIRTUAL_ENV=str(venv), PYTHON=str(python), CINEGEN_VENV=str(tmp_path / "no-such-venv"),
-               PIP_LOG=str(log), TORCH_FAILS="0", FAKE_PREFIX=str(venv))
-    done = subprocess.run(["bash", str(SETUP), "demo"], env=env, capture_output=True, text=True, timeout=60)
+    done, calls = _setup(tmp_path, torch_fails=0, active=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert _torch_installs(log.read_text().splitlines()) == ["install -q torch==2.13.0+cpu"]
+    assert _torch_installs(calls) == ["install -q torch==2.13.0+cpu"]
