@@ -373,3 +373,26 @@ def test_an_sd_repo_and_a_motion_adapter_repo_in_the_hf_cache_make_an_animatedif
     entry = registry.entry("acme/sd15+acme/mm")
     assert (entry.family, entry.source, entry.extra_path) == ("animatediff", "paired", str(snapshot("acme/mm", "b")))
     assert type(registry.get(entry.id).pipe.unet).__name__ == "UNetMotionModel"
+
+
+def test_cinegen_models_says_which_folders_are_not_offered_and_why(tiny_sd, tmp_path, capsys):
+    """A TD whose model is missing from the list reads why in `cinegen models` (and a gRPC client in
+    Capabilities.model_notes), not only in the server's log; a later discovery says it again."""
+    from cinegen.server.cli import main
+
+    root = tmp_path / "models"
+    shutil.copytree(tiny_sd, root / "controlnet")
+    _write_json(root / "controlnet" / "model_index.json",
+                lambda c: c.update(_class_name="StableDiffusionControlNetPipeline"))
+    (root / "old.ckpt").write_bytes(b"PK\x03\x04")
+    shutil.copytree(tiny_sd, root / "fine")
+    assert main(["models", "--models", str(root), "--no-hf-cache"]) == 0
+    out = capsys.readouterr().out
+    listed, _, notes = out.partition("not offered, or incomplete:")
+    assert "fine" in listed and "controlnet" not in listed
+    assert "StableDiffusionControlNetPipeline folder, which cinegen does not run" in notes
+    assert "old.ckpt is a pickled file" in notes
+    registry = _registry(root, tmp_path / "cache")
+    first = registry.discovery_notes()
+    registry.refresh()
+    assert registry.discovery_notes() == first and len(first) == 2

@@ -191,6 +191,10 @@ def cmd_models(args: argparse.Namespace) -> int:
               f"{m.path or m.description}")
     for a in caps.addons:  # LoRAs, motion modules, VAEs, embeddings: used with a model, never as one
         print(f"{a.id:28s} {a.family or '-':12s} {a.kind:13s} {'add-on':12s} {'':7s} {a.path}")
+    if caps.model_notes:  # why a folder a TD expected is missing, or listed but refused
+        print("\nnot offered, or incomplete:")
+        for note in caps.model_notes:
+            print(f"  - {note}")
     return 0
 
 

@@ -285,6 +285,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         for addon in self.registry.addons():
             source = "folder" if os.path.isdir(addon.path) else "single-file"  # SparseCtrl: a diffusers folder
             caps.addons.add(id=addon.id, family=addon.base, source=source, path=addon.path, kind=addon.kind)
+        caps.model_notes.extend(self.registry.discovery_notes())
         return caps
 
     def _device_info(self) -> pb.DeviceInfo:

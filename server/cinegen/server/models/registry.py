@@ -181,6 +181,20 @@ def _motion_fits(adapter: Path, base: Path) -> bool:
         return True
 
 
+class _DiscoveryNotes(logging.Handler):
+    """The warnings discovery logs (what is skipped and why, what is incomplete), kept for clients: a TD
+    whose model is missing from `cinegen models` reads why there, not only in the server's log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()  # another thread's log lines (a load failing) are not discovery's
+        self.notes: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.notes.append(record.getMessage())
+
+
 class ModelRegistry:
     def __init__(self, models_dirs: list[Path] | None = None, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype | None = None, memory_budget: int | None = None,
@@ -204,6 +218,7 @@ class ModelRegistry:
         self._lock = threading.RLock()
         self._entries: dict[str, ModelEntry] | None = None
         self._addons: list[AddOn] = []
+        self._notes: list[str] = []  # what the last discovery logged (`discovery_notes`)
 
     # ---- discovery ------------------------------------------------------------------------
     def entries(self) -> list[ModelEntry]:
@@ -211,12 +226,24 @@ class ModelRegistry:
             if self._entries is None:
                 self._addons = []
                 self._entries = {}
-                for e in self._discover():
-                    if e.id in self._entries:  # the later one is offered, as before; say which is hidden
-                        log.warning("two models are named '%s': %s is offered, %s is hidden (rename one)",
-                                    e.id, e.path, self._entries[e.id].path or "the built-in one")
-                    self._entries[e.id] = e
+                notes = _DiscoveryNotes()
+                log.addHandler(notes)
+                try:
+                    for e in self._discover():
+                        if e.id in self._entries:  # the later one is offered, as before; say which is hidden
+                            log.warning("two models are named '%s': %s is offered, %s is hidden (rename one)",
+                                        e.id, e.path, self._entries[e.id].path or "the built-in one")
+                        self._entries[e.id] = e
+                finally:
+                    log.removeHandler(notes)
+                self._notes = notes.notes
             return list(self._entries.values())
+
+    def discovery_notes(self) -> list[str]:
+        """What discovery said about the model folders: skipped folders and files with the reason,
+        incomplete models, hidden duplicates (the same sentences as the server's log)."""
+        self.entries()
+        return list(self._notes)
 
     def refresh(self) -> None:
         with self._lock:

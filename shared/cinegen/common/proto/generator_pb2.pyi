@@ -272,7 +272,7 @@ class GetCapabilitiesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("server_version", "device", "pipelines", "models", "max_width", "max_height", "protocol_version", "addons")
+    __slots__ = ("server_version", "device", "pipelines", "models", "max_width", "max_height", "protocol_version", "addons", "model_notes")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     PIPELINES_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +281,7 @@ class Capabilities(_message.Message):
     MAX_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ADDONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NOTES_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     device: DeviceInfo
     pipelines: _containers.RepeatedCompositeFieldContainer[PipelineInfo]
@@ -289,7 +290,8 @@ class Capabilities(_message.Message):
     max_height: int
     protocol_version: int
     addons: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, server_version: _Optional[str] = ..., device: _Optional[_Union[DeviceInfo, _Mapping]] = ..., pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., protocol_version: _Optional[int] = ..., addons: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    model_notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, server_version: _Optional[str] = ..., device: _Optional[_Union[DeviceInfo, _Mapping]] = ..., pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., protocol_version: _Optional[int] = ..., addons: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., model_notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("job_id", "after_seq")
