@@ -254,3 +254,28 @@ def test_typed_pipeline_messages_left_at_proto_defaults_mean_the_documented_defa
         defaults = {"story": ("stage", "all"), "panorama": ("window_order", "plan"),
                     "trajectory": ("tora_sampler", "dpm")}[pipeline]
         assert getattr(spec.params, defaults[0]) == defaults[1]
+
+
+def test_list_jobs_stays_under_a_stock_clients_4mb_limit_by_counting_older_outputs():
+    """500 kept 1000-frame plates are ~40 MB of file names: the reply was larger than any client reads."""
+    from types import SimpleNamespace
+
+    from cinegen.server.service import LIST_OUTPUT_BUDGET, job_list
+
+    def job(n: int, frames: int):
+        request = SimpleNamespace(pipeline="upscale", client="cli", common=SimpleNamespace(prompt=f"shot {n}"))
+        outputs = [f"/shows/x/sh{n:04d}/plate_upscale.{f:04d}.exr" for f in range(1001, 1001 + frames)]
+        return SimpleNamespace(id=f"job-{n}", request=request, state="completed", fraction=1.0, submitted=float(n),
+                               outputs=outputs, last_seq=frames + 3)
+
+    jobs = [job(n, 1000) for n in range(120)]
+    reply = job_list(list(reversed(jobs)))
+    assert reply.ByteSize() < 4 << 20
+    assert [j.job_id for j in reply.jobs] == [j.id for j in jobs]  # oldest first, every job listed
+    shown = [j for j in reply.jobs if j.outputs]
+    assert shown and all(len(j.outputs) == 1000 and j.outputs_omitted == 0 for j in shown)
+    assert shown[-1].job_id == "job-119" and reply.jobs[0].outputs_omitted == 1000 and not reply.jobs[0].outputs
+    assert sum(len(p) for j in shown for p in j.outputs) <= LIST_OUTPUT_BUDGET
+    small = job_list(jobs[:3])  # what fits is listed whole, as before
+    assert [list(j.outputs) for j in small.jobs] == [j.outputs for j in jobs[:3]]
+    assert all(j.outputs_omitted == 0 for j in small.jobs)

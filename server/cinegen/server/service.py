@@ -105,6 +105,27 @@ class Unavailable(UserError):
     code = "UNAVAILABLE"
 
 
+LIST_OUTPUT_BUDGET = 3 << 20  # bytes of output paths in one ListJobs reply: under a stock client's 4 MB limit
+
+
+def job_list(jobs: list[Job], output_budget: int = LIST_OUTPUT_BUDGET) -> pb.JobList:
+    """Every kept job, oldest first; the newest jobs' outputs first take the budget, older ones past it are
+    counted in `outputs_omitted` (500 kept 1000-frame plates are ~40 MB of names: no client could read it)."""
+    ordered = sorted(jobs, key=lambda j: j.submitted)
+    left, shown = output_budget, {}
+    for job in reversed(ordered):
+        size = sum(len(path.encode("utf-8")) + 2 for path in job.outputs)  # +2: each entry's tag and length
+        shown[job.id] = size <= left
+        left -= size if shown[job.id] else 0
+    out = pb.JobList()
+    for job in ordered:
+        out.jobs.add(job_id=job.id, pipeline=job.request.pipeline, state=job.state, fraction=job.fraction,
+                     prompt=job.request.common.prompt, submitted=job.submitted, client=job.request.client,
+                     outputs=job.outputs if shown[job.id] else [], last_seq=job.last_seq,
+                     outputs_omitted=0 if shown[job.id] else len(job.outputs))
+    return out
+
+
 def preview_png(display_rgb: np.ndarray, max_side: int = 256) -> tuple[bytes, int, int]:
     """A small PNG of a display-referred frame, with its size (previews are for the eye only)."""
     h, w = display_rgb.shape[:2]
@@ -500,12 +521,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
 
     @_unary
     def ListJobs(self, request, context):
-        out = pb.JobList()
-        for job in sorted(self.jobs.jobs(), key=lambda j: j.submitted):
-            out.jobs.add(job_id=job.id, pipeline=job.request.pipeline, state=job.state, fraction=job.fraction,
-                         prompt=job.request.common.prompt, submitted=job.submitted, client=job.request.client,
-                         outputs=job.outputs, last_seq=job.last_seq)
-        return out
+        return job_list(self.jobs.jobs())
 
     # ---- files ------------------------------------------------------------------------------
     def Upload(self, request_iterator, context):

@@ -430,7 +430,7 @@ class ListJobsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class JobSummary(_message.Message):
-    __slots__ = ("job_id", "pipeline", "state", "fraction", "prompt", "submitted", "client", "outputs", "last_seq")
+    __slots__ = ("job_id", "pipeline", "state", "fraction", "prompt", "submitted", "client", "outputs", "last_seq", "outputs_omitted")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -440,6 +440,7 @@ class JobSummary(_message.Message):
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     pipeline: str
     state: str
@@ -449,7 +450,8 @@ class JobSummary(_message.Message):
     client: str
     outputs: _containers.RepeatedScalarFieldContainer[str]
     last_seq: int
-    def __init__(self, job_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., state: _Optional[str] = ..., fraction: _Optional[float] = ..., prompt: _Optional[str] = ..., submitted: _Optional[float] = ..., client: _Optional[str] = ..., outputs: _Optional[_Iterable[str]] = ..., last_seq: _Optional[int] = ...) -> None: ...
+    outputs_omitted: int
+    def __init__(self, job_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., state: _Optional[str] = ..., fraction: _Optional[float] = ..., prompt: _Optional[str] = ..., submitted: _Optional[float] = ..., client: _Optional[str] = ..., outputs: _Optional[_Iterable[str]] = ..., last_seq: _Optional[int] = ..., outputs_omitted: _Optional[int] = ...) -> None: ...
 
 class JobList(_message.Message):
     __slots__ = ("jobs",)
