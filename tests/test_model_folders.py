@@ -396,3 +396,15 @@ def test_cinegen_models_says_which_folders_are_not_offered_and_why(tiny_sd, tmp_
     first = registry.discovery_notes()
     registry.refresh()
     assert registry.discovery_notes() == first and len(first) == 2
+
+
+def test_cinegen_serve_says_at_start_how_many_models_it_found_and_that_some_folders_have_notes(tmp_path, capsys):
+    """Discovery ran at the first client's request: a server started on the wrong folder said nothing."""
+    from cinegen.server.serve import announce_models
+
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "old.ckpt").write_bytes(b"PK\x03\x04")
+    announce_models(_registry(root, tmp_path / "cache")).join(60)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("models: 0 found, ") and "1 note(s) on the model folders above" in line
