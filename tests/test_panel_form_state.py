@@ -71,3 +71,19 @@ def test_a_damaged_or_outdated_form_state_is_ignored(open_panel, tmp_path):
     assert json.loads(state.read_text())["forms"]["no-such-pipeline"] == {"prompt": "kept for a server that has it"}
     state.write_text("{ not json")
     open_panel()
+
+
+def test_a_pipeline_typed_in_survives_a_reconnect_to_a_server_that_lacks_it(open_panel, tmp_path):
+    panel = open_panel()
+    panel.forms["panorama"].set_values({"prompt": "typed before the reconnect"})
+    full = panel.session.capabilities
+    lacking = type(full)()
+    lacking.CopyFrom(full)
+    del lacking.pipelines[[p.name for p in lacking.pipelines].index("panorama")]
+    panel._on_capabilities(lacking)  # connected to another server, which has no panorama
+    assert "panorama" not in panel.forms
+    panel.save_form_state()
+    saved = json.loads((tmp_path / "config" / "panel.json").read_text())["forms"]
+    assert saved["panorama"]["prompt"] == "typed before the reconnect"
+    panel._on_capabilities(full)  # back on a server with panorama
+    assert panel.forms["panorama"].values()["prompt"] == "typed before the reconnect"

@@ -111,7 +111,9 @@ class Panel(PanelView):
         kept = {name: form.values() for name, form in self.forms.items()}
         if not self.forms:  # the first forms of this panel: what they held when it was last open
             current, kept = self.form_state.load()
-            self._other_forms = kept  # pipelines this server lacks keep their values for the next one that has them
+        else:  # what the artist typed in a pipeline this server lacks is not dropped with its form
+            kept = {**self._other_forms, **kept}
+        self._other_forms = kept  # pipelines this server lacks keep their values for the next one that has them
         for form in self.forms.values():
             self.stack.removeWidget(form)
             form.deleteLater()
