@@ -201,6 +201,13 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         self.state_dir = Path(config.state_dir or tempfile.mkdtemp(prefix="cinegen-server-"))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._state_lock = StateLock(self.state_dir)  # before the journal: a second server would re-run its jobs
+        try:
+            self._start(config, unit_runner)
+        except BaseException:  # a journal that will not open, Ray that will not start: the folder is free again
+            self._state_lock.release()
+            raise
+
+    def _start(self, config: ServerConfig, unit_runner: Any) -> None:
         self.uploads_dir = self.state_dir / "uploads"
         fenced = bool(config.input_roots or config.output_roots)
         input_roots = list(config.input_roots) + ([self.uploads_dir] if fenced else [])

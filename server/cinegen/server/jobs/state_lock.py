@@ -5,6 +5,7 @@ so a `kill -9` or a crash never leaves the folder locked. (No lock where fcntl i
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = "server.lock"
+log = logging.getLogger(__name__)
 
 
 class StateLock:
@@ -27,12 +29,17 @@ class StateLock:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # EWOULDBLOCK: another process holds it
             holder = os.read(fd, 64).decode(errors="replace").strip()
             os.close(fd)
             raise SystemExit(f"Another cinegen server{f' (process {holder})' if holder.isdigit() else ''} uses the "
                              f"state folder {folder}; give each server its own --state-dir (sharing one, each would "
                              "run the other's jobs again).") from None
+        except OSError as exc:  # ENOLCK/ENOSYS: a share without locks (NFS without lockd) is no second server
+            os.close(fd)
+            log.warning("The state folder %s cannot be locked (%s): nothing stops a second server from using "
+                        "it too; give each server its own --state-dir.", folder, exc.strerror or exc)
+            return
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
