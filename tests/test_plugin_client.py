@@ -3,7 +3,9 @@ to and from a server that does not share this machine's disk (against a real in-
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -27,6 +29,18 @@ def test_settings_round_trip_through_the_users_config_folder(tmp_path, monkeypat
     path = settings.save()
     assert path == tmp_path / "connection.json" and config_dir() == tmp_path
     assert ConnectionSettings.load() == settings
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_the_settings_file_holding_the_token_is_readable_by_its_user_only(tmp_path):
+    old = os.umask(0o022)  # the usual umask: a plain write would leave the token readable by every user (0644)
+    try:
+        path = ConnectionSettings(token="s3cret").save(tmp_path / "connection.json")
+        ConnectionSettings(token="s3cret2").save(path)  # replacing an existing file too
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ConnectionSettings.load(path).token == "s3cret2"
 
 
 def test_settings_file_from_another_version_or_damaged_still_loads(tmp_path):

@@ -151,7 +151,12 @@ class ConnectionSettings:
         path = Path(path) if path else config_dir() / SETTINGS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        # it holds the access token: readable by this user only (a default umask left it readable by every user)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)  # a temporary file an older version left behind keeps its mode otherwise
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
         return path
 
