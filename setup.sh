@@ -29,8 +29,9 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
         need_python "$PY" "$newer"
         # Debian's and Ubuntu's Python leaves a venv without pip when python3-venv is missing: removed
         # again, or every later run would reuse it and fail on `-m pip` (what it was not made with).
+        made=yes; [ ! -e "$VENV" ] || made=no  # a folder that was there (CINEGEN_VENV=an existing one) is not ours to delete
         if ! "$PY" -m venv --system-site-packages "$VENV"; then
-            rm -rf "$VENV"
+            if [ "$made" = yes ]; then rm -rf "$VENV"; fi
             echo "cinegen: $PY could not make the virtual environment $VENV (on Debian or Ubuntu: sudo apt install python$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv), then run ./setup.sh $what again." >&2
             exit 2
         fi

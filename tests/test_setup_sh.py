@@ -149,3 +149,19 @@ def test_an_active_virtual_environment_installs_torch_without_a_venv_folder_of_o
     done, calls = _setup(tmp_path, torch_fails=0, active=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert _torch_installs(calls) == ["install -q torch==2.13.0+cpu"]
+
+
+def test_a_failed_venv_in_a_folder_that_was_there_deletes_nothing_of_it(tmp_path):
+    """CINEGEN_VENV naming a folder that already exists (a typo for its parent, a shared tools folder): the
+    failed `-m venv` clean-up ran `rm -rf` on all of it, files that were never setup.sh's included."""
+    python, venv = tmp_path / "python3.12", tmp_path / "tools"
+    python.write_text(DEBIAN_PYTHON)
+    python.chmod(0o755)
+    venv.mkdir()
+    (venv / "notes.txt").write_text("not setup.sh's\n")
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(PYTHON=str(python), CINEGEN_VENV=str(venv))
+    done = subprocess.run(["bash", str(SETUP), "demo"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (venv / "notes.txt").read_text() == "not setup.sh's\n"
+    assert "could not make the virtual environment" in done.stderr
