@@ -7,6 +7,7 @@ per track in its `tracks` knob with track_x/track_y in columns 2/3.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 import types
@@ -41,6 +42,9 @@ class Knob:
             raise ValueError(f"Invalid value {value!r} for knob {self.name}")
         self._value = value
         self.node.calls.append(("setValue", self.name, value))
+
+    def execute(self):  # a button knob (the Read's reload)
+        self.node.calls.append(("execute", self.name))
 
     def fromUserText(self, text):  # noqa: N802
         self.node.calls.append(("fromUserText", self.name, text))
@@ -95,7 +99,7 @@ class Node:
         self._class, self._name, self._width, self._height = cls, name, width, height
         self._x, self._y, self.selected = x, y, False
         self.calls: list[tuple] = []
-        self.knobs = {k: Knob(self, k) for k in ("file", "first", "last", "label", "on_error", "frame")}
+        self.knobs = {k: Knob(self, k) for k in ("file", "first", "last", "label", "on_error", "frame", "reload")}
         self.knobs["frame"]._value = ""
         self.knobs["first"]._value = self.knobs["last"]._value = 1  # Nuke's defaults for a new Read
         self.knobs["frame_mode"] = Knob(self, "frame_mode", "expression", choices=("expression", "start at", "offset"))
@@ -576,6 +580,17 @@ def test_a_jobs_shots_are_read_side_by_side_and_loading_again_reuses_the_read(nu
     assert again is reads[1] and len(nuke.allNodes("Read")) == 3
     (notice,) = host.take_notices()
     assert again.name() in notice
+
+
+def test_a_result_written_over_its_read_updates_that_reads_frames_and_rereads_them(nuke, host):
+    """An output path typed in the form and Overwrite on: the next job's files land under the same names. The
+    Read found for them must show the new frames and range, not what it read (and cached) before."""
+    first = host.load_result(result("/r/out/plate_fix.####.exr"))
+    longer = dataclasses.replace(result("/r/out/plate_fix.####.exr"), frames=FrameRange(1001, 1048), job_id="image-2")
+    again = host.load_result(longer)
+    assert again is first and len(nuke.allNodes("Read")) == 1
+    assert (again["first"].value(), again["last"].value()) == (1001, 1048)
+    assert ("execute", "reload") in again.calls
 
 
 def test_batch_progress_goes_through_nuke_progress_task(nuke, host, running_server, tmp_path):

@@ -99,6 +99,7 @@ class NukeHost(HostAdapter):
         existing = _read_of(result)
         if existing is not None:  # History > Load result again: the Read is already in the script
             self._notices.append(f"{result.pattern} is already read by {existing.name()}: no second Read was made.")
+            _reread(existing, result)
             return existing
         for node in nuke.selectedNodes():
             node.setSelected(False)  # createNode would otherwise wire the Read under the selection
@@ -264,6 +265,17 @@ def _read_of(result: ResultSequence) -> Any:
         if _same_form(nuke.filename(node) or "") == wanted:
             return node
     return None
+
+
+def _reread(read: Any, result: ResultSequence) -> None:
+    """The files may be new under the same names (an output path typed in the form, Overwrite on): this job's
+    range, and frames read from disk again, not the ones Nuke cached."""
+    if (int(read["first"].value()), int(read["last"].value())) != (result.frames.first, result.frames.last):
+        read["file"].fromUserText(result.nuke_form)  # sets file, first and last
+    try:
+        read["reload"].execute()
+    except (KeyError, NameError, AttributeError, RuntimeError):  # a Nuke without the button: it rereads on change
+        pass
 
 
 def _same_form(path: str) -> str:
