@@ -279,3 +279,25 @@ def test_list_jobs_stays_under_a_stock_clients_4mb_limit_by_counting_older_outpu
     small = job_list(jobs[:3])  # what fits is listed whole, as before
     assert [list(j.outputs) for j in small.jobs] == [j.outputs for j in jobs[:3]]
     assert all(j.outputs_omitted == 0 for j in small.jobs)
+
+
+def test_list_jobs_counts_the_prompts_and_long_paths_in_its_budget():
+    """Long prompts (up to --max-prompt each) and paths over 127 bytes (a 2-byte length each) were left out of
+    the outputs' budget: 300 jobs with 4000-character prompts and 200-byte paths made a 4.3 MB reply, which a
+    stock gRPC client (4 MB) refuses to read."""
+    from types import SimpleNamespace
+
+    from cinegen.server.service import LIST_OUTPUT_BUDGET, job_list
+
+    folder = "/shows/a_long_show_name/sequences/sq0100/shots/" + "x" * 120
+    def job(n: int):
+        request = SimpleNamespace(pipeline="upscale", client="cli", common=SimpleNamespace(prompt="p" * 4000))
+        outputs = [f"{folder}/sh{n:04d}/plate_upscale.{f:04d}.exr" for f in range(1001, 1101)]
+        return SimpleNamespace(id=f"job-{n}", request=request, state="completed", fraction=1.0, submitted=float(n),
+                               outputs=outputs, last_seq=103)
+
+    jobs = [job(n) for n in range(300)]
+    reply = job_list(jobs)
+    assert reply.ByteSize() <= LIST_OUTPUT_BUDGET < 4 << 20
+    shown = [j for j in reply.jobs if j.outputs]
+    assert shown and shown[-1].job_id == "job-299" and reply.jobs[0].outputs_omitted == 100

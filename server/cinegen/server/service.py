@@ -105,25 +105,35 @@ class Unavailable(UserError):
     code = "UNAVAILABLE"
 
 
-LIST_OUTPUT_BUDGET = 3 << 20  # bytes of output paths in one ListJobs reply: under a stock client's 4 MB limit
+LIST_OUTPUT_BUDGET = 3 << 20  # bytes of one ListJobs reply, outputs and all: under a stock client's 4 MB limit
 
 
 def job_list(jobs: list[Job], output_budget: int = LIST_OUTPUT_BUDGET) -> pb.JobList:
     """Every kept job, oldest first; the newest jobs' outputs first take the budget, older ones past it are
     counted in `outputs_omitted` (500 kept 1000-frame plates are ~40 MB of names: no client could read it)."""
     ordered = sorted(jobs, key=lambda j: j.submitted)
-    left, shown = output_budget, {}
-    for job in reversed(ordered):
-        size = sum(len(path.encode("utf-8")) + 2 for path in job.outputs)  # +2: each entry's tag and length
-        shown[job.id] = size <= left
-        left -= size if shown[job.id] else 0
     out = pb.JobList()
     for job in ordered:
         out.jobs.add(job_id=job.id, pipeline=job.request.pipeline, state=job.state, fraction=job.fraction,
                      prompt=job.request.common.prompt, submitted=job.submitted, client=job.request.client,
-                     outputs=job.outputs if shown[job.id] else [], last_seq=job.last_seq,
-                     outputs_omitted=0 if shown[job.id] else len(job.outputs))
+                     last_seq=job.last_seq)
+    left, shown = output_budget - out.ByteSize(), {}  # the prompts (up to --max-prompt each) take their share first
+    for job in reversed(ordered):
+        size = sum(_string_field_size(path) for path in job.outputs)
+        shown[job.id] = size <= left
+        left -= size if shown[job.id] else 0
+    for entry, job in zip(out.jobs, ordered):
+        if shown[job.id]:
+            entry.outputs.extend(job.outputs)
+        else:
+            entry.outputs_omitted = len(job.outputs)
     return out
+
+
+def _string_field_size(text: str) -> int:
+    """Bytes of one repeated-string entry on the wire: its tag, its length (a varint) and its UTF-8."""
+    size = len(text.encode("utf-8"))
+    return 1 + size + (size >= 1 << 7) + (size >= 1 << 14) + (size >= 1 << 21)
 
 
 def preview_png(display_rgb: np.ndarray, max_side: int = 256) -> tuple[bytes, int, int]:
