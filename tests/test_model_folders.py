@@ -408,3 +408,26 @@ def test_cinegen_serve_says_at_start_how_many_models_it_found_and_that_some_fold
     announce_models(_registry(root, tmp_path / "cache")).join(60)
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("models: 0 found, ") and "1 note(s) on the model folders above" in line
+
+
+def test_a_sharded_encoder_fetched_as_safetensors_only_is_whole_though_its_bin_index_came_along(tmp_path):
+    import json
+
+    from cinegen.server.models.folder_check import missing_parts
+
+    folder = tmp_path / "sd"
+    part = folder / "text_encoder"
+    part.mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                         "text_encoder": ["transformers", "CLIPTextModel"]}))
+    (part / "config.json").write_text("{}")
+    shards = {"w1": "model-00001-of-00002.safetensors", "w2": "model-00002-of-00002.safetensors"}
+    for name, shard in shards.items():
+        save_file({name: torch.zeros(2)}, str(part / shard))
+    (part / "model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
+    # `--include "*.json" "*.safetensors"` of a repo that ships both formats: the .bin index, not its shards
+    (part / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"weight_map": {"w1": "pytorch_model-00001-of-00002.bin", "w2": "pytorch_model-00002-of-00002.bin"}}))
+    assert missing_parts(folder) == []  # the loaders read the .safetensors shards first
+    (part / "model-00002-of-00002.safetensors").unlink()
+    assert missing_parts(folder) == ["text_encoder/model-00002-of-00002.safetensors is missing"]

@@ -88,6 +88,9 @@ def _model_weights_problem(part: Path, variant: str | None) -> str | None:
         found = sorted({str(_variant_of(_stem(f))) for f in files})
         return (f"{part.name}/ has no {variant + ' ' if variant else ''}weights file (only "
                 f"{', '.join(found)} variant files)")
+    safe = [f for f in mine if _stem(f).name.endswith(".safetensors")]
+    if safe:  # diffusers and transformers read .safetensors before .bin: a .bin index beside them is not read
+        mine = safe
     indexes = [f for f in mine if f.name.endswith(".index.json")]
     if indexes:  # sharded: every shard its weight map names, whole
         try:
