@@ -87,3 +87,25 @@ def test_a_pipeline_typed_in_survives_a_reconnect_to_a_server_that_lacks_it(open
     assert saved["panorama"]["prompt"] == "typed before the reconnect"
     panel._on_capabilities(full)  # back on a server with panorama
     assert panel.forms["panorama"].values()["prompt"] == "typed before the reconnect"
+
+
+def test_changing_the_pipeline_keeps_the_save_delay(tmp_path, monkeypatch):
+    """currentIndexChanged carries the index: wired straight to QTimer.start it became start(index), so after
+    choosing the first pipeline the form state was written on every key press (an interval of 0 ms)."""
+    from cinegen.plugin.ui.panel import FORM_SAVE_DELAY_MS
+
+    app = ensure_application()
+    monkeypatch.setenv("CINEGEN_CONFIG_DIR", str(tmp_path / "config"))
+    panel = Panel(host=StandaloneHost(tmp_path / "renders"), history=History(tmp_path / "config" / "history.json"),
+                  autoconnect=False)
+    try:
+        for name in ("image", "video", "panorama"):
+            panel.pipeline_combo.addItem(name, name)
+        for index in (2, 0):
+            panel.pipeline_combo.setCurrentIndex(index)
+            assert panel._save_timer.interval() == FORM_SAVE_DELAY_MS
+            assert panel._save_timer.remainingTime() > FORM_SAVE_DELAY_MS // 2
+    finally:
+        panel.shutdown()
+        panel.deleteLater()
+        app.processEvents()
