@@ -449,3 +449,13 @@ def test_a_farm_task_retried_keeps_the_frames_its_first_attempt_finished(registr
         attempt(seed=6)  # the same id with another seed is another job
     other = attempt(prompt="a square")  # same id and seed, another prompt: the frames on disk are not its own
     assert other.state == "failed" and "already exists" in other.message
+
+
+def test_a_single_still_whose_name_ends_in_digits_is_listed_as_it_is():
+    """Since any digits before .exr count as a frame number, a still (pano_4096.exr, shot_v2.exr) was listed as
+    a one-frame sequence 'pano_####.exr (4096-4096, 1 frames)', a name that is on no disk."""
+    from cinegen.server.job_client import summarise_paths
+
+    assert summarise_paths(["/s/pano_4096.exr", "/s/shot_v2.exr"]) == ["/s/pano_4096.exr", "/s/shot_v2.exr"]
+    assert summarise_paths(["/s/a.1001.exr", "/s/a.1002.exr", "/s/b_v2.exr"]) == ["/s/a.####.exr (1001-1002, 2 "
+                                                                                  "frames)", "/s/b_v2.exr"]

@@ -227,13 +227,15 @@ def cancel_interrupted(client: GeneratorClient, job_id: str) -> str:
 
 def summarise_paths(paths: list[str]) -> list[str]:
     """Show sequences as NAME.####.exr (first-last) rather than one line per frame."""
-    groups: dict[str, list[int]] = {}
+    groups: dict[str, dict[int, str]] = {}
     others = []
     for p in paths:
         # the frame number is the digits before .exr, whatever precedes them (NAME.####, NAME_####, padding 1+)
         m = re.match(r"^(.*?)(\d+)(\.exr)$", p)
         if m:
-            groups.setdefault(m.group(1) + "#" * len(m.group(2)) + m.group(3), []).append(int(m.group(2)))
+            groups.setdefault(m.group(1) + "#" * len(m.group(2)) + m.group(3), {})[int(m.group(2))] = p
         else:
             others.append(p)
-    return [f"{k} ({min(v)}-{max(v)}, {len(v)} frames)" for k, v in groups.items()] + others
+    # one file is shown as it is: a still named pano_4096.exr is no sequence 'pano_####.exr (4096-4096)'
+    return [f"{k} ({min(v)}-{max(v)}, {len(v)} frames)" if len(v) > 1 else next(iter(v.values()))
+            for k, v in groups.items()] + others
