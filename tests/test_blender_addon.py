@@ -56,6 +56,7 @@ def child(workdir: Path, server: str) -> dict:
     facts["unreadable"] = unreadable_scenario(bpy, scene)
     facts["reregistered"] = reregister_scenario(bpy, addon)
     facts["cancel_unreachable"] = cancel_unreachable_scenario(bpy, scene)
+    facts["one_shot_rerun"] = one_shot_rerun_scenario(bpy, scene, workdir)
     farm = importlib.import_module("cinegen_blender.farm")
     facts["farm_servers"] = {text: list(farm.server_address(text, 50051))
                              for text in ("gpu01:50052", "gpu01", "[::1]:50053", "::1", "10.0.0.5")}
@@ -244,6 +245,29 @@ def reregister_scenario(bpy, addon) -> dict:
     del runtime.STATE.jobs[job.job_id]
     runtime.stop_timer()
     return {"followed": followed, "settings": hasattr(bpy.context.scene, "cinegen")}
+
+
+def one_shot_rerun_scenario(bpy, scene, workdir: Path) -> dict:
+    """A story job that re-made only sh020 (`--shots sh020`): its outputs are that shot and the cut, and the shot
+    lands at its place in the cut (after sh010's 6 frames), not at the cut's start over sh010."""
+    from cinegen.common.sequence import FrameRange
+    from cinegen.plugin.model.outputs import ResultSequence
+
+    operators = sys.modules["cinegen_blender.operators"]
+    story = workdir / "story_v001"
+    story.mkdir()
+    clip = {"OTIO_SCHEMA": "Clip.2", "active_media_reference_key": "DEFAULT_MEDIA"}
+    track = {"OTIO_SCHEMA": "Track.1", "kind": "Video", "children": [
+        {**clip, "source_range": {"duration": {"value": float(frames), "rate": 24.0}},
+         "media_references": {"DEFAULT_MEDIA": {"OTIO_SCHEMA": "ImageSequenceReference.1",
+                                                "target_url_base": f"{shot}/"}}}
+        for shot, frames in (("sh010", 6), ("sh020", 4))]}
+    cut = story / "Harbour.otio"
+    cut.write_text(json.dumps({"OTIO_SCHEMA": "Timeline.1", "tracks": {"children": [track]}}))
+    shot = ResultSequence(pattern=str(story / "sh020" / "sh020.####.exr"), frames=FrameRange(1, 4), pipeline="story",
+                          job_id="story-2")
+    scene.frame_start, scene.frame_end = 1, 250
+    return {"starts": operators.cut_starts(scene, [shot], [str(story / "sh020" / "sh020.0001.exr"), str(cut)])}
 
 
 def unreadable_scenario(bpy, scene) -> dict:
@@ -762,3 +786,8 @@ def test_the_active_strip_becomes_the_plate_of_a_pipeline_that_takes_one(facts):
 
 if __name__ == "__main__":
     sys.stdout.write(MARKER + json.dumps(child(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "")) + "\n")
+
+
+def test_a_story_shot_made_again_alone_lands_at_its_place_in_the_cut(facts):
+    (start,) = facts["one_shot_rerun"]["starts"].values()
+    assert start == 1 + 6  # after sh010's 6 frames; at 1 it covered sh010

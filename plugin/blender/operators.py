@@ -153,7 +153,7 @@ def cut_starts(scene, results: list, outputs: list[str]) -> dict[str, int]:
     """A story's shots one after another as in its cut (the .otio among the outputs), from where its first
     shot would land: the sequencer shows the edit, not every shot stacked at one frame."""
     cut = next((path for path in outputs if path.endswith(".otio")), None)
-    offsets = shot_offsets(cut) if cut and len(results) > 1 else {}
+    offsets = shot_offsets(cut) if cut else {}  # one shot too: a re-run of sh020 alone (`--shots sh020`)
     folders = {r.pattern: os.path.normpath(os.path.dirname(r.first_file)) for r in results}
     placed = [r for r in results if folders[r.pattern] in offsets]
     if not placed:
