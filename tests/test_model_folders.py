@@ -431,3 +431,27 @@ def test_a_sharded_encoder_fetched_as_safetensors_only_is_whole_though_its_bin_i
     assert missing_parts(folder) == []  # the loaders read the .safetensors shards first
     (part / "model-00002-of-00002.safetensors").unlink()
     assert missing_parts(folder) == ["text_encoder/model-00002-of-00002.safetensors is missing"]
+
+
+def test_an_sdxl_text_encoder_configured_as_a_whole_clip_model_is_not_taken_for_one_left_out(tmp_path):
+    import json
+
+    from cinegen.server.models.folder_check import missing_parts
+
+    folder = tmp_path / "sdxl"
+    index = {"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+             "text_encoder": ["transformers", "CLIPTextModel"],
+             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}
+    configs = {"unet": {"cross_attention_dim": 2048},
+               # CLIPModel's config (text and vision): CLIPTextModel loads it, reading text_config
+               "text_encoder": {"model_type": "clip", "text_config": {"hidden_size": 768}},
+               "text_encoder_2": {"hidden_size": 1280}}
+    for part, config in configs.items():
+        (folder / part).mkdir(parents=True)
+        (folder / part / "config.json").write_text(json.dumps(config))
+        save_file({"w": torch.zeros(1)}, str(folder / part / "model.safetensors"))
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert missing_parts(folder) == []  # 768 + 1280 = 2048
+    (folder / "model_index.json").write_text(json.dumps({**index, "text_encoder_2": [None, None]}))
+    assert missing_parts(folder) == ["its UNet attends to 2048-wide text but its text encoders (text_encoder) give "
+                                     "768 (a text encoder left out of model_index.json?)"]

@@ -165,6 +165,14 @@ def _config(path: Path) -> dict:
     return config if isinstance(config, dict) else {}
 
 
+def _text_width(config: dict) -> int:
+    """A text encoder's output width; a CLIPConfig (text and vision, as CLIPModel saves it) keeps it in
+    text_config, where transformers' CLIPTextModel reads it. 0 when the config does not say."""
+    nested = config.get("text_config")
+    size = config.get("hidden_size") or (nested.get("hidden_size") if isinstance(nested, dict) else None)
+    return size if isinstance(size, int) and not isinstance(size, bool) else 0
+
+
 def _text_width_mismatch(folder: Path) -> list[str]:
     """A UNet attends to its text encoders' outputs side by side (SDXL: 768 + 1280 = 2048); a text encoder
     left out of model_index.json (set to null, its folder deleted) fails only at the first step."""
@@ -173,8 +181,9 @@ def _text_width_mismatch(folder: Path) -> list[str]:
     encoders = [name for name in parts if name.startswith("text_encoder")]
     if "unet" not in parts or not isinstance(width, int) or not encoders:
         return []
-    given = sum(int(_config(folder / name / "config.json").get("hidden_size") or 0) for name in encoders)
-    if not given or given == width:
+    widths = [_text_width(_config(folder / name / "config.json")) for name in encoders]
+    given = sum(widths)
+    if not all(widths) or given == width:  # a width not read from its config: nothing to compare
         return []
     return [f"its UNet attends to {width}-wide text but its text encoders ({', '.join(encoders)}) give {given} "
             "(a text encoder left out of model_index.json?)"]
