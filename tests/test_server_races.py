@@ -112,3 +112,29 @@ def test_an_upload_the_servers_disk_cannot_take_is_a_sentence(registry, monkeypa
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "disk is full" in err.value.details()
         assert not list(running.service.uploads_dir.rglob("*.part*"))  # was UNKNOWN, quoting the server's path
         channel.close()
+
+
+def test_an_upload_that_fills_the_disk_leaves_no_part_file(registry, monkeypatch):
+    """A write that fails on a full disk leaves bytes in the file's buffer; closing it in the clean-up failed the
+    same way, so the hidden part file was never removed (the disk stayed fuller, and the part counted against
+    --max-upload-total at every later start)."""
+    import errno
+    import io
+
+    from cinegen.server import service
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(service, "open", lambda path, mode: io.BufferedWriter(FullDisk(path, mode), 16),
+                        raising=False)
+    with private_server(registry) as running:
+        channel, s = stub(running.address)
+        with pytest.raises(grpc.RpcError) as err:
+            s.Upload(iter([pb.UploadChunk(filename="p.exr", data=b"x" * 10), pb.UploadChunk(data=b"y" * 10)]),
+                     timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "disk is full" in err.value.details()
+        assert not list(running.service.uploads_dir.rglob("*.part*"))
+        assert running.service._upload_bytes == 0
+        channel.close()

@@ -6,6 +6,7 @@ never as UNKNOWN. Long-lived streams (Watch, Upload, Download) are counted again
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -563,7 +564,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     def _upload(self, request_iterator, context) -> pb.UploadReply:
         client = client_key(context)
         folder_of_client = self.uploads_dir / hashlib.sha256(client.encode()).hexdigest()[:16]  # ids are per client
-        asset_id, handle, path, size = None, None, None, 0
+        asset_id, handle, path, size, counted = None, None, None, 0, 0  # counted: bytes added to _upload_bytes
         try:
             for chunk in request_iterator:
                 if asset_id is None:
@@ -588,6 +589,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                         raise over(self.limits, "max_upload_total", "The bytes of all uploads kept by the server",
                                    self._upload_bytes + len(chunk.data))
                     self._upload_bytes += len(chunk.data)
+                    counted += len(chunk.data)
                 handle.write(chunk.data)
             if handle is None:
                 raise InvalidArgument("The upload was empty: send at least one chunk.")
@@ -598,12 +600,11 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             os.replace(handle.name, path)  # the file appears whole or not at all
         except BaseException:
             if handle is not None:
-                handle.close()
-                part = Path(handle.name)
-                if part.exists():
-                    with self._upload_lock:
-                        self._upload_bytes -= part.stat().st_size
-                part.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a full disk fails the buffer's flush again: the part goes anyway
+                    handle.close()
+                with self._upload_lock:  # what was counted, landed on disk or not
+                    self._upload_bytes -= counted
+                Path(handle.name).unlink(missing_ok=True)
             raise
         return pb.UploadReply(asset_id=asset_id, path=str(path), size=size)
 
