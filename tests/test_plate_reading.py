@@ -75,6 +75,18 @@ def test_a_display_window_that_does_not_start_at_zero_keeps_its_own_origin(tmp_p
     np.testing.assert_array_equal(plate[2:8, 2:10], _ramp(6, 8))
 
 
+@pytest.mark.parametrize("ext", ["tif", "dpx"])
+def test_a_tiff_or_dpx_with_position_offsets_is_read_whole_at_its_own_size(tmp_path, ext) -> None:
+    # OpenImageIO turns a TIFF's XPosition into a 13x9 "display window" and keeps a DPX's offsets beside an
+    # 8x6 one; Nuke's Read shows the 8x6 picture: only OpenEXR has a display window
+    pixels = np.full((6, 8, 3), 200, np.uint8)
+    path = _write(tmp_path / f"offset.1001.{ext}", [(pixels, ("R", "G", "B"), "uint8", (5, 3), (5, 3, 8, 6))])
+    plate = exr.read_image(path)
+    assert plate.shape == (6, 8, 3) and exr.image_size(path) == (8, 6)
+    np.testing.assert_allclose(plate, np.broadcast_to(plate[0, 0], plate.shape))  # no black border, nothing cut
+    assert plate.min() > 0.1
+
+
 def test_the_picture_part_of_a_multi_part_exr_is_read_not_a_depth_part_before_it(tmp_path) -> None:
     depth = np.full((6, 8, 1), 7.0, np.float32)
     path = _write(tmp_path / "parts.exr", [(depth, ("Z",), "float", (0, 0), None),

@@ -9,7 +9,7 @@ name (``os.replace`` is atomic on POSIX and Windows), so a reader sees either no
 
 Plates in: any format OpenImageIO reads. Float files (EXR, HDR, float TIFF) are taken as scene
 linear already; integer files (PNG, JPEG, 8/16-bit TIFF) as sRGB-encoded, converted with color.py.
-A plate is its display window (the format a Read node shows): a data window inside it (a comp's
+An EXR plate is its display window (the format a Read node shows): a data window inside it (a comp's
 bounding box) is placed in it with 0 around, overscan beyond it is cropped off. Of a multi-part EXR,
 the first part with colour channels (R, G, B or Y) is read. NaN pixels read as 0 and infinities as
 the largest half float (+-65504), so no resize or blend downstream spreads them; 32-bit integer
@@ -308,7 +308,7 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     try:
         spec = image.spec()
         _colour_format(spec, path)
-        width, height, _, _ = _display_window(spec)
+        width, height, _, _ = _display_window(image, spec)
         return width, height
     finally:
         image.close()
@@ -377,9 +377,12 @@ def _picture_layer(layers: dict[str, dict[str, int]]) -> str | None:
     return with_rgb[0] if len(with_rgb) == 1 else None
 
 
-def _display_window(spec: oiio.ImageSpec) -> tuple[int, int, int, int]:
-    """(width, height, x, y) of the display window; the data window when a format has none."""
-    if spec.full_width < 1 or spec.full_height < 1:
+def _display_window(image: oiio.ImageInput, spec: oiio.ImageSpec) -> tuple[int, int, int, int]:
+    """(width, height, x, y) of the display window; the data window when a format has none.
+
+    OpenEXR's only: OpenImageIO makes one up from a TIFF's XPosition or a DPX's offsets (a 13x9 frame of
+    black around an 8x6 TIFF, an 8x6 DPX cropped to its overlap), which Nuke's Read ignores."""
+    if image.format_name() != "openexr" or spec.full_width < 1 or spec.full_height < 1:
         return spec.width, spec.height, spec.x, spec.y
     return spec.full_width, spec.full_height, spec.full_x, spec.full_y
 
@@ -390,7 +393,7 @@ def _read_display_window(image: oiio.ImageInput, spec: oiio.ImageSpec, path: str
     if pixels is None:
         raise ImageReadError(f"Could not read the pixels of '{path}': {image.geterror()}")
     pixels = np.ascontiguousarray(pixels, dtype=np.float32).reshape(spec.height, spec.width, spec.nchannels)
-    width, height, x, y = _display_window(spec)
+    width, height, x, y = _display_window(image, spec)
     if (width, height, x, y) == (spec.width, spec.height, spec.x, spec.y):
         return pixels
     # Nuke's reading: outside the bounding box every channel is 0; overscan is cut off at the format
