@@ -123,3 +123,8 @@ def test_a_job_on_a_plate_in_another_space_reads_the_converted_copy(client, tmp_
     assert events[-1].WhichOneof("kind") == "completed", events[-1]
     logs = [e.log.message for e in events if e.WhichOneof("kind") == "log"]
     assert any("plate converted from ACES2065-1 to ACEScg (1 frame(s))" in line for line in logs), logs
+    # the frames record the artist's plate and its colour space, not the server's temporary working copy (a
+    # farm retry on another server, whose state folder differs, then matches its own frames)
+    header = read_exr_frame(events[-1].completed.outputs[0])[1]
+    recorded = __import__("json").loads(header["cinegen:params"])
+    assert recorded["input"] == str(tmp_path / "bg.####.exr") and recorded["input_colorspace"] == "ACES2065-1"

@@ -56,7 +56,7 @@ from .output.frames import frame_header
 from .plate_colour import check_colour_config, check_plate_colorspace, converted_params, remove_converted
 from .paths import PathPolicy, decode_utf8, read_request_file
 from .pipelines import load_pipelines
-from .pipelines.base import JobSpec, Pipeline, RunContext
+from .pipelines.base import JobSpec, Pipeline, RunContext, recorded_params
 from .pipelines.frame_range import check_frame_range, parse_frame_range
 
 log = logging.getLogger(__name__)
@@ -681,8 +681,10 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             manager.emit(job, log=pb.Log(level="info", message=message))
 
         plates = self.state_dir / "plates" / job.id  # working-space copies of a plate in another colour space
-        spec = dataclasses.replace(job.spec, params=converted_params(job.spec.params, plates, report_log,
-                                                                     job.spec.common.frames))
+        converted = converted_params(job.spec.params, plates, report_log, job.spec.common.frames)
+        spec = job.spec if converted is job.spec.params else dataclasses.replace(
+            job.spec, params=converted,  # headers name the artist's plate and its space, not the temporary copy
+            recorded_params=job.spec.recorded_params or recorded_params(job.spec.common, job.spec.params))
         models = JobModels(self.registry, spec.common.offload, report_log)  # --offload on what the job loads
         ctx = RunContext(job=spec, registry=models, report_progress=report_progress,
                          report_preview=report_preview, report_frame=report_frame, report_log=report_log,
