@@ -296,6 +296,11 @@ def test_a_plate_with_a_missing_frame_or_a_target_below_it_is_refused_at_submit(
     # a scale rounds to whole 16 px, never below the plate (a 40 px plate at scale 1 was made 32 px)
     assert dit_target_size(16, common, UpscaleParams(scale=1.0), (40, 24), plate=True) == (48, 32)
     assert dit_target_size(16, common, UpscaleParams(scale=2.0), (40, 24), plate=True) == (80, 48)
+    # --width alone: the height follows the plate's aspect, rounded up where the nearest 16 px is below the
+    # plate (a 1000x562 plate at --width 1008 got 560 and was refused as smaller than its input)
+    assert dit_target_size(16, CommonParams(width=1008), UpscaleParams(), (1000, 562), plate=True) == (1008, 576)
+    assert dit_target_size(16, CommonParams(height=576), UpscaleParams(), (1000, 562), plate=True) == (1024, 576)
+    assert dit_target_size(16, CommonParams(width=2000), UpscaleParams(), (1000, 562), plate=True) == (2000, 1120)
 
 
 def test_a_plate_that_is_not_4k_plus_1_frames_long_suggests_a_frame_count(wan_registry, plate, tmp_path):

@@ -281,8 +281,11 @@ def dit_target_size(m: int, common, params: UpscaleParams, base: tuple[int, int]
     """--width/--height when given (checked), else base × scale (default 2) rounded to the size multiple ``m``;
     a plate (``plate``) is never made smaller: a target below it is refused, a scale rounds up to it."""
     if common.width or common.height:
-        width = common.width or round(base[0] * common.height / base[1] / m) * m
-        height = common.height or round(base[1] * common.width / base[0] / m) * m
+        def derived(length: int, ratio: float) -> int:  # the side not given, at the plate's aspect
+            nearest = round(length * ratio / m) * m
+            return max(nearest, -(-length // m) * m) if plate else nearest  # never rounded below the plate
+        width = common.width or derived(base[0], common.height / base[1])
+        height = common.height or derived(base[1], common.width / base[0])
         check_wan_size(width, height, m)
         if plate and (width < base[0] or height < base[1]):
             raise InvalidArgument(f"The target {width}x{height} is smaller than the input's {base[0]}x{base[1]}; "
