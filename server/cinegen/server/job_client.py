@@ -9,12 +9,12 @@ import dataclasses
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from cinegen.common.client import GeneratorClient, JobResult, RequestRejected, ServerUnavailable
 
+from .paths import prove_writable
 from .progress import ProgressBar
 
 CANCEL_TIMEOUT = 5.0  # seconds an interrupted command waits for the server to take its Cancel
@@ -134,9 +134,7 @@ def usable_state_dir(path: Path | None) -> Path:
     """--state-dir (or the default), created and proved writable, else a sentence (was a traceback)."""
     folder = Path(path).expanduser() if path else default_state_dir()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".cinegen-write-test-"):
-            pass
+        prove_writable(folder)
     except OSError as exc:
         raise SystemExit(f"Cannot keep the job journal in {folder} ({exc.strerror or exc}); give --state-dir a "
                          "folder this user can write.") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,3 +114,11 @@ def decode_utf8(data: bytes, what: str) -> str:
     except UnicodeDecodeError as exc:
         raise InvalidArgument(f"{what} is not UTF-8 text (a byte at offset {exc.start} is not valid UTF-8); "
                               "save it as UTF-8.") from None
+
+
+def prove_writable(folder: Path) -> None:
+    """Create `folder` if needed and write a file in it: a real file proves more than os.access, which
+    network shares and ACLs can fool. Raises OSError; callers say what it means for them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".cinegen-write-test-"):
+        pass

@@ -54,7 +54,7 @@ from .models.speedups import Speedups
 from .named_values import apply_named_values
 from .output.frames import frame_header
 from .plate_colour import check_colour_config, check_plate_colorspace, converted_params, remove_converted
-from .paths import PathPolicy, decode_utf8, read_request_file
+from .paths import PathPolicy, decode_utf8, prove_writable, read_request_file
 from .pipelines import load_pipelines
 from .pipelines.base import JobSpec, Pipeline, RunContext, recorded_params
 from .pipelines.frame_range import check_frame_range, parse_frame_range
@@ -817,9 +817,7 @@ def _same_request(a: pb.JobRequest, b: pb.JobRequest) -> bool:
 
 def _check_folder_writable(folder: Path) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".cinegen-write-test-"):
-            pass
+        prove_writable(folder)
     except OSError as exc:
         raise FailedPrecondition(f"Cannot write into the output folder {folder} ({exc.strerror}). "
                                  "Pick a folder you can write to, or fix its permissions.") from exc
