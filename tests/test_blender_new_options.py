@@ -32,12 +32,10 @@ def child(server: str) -> dict:
     import bpy
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    spec = importlib.util.spec_from_file_location("cinegen_blender", ADDON / "__init__.py",
-                                                  submodule_search_locations=[str(ADDON)])
-    addon = importlib.util.module_from_spec(spec)
-    sys.modules["cinegen_blender"] = addon
-    spec.loader.exec_module(addon)
-    addon.register()
+    sys.path.insert(0, str(ROOT / "tools"))
+    from blender_panel_listing import load_addon
+
+    addon = load_addon()  # the add-on as Blender loads it: a package from plugin/blender, registered
     runtime, options = sys.modules["cinegen_blender.runtime"], sys.modules["cinegen_blender.options"]
     scene = bpy.context.scene
     host, port = server.rsplit(":", 1)
